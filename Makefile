@@ -1,0 +1,71 @@
+# Switchboard -- `make run` starts the runtime, `make test` runs every test.
+# Both install missing Debian and npm dependencies first (`make deps`).
+
+CC      ?= cc
+LUA_INC ?= /usr/include/lua5.4
+WARN     = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
+           -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+           -Wundef -Wwrite-strings -Wvla
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I$(LUA_INC) -Icore $(WARN) $(CFLAGS)
+LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lm -ldl
+
+SRCS = core/main.c core/sched.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c
+HDRS = core/core.h
+
+DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
+           libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check \
+           libhttp-parser-dev sqlite3 socat nginx-light nodejs npm valgrind
+
+.PHONY: all deps npm-deps test run asan bench demo clean lint
+
+all: switchboard
+
+switchboard: $(SRCS) $(HDRS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) $(LIBS)
+
+build/asan/switchboard: $(SRCS) $(HDRS)
+	@mkdir -p build/asan
+	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined -o $@ $(SRCS) $(LIBS)
+
+# Installs only what is missing; needs root (or sudo) the first time.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory npm-deps
+
+npm-deps: tests/node/node_modules/.installed
+
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: deps all
+	./switchboard serve $(if $(CONFIG),--config $(CONFIG),)
+
+test: deps all
+	@SB_BIN=$(CURDIR)/switchboard tests/run.sh
+
+lint:
+	luacheck -q runtime.lua lua policies examples tests
+
+asan: deps build/asan/switchboard
+	@SB_BIN=$(CURDIR)/build/asan/switchboard SB_ASAN=1 \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
+
+bench: deps all
+	@bench/run.sh
+
+demo: deps all
+	@examples/demo.sh
+
+clean:
+	rm -rf switchboard build var/bench

@@ -1,0 +1,9 @@
+/* core.store -- placeholder until the module lands. */
+#include "core.h"
+
+int
+luaopen_core_store(lua_State *L)
+{
+  lua_newtable(L);
+  return 1;
+}
