@@ -1,0 +1,230 @@
+-- The admin socket (mode 0600): JSON-RPC 2.0, one object per line. Each
+-- method checks its parameters, is scoped by tenant, and writes settings
+-- changes to the settings audit with who made them.
+local json = require("switchboard.json")
+local log = require("switchboard.log")
+local directory = require("switchboard.directory")
+
+local M = {}
+M.__index = M
+
+local BAD = -32602
+
+-- An error the operator can act on: raised inside a method, answered as
+-- a JSON-RPC error with the message.
+local function refuse(msg, code)
+  error({ admin_error = msg, code = code or -32000 }, 0)
+end
+M.refuse = refuse
+
+local function need_string(p, key, what)
+  local v = p[key]
+  if type(v) ~= "string" or v == "" then refuse(("%s: '%s' is required"):format(what, key), BAD) end
+  return v
+end
+M.need_string = need_string
+
+function M:tenant(p, what)
+  local name = need_string(p, "tenant", what)
+  local t = directory.tenant(self.db, name)
+  if not t then refuse(("no tenant named '%s'"):format(name)) end
+  return t
+end
+
+local function agent_view(a)
+  return { id = a.id, tenant = a.tenant or a.tenant_name, name = a.name, type = a.type,
+           groups = json.array(a.groups), default_tier = a.default_tier,
+           trusted_sender = a.trusted_sender, token_hint = a.token_hint,
+           status = a.revoked_at and "revoked" or "active", revoked_at = a.revoked_at,
+           created_at = a.created_at }
+end
+
+-- Find an agent by name, in the given tenant or (when unique) in any.
+function M:agent(p, what)
+  local name = need_string(p, "agent", what)
+  if p.tenant then
+    local t = self:tenant(p, what)
+    local a = directory.agent(self.db, t.id, name)
+    if not a then refuse(("no agent '%s' in tenant '%s'"):format(name, t.name)) end
+    return a, t
+  end
+  local rows = assert(self.db:query("SELECT tenant_id FROM agents WHERE name = ?", name))
+  if #rows == 0 then refuse(("no agent named '%s'"):format(name)) end
+  if #rows > 1 then refuse(("several tenants have an agent named '%s': add --tenant"):format(name)) end
+  local t = directory.tenant_by_id(self.db, rows[1].tenant_id)
+  return directory.agent(self.db, t.id, name), t
+end
+
+-- Apply "+name" / "-name" edits to a list; returns the new list.
+local function edit_list(list, edits, what)
+  local set, order = {}, {}
+  for _, v in ipairs(list) do
+    if not set[v] then set[v] = true; order[#order + 1] = v end
+  end
+  if type(edits) ~= "table" then refuse(what .. ": give edits such as +name or -name", BAD) end
+  for _, e in ipairs(edits) do
+    local op, name = tostring(e):match("^([%+%-]?)(.+)$")
+    if not name or name == "" then refuse(what .. ": empty name", BAD) end
+    if op == "-" then
+      if set[name] then
+        set[name] = nil
+        for i, v in ipairs(order) do if v == name then table.remove(order, i) break end end
+      end
+    elseif not set[name] then
+      set[name] = true
+      order[#order + 1] = name
+    end
+  end
+  return order
+end
+M.edit_list = edit_list
+
+M.methods = {}
+local methods = M.methods
+
+methods["tenant.add"] = function(self, p)
+  local name = need_string(p, "name", "tenant add")
+  local t, err = directory.add_tenant(self.db, self.server.master, name)
+  if not t then refuse(err) end
+  directory.settings_audit(self.db, t.id, p.actor, "tenant.add", nil, { name = name })
+  return { id = t.id, name = t.name, features = json.array(t.features), created_at = t.created_at }
+end
+
+methods["tenant.list"] = function(self)
+  local out = {}
+  for _, t in ipairs(directory.tenants(self.db)) do
+    local n = self.db:row("SELECT count(*) AS n FROM agents WHERE tenant_id = ? AND revoked_at IS NULL", t.id)
+    out[#out + 1] = { id = t.id, name = t.name, features = json.array(t.features),
+                      agents = n and n.n or 0, created_at = t.created_at }
+  end
+  return { tenants = json.array(out) }
+end
+
+methods["tenant.features"] = function(self, p)
+  local t = self:tenant(p, "tenant features")
+  local new = t.features
+  if p.edits and #p.edits > 0 then
+    for _, e in ipairs(p.edits) do
+      if not tostring(e):match("^[%+%-]?[%w][%w_%.%-]*$") then
+        refuse(("tenant features: '%s' is not a feature code (letters, digits, '.', '_', '-')"):format(tostring(e)), BAD)
+      end
+    end
+    new = edit_list(t.features, p.edits, "tenant features")
+    assert(directory.set_features(self.db, t, new))
+    directory.settings_audit(self.db, t.id, p.actor, "tenant.features", t.features, new)
+  end
+  return { tenant = t.name, features = json.array(new) }
+end
+
+methods["agent.add"] = function(self, p)
+  local t = self:tenant(p, "agent add")
+  local groups = p.groups or {}
+  if type(groups) ~= "table" then refuse("agent add: 'groups' must be a list", BAD) end
+  local a, token = directory.add_agent(self.db, t, { name = p.name, type = p.type, groups = groups,
+    default_tier = p.default_tier, trusted_sender = p.trusted_sender == true })
+  if not a then refuse(a == nil and token or "could not add the agent") end
+  directory.settings_audit(self.db, t.id, p.actor, "agent.add", nil,
+    { name = a.name, type = a.type, groups = a.groups, default_tier = a.default_tier })
+  local view = agent_view(a)
+  view.tenant = t.name
+  view.token = token
+  return view
+end
+
+methods["agent.list"] = function(self, p)
+  local tid
+  if p.tenant then tid = self:tenant(p, "agent list").id end
+  local out = {}
+  for _, a in ipairs(directory.agents(self.db, tid)) do out[#out + 1] = agent_view(a) end
+  return { agents = json.array(out) }
+end
+
+methods["agent.revoke"] = function(self, p)
+  local a, t = self:agent(p, "agent revoke")
+  local r, err = directory.revoke_agent(self.db, t, a.name)
+  if not r then refuse(err) end
+  directory.settings_audit(self.db, t.id, p.actor, "agent.revoke", { status = "active" }, { status = "revoked", name = a.name })
+  self.server:refresh_agents(t.id)
+  local view = agent_view(r)
+  view.tenant = t.name
+  return view
+end
+
+methods["agent.groups"] = function(self, p)
+  local a, t = self:agent(p, "agent groups")
+  local new = a.groups
+  if p.edits and #p.edits > 0 then
+    new = edit_list(a.groups, p.edits, "agent groups")
+    if self.validate_groups then self.validate_groups(self, t, a, new) end
+    assert(directory.set_groups(self.db, a, new))
+    directory.settings_audit(self.db, t.id, p.actor, "agent.groups", a.groups, new)
+    self.server:refresh_agents(t.id)
+  end
+  return { tenant = t.name, agent = a.name, groups = json.array(new) }
+end
+
+methods["server.reload"] = function(self, p)
+  local ok, err = self.server:reload(p.actor)
+  if not ok then refuse("reload refused, the previous tools and policies stay in force: " .. err) end
+  return { tools = #self.server.registry.order, policies = json.array(self.server.policies:names()) }
+end
+
+methods["server.status"] = function(self)
+  local s = self.server
+  return { connections = s.nsessions, inflight = s.inflight,
+           tools = json.array(s.registry.order), policies = json.array(s.policies:names()) }
+end
+
+function M.new(server)
+  return setmetatable({ server = server, db = server.db }, M)
+end
+
+function M:handle(msg, peer)
+  if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" or type(msg.method) ~= "string" then
+    return { id = type(msg) == "table" and msg.id or json.null,
+             error = { code = -32600, message = "invalid request" } }
+  end
+  local fn = methods[msg.method]
+  if not fn then
+    return { id = msg.id, error = { code = -32601, message = "unknown admin method: " .. msg.method } }
+  end
+  local p = type(msg.params) == "table" and msg.params or {}
+  -- who: the socket peer's uid (authority) and the name the CLI gives
+  p.actor = ("uid %s%s"):format(tostring(peer.uid),
+    type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
+  local ok, res = pcall(fn, self, p)
+  if ok then return { id = msg.id, result = res } end
+  if type(res) == "table" and res.admin_error then
+    return { id = msg.id, error = { code = res.code, message = res.admin_error } }
+  end
+  log.error("admin %s failed: %s", msg.method, tostring(res))
+  return { id = msg.id, error = { code = -32603, message = "internal error (see the server log)" } }
+end
+
+function M:serve(stream)
+  local _, uid = stream:peercred()
+  local peer = { uid = uid }
+  while true do
+    local line, err = stream:read_line(1048576, 600)
+    if not line then
+      if err == "line too long" then
+        stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request too large"}}\n')
+      else
+        break
+      end
+    elseif not line:match("^%s*$") then
+      local msg, derr = json.decode(line)
+      local res
+      if msg == nil then
+        res = { id = json.null, error = { code = -32700, message = "parse error: " .. tostring(derr) } }
+      else
+        res = self:handle(msg, peer)
+      end
+      res.jsonrpc = "2.0"
+      if not stream:write(json.encode(res) .. "\n") then break end
+    end
+  end
+  stream:close()
+end
+
+return M

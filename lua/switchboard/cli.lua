@@ -1,0 +1,303 @@
+-- The command line: `switchboard serve | admin | connect`. The admin
+-- commands talk JSON-RPC to the admin socket and print tables for people
+-- or JSON with --json.
+local loop = require("core.loop")
+local json = require("switchboard.json")
+local config = require("switchboard.config")
+
+local M = { commands = {} }
+
+-- Parse argv into options and positionals. flags: names that take no value.
+local function parse(args, flags)
+  local opts, pos = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local name, value = a:match("^%-%-([%w%-]+)=(.*)$")
+    if name then
+      opts[name] = value
+    elseif a:match("^%-%-[%w%-]+$") then
+      name = a:sub(3)
+      if flags[name] then
+        opts[name] = true
+      else
+        i = i + 1
+        if args[i] == nil then return nil, ("option --%s needs a value"):format(name) end
+        opts[name] = args[i]
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, pos
+end
+M.parse = parse
+
+local function die(msg, code)
+  io.stderr:write("switchboard: ", msg, "\n")
+  return code or 1
+end
+
+local function load_config(opts, root)
+  local cfg, err = config.load(opts.config or os.getenv("SWITCHBOARD_CONFIG"), root)
+  if not cfg then return nil, err end
+  return cfg
+end
+
+function M.commands.serve(args, root)
+  local opts, err = parse(args, {})
+  if not opts then return die(err, 2) end
+  local cfg
+  cfg, err = load_config(opts, root)
+  if not cfg then return die(err, 2) end
+  local ok, serr = require("switchboard.server").serve(cfg)
+  if not ok then return die(serr, 1) end
+  return 0
+end
+
+-- Run fn in a coroutine on the loop and return what it returns.
+local function run_async(fn)
+  local out
+  loop.spawn(function()
+    out = table.pack(pcall(fn))
+    loop.stop()
+  end)
+  if not out then loop.run() end
+  if not out[1] then error(out[2], 0) end
+  return table.unpack(out, 2, out.n)
+end
+M.run_async = run_async
+
+-- One admin request; returns result or nil, error message.
+function M.admin_call(socket, method, params)
+  local s, err = loop.connect(socket)
+  if not s then return nil, ("cannot reach the admin socket %s: %s (is `switchboard serve` running?)"):format(socket, err) end
+  params = params or {}
+  params.actor = os.getenv("USER") or os.getenv("LOGNAME")
+  s:write(json.encode({ jsonrpc = "2.0", id = 1, method = method, params = params }) .. "\n")
+  local line, rerr = s:read_line(16 * 1048576, 600)
+  s:close()
+  if not line then return nil, "admin socket: " .. tostring(rerr) end
+  local msg = json.decode(line)
+  if type(msg) ~= "table" then return nil, "admin socket: malformed answer" end
+  if msg.error then return nil, msg.error.message end
+  return msg.result
+end
+
+-- Tables for people: columns in order, values as text.
+local function cell(v)
+  if v == nil or v == json.null then return "-" end
+  if type(v) == "boolean" then return v and "yes" or "no" end
+  if type(v) == "table" then
+    local parts = {}
+    for _, x in ipairs(v) do parts[#parts + 1] = tostring(x) end
+    return #parts > 0 and table.concat(parts, ", ") or "-"
+  end
+  return tostring(v)
+end
+
+function M.table(rows, cols)
+  local widths, lines = {}, {}
+  for i, c in ipairs(cols) do widths[i] = utf8.len(c[2]) end
+  local cells = {}
+  for r, row in ipairs(rows) do
+    cells[r] = {}
+    for i, c in ipairs(cols) do
+      local v = cell(row[c[1]])
+      cells[r][i] = v
+      widths[i] = math.max(widths[i], utf8.len(v) or #v)
+    end
+  end
+  local function line(vals)
+    local parts = {}
+    for i, v in ipairs(vals) do
+      parts[i] = v .. string.rep(" ", widths[i] - (utf8.len(v) or #v))
+    end
+    return (table.concat(parts, "  "):gsub("%s+$", ""))
+  end
+  local head = {}
+  for i, c in ipairs(cols) do head[i] = c[2] end
+  lines[1] = line(head)
+  for _, r in ipairs(cells) do lines[#lines + 1] = line(r) end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+function M.fields(obj, keys)
+  local out = {}
+  for _, k in ipairs(keys) do
+    out[#out + 1] = ("%-16s %s"):format(k[2] .. ":", cell(obj[k[1]]))
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local AGENT_COLS = { { "tenant", "TENANT" }, { "name", "AGENT" }, { "type", "TYPE" },
+                     { "groups", "GROUPS" }, { "default_tier", "TIER" }, { "status", "STATUS" },
+                     { "token_hint", "TOKEN" } }
+
+-- admin verbs: noun -> verb -> function(ctx) returning method, params, printer
+M.admin = {}
+local admin = M.admin
+
+admin.tenant = {
+  add = function(c) return "tenant.add", { name = c.pos[1] }, function(r)
+    return ("tenant %s added\n"):format(r.name) end end,
+  list = function() return "tenant.list", {}, function(r)
+    return M.table(r.tenants, { { "name", "TENANT" }, { "features", "FEATURES" },
+                                { "agents", "AGENTS" }, { "created_at", "CREATED" } }) end end,
+  features = function(c)
+    local edits = {}
+    for i = 2, #c.pos do edits[#edits + 1] = c.pos[i] end
+    return "tenant.features", { tenant = c.pos[1] or c.opts.tenant, edits = edits }, function(r)
+      return ("tenant %s features: %s\n"):format(r.tenant, cell(r.features)) end
+  end,
+}
+
+local function split_groups(s)
+  local out = {}
+  if not s then return out end
+  for g in s:gmatch("[^,]+") do
+    g = g:match("^%s*(.-)%s*$")
+    if g ~= "" then out[#out + 1] = g end
+  end
+  return out
+end
+
+admin.agent = {
+  add = function(c)
+    return "agent.add", { tenant = c.opts.tenant, name = c.opts.name or c.pos[1], type = c.opts.type,
+      groups = split_groups(c.opts.groups), default_tier = c.opts.tier,
+      trusted_sender = c.opts["trusted-sender"] == true }, function(r)
+      return ("agent %s added to tenant %s (%s)\ntoken: %s\n"):format(r.name, r.tenant, r.type, r.token)
+        .. "The token is shown only now: give it to the agent as SWITCHBOARD_TOKEN.\n" end
+  end,
+  list = function(c) return "agent.list", { tenant = c.opts.tenant }, function(r)
+    return M.table(r.agents, AGENT_COLS) end end,
+  revoke = function(c) return "agent.revoke", { tenant = c.opts.tenant, agent = c.pos[1] }, function(r)
+    return ("agent %s of tenant %s revoked; its connections were closed\n"):format(r.name, r.tenant) end end,
+  groups = function(c)
+    local edits = {}
+    for i = 2, #c.pos do edits[#edits + 1] = c.pos[i] end
+    return "agent.groups", { tenant = c.opts.tenant, agent = c.pos[1], edits = edits }, function(r)
+      return ("agent %s groups: %s\n"):format(r.agent, cell(r.groups)) end
+  end,
+}
+
+admin.reload = function() return "server.reload", {}, function(r)
+  return ("reloaded: %d tools; policies %s\n"):format(r.tools, cell(r.policies)) end end
+admin.status = function() return "server.status", {}, function(r)
+  return M.fields(r, { { "connections", "connections" }, { "inflight", "calls in flight" },
+                       { "tools", "tools" }, { "policies", "policies" } }) end end
+
+local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true }
+M.ADMIN_FLAGS = ADMIN_FLAGS
+
+local ADMIN_USAGE = [[
+usage: switchboard admin [--config FILE] [--json] COMMAND
+  tenant add NAME | tenant list | tenant features NAME [+code|-code ...]
+  agent add --tenant T --name N --type caioo|personal_assistant [--groups "G1,G2"]
+            [--tier owner|admin|vip|internal|external] [--trusted-sender]
+  agent list [--tenant T] | agent revoke NAME [--tenant T]
+  agent groups NAME [--tenant T] [+"Group" | -"Group" ...]
+  reload | status
+]]
+
+function M.commands.admin(args, root)
+  local opts, pos = parse(args, ADMIN_FLAGS)
+  if not opts then return die(pos, 2) end
+  local noun = table.remove(pos, 1)
+  local entry = admin[noun]
+  if type(entry) == "table" then
+    local verb = table.remove(pos, 1)
+    entry = entry[verb]
+  end
+  if type(entry) ~= "function" then
+    io.stderr:write(ADMIN_USAGE)
+    return 2
+  end
+  local cfg, err = load_config(opts, root)
+  if not cfg then return die(err, 2) end
+  local c = { opts = opts, pos = pos, cfg = cfg }
+  local method, params, printer = entry(c)
+  if not method then return die(params, 2) end
+  local res, rerr = run_async(function() return M.admin_call(cfg.admin_socket, method, params) end)
+  if not res then
+    if opts.json then io.stdout:write(json.encode({ error = rerr }), "\n") end
+    return die(rerr, 1)
+  end
+  if opts.json then
+    io.stdout:write(json.encode(res), "\n")
+  else
+    io.stdout:write(printer(res))
+  end
+  return 0
+end
+
+-- `switchboard connect`: a stdio bridge for MCP clients that launch a
+-- command. Adds the agent token from SWITCHBOARD_TOKEN to initialize and
+-- relays bytes both ways.
+function M.commands.connect(args, root)
+  local opts, err = parse(args, {})
+  if not opts then return die(err, 2) end
+  local path = opts.socket
+  if not path then
+    local cfg, cerr = load_config(opts, root)
+    if not cfg then return die(cerr, 2) end
+    path = cfg.agent_socket
+  end
+  local token = os.getenv("SWITCHBOARD_TOKEN")
+  if not token or token == "" then
+    io.stderr:write("switchboard connect: SWITCHBOARD_TOKEN is not set; the server will refuse initialize\n")
+  end
+  local rc = 0
+  loop.spawn(function()
+    local sock, serr = loop.connect(path)
+    if not sock then
+      io.stderr:write(("switchboard connect: %s: %s\n"):format(path, serr))
+      rc = 1
+      loop.stop()
+      return
+    end
+    local stdin, stdout = loop.stream(0), loop.stream(1)
+    local done = false
+    local function finish()
+      if done then return end
+      done = true
+      stdout:flush(5)
+      sock:close()
+      loop.stop()
+    end
+    loop.spawn(function()
+      while true do
+        local data = sock:read_some(65536)
+        if not data then break end
+        if not stdout:write(data) then break end
+      end
+      finish()
+    end)
+    local injected = false
+    while true do
+      local line = stdin:read_line(64 * 1048576)
+      if not line then break end
+      if not injected and token and token ~= "" and line:find('"initialize"', 1, true) then
+        local msg = json.decode(line)
+        if type(msg) == "table" and msg.method == "initialize" and type(msg.params) == "table" then
+          local meta = type(msg.params._meta) == "table" and msg.params._meta or {}
+          meta["io.switchboard/token"] = token
+          msg.params._meta = meta
+          line = json.encode(msg)
+          injected = true
+        end
+      end
+      if not sock:write(line .. "\n") then break end
+    end
+    sock:flush(5)
+    -- the client closed its side: give the server a moment for last answers
+    loop.sleep(0.05)
+    finish()
+  end)
+  loop.run()
+  return rc
+end
+
+return M

@@ -1,0 +1,154 @@
+-- The configuration: a Lua file returning a table. Every key is known here
+-- with its type and default; an unknown key or a wrong type is refused at
+-- start with the key's dotted name.
+local M = {}
+
+-- spec: { type = "string"|"integer"|"number"|"boolean"|"table"|"list"|"map",
+--         default = …, fields = {…} for "table", item = type for list/map }
+local spec = {
+  data_dir = { type = "string", default = "./var" },
+  agent_socket = { type = "string", default = "./run/agent.sock" },
+  agent_socket_mode = { type = "string", default = "0660", pattern = "^0?[0-7][0-7][0-7]$" },
+  admin_socket = { type = "string", default = "./run/admin.sock" },
+  master_key_file = { type = "string", default = "./var/master.key" },
+  create_master_key = { type = "boolean", default = true },
+  tool_dirs = { type = "list", item = "string", default = {} },
+  policy_dir = { type = "string", default = "@root/policies" },
+  database = { type = "string", default = "@data/switchboard.db" },
+  shutdown_seconds = { type = "number", default = 10, min = 0 },
+  limits = { type = "table", fields = {
+    connections = { type = "integer", default = 256, min = 1 },
+    line_bytes = { type = "integer", default = 1048576, min = 1024 },
+    idle_seconds = { type = "number", default = 300, min = 1 },
+    call_seconds = { type = "number", default = 120, min = 1 },
+    calls_per_connection = { type = "integer", default = 32, min = 1 },
+    policy_instructions = { type = "integer", default = 1000000, min = 1000 },
+    result_bytes = { type = "integer", default = 4194304, min = 1024 },
+  } },
+  log = { type = "table", fields = {
+    level = { type = "string", default = "info", enum = { "debug", "info", "warn", "error" } },
+    file = { type = "string" },
+  } },
+  audit = { type = "table", fields = {
+    bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
+    flush_ms = { type = "integer", default = 20, min = 0 },
+  } },
+  tool_settings = { type = "map", item = "table", default = {} },
+  policy_settings = { type = "map", item = "table", default = {} },
+  twilio = { type = "table", fields = {
+    hosts = { type = "table", fields = {
+      api = { type = "string", default = "https://api.twilio.com" },
+      lookups = { type = "string", default = "https://lookups.twilio.com" },
+      verify = { type = "string", default = "https://verify.twilio.com" },
+      content = { type = "string", default = "https://content.twilio.com" },
+    } },
+    timeout = { type = "number", default = 30, min = 1 },
+    ca_file = { type = "string" },
+  } },
+}
+M.spec = spec
+
+local function typename(v)
+  local t = type(v)
+  if t == "number" then return math.type(v) == "integer" and "integer" or "number" end
+  return t
+end
+
+local function type_ok(want, v)
+  local t = typename(v)
+  if want == "number" then return t == "integer" or t == "number" end
+  if want == "list" or want == "map" then return t == "table" end
+  return t == want
+end
+
+local function check(fields, given, prefix, out)
+  for k in pairs(given) do
+    if type(k) ~= "string" or not fields[k] then
+      return nil, ("config: unknown key '%s%s'"):format(prefix, tostring(k))
+    end
+  end
+  for k, f in pairs(fields) do
+    local name = prefix .. k
+    local v = given[k]
+    if v == nil then
+      if f.type == "table" then
+        local sub, err = check(f.fields, {}, name .. ".", {})
+        if not sub then return nil, err end
+        out[k] = sub
+      elseif type(f.default) == "table" then
+        out[k] = {}
+      else
+        out[k] = f.default
+      end
+    elseif not type_ok(f.type, v) then
+      return nil, ("config: '%s' must be a %s, not a %s"):format(name, f.type, typename(v))
+    elseif f.type == "table" then
+      local sub, err = check(f.fields, v, name .. ".", {})
+      if not sub then return nil, err end
+      out[k] = sub
+    elseif f.type == "list" then
+      for i, item in ipairs(v) do
+        if not type_ok(f.item, item) then
+          return nil, ("config: '%s[%d]' must be a %s"):format(name, i, f.item)
+        end
+      end
+      out[k] = v
+    elseif f.type == "map" then
+      for mk, item in pairs(v) do
+        if type(mk) ~= "string" or not type_ok(f.item, item) then
+          return nil, ("config: '%s.%s' must be a %s"):format(name, tostring(mk), f.item)
+        end
+      end
+      out[k] = v
+    else
+      if f.min and v < f.min then
+        return nil, ("config: '%s' must be at least %s"):format(name, f.min)
+      end
+      if f.enum then
+        local found = false
+        for _, e in ipairs(f.enum) do found = found or e == v end
+        if not found then
+          return nil, ("config: '%s' must be one of %s"):format(name, table.concat(f.enum, ", "))
+        end
+      end
+      if f.pattern and not v:match(f.pattern) then
+        return nil, ("config: '%s' has an invalid value %q"):format(name, v)
+      end
+      out[k] = v
+    end
+  end
+  return out
+end
+
+-- Validate a table against the spec, fill defaults; root expands "@root".
+function M.build(given, root)
+  local cfg, err = check(spec, given or {}, "", {})
+  if not cfg then return nil, err end
+  cfg.root = root
+  local function expand(p)
+    p = p:gsub("^@root", root):gsub("^@data", cfg.data_dir)
+    return p
+  end
+  cfg.policy_dir = expand(cfg.policy_dir)
+  cfg.database = expand(cfg.database)
+  for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end
+  cfg.agent_socket_mode = tonumber(cfg.agent_socket_mode, 8)
+  return cfg
+end
+
+-- Load a config file (a Lua chunk returning a table) in a small environment.
+function M.load(path, root)
+  if not path then return M.build({}, root) end
+  local env = { os = { getenv = os.getenv }, tonumber = tonumber, tostring = tostring,
+                string = string, math = math, table = table, ipairs = ipairs, pairs = pairs }
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then return nil, "config: " .. err end
+  local ok, given = pcall(chunk)
+  if not ok then return nil, "config: " .. tostring(given) end
+  if type(given) ~= "table" then
+    return nil, ("config: %s must return a table"):format(path)
+  end
+  return M.build(given, root)
+end
+
+return M

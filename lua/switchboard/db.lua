@@ -1,0 +1,109 @@
+-- The store: opens the SQLite file through core.store and runs the
+-- versioned migrations. Everything above this module goes through the
+-- query helpers with bound parameters; nothing here builds SQL from values.
+local store = require("core.store")
+
+local M = {}
+
+-- Each entry moves the schema one version up, in order; never edit a
+-- released entry, add a new one.
+M.migrations = {
+  [[
+  CREATE TABLE tenants (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    features TEXT NOT NULL DEFAULT '[]',
+    data_key BLOB NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE agents (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('caioo', 'personal_assistant')),
+    groups TEXT NOT NULL DEFAULT '[]',
+    default_tier TEXT NOT NULL DEFAULT 'external',
+    trusted_sender INTEGER NOT NULL DEFAULT 0,
+    token_hash TEXT NOT NULL UNIQUE,
+    token_hint TEXT NOT NULL,
+    revoked_at TEXT,
+    created_at TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+  );
+  CREATE TABLE settings_audit (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER REFERENCES tenants(id),
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    old_value TEXT,
+    new_value TEXT
+  );
+  CREATE TABLE tool_calls (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    tenant_id INTEGER NOT NULL,
+    agent_id INTEGER NOT NULL,
+    execution_id TEXT NOT NULL,
+    sender_tier TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    action TEXT,
+    params TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    policies TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    duration_ms REAL NOT NULL
+  );
+  CREATE INDEX tool_calls_tenant_at ON tool_calls (tenant_id, at);
+  CREATE TABLE escalations (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    agent_id INTEGER NOT NULL REFERENCES agents(id),
+    sender_tier TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    action TEXT,
+    arguments TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('hold', 'escalate')),
+    reason TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    decided_by TEXT,
+    decided_at TEXT,
+    decision_note TEXT,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX escalations_tenant ON escalations (tenant_id, status);
+  ]],
+}
+
+function M.now()
+  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+-- Open the database file and bring its schema up to date.
+-- Returns db or nil, err.
+function M.open(path)
+  local db, err = store.open(path)
+  if not db then return nil, ("database %s: %s"):format(path, err) end
+  local version = db:user_version()
+  if version > #M.migrations then
+    db:close()
+    return nil, ("database %s has schema version %d, newer than this runtime's %d")
+      :format(path, version, #M.migrations)
+  end
+  for v = version + 1, #M.migrations do
+    assert(db:begin())
+    local ok, merr = db:exec(M.migrations[v])
+    if ok then ok, merr = db:set_user_version(v) end
+    if not ok then
+      db:rollback()
+      db:close()
+      return nil, ("database migration %d failed: %s"):format(v, merr)
+    end
+    assert(db:commit())
+  end
+  return db
+end
+
+return M

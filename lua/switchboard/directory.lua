@@ -1,0 +1,149 @@
+-- Tenants and agents: who may connect, and with which tools. Every query
+-- is scoped by tenant; agent tokens are stored only as SHA-256 hashes.
+local json = require("switchboard.json")
+local db_mod = require("switchboard.db")
+local vault = require("core.vault")
+
+local M = {}
+
+M.AGENT_TYPES = { caioo = true, personal_assistant = true }
+M.TIERS = { owner = true, admin = true, vip = true, internal = true, external = true }
+
+local function decode_list(s)
+  local v = json.decode(s or "[]")
+  return type(v) == "table" and v or {}
+end
+M.decode_list = decode_list
+
+local function tenant_row(r)
+  if not r then return nil end
+  r.features = decode_list(r.features)
+  return r
+end
+
+function M.tenant(db, name)
+  return tenant_row(db:row("SELECT * FROM tenants WHERE name = ?", name))
+end
+
+function M.tenant_by_id(db, id)
+  return tenant_row(db:row("SELECT * FROM tenants WHERE id = ?", id))
+end
+
+function M.tenants(db)
+  local rows = assert(db:query("SELECT id, name, features, created_at FROM tenants ORDER BY name"))
+  for _, r in ipairs(rows) do tenant_row(r) end
+  return rows
+end
+
+-- Tenant names: what operators type, so short and plain.
+function M.valid_name(s)
+  return type(s) == "string" and s:match("^[%w][%w_%.%-]*$") ~= nil and #s <= 64
+end
+
+function M.add_tenant(db, master, name)
+  if not M.valid_name(name) then
+    return nil, "tenant name: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+  end
+  if M.tenant(db, name) then return nil, ("tenant '%s' already exists"):format(name) end
+  assert(db:begin())
+  local _, id = db:run("INSERT INTO tenants (name, data_key, created_at) VALUES (?, ?, ?)",
+    name, require("core.store").blob(""), db_mod.now())
+  if not id then
+    db:rollback()
+    return nil, "could not add the tenant"
+  end
+  local key = master:new_data_key(M.key_context(id))
+  assert(db:run("UPDATE tenants SET data_key = ? WHERE id = ?", require("core.store").blob(key), id))
+  assert(db:commit())
+  return M.tenant_by_id(db, id)
+end
+
+-- What binds a tenant's sealed data to that tenant.
+function M.key_context(tenant_id)
+  return "tenant:" .. tostring(tenant_id)
+end
+
+function M.set_features(db, tenant, features)
+  return db:run("UPDATE tenants SET features = ? WHERE id = ?", json.encode(json.array(features)), tenant.id)
+end
+
+local function agent_row(r)
+  if not r then return nil end
+  r.groups = decode_list(r.groups)
+  r.trusted_sender = r.trusted_sender == 1
+  return r
+end
+
+function M.agent(db, tenant_id, name)
+  return agent_row(db:row("SELECT * FROM agents WHERE tenant_id = ? AND name = ?", tenant_id, name))
+end
+
+function M.agents(db, tenant_id)
+  local rows
+  if tenant_id then
+    rows = assert(db:query("SELECT a.*, t.name AS tenant FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+      .. " WHERE a.tenant_id = ? ORDER BY a.name", tenant_id))
+  else
+    rows = assert(db:query("SELECT a.*, t.name AS tenant FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+      .. " ORDER BY t.name, a.name"))
+  end
+  for _, r in ipairs(rows) do agent_row(r) end
+  return rows
+end
+
+-- Create an agent; returns the row and its token (shown once, stored hashed).
+function M.add_agent(db, tenant, opts)
+  if not M.valid_name(opts.name) then
+    return nil, "agent name: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+  end
+  if not M.AGENT_TYPES[opts.type] then
+    return nil, "agent type: must be caioo or personal_assistant"
+  end
+  local tier = opts.default_tier or "external"
+  if not M.TIERS[tier] then
+    return nil, "default tier: must be one of owner, admin, vip, internal, external"
+  end
+  if M.agent(db, tenant.id, opts.name) then
+    return nil, ("agent '%s' already exists in tenant '%s'"):format(opts.name, tenant.name)
+  end
+  local token = vault.token("sbt_")
+  local _, id = db:run("INSERT INTO agents (tenant_id, name, type, groups, default_tier, trusted_sender,"
+    .. " token_hash, token_hint, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    tenant.id, opts.name, opts.type, json.encode(json.array(opts.groups or {})), tier,
+    opts.trusted_sender and 1 or 0, M.hash_token(token), token:sub(1, 8) .. "…", db_mod.now())
+  if not id then return nil, "could not add the agent" end
+  return agent_row(db:row("SELECT * FROM agents WHERE id = ?", id)), token
+end
+
+function M.hash_token(token)
+  return vault.sha256_hex("switchboard agent token\0" .. token)
+end
+
+-- The live agent (and its tenant) a token belongs to, or nil.
+function M.authenticate(db, token)
+  if type(token) ~= "string" or #token < 20 or #token > 200 then return nil end
+  local r = db:row("SELECT a.*, t.name AS tenant_name, t.features AS tenant_features"
+    .. " FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+    .. " WHERE a.token_hash = ? AND a.revoked_at IS NULL", M.hash_token(token))
+  return agent_row(r)
+end
+
+function M.revoke_agent(db, tenant, name)
+  local a = M.agent(db, tenant.id, name)
+  if not a then return nil, ("no agent '%s' in tenant '%s'"):format(name, tenant.name) end
+  if a.revoked_at then return nil, ("agent '%s' is already revoked"):format(name) end
+  assert(db:run("UPDATE agents SET revoked_at = ? WHERE id = ?", db_mod.now(), a.id))
+  return M.agent(db, tenant.id, name)
+end
+
+function M.set_groups(db, agent, groups)
+  return db:run("UPDATE agents SET groups = ? WHERE id = ?", json.encode(json.array(groups)), agent.id)
+end
+
+function M.settings_audit(db, tenant_id, actor, action, old, new)
+  return db:run("INSERT INTO settings_audit (tenant_id, at, actor, action, old_value, new_value)"
+    .. " VALUES (?, ?, ?, ?, ?, ?)", tenant_id, db_mod.now(), actor, action,
+    old ~= nil and json.encode(old) or nil, new ~= nil and json.encode(new) or nil)
+end
+
+return M

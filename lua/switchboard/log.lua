@@ -1,0 +1,48 @@
+-- Leveled logging to a file or standard error, one line per event.
+-- Callers never pass secrets: the vault keeps them out of Lua altogether.
+local M = {}
+
+local levels = { debug = 1, info = 2, warn = 3, error = 4 }
+local threshold = levels.info
+local out = io.stderr
+
+function M.levels() return levels end
+
+-- opts: { level = "info", file = path or nil }. Returns true or nil, err.
+function M.setup(opts)
+  opts = opts or {}
+  local lvl = levels[opts.level or "info"]
+  if not lvl then return nil, "log.level must be one of debug, info, warn, error" end
+  threshold = lvl
+  if opts.file then
+    local f, err = io.open(opts.file, "a")
+    if not f then return nil, "log.file: " .. err end
+    f:setvbuf("line")
+    if out ~= io.stderr then out:close() end
+    out = f
+  end
+  return true
+end
+
+local function emit(level, fmt, ...)
+  if levels[level] < threshold then return end
+  local ok, msg = pcall(string.format, fmt, ...)
+  if not ok then msg = fmt end
+  msg = msg:gsub("[\r\n]+", " | ")
+  out:write(os.date("!%Y-%m-%dT%H:%M:%SZ"), " ", level, " ", msg, "\n")
+end
+
+function M.debug(...) emit("debug", ...) end
+function M.info(...) emit("info", ...) end
+function M.warn(...) emit("warn", ...) end
+-- Errors keep their traceback lines readable in the file.
+function M.error(fmt, ...)
+  if levels.error < threshold then return end
+  local ok, msg = pcall(string.format, fmt, ...)
+  if not ok then msg = fmt end
+  out:write(os.date("!%Y-%m-%dT%H:%M:%SZ"), " error ", msg, "\n")
+end
+
+function M.enabled(level) return levels[level] >= threshold end
+
+return M

@@ -1,0 +1,301 @@
+-- One MCP session on the agent socket: newline-delimited JSON-RPC 2.0.
+-- The read loop answers cheap methods inline and runs each tools/call in
+-- a coroutine of its own, so one slow call never holds up the others.
+local loop = require("core.loop")
+local json = require("switchboard.json")
+local log = require("switchboard.log")
+local directory = require("switchboard.directory")
+local pipeline = require("switchboard.pipeline")
+
+local M = {}
+
+M.VERSIONS = { "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05" }
+local SUPPORTED = {}
+for _, v in ipairs(M.VERSIONS) do SUPPORTED[v] = true end
+M.LATEST = M.VERSIONS[1]
+M.TOKEN_KEY = "io.switchboard/token"
+M.SENDER_KEY = "io.switchboard/sender"
+M.EXECUTION_KEY = "io.switchboard/execution"
+
+local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL =
+  -32700, -32600, -32601, -32602, -32603
+local UNAUTHORIZED = -32001
+
+local Session = {}
+Session.__index = Session
+
+local function is_id(v)
+  return type(v) == "string" or math.type(v) == "integer"
+    or (type(v) == "number" and v == math.floor(v))
+end
+
+function Session:send(msg)
+  if self.closed then return end
+  msg.jsonrpc = "2.0"
+  local ok, line = pcall(json.encode, msg)
+  if not ok then
+    log.error("mcp: could not encode a message: %s", line)
+    line = json.encode({ jsonrpc = "2.0", id = msg.id or json.null,
+      error = { code = INTERNAL, message = "internal error: the result could not be encoded" } })
+  end
+  if not self.stream:write(line .. "\n") then self:close() end
+end
+
+function Session:reply(id, res)
+  self:send({ id = id, result = res })
+end
+
+function Session:fail(id, code, message, data)
+  self:send({ id = id == nil and json.null or id, error = { code = code, message = message, data = data } })
+end
+
+function Session:notify(method, params)
+  self:send({ method = method, params = params })
+end
+
+function Session:close()
+  if self.closed then return end
+  self.closed = true
+  for _, call in pairs(self.calls) do call.cancelled = true end
+  self.stream:close()
+  self.server:forget(self)
+end
+
+-- What this agent sees, shaped for the negotiated version.
+function Session:tool_list()
+  local out = {}
+  local v = self.version
+  for _, t in ipairs(self.server.registry:visible(self.agent.groups)) do
+    local item = { name = t.name, description = t.description, inputSchema = t.exported }
+    if v >= "2025-03-26" then item.annotations = t.annotations end
+    if v >= "2025-06-18" then
+      item.title = t.title
+      item.outputSchema = t.exported_output
+    end
+    out[#out + 1] = item
+  end
+  return out
+end
+
+function Session:instructions()
+  local seen, parts = {}, {}
+  for _, t in ipairs(self.server.registry:visible(self.agent.groups)) do
+    if t.instructions and not seen[t.instructions] then
+      seen[t.instructions] = true
+      parts[#parts + 1] = t.instructions
+    end
+  end
+  if #parts == 0 then return nil end
+  return table.concat(parts, "\n\n")
+end
+
+local handlers = {}
+
+function handlers.initialize(self, id, params)
+  if self.initialized_req then
+    return self:fail(id, INVALID_REQUEST, "initialize was already called on this connection")
+  end
+  if type(params) ~= "table" then
+    return self:fail(id, INVALID_PARAMS, "initialize: params must be an object")
+  end
+  if type(params.protocolVersion) ~= "string" then
+    return self:fail(id, INVALID_PARAMS, "initialize: params.protocolVersion must be a string")
+  end
+  local meta = type(params._meta) == "table" and params._meta or {}
+  local token = meta[M.TOKEN_KEY]
+  local agent = directory.authenticate(self.server.db, token)
+  if not agent then
+    log.warn("mcp: connection %d: initialize with a missing or unknown agent token", self.n)
+    return self:fail(id, UNAUTHORIZED, ("unauthorized: params._meta[\"%s\"] must carry a valid agent token")
+      :format(M.TOKEN_KEY))
+  end
+  self.agent = agent
+  self.tenant = { id = agent.tenant_id, name = agent.tenant_name,
+                  features = directory.decode_list(agent.tenant_features) }
+  self.version = SUPPORTED[params.protocolVersion] and params.protocolVersion or M.LATEST
+  self.initialized_req = true
+  self.client = type(params.clientInfo) == "table" and params.clientInfo or {}
+  self.fingerprint = self.server.registry:view_fingerprint(agent.groups)
+  self.server:bind(self)
+  log.info("mcp: connection %d: agent %s of tenant %s (%s) initialized, protocol %s",
+    self.n, agent.name, self.tenant.name, agent.type, self.version)
+  self:reply(id, {
+    protocolVersion = self.version,
+    capabilities = { tools = { listChanged = true } },
+    serverInfo = { name = "switchboard", title = "Switchboard", version = "0.1.0" },
+    instructions = self:instructions(),
+  })
+end
+
+function handlers.ping(self, id)
+  self:reply(id, {})
+end
+
+function handlers.list_tools(self, id, params)
+  if type(params) == "table" and params.cursor ~= nil then
+    return self:fail(id, INVALID_PARAMS, "tools/list: unknown cursor (this server returns every tool in one page)")
+  end
+  self:reply(id, { tools = json.array(self:tool_list()) })
+end
+
+local function sender_tier(self, meta)
+  local asserted = meta[M.SENDER_KEY]
+  if self.agent.trusted_sender and directory.TIERS[asserted] then return asserted end
+  return self.agent.default_tier or "external"
+end
+
+function handlers.call_tool(self, id, params)
+  if type(params) ~= "table" or type(params.name) ~= "string" then
+    return self:fail(id, INVALID_PARAMS, "tools/call: params.name must be the tool's name")
+  end
+  local args = params.arguments
+  if args ~= nil and args ~= json.null and (type(args) ~= "table" or (next(args) ~= nil and rawget(args, 1) ~= nil)) then
+    return self:fail(id, INVALID_PARAMS, "tools/call: params.arguments must be an object")
+  end
+  local tool = self.server.registry:find(params.name, self.agent.groups)
+  if not tool then
+    return self:fail(id, INVALID_PARAMS, ("unknown tool: %s (tools/list shows the tools this agent may call)")
+      :format(params.name))
+  end
+  local key = tostring(id)
+  if self.calls[key] then
+    return self:fail(id, INVALID_REQUEST, "a request with this id is already in progress")
+  end
+  if self.ncalls >= self.server.cfg.limits.calls_per_connection then
+    return self:fail(id, -32000, ("too many calls in progress on this connection (at most %d)")
+      :format(self.server.cfg.limits.calls_per_connection))
+  end
+  local meta = type(params._meta) == "table" and params._meta or {}
+  local call = { id = id, cancelled = false }
+  self.calls[key] = call
+  self.ncalls = self.ncalls + 1
+  local progress
+  local token = meta.progressToken
+  if is_id(token) then
+    progress = function(p, total, message)
+      if not call.cancelled and not call.done then
+        self:notify("notifications/progress", { progressToken = token, progress = p, total = total,
+                                               message = self.version >= "2025-03-26" and message or nil })
+      end
+    end
+  end
+  self.server.inflight = self.server.inflight + 1
+  loop.spawn(function()
+    local ok, res = pcall(pipeline.run, self.server, {
+      session = self, tool = tool, args = args ~= json.null and args or nil, id = id,
+      execution_id = type(meta[M.EXECUTION_KEY]) == "string" and meta[M.EXECUTION_KEY]:sub(1, 128)
+        or self.execution_id,
+      sender = sender_tier(self, meta), progress = progress,
+      is_cancelled = function() return call.cancelled end,
+    })
+    call.done = true
+    self.calls[key] = nil
+    self.ncalls = self.ncalls - 1
+    self.server.inflight = self.server.inflight - 1
+    if not ok then
+      log.error("mcp: tools/call %s failed: %s", tool.name, tostring(res))
+      if not call.cancelled then self:fail(id, INTERNAL, "internal error") end
+    elseif not call.cancelled and res then
+      if self.version < "2025-06-18" then res.structuredContent = nil end
+      self:reply(id, res)
+    end
+    self.server:call_done()
+  end)
+end
+
+function handlers.cancelled(self, params)
+  if type(params) ~= "table" or not is_id(params.requestId) then return end
+  local call = self.calls[tostring(params.requestId)]
+  if call then
+    call.cancelled = true
+    log.info("mcp: connection %d: request %s cancelled by the client", self.n, tostring(params.requestId))
+  end
+end
+
+local methods = {
+  initialize = handlers.initialize,
+  ping = handlers.ping,
+  ["tools/list"] = handlers.list_tools,
+  ["tools/call"] = handlers.call_tool,
+}
+local notifications = {
+  ["notifications/initialized"] = function(self) self.ready = true end,
+  ["notifications/cancelled"] = handlers.cancelled,
+}
+local PRE_INIT = { initialize = true, ping = true }
+
+-- Handle one decoded message (an object).
+function Session:dispatch(msg)
+  if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" then
+    return self:fail(type(msg) == "table" and is_id(msg.id) and msg.id or nil, INVALID_REQUEST,
+      "invalid request: expected a JSON-RPC 2.0 object with \"jsonrpc\": \"2.0\"")
+  end
+  local method, id = msg.method, msg.id
+  if method == nil and (msg.result ~= nil or msg.error ~= nil) then
+    return -- a response to a request we never send: ignore
+  end
+  if type(method) ~= "string" then
+    return self:fail(is_id(id) and id or nil, INVALID_REQUEST, "invalid request: \"method\" must be a string")
+  end
+  if id == nil then
+    local fn = notifications[method]
+    if fn and (self.initialized_req or method ~= "notifications/cancelled") then fn(self, msg.params) end
+    return
+  end
+  if not is_id(id) then
+    return self:fail(nil, INVALID_REQUEST, "invalid request: \"id\" must be a string or an integer")
+  end
+  local fn = methods[method]
+  if not fn then
+    return self:fail(id, METHOD_NOT_FOUND, ("method not found: %s"):format(method))
+  end
+  if not self.initialized_req and not PRE_INIT[method] then
+    return self:fail(id, INVALID_REQUEST, "the session is not initialized: send initialize with the agent token first")
+  end
+  fn(self, id, msg.params)
+end
+
+function Session:handle_line(line)
+  if line:match("^%s*$") then return end
+  local msg, err = json.decode(line)
+  if msg == nil then
+    return self:fail(nil, PARSE_ERROR, "parse error: " .. tostring(err))
+  end
+  if type(msg) == "table" and rawget(msg, 1) ~= nil then
+    if self.version ~= "2025-03-26" then
+      return self:fail(nil, INVALID_REQUEST, "batches are not supported in this protocol version")
+    end
+    for _, m in ipairs(msg) do self:dispatch(m) end
+    return
+  end
+  self:dispatch(msg)
+end
+
+-- The read loop of one connection; returns when it closes.
+function Session:run()
+  local limits = self.server.cfg.limits
+  while not self.closed do
+    local line, err = self.stream:read_line(limits.line_bytes, limits.idle_seconds)
+    if line then
+      self:handle_line(line)
+    elseif err == "line too long" then
+      self:fail(nil, INVALID_REQUEST, ("request too large: a message may be at most %d bytes"):format(limits.line_bytes))
+    else
+      if err == "timeout" then
+        if self.ncalls > 0 then goto continue end
+        log.info("mcp: connection %d: idle for %ds, closing", self.n, limits.idle_seconds)
+      end
+      break
+    end
+    ::continue::
+  end
+  self:close()
+end
+
+function M.new(server, stream, n)
+  return setmetatable({ server = server, stream = stream, n = n, calls = {}, ncalls = 0,
+                        version = M.LATEST, execution_id = ("conn-%d-%d"):format(os.time(), n) },
+                      Session)
+end
+
+return M

@@ -1,0 +1,138 @@
+-- The one path every tools/call takes:
+--   find tool → validate arguments → policies → handler → audit record.
+-- Returns an MCP CallToolResult. Failures the agent can act on come back
+-- as isError results; the audit record is written whatever the end.
+local loop = require("core.loop")
+local json = require("switchboard.json")
+local log = require("switchboard.log")
+local schema = require("switchboard.schema")
+local registry = require("switchboard.registry")
+local db_mod = require("switchboard.db")
+
+local M = {}
+
+local function result(text, data, is_error)
+  local r = { content = { { type = "text", text = text } } }
+  if data ~= nil then r.structuredContent = data end
+  if is_error then r.isError = true end
+  return r
+end
+M.result = result
+
+-- An error a handler returned: a string or { message, code, hint, more_info, data }.
+local function error_result(err)
+  if type(err) ~= "table" then return result(tostring(err), nil, true), tostring(err) end
+  local parts = { err.message or "The tool failed." }
+  if err.code then parts[1] = ("%s (error %s)"):format(parts[1], tostring(err.code)) end
+  if err.hint then parts[#parts + 1] = err.hint end
+  if err.more_info then parts[#parts + 1] = "More: " .. err.more_info end
+  local data = { error = { message = err.message, code = err.code, hint = err.hint,
+                           more_info = err.more_info } }
+  if err.data then for k, v in pairs(err.data) do data[k] = v end end
+  return result(table.concat(parts, " "), data, true), err.message
+end
+
+local function escalate(rt, call, d)
+  local db = rt.db
+  local _, id = db:run("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
+    .. " arguments, kind, reason, policy, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    call.tenant.id, call.agent.id, call.sender, call.tool, call.action,
+    json.encode(call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
+    db_mod.now())
+  return id
+end
+
+-- call: { session, tool (definition), args, execution_id, progress(p, total, msg),
+--         is_cancelled() , approved_by (for an approved escalation) }
+function M.run(rt, call)
+  local t0 = loop.time()
+  local tool = call.tool
+  local s = call.session
+  local rec = { tenant_id = s.tenant.id, agent_id = s.agent.id, execution_id = call.execution_id,
+                sender_tier = call.sender, tool = tool.name, args = call.args, policies = {} }
+  local function finish(res, decision, outcome, detail)
+    rec.decision, rec.outcome, rec.detail = decision, outcome, detail
+    rec.duration_ms = (loop.time() - t0) * 1000
+    rt.audit:record(rec)
+    return res
+  end
+
+  -- 1. arguments against the input schema, then the tool's own rules
+  local args, err = schema.validate(tool.input_schema, call.args)
+  if args and tool.check then
+    local ok, cerr = tool.check(args)
+    if not ok then args, err = nil, "Invalid arguments: " .. tostring(cerr) end
+  end
+  rec.action = type(call.args) == "table" and type(call.args.action) == "string" and call.args.action or nil
+  if not args then return finish(result(err, nil, true), "invalid", "invalid", { error = err }) end
+  rec.args = args
+
+  -- 2. policies in priority order
+  local view = {
+    tool = tool.name, action = args.action, args = args, writes = registry.writes(tool, args),
+    sender = call.sender, agent = { name = s.agent.name, type = s.agent.type },
+    tenant = { name = s.tenant.name, features = s.tenant.features },
+    approved = call.approved_by ~= nil,
+  }
+  if rt.enrich_call then rt.enrich_call(view, s, tool) end
+  local d = rt.policies:evaluate(view)
+  rec.policies = d.ran
+  if d.failed then
+    log.error("policy %s failed: %s", d.policy, d.error)
+  end
+  local flagged = {}
+  for _, f in ipairs(d.flags or {}) do flagged[#flagged + 1] = f.policy .. ": " .. f.reason end
+  if d.decision == "deny" then
+    return finish(result(("Refused by policy %s: %s"):format(d.policy, d.reason), nil, true),
+      "deny", "denied", { policy = d.policy, reason = d.reason })
+  elseif d.decision == "hold" or d.decision == "escalate" then
+    local id = escalate(rt, { tenant = s.tenant, agent = s.agent, sender = call.sender,
+      tool = tool.name, action = args.action, args = args }, d)
+    local text
+    if d.decision == "hold" then
+      text = ("Held for human review by policy %s: %s. Escalation %s was opened; the call will run"
+        .. " only if an operator approves it. Do not retry."):format(d.policy, d.reason, tostring(id))
+    else
+      text = ("Escalated to a human by policy %s: %s. Escalation %s was opened; tell the user a person will review it.")
+        :format(d.policy, d.reason, tostring(id))
+    end
+    return finish(result(text, { escalation_id = id, status = d.decision == "hold" and "held" or "escalated" }, true),
+      d.decision, d.decision == "hold" and "held" or "escalated", { escalation_id = id, policy = d.policy, reason = d.reason })
+  end
+  if call.is_cancelled() then
+    return finish(nil, d.decision, "cancelled")
+  end
+
+  -- 3. the handler, in this coroutine; it may wait on HTTP
+  if call.progress then call.progress(1, 3, "arguments and policies passed") end
+  local ctx = {
+    tenant = s.tenant, agent = s.agent, sender = call.sender, call_id = call.id,
+    execution_id = call.execution_id, settings = rt.cfg.tool_settings[tool.name] or {},
+    config = rt.cfg, rt = rt, log = log, flags = flagged,
+    progress = call.progress or function() end, cancelled = call.is_cancelled,
+  }
+  local ok, res, herr = pcall(tool.handler, ctx, args)
+  local outcome_detail = ctx.audit_detail
+  if not ok then
+    log.error("tool %s raised: %s", tool.name, tostring(res))
+    return finish(result(("The tool %s failed with an internal error; the operator can find it in the log."
+      .. " Do not retry right away."):format(tool.name), nil, true), d.decision, "error", { error = "internal error" })
+  end
+  if res == nil then
+    local r, msg = error_result(herr or "the tool returned nothing")
+    return finish(r, d.decision, ctx.outcome or "failed", outcome_detail or { error = msg })
+  end
+  if type(res) ~= "table" or type(res.text) ~= "string" then
+    log.error("tool %s returned %s instead of { text = …, data = … }", tool.name, type(res))
+    return finish(result(("The tool %s returned a malformed result."):format(tool.name), nil, true),
+      d.decision, "error", { error = "malformed result" })
+  end
+  local text = res.text
+  if #flagged > 0 and res.notice ~= false then
+    text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
+  end
+  return finish(result(text, res.data), d.decision, ctx.outcome or "ok",
+    outcome_detail or (#flagged > 0 and { flags = flagged } or nil))
+end
+
+return M

@@ -1,0 +1,201 @@
+-- The tool registry: loads tool files (lua/tools/ and the configured
+-- tool_dirs), checks each definition, and answers which tools an agent's
+-- groups let it see. A reload builds a new registry; a broken file leaves
+-- the previous one in force.
+local lfs = require("lfs")
+local json = require("switchboard.json")
+local schema = require("switchboard.schema")
+local vault = require("core.vault")
+
+local M = {}
+M.__index = M
+
+local annotation_keys = { title = "string", readOnlyHint = "boolean", destructiveHint = "boolean",
+                          idempotentHint = "boolean", openWorldHint = "boolean" }
+local known_fields = { name = true, title = true, description = true, group = true,
+                       input_schema = true, output_schema = true, annotations = true,
+                       writes = true, handler = true, check = true, timeout = true,
+                       instructions = true, action_of = true }
+
+-- Text an agent reads must be plain: no control or invisible characters.
+local function plain_text(s)
+  if s:find("[%z\1-\8\11-\31\127]") then return false end
+  for _, cp in utf8.codes(s) do
+    if (cp >= 0x200B and cp <= 0x200F) or (cp >= 0x202A and cp <= 0x202E)
+      or (cp >= 0x2060 and cp <= 0x2064) or cp == 0xFEFF or (cp >= 0xE0000 and cp <= 0xE007F) then
+      return false
+    end
+  end
+  return true
+end
+
+-- Check one definition; returns the tool or nil, "field: rule".
+function M.check(def)
+  if type(def) ~= "table" then return nil, "the file must return a table" end
+  for k in pairs(def) do
+    if not known_fields[k] then return nil, ("unknown field '%s'"):format(tostring(k)) end
+  end
+  if type(def.name) ~= "string" or not def.name:match("^[%w_%.%-]+$") or #def.name > 128 then
+    return nil, "name: must be 1-128 characters of letters, digits, '_', '.' or '-'"
+  end
+  if type(def.description) ~= "string" or #def.description == 0 or #def.description > 4096 then
+    return nil, "description: must be a non-empty string of at most 4096 bytes"
+  end
+  if not utf8.len(def.description) or not plain_text(def.description) then
+    return nil, "description: must be plain UTF-8 text without control or invisible characters"
+  end
+  if def.title ~= nil and (type(def.title) ~= "string" or not plain_text(def.title)) then
+    return nil, "title: must be plain text"
+  end
+  if type(def.group) ~= "string" or #def.group == 0 then
+    return nil, "group: must name the tool group"
+  end
+  local ok, err = schema.check_definition(def.input_schema, "input_schema")
+  if not ok then return nil, err end
+  if def.output_schema ~= nil then
+    ok, err = schema.check_definition(def.output_schema, "output_schema")
+    if not ok then return nil, err end
+  end
+  if type(def.annotations) ~= "table" then
+    return nil, "annotations: required (at least readOnlyHint)"
+  end
+  for k, v in pairs(def.annotations) do
+    if not annotation_keys[k] then return nil, ("annotations.%s: unknown annotation"):format(tostring(k)) end
+    if type(v) ~= annotation_keys[k] then
+      return nil, ("annotations.%s: must be a %s"):format(k, annotation_keys[k])
+    end
+  end
+  if type(def.annotations.readOnlyHint) ~= "boolean" then
+    return nil, "annotations.readOnlyHint: must be set to true or false"
+  end
+  local writes = def.writes
+  if writes == nil then writes = not def.annotations.readOnlyHint end
+  if type(writes) == "table" then
+    local set = {}
+    for i, a in ipairs(writes) do
+      if type(a) ~= "string" then return nil, ("writes[%d]: must be an action name"):format(i) end
+      set[a] = true
+    end
+    writes = set
+  elseif type(writes) ~= "boolean" then
+    return nil, "writes: must be a boolean or a list of the actions that write"
+  end
+  if def.annotations.readOnlyHint and writes ~= false then
+    return nil, "writes: a tool with readOnlyHint = true cannot write"
+  end
+  if type(def.handler) ~= "function" then return nil, "handler: must be a function(ctx, args)" end
+  if def.check ~= nil and type(def.check) ~= "function" then
+    return nil, "check: must be a function(args) returning true or nil, message"
+  end
+  if def.timeout ~= nil and (type(def.timeout) ~= "number" or def.timeout <= 0) then
+    return nil, "timeout: must be a positive number of seconds"
+  end
+  if def.instructions ~= nil and type(def.instructions) ~= "string" then
+    return nil, "instructions: must be a string"
+  end
+  local tool = {}
+  for k, v in pairs(def) do tool[k] = v end
+  tool.writes_spec = writes
+  tool.exported = schema.export(def.input_schema)
+  tool.exported_output = def.output_schema and schema.export(def.output_schema)
+  tool.fingerprint = vault.sha256_hex(json.encode({ def.name, def.title or "", def.description,
+    def.group, tool.exported, tool.exported_output or "", def.annotations }))
+  return tool
+end
+
+-- Does this call write? (a whole tool, or one of its actions)
+function M.writes(tool, args)
+  local w = tool.writes_spec
+  if type(w) == "table" then return w[args and args.action] == true end
+  return w
+end
+
+local function lua_files(dir, out)
+  local attr = lfs.attributes(dir)
+  if not attr then return nil, ("tool directory %s does not exist"):format(dir) end
+  local names = {}
+  for name in lfs.dir(dir) do
+    if name ~= "." and name ~= ".." then names[#names + 1] = name end
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local path = dir .. "/" .. name
+    local mode = lfs.attributes(path, "mode")
+    if mode == "directory" then
+      local ok, err = lua_files(path, out)
+      if not ok then return nil, err end
+    elseif mode == "file" and name:match("%.lua$") then
+      out[#out + 1] = path
+    end
+  end
+  return true
+end
+
+local function load_tool(path)
+  local env = setmetatable({}, { __index = _G, __newindex = function(_, k)
+    error(("tool files must not set globals (tried '%s')"):format(tostring(k)), 2)
+  end })
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then return nil, err end
+  local ok, def = pcall(chunk)
+  if not ok then return nil, ("%s: %s"):format(path, tostring(def)) end
+  local tool, cerr = M.check(def)
+  if not tool then return nil, ("%s: %s"):format(path, cerr) end
+  tool.file = path
+  return tool
+end
+
+-- Build a registry from directories. Returns it or nil, err (file and field).
+function M.load(dirs)
+  local self = setmetatable({ tools = {}, order = {}, groups = {} }, M)
+  for _, dir in ipairs(dirs) do
+    local files = {}
+    local ok, err = lua_files(dir, files)
+    if not ok then return nil, err end
+    for _, path in ipairs(files) do
+      local tool, terr = load_tool(path)
+      if not tool then return nil, terr end
+      local prev = self.tools[tool.name]
+      if prev then
+        return nil, ("%s: name: '%s' is already defined by %s"):format(path, tool.name, prev.file)
+      end
+      self.tools[tool.name] = tool
+      self.order[#self.order + 1] = tool.name
+      local g = self.groups[tool.group] or {}
+      g[#g + 1] = tool.name
+      self.groups[tool.group] = g
+    end
+  end
+  table.sort(self.order)
+  return self
+end
+
+-- The tools an agent with these groups may see, sorted by name.
+function M:visible(groups)
+  local allowed = {}
+  for _, g in ipairs(groups) do allowed[g] = true end
+  local out = {}
+  for _, name in ipairs(self.order) do
+    local t = self.tools[name]
+    if allowed[t.group] then out[#out + 1] = t end
+  end
+  return out
+end
+
+function M:find(name, groups)
+  local t = self.tools[name]
+  if not t then return nil end
+  for _, g in ipairs(groups) do
+    if g == t.group then return t end
+  end
+  return nil
+end
+
+-- A fingerprint of what an agent with these groups sees.
+function M:view_fingerprint(groups)
+  local parts = {}
+  for _, t in ipairs(self:visible(groups)) do parts[#parts + 1] = t.fingerprint end
+  return table.concat(parts, ",")
+end
+
+return M

@@ -1,0 +1,222 @@
+-- `switchboard serve`: opens the store and the vault, loads tools and
+-- policies, listens on the agent and admin sockets, and runs the loop.
+-- SIGHUP reloads tools and policies; SIGTERM/SIGINT drain and stop.
+local loop = require("core.loop")
+local vault = require("core.vault")
+local lfs = require("lfs")
+local log = require("switchboard.log")
+local db_mod = require("switchboard.db")
+local registry = require("switchboard.registry")
+local policy = require("switchboard.policy")
+local audit = require("switchboard.audit")
+local mcp = require("switchboard.mcp")
+local directory = require("switchboard.directory")
+
+local M = {}
+M.__index = M
+
+local function mkdir_p(path)
+  local sofar = path:sub(1, 1) == "/" and "" or "."
+  for part in path:gmatch("[^/]+") do
+    sofar = sofar .. "/" .. part
+    if not lfs.attributes(sofar) then
+      local ok, err = lfs.mkdir(sofar)
+      if not ok then return nil, ("cannot create %s: %s"):format(sofar, err) end
+    end
+  end
+  return true
+end
+M.mkdir_p = mkdir_p
+
+local function dirname(p)
+  return p:match("^(.*)/[^/]*$") or "."
+end
+
+-- Open the vault's master key, creating it on first start when allowed.
+function M.open_master(cfg)
+  local path = cfg.master_key_file
+  if not lfs.attributes(path) and cfg.create_master_key then
+    local ok, err = mkdir_p(dirname(path))
+    if not ok then return nil, err end
+    ok, err = vault.create_master(path)
+    if not ok then return nil, err end
+    log.warn("created a new master key in %s (mode 0600): back it up; sealed credentials cannot be opened without it", path)
+  end
+  return vault.load_master(path)
+end
+
+function M:tool_dirs()
+  local dirs = {}
+  local builtin = self.cfg.root .. "/lua/tools"
+  if lfs.attributes(builtin, "mode") == "directory" then dirs[#dirs + 1] = builtin end
+  for _, d in ipairs(self.cfg.tool_dirs) do dirs[#dirs + 1] = d end
+  return dirs
+end
+
+-- Load tools and policies; on failure keep what is in force.
+function M:load_code()
+  local reg, err = registry.load(self:tool_dirs())
+  if not reg then return nil, "tools: " .. err end
+  local pol, perr = policy.load(self.cfg.policy_dir, self.cfg.policy_settings,
+    self.cfg.limits.policy_instructions)
+  if not pol then return nil, "policies: " .. perr end
+  self.registry, self.policies = reg, pol
+  return true
+end
+
+function M:reload(actor)
+  local old_names = self.policies and table.concat(self.policies:names(), ",")
+  local ok, err = self:load_code()
+  if not ok then
+    log.error("reload refused, the previous tools and policies stay in force: %s", err)
+    directory.settings_audit(self.db, nil, actor or "signal", "reload.refused", nil, { error = err })
+    return nil, err
+  end
+  log.info("reloaded %d tools and %d policies", #self.registry.order, #self.policies.list)
+  directory.settings_audit(self.db, nil, actor or "signal", "reload",
+    { policies = old_names }, { policies = table.concat(self.policies:names(), ","),
+                                tools = #self.registry.order })
+  self:tools_changed()
+  return true
+end
+
+-- Tell each session whose view of the tools changed.
+function M:tools_changed()
+  for s in pairs(self.sessions) do
+    if s.agent then
+      local fp = self.registry:view_fingerprint(s.agent.groups)
+      if fp ~= s.fingerprint then
+        s.fingerprint = fp
+        s:notify("notifications/tools/list_changed")
+      end
+    end
+  end
+end
+
+-- Refresh the agents of a tenant from the store (groups changed, revoked).
+function M:refresh_agents(tenant_id)
+  for s in pairs(self.sessions) do
+    if s.agent and s.tenant.id == tenant_id then
+      local row = directory.agent(self.db, tenant_id, s.agent.name)
+      if not row or row.revoked_at then
+        log.info("mcp: connection %d: agent %s was revoked, closing", s.n, s.agent.name)
+        s:close()
+      else
+        s.agent.groups = row.groups
+        s.agent.default_tier = row.default_tier
+        s.agent.trusted_sender = row.trusted_sender
+      end
+    end
+  end
+  self:tools_changed()
+end
+
+function M:bind(_) end
+
+function M:forget(session)
+  if self.sessions[session] then
+    self.sessions[session] = nil
+    self.nsessions = self.nsessions - 1
+  end
+end
+
+function M:call_done()
+  if self.draining and self.inflight == 0 and self.drain_waiter then
+    loop.wake(self.drain_waiter)
+  end
+end
+
+function M:accept_agent(stream)
+  if self.draining then stream:close() return end
+  self.nconn = self.nconn + 1
+  local n = self.nconn
+  if self.nsessions >= self.cfg.limits.connections then
+    log.warn("mcp: refusing connection %d: %d connections open (limits.connections)", n, self.nsessions)
+    stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"server busy: too many connections"}}\n')
+    stream:flush(1)
+    stream:close()
+    return
+  end
+  local s = mcp.new(self, stream, n)
+  self.sessions[s] = true
+  self.nsessions = self.nsessions + 1
+  s:run()
+end
+
+function M:shutdown(signame)
+  if self.draining then return end
+  self.draining = true
+  log.info("received SIG%s: stopping; %d calls in flight", signame, self.inflight)
+  for _, l in ipairs(self.listeners) do l:close() end
+  if self.inflight > 0 then
+    self.drain_waiter = coroutine.running()
+    local deadline = loop.timer(self.cfg.shutdown_seconds, 0, function()
+      if self.drain_waiter then loop.wake(self.drain_waiter) end
+    end)
+    loop.wait()
+    self.drain_waiter = nil
+    deadline:close()
+    if self.inflight > 0 then
+      log.warn("shutdown deadline reached with %d calls in flight", self.inflight)
+    end
+  end
+  for s in pairs(self.sessions) do s:close() end
+  self.audit:flush()
+  for _, sig in ipairs(self.signals) do sig:close() end
+  loop.stop()
+end
+
+-- Start everything; returns the server or nil, err.
+function M.start(cfg)
+  local self = setmetatable({ cfg = cfg, sessions = {}, nsessions = 0, nconn = 0, inflight = 0,
+                              listeners = {}, signals = {} }, M)
+  local ok, err = mkdir_p(cfg.data_dir)
+  if not ok then return nil, err end
+  for _, p in ipairs({ cfg.agent_socket, cfg.admin_socket, cfg.database }) do
+    ok, err = mkdir_p(dirname(p))
+    if not ok then return nil, err end
+  end
+  self.master, err = M.open_master(cfg)
+  if not self.master then return nil, err end
+  self.db, err = db_mod.open(cfg.database)
+  if not self.db then return nil, err end
+  ok, err = self:load_code()
+  if not ok then return nil, err end
+  self.audit = audit.new(self.db, cfg.audit)
+  self.admin = require("switchboard.admin").new(self)
+
+  local agent_l, lerr = loop.listen(cfg.agent_socket, cfg.agent_socket_mode, function(stream)
+    self:accept_agent(stream)
+  end)
+  if not agent_l then return nil, ("agent socket %s: %s"):format(cfg.agent_socket, lerr) end
+  self.listeners[#self.listeners + 1] = agent_l
+  local admin_l, aerr = loop.listen(cfg.admin_socket, tonumber("600", 8), function(stream)
+    self.admin:serve(stream)
+  end)
+  if not admin_l then return nil, ("admin socket %s: %s"):format(cfg.admin_socket, aerr) end
+  self.listeners[#self.listeners + 1] = admin_l
+
+  for _, name in ipairs({ "TERM", "INT" }) do
+    self.signals[#self.signals + 1] = loop.signal(name, function() self:shutdown(name) end)
+  end
+  self.signals[#self.signals + 1] = loop.signal("HUP", function() self:reload("SIGHUP") end)
+  return self
+end
+
+function M.serve(cfg)
+  local ok, lerr = log.setup(cfg.log)
+  if not ok then return nil, lerr end
+  loop.set_error_handler(function(msg) log.error("%s", msg) end)
+  local self, err = M.start(cfg)
+  if not self then return nil, err end
+  log.info("switchboard serving: agents on %s, admin on %s; %d tools, %d policies",
+    cfg.agent_socket, cfg.admin_socket, #self.registry.order, #self.policies.list)
+  loop.run()
+  self.audit:flush()
+  self.db:close()
+  self.master:close()
+  log.info("switchboard stopped")
+  return true
+end
+
+return M
