@@ -49,6 +49,8 @@ void sb_report_error(const char *msg);
 /* Time since an arbitrary start, in seconds, monotonic. */
 double sb_monotonic(void);
 
+int sb_credential_basic(lua_State *L, int idx, const char **user, const char **secret);
+
 /* Module openers, preloaded by main.c. */
 int luaopen_core_loop(lua_State *L);
 int luaopen_core_http(lua_State *L);

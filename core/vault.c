@@ -1,9 +1,1000 @@
-/* core.vault -- placeholder until the module lands. */
+/*
+** vault.c -- core.vault: the master key, per-tenant data keys and the
+** credential blobs they seal (OpenSSL 3, EVP APIs only).
+**
+** Envelope encryption: a master key (a 32-byte file) wraps one random
+** 32-byte data key per tenant; each data key seals that tenant's fields.
+** Both layers use the same v1 blob format, encrypt-then-MAC:
+**
+**   0x01 (version) | 0x01 (alg) | IV(16) | AES-256-CBC ciphertext | tag(32)
+**   enc_key = HKDF-SHA256(key, salt none, info "switchboard v1 enc")
+**   mac_key = HKDF-SHA256(key, salt none, info "switchboard v1 mac")
+**   tag = HMAC-SHA256(mac_key, version | alg | IV | ciphertext |
+**                     u64be(len tenant) | tenant | u64be(len field) | field)
+**
+** A wrapped data key is such a blob under the master key, with the field
+** "data-key". The tag is compared with CRYPTO_memcmp before any
+** decryption or unpadding, and every failure gives the same
+** nil, "decryption failed".
+**
+** Secrets (the master key, opened credentials) live in mlock'd,
+** MADV_DONTDUMP pages of their own, wiped with OPENSSL_cleanse before
+** they are unmapped. A credential's secret never goes back to Lua: only C
+** (sb_credential_basic, for core.http) reads it.
+*/
+#define OPENSSL_API_COMPAT 30000
+#define OPENSSL_NO_DEPRECATED 1
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
 #include "core.h"
+
+#define MASTER_MT "core.vault.Master"
+#define CRED_MT "core.vault.Credential"
+
+#define KEY_LEN 32
+#define HDR_LEN 2
+#define IV_LEN 16
+#define BLOCK_LEN 16
+#define TAG_LEN 32
+#define V1_VERSION 0x01
+#define V1_ALG 0x01
+/* the smallest blob: header, IV, one block of ciphertext, tag */
+#define MIN_BLOB (HDR_LEN + IV_LEN + BLOCK_LEN + TAG_LEN)
+/* plaintexts above this are refused (EVP lengths are ints) */
+#define MAX_PLAIN ((size_t)1 << 30)
+
+#define DECRYPT_FAILED "decryption failed"
+
+/*
+** {======================================================
+** Locked memory for secrets
+** =======================================================
+*/
+
+static size_t
+page_size(void)
+{
+  long pg = sysconf(_SC_PAGESIZE);
+  return pg > 0 ? (size_t)pg : 4096;
+}
+
+/* Map len bytes (rounded up to whole pages) of private memory, locked
+** into RAM when the rlimit allows and left out of core dumps. Returns
+** NULL on failure; *maplen receives the mapped size for sec_free. */
+static unsigned char *
+sec_alloc(size_t len, size_t *maplen)
+{
+  size_t page = page_size();
+  if (len > SIZE_MAX - page)
+    return NULL;
+  size_t n = (len + page - 1) / page * page;
+  if (n == 0)
+    n = page;
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  (void)mlock(p, n);                    /* best effort (RLIMIT_MEMLOCK) */
+  (void)madvise(p, n, MADV_DONTDUMP);
+  *maplen = n;
+  return p;
+}
+
+static void
+sec_free(unsigned char *p, size_t maplen)
+{
+  if (p == NULL)
+    return;
+  OPENSSL_cleanse(p, maplen);
+  (void)munlock(p, maplen);
+  (void)munmap(p, maplen);
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** The v1 blob format (no Lua here)
+** =======================================================
+*/
+
+static char hkdf_digest[] = "SHA256";
+static unsigned char info_enc[] = "switchboard v1 enc";
+static unsigned char info_mac[] = "switchboard v1 mac";
+static unsigned char field_data_key[] = "data-key";
+
+/* Fetched once, kept for the life of the process. */
+static EVP_KDF *hkdf_alg = NULL;
+static EVP_MAC *hmac_alg = NULL;
+
+static int
+fetch_algs(void)
+{
+  if (hkdf_alg == NULL)
+    hkdf_alg = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_HKDF, NULL);
+  if (hmac_alg == NULL)
+    hmac_alg = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+  return hkdf_alg != NULL && hmac_alg != NULL ? 0 : -1;
+}
+
+static int
+hkdf_one(unsigned char *key, unsigned char *info, size_t infolen,
+         unsigned char out[KEY_LEN])
+{
+  EVP_KDF_CTX *kctx = EVP_KDF_CTX_new(hkdf_alg);
+  if (kctx == NULL)
+    return -1;
+  OSSL_PARAM params[4];
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                               hkdf_digest, 0);
+  params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, key,
+                                                KEY_LEN);
+  params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info,
+                                                infolen);
+  params[3] = OSSL_PARAM_construct_end();
+  int ok = EVP_KDF_derive(kctx, out, KEY_LEN, params) == 1;
+  EVP_KDF_CTX_free(kctx);
+  return ok ? 0 : -1;
+}
+
+/* enc and mac keys for one key; both wiped by the caller. */
+static int
+derive_keys(unsigned char *key, unsigned char enc[KEY_LEN],
+            unsigned char mac[KEY_LEN])
+{
+  if (fetch_algs() != 0)
+    return -1;
+  if (hkdf_one(key, info_enc, sizeof info_enc - 1, enc) != 0
+      || hkdf_one(key, info_mac, sizeof info_mac - 1, mac) != 0) {
+    OPENSSL_cleanse(enc, KEY_LEN);
+    OPENSSL_cleanse(mac, KEY_LEN);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+put_u64be(unsigned char out[8], uint64_t v)
+{
+  for (int i = 7; i >= 0; i--) {
+    out[i] = (unsigned char)(v & 0xff);
+    v >>= 8;
+  }
+}
+
+/* tag = HMAC(mac_key, body | len(tenant) | tenant | len(field) | field),
+** body being header, IV and ciphertext. */
+static int
+compute_tag(unsigned char mac_key[KEY_LEN], const unsigned char *body,
+            size_t bodylen, const char *tenant, size_t tlen,
+            const char *field, size_t flen, unsigned char tag[TAG_LEN])
+{
+  EVP_MAC_CTX *mctx = EVP_MAC_CTX_new(hmac_alg);
+  if (mctx == NULL)
+    return -1;
+  OSSL_PARAM params[2];
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                               hkdf_digest, 0);
+  params[1] = OSSL_PARAM_construct_end();
+  unsigned char tl[8], fl[8];
+  put_u64be(tl, (uint64_t)tlen);
+  put_u64be(fl, (uint64_t)flen);
+  size_t outlen = 0;
+  int ok = EVP_MAC_init(mctx, mac_key, KEY_LEN, params) == 1
+           && EVP_MAC_update(mctx, body, bodylen) == 1
+           && EVP_MAC_update(mctx, tl, sizeof tl) == 1
+           && EVP_MAC_update(mctx, (const unsigned char *)tenant, tlen) == 1
+           && EVP_MAC_update(mctx, fl, sizeof fl) == 1
+           && EVP_MAC_update(mctx, (const unsigned char *)field, flen) == 1
+           && EVP_MAC_final(mctx, tag, &outlen, TAG_LEN) == 1
+           && outlen == TAG_LEN;
+  EVP_MAC_CTX_free(mctx);
+  return ok ? 0 : -1;
+}
+
+static size_t
+sealed_len(size_t ptlen)
+{
+  return HDR_LEN + IV_LEN + (ptlen / BLOCK_LEN + 1) * BLOCK_LEN + TAG_LEN;
+}
+
+/* Seal pt under key into out (sealed_len(ptlen) bytes). 0 or -1. */
+static int
+seal_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
+         const char *field, size_t flen, const unsigned char *pt,
+         size_t ptlen, unsigned char *out)
+{
+  unsigned char enc[KEY_LEN], mac[KEY_LEN];
+  if (ptlen > MAX_PLAIN || derive_keys(key, enc, mac) != 0)
+    return -1;
+  int rc = -1;
+  unsigned char *iv = out + HDR_LEN;
+  unsigned char *ct = iv + IV_LEN;
+  int n1 = 0, n2 = 0;
+  out[0] = V1_VERSION;
+  out[1] = V1_ALG;
+  EVP_CIPHER_CTX *cctx = EVP_CIPHER_CTX_new();
+  if (cctx == NULL || RAND_bytes(iv, IV_LEN) != 1)
+    goto done;
+  if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, enc, iv) != 1
+      || EVP_EncryptUpdate(cctx, ct, &n1, pt, (int)ptlen) != 1
+      || EVP_EncryptFinal_ex(cctx, ct + n1, &n2) != 1)
+    goto done;
+  size_t ctlen = (size_t)n1 + (size_t)n2;
+  if (ctlen != sealed_len(ptlen) - HDR_LEN - IV_LEN - TAG_LEN)
+    goto done;
+  if (compute_tag(mac, out, HDR_LEN + IV_LEN + ctlen, tenant, tlen, field,
+                  flen, ct + ctlen) != 0)
+    goto done;
+  rc = 0;
+done:
+  EVP_CIPHER_CTX_free(cctx);
+  OPENSSL_cleanse(enc, sizeof enc);
+  OPENSSL_cleanse(mac, sizeof mac);
+  return rc;
+}
+
+/* Verify and open blob under key into out (at least bloblen - MIN_BLOB +
+** BLOCK_LEN bytes). 0 and *outlen, or -1 for any failure, whatever it is. */
+static int
+open_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
+         const char *field, size_t flen, const unsigned char *blob,
+         size_t bloblen, unsigned char *out, size_t *outlen)
+{
+  if (bloblen < MIN_BLOB || bloblen - MIN_BLOB > MAX_PLAIN
+      || (bloblen - HDR_LEN - IV_LEN - TAG_LEN) % BLOCK_LEN != 0
+      || blob[0] != V1_VERSION || blob[1] != V1_ALG)
+    return -1;
+  unsigned char enc[KEY_LEN], mac[KEY_LEN], tag[TAG_LEN];
+  if (derive_keys(key, enc, mac) != 0)
+    return -1;
+  int rc = -1;
+  size_t bodylen = bloblen - TAG_LEN;
+  size_t ctlen = bodylen - HDR_LEN - IV_LEN;
+  const unsigned char *iv = blob + HDR_LEN;
+  const unsigned char *ct = iv + IV_LEN;
+  int n1 = 0, n2 = 0;
+  EVP_CIPHER_CTX *cctx = NULL;
+  /* the MAC first, in constant time: nothing is decrypted or unpadded
+  ** unless the blob is exactly what was sealed for this tenant and field */
+  if (compute_tag(mac, blob, bodylen, tenant, tlen, field, flen, tag) != 0
+      || CRYPTO_memcmp(tag, blob + bodylen, TAG_LEN) != 0)
+    goto done;
+  cctx = EVP_CIPHER_CTX_new();
+  if (cctx == NULL
+      || EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, enc, iv) != 1
+      || EVP_DecryptUpdate(cctx, out, &n1, ct, (int)ctlen) != 1
+      || EVP_DecryptFinal_ex(cctx, out + n1, &n2) != 1) {
+    OPENSSL_cleanse(out, ctlen);
+    goto done;
+  }
+  *outlen = (size_t)n1 + (size_t)n2;
+  rc = 0;
+done:
+  EVP_CIPHER_CTX_free(cctx);
+  OPENSSL_cleanse(enc, sizeof enc);
+  OPENSSL_cleanse(mac, sizeof mac);
+  OPENSSL_cleanse(tag, sizeof tag);
+  return rc;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Master
+** =======================================================
+*/
+
+typedef struct Master {
+  unsigned char *key;       /* KEY_LEN bytes in locked memory; NULL: closed */
+  size_t maplen;
+} Master;
+
+static Master *
+check_master(lua_State *L)
+{
+  Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
+  if (m->key == NULL)
+    luaL_error(L, "attempt to use a closed master key");
+  return m;
+}
+
+static int
+master_close(lua_State *L)
+{
+  Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
+  if (m->key != NULL) {
+    sec_free(m->key, m->maplen);
+    m->key = NULL;
+    m->maplen = 0;
+  }
+  return 0;
+}
+
+static int
+master_tostring(lua_State *L)
+{
+  Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
+  lua_pushstring(L, m->key == NULL ? MASTER_MT " (closed)" : MASTER_MT);
+  return 1;
+}
+
+/* [-0, +1, m] A new Master in its closed state. */
+static Master *
+new_master(lua_State *L)
+{
+  Master *m = (Master *)lua_newuserdatauv(L, sizeof *m, 0);
+  m->key = NULL;
+  m->maplen = 0;
+  luaL_setmetatable(L, MASTER_MT);
+  return m;
+}
+
+/* [-0, +2, m] nil, "master key file <path>: <why>" */
+static int
+master_fail(lua_State *L, const char *path, const char *why)
+{
+  luaL_pushfail(L);
+  lua_pushfstring(L, "master key file %s: %s", path, why);
+  return 2;
+}
+
+static int
+read_full(int fd, unsigned char *buf, size_t len)
+{
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = read(fd, buf + got, len - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    got += (size_t)n;
+  }
+  return 0;
+}
+
+static int
+write_full(int fd, const unsigned char *buf, size_t len)
+{
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = write(fd, buf + done, len - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+/* vault.load_master(path) -> Master | nil, err */
+static int
+vault_load_master(lua_State *L)
+{
+  const char *path = luaL_checkstring(L, 1);
+  Master *m = new_master(L);
+  char why[160];
+  /* O_NONBLOCK: a FIFO planted at the path must not hang the open */
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    int e = errno;
+    if (e == ELOOP)
+      return master_fail(L, path, "is a symbolic link; refusing to follow it");
+    return master_fail(L, path, strerror(e));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return master_fail(L, path, strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return master_fail(L, path, "is not a regular file");
+  }
+  if (st.st_uid != geteuid()) {
+    close(fd);
+    snprintf(why, sizeof why,
+             "owned by uid %lu, not by this process's uid %lu; chown it",
+             (unsigned long)st.st_uid, (unsigned long)geteuid());
+    return master_fail(L, path, why);
+  }
+  if ((st.st_mode & 077) != 0) {
+    close(fd);
+    snprintf(why, sizeof why,
+             "mode %04o lets group or others %s it; chmod 600",
+             (unsigned)(st.st_mode & 07777),
+             (st.st_mode & 044) != 0 ? "read" : "access");
+    return master_fail(L, path, why);
+  }
+  if (st.st_size != KEY_LEN) {
+    close(fd);
+    snprintf(why, sizeof why, "size is %lld bytes, must be exactly %d",
+             (long long)st.st_size, KEY_LEN);
+    return master_fail(L, path, why);
+  }
+  size_t maplen = 0;
+  unsigned char *key = sec_alloc(KEY_LEN, &maplen);
+  if (key == NULL) {
+    close(fd);
+    return master_fail(L, path, "cannot allocate locked memory");
+  }
+  if (read_full(fd, key, KEY_LEN) != 0) {
+    int e = errno;
+    close(fd);
+    sec_free(key, maplen);
+    return master_fail(L, path, e != 0 ? strerror(e) : "short read");
+  }
+  close(fd);
+  m->key = key;
+  m->maplen = maplen;
+  return 1;
+}
+
+/* vault.create_master(path) -> true | nil, err */
+static int
+vault_create_master(lua_State *L)
+{
+  const char *path = luaL_checkstring(L, 1);
+  unsigned char key[KEY_LEN];
+  if (RAND_bytes(key, KEY_LEN) != 1)
+    return master_fail(L, path, "random generator failure");
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                0600);
+  if (fd < 0) {
+    int e = errno;
+    OPENSSL_cleanse(key, sizeof key);
+    if (e == EEXIST)
+      return master_fail(L, path, "already exists; refusing to overwrite it");
+    return master_fail(L, path, strerror(e));
+  }
+  int ok = fchmod(fd, 0600) == 0 && write_full(fd, key, KEY_LEN) == 0
+           && fsync(fd) == 0;
+  int e = errno;
+  OPENSSL_cleanse(key, sizeof key);
+  if (close(fd) != 0 && ok) {
+    ok = 0;
+    e = errno;
+  }
+  if (!ok) {
+    unlink(path);
+    return master_fail(L, path, strerror(e));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Unwrap the data key of tenant into dek; 0 or -1. */
+static int
+unwrap_dek(Master *m, const char *tenant, size_t tlen, const char *wrapped,
+           size_t wlen, unsigned char dek[KEY_LEN])
+{
+  /* a wrapped key is a 32-byte plaintext: exactly one size is valid */
+  unsigned char buf[KEY_LEN + BLOCK_LEN];
+  size_t n = 0;
+  if (wlen != sealed_len(KEY_LEN))
+    return -1;
+  if (open_raw(m->key, tenant, tlen, (const char *)field_data_key,
+               sizeof field_data_key - 1, (const unsigned char *)wrapped,
+               wlen, buf, &n) != 0)
+    return -1;
+  int rc = -1;
+  if (n == KEY_LEN) {
+    memcpy(dek, buf, KEY_LEN);
+    rc = 0;
+  }
+  OPENSSL_cleanse(buf, sizeof buf);
+  return rc;
+}
+
+/* master:new_data_key(tenant_id) -> wrapped key | nil, err */
+static int
+master_new_data_key(lua_State *L)
+{
+  Master *m = check_master(L);
+  size_t tlen;
+  const char *tenant = luaL_checklstring(L, 2, &tlen);
+  size_t outlen = sealed_len(KEY_LEN);
+  unsigned char *out = (unsigned char *)lua_newuserdatauv(L, outlen, 0);
+  unsigned char dek[KEY_LEN];
+  int rc = -1;
+  if (RAND_bytes(dek, KEY_LEN) == 1)
+    rc = seal_raw(m->key, tenant, tlen, (const char *)field_data_key,
+                  sizeof field_data_key - 1, dek, KEY_LEN, out);
+  OPENSSL_cleanse(dek, sizeof dek);
+  if (rc != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "cannot create a data key");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, outlen);
+  return 1;
+}
+
+/* master:seal(wrapped_key, tenant_id, field, plaintext) -> blob | nil, err */
+static int
+master_seal(lua_State *L)
+{
+  Master *m = check_master(L);
+  size_t wlen, tlen, flen, ptlen;
+  const char *wrapped = luaL_checklstring(L, 2, &wlen);
+  const char *tenant = luaL_checklstring(L, 3, &tlen);
+  const char *field = luaL_checklstring(L, 4, &flen);
+  const char *pt = luaL_checklstring(L, 5, &ptlen);
+  luaL_argcheck(L, ptlen <= MAX_PLAIN, 5, "plaintext too large");
+  size_t outlen = sealed_len(ptlen);
+  unsigned char *out = (unsigned char *)lua_newuserdatauv(L, outlen, 0);
+  unsigned char dek[KEY_LEN];
+  if (unwrap_dek(m, tenant, tlen, wrapped, wlen, dek) != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, DECRYPT_FAILED);
+    return 2;
+  }
+  int rc = seal_raw(dek, tenant, tlen, field, flen,
+                    (const unsigned char *)pt, ptlen, out);
+  OPENSSL_cleanse(dek, sizeof dek);
+  if (rc != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "encryption failed");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, outlen);
+  return 1;
+}
+
+/* Unwrap the data key and open the blob at stack index 5 into out
+** (capacity >= bloblen). 0 or -1. */
+static int
+open_field(lua_State *L, Master *m, unsigned char *out, size_t *outlen)
+{
+  size_t wlen, tlen, flen, blen;
+  const char *wrapped = lua_tolstring(L, 2, &wlen);
+  const char *tenant = lua_tolstring(L, 3, &tlen);
+  const char *field = lua_tolstring(L, 4, &flen);
+  const char *blob = lua_tolstring(L, 5, &blen);
+  unsigned char dek[KEY_LEN];
+  if (unwrap_dek(m, tenant, tlen, wrapped, wlen, dek) != 0)
+    return -1;
+  int rc = open_raw(dek, tenant, tlen, field, flen,
+                    (const unsigned char *)blob, blen, out, outlen);
+  OPENSSL_cleanse(dek, sizeof dek);
+  return rc;
+}
+
+static void
+check_open_args(lua_State *L)
+{
+  for (int i = 2; i <= 5; i++)
+    luaL_checkstring(L, i);
+}
+
+/* master:open(wrapped_key, tenant_id, field, blob) -> plaintext | nil, err */
+static int
+master_open(lua_State *L)
+{
+  Master *m = check_master(L);
+  check_open_args(L);
+  size_t blen = lua_rawlen(L, 5);
+  unsigned char *out = (unsigned char *)lua_newuserdatauv(L, blen + 1, 0);
+  size_t n = 0;
+  if (open_field(L, m, out, &n) != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, DECRYPT_FAILED);
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, n);
+  OPENSSL_cleanse(out, blen + 1);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Credential
+** =======================================================
+*/
+
+typedef struct Credential {
+  char *username;             /* malloc'd, NUL-terminated; NULL: closed */
+  size_t ulen;
+  unsigned char *secret;      /* locked memory, NUL-terminated */
+  size_t slen;
+  size_t maplen;
+} Credential;
+
+static Credential *
+check_cred(lua_State *L)
+{
+  Credential *c = (Credential *)luaL_checkudata(L, 1, CRED_MT);
+  if (c->username == NULL)
+    luaL_error(L, "attempt to use a closed credential");
+  return c;
+}
+
+static void
+cred_release(Credential *c)
+{
+  if (c->secret != NULL) {
+    sec_free(c->secret, c->maplen);
+    c->secret = NULL;
+  }
+  if (c->username != NULL) {
+    OPENSSL_cleanse(c->username, c->ulen);
+    free(c->username);
+    c->username = NULL;
+  }
+  c->ulen = c->slen = c->maplen = 0;
+}
+
+static int
+cred_close(lua_State *L)
+{
+  Credential *c = (Credential *)luaL_checkudata(L, 1, CRED_MT);
+  cred_release(c);
+  return 0;
+}
+
+/* [-0, +1, m] "SK…1234": the first two and the last four characters of
+** the username (the whole hint is "…" when the name is too short). */
+static void
+push_hint(lua_State *L, const Credential *c)
+{
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (c->ulen >= 8)
+    luaL_addlstring(&b, c->username, 2);
+  luaL_addstring(&b, "\xe2\x80\xa6");
+  if (c->ulen >= 8)
+    luaL_addlstring(&b, c->username + c->ulen - 4, 4);
+  luaL_pushresult(&b);
+}
+
+static int
+cred_username(lua_State *L)
+{
+  Credential *c = check_cred(L);
+  lua_pushlstring(L, c->username, c->ulen);
+  return 1;
+}
+
+static int
+cred_hint(lua_State *L)
+{
+  push_hint(L, check_cred(L));
+  return 1;
+}
+
+static int
+cred_tostring(lua_State *L)
+{
+  Credential *c = (Credential *)luaL_checkudata(L, 1, CRED_MT);
+  if (c->username == NULL) {
+    lua_pushliteral(L, CRED_MT " (closed)");
+    return 1;
+  }
+  push_hint(L, c);
+  lua_pushfstring(L, CRED_MT " (%s)", lua_tostring(L, -1));
+  return 1;
+}
+
+/* master:credential(wrapped_key, tenant_id, field, blob, username)
+**   -> Credential | nil, "decryption failed" */
+static int
+master_credential(lua_State *L)
+{
+  Master *m = check_master(L);
+  check_open_args(L);
+  size_t ulen;
+  const char *user = luaL_checklstring(L, 6, &ulen);
+  luaL_argcheck(L, strlen(user) == ulen, 6, "username contains a NUL byte");
+  size_t blen = lua_rawlen(L, 5);
+  lua_settop(L, 6);
+  Credential *c = (Credential *)lua_newuserdatauv(L, sizeof *c, 0);
+  memset(c, 0, sizeof *c);
+  luaL_setmetatable(L, CRED_MT);
+  size_t maplen = 0;
+  unsigned char *secret = sec_alloc(blen + 1, &maplen);
+  char *ucopy = (char *)malloc(ulen + 1);
+  if (secret == NULL || ucopy == NULL) {
+    sec_free(secret, maplen);
+    free(ucopy);
+    return luaL_error(L, "not enough memory");
+  }
+  memcpy(ucopy, user, ulen + 1);
+  c->username = ucopy;
+  c->ulen = ulen;
+  c->secret = secret;
+  c->maplen = maplen;
+  size_t n = 0;
+  if (open_field(L, m, secret, &n) != 0) {
+    cred_release(c);
+    luaL_pushfail(L);
+    lua_pushliteral(L, DECRYPT_FAILED);
+    return 2;
+  }
+  secret[n] = '\0';
+  c->slen = n;
+  return 1;
+}
+
+int
+sb_credential_basic(lua_State *L, int idx, const char **user,
+                    const char **secret)
+{
+  Credential *c = (Credential *)luaL_testudata(L, idx, CRED_MT);
+  if (c == NULL || c->username == NULL || c->secret == NULL)
+    return 0;
+  *user = c->username;
+  *secret = (const char *)c->secret;
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Hashing, comparison and encoding helpers
+** =======================================================
+*/
+
+#define MAX_RANDOM (1 << 20)
+
+/* vault.random(n) -> n random bytes */
+static int
+vault_random(lua_State *L)
+{
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= MAX_RANDOM, 1, "out of range");
+  luaL_Buffer b;
+  unsigned char *p = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)n);
+  if (n > 0 && RAND_bytes(p, (int)n) != 1) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "random generator failure");
+    return 2;
+  }
+  luaL_pushresultsize(&b, (size_t)n);
+  return 1;
+}
+
+static const char b64url_alphabet[] =
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/* [-0, +0, m] add base64url (no padding) of s to b */
+static void
+add_base64url(luaL_Buffer *b, const unsigned char *s, size_t len)
+{
+  size_t i = 0;
+  for (; i + 3 <= len; i += 3) {
+    unsigned long v = ((unsigned long)s[i] << 16)
+                      | ((unsigned long)s[i + 1] << 8) | s[i + 2];
+    luaL_addchar(b, b64url_alphabet[(v >> 18) & 63]);
+    luaL_addchar(b, b64url_alphabet[(v >> 12) & 63]);
+    luaL_addchar(b, b64url_alphabet[(v >> 6) & 63]);
+    luaL_addchar(b, b64url_alphabet[v & 63]);
+  }
+  if (len - i == 1) {
+    unsigned long v = (unsigned long)s[i] << 16;
+    luaL_addchar(b, b64url_alphabet[(v >> 18) & 63]);
+    luaL_addchar(b, b64url_alphabet[(v >> 12) & 63]);
+  } else if (len - i == 2) {
+    unsigned long v = ((unsigned long)s[i] << 16)
+                      | ((unsigned long)s[i + 1] << 8);
+    luaL_addchar(b, b64url_alphabet[(v >> 18) & 63]);
+    luaL_addchar(b, b64url_alphabet[(v >> 12) & 63]);
+    luaL_addchar(b, b64url_alphabet[(v >> 6) & 63]);
+  }
+}
+
+/* vault.token(prefix?) -> prefix .. 43 base64url chars (256 random bits) */
+static int
+vault_token(lua_State *L)
+{
+  size_t plen;
+  const char *prefix = luaL_optlstring(L, 1, "", &plen);
+  unsigned char rnd[32];
+  if (RAND_bytes(rnd, sizeof rnd) != 1) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "random generator failure");
+    return 2;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, prefix, plen);
+  add_base64url(&b, rnd, sizeof rnd);
+  OPENSSL_cleanse(rnd, sizeof rnd);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int
+vault_base64url(lua_State *L)
+{
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  add_base64url(&b, (const unsigned char *)s, len);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* [-0, +1, m] lowercase hex of s */
+static void
+push_hex(lua_State *L, const unsigned char *s, size_t len)
+{
+  static const char digits[] = "0123456789abcdef";
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, len * 2);
+  for (size_t i = 0; i < len; i++) {
+    p[2 * i] = digits[s[i] >> 4];
+    p[2 * i + 1] = digits[s[i] & 15];
+  }
+  luaL_pushresultsize(&b, len * 2);
+}
+
+static int
+vault_hex(lua_State *L)
+{
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, len <= SIZE_MAX / 2, 1, "too long");
+  push_hex(L, (const unsigned char *)s, len);
+  return 1;
+}
+
+static int
+sha256_of(lua_State *L, unsigned char md[32])
+{
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  unsigned int mdlen = 0;
+  if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
+    return luaL_error(L, "sha256 failed");
+  return 0;
+}
+
+static int
+vault_sha256(lua_State *L)
+{
+  unsigned char md[32];
+  sha256_of(L, md);
+  lua_pushlstring(L, (const char *)md, sizeof md);
+  return 1;
+}
+
+static int
+vault_sha256_hex(lua_State *L)
+{
+  unsigned char md[32];
+  sha256_of(L, md);
+  push_hex(L, md, sizeof md);
+  return 1;
+}
+
+/* vault.hmac_sha256(key, s) -> raw 32-byte tag */
+static int
+vault_hmac_sha256(lua_State *L)
+{
+  size_t klen, len;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  const char *s = luaL_checklstring(L, 2, &len);
+  unsigned char md[32];
+  size_t mdlen = 0;
+  if (EVP_Q_mac(NULL, OSSL_MAC_NAME_HMAC, NULL, hkdf_digest, NULL, key, klen,
+                (const unsigned char *)s, len, md, sizeof md, &mdlen) == NULL
+      || mdlen != sizeof md)
+    return luaL_error(L, "hmac_sha256 failed");
+  lua_pushlstring(L, (const char *)md, sizeof md);
+  return 1;
+}
+
+/* vault.equal(a, b) -> boolean, in time that depends on the lengths only */
+static int
+vault_equal(lua_State *L)
+{
+  size_t la, lb;
+  const char *a = luaL_checklstring(L, 1, &la);
+  const char *b = luaL_checklstring(L, 2, &lb);
+  /* on a length mismatch, still compare a with itself so the work done
+  ** does not depend on where the contents differ */
+  int same = CRYPTO_memcmp(a, la == lb ? b : a, la) == 0;
+  lua_pushboolean(L, same & (la == lb));
+  return 1;
+}
+
+/* }====================================================== */
+
+
+static const luaL_Reg master_methods[] = {
+  { "new_data_key", master_new_data_key },
+  { "seal", master_seal },
+  { "open", master_open },
+  { "credential", master_credential },
+  { "close", master_close },
+  { NULL, NULL }
+};
+
+static const luaL_Reg master_meta[] = {
+  { "__gc", master_close },
+  { "__close", master_close },
+  { "__tostring", master_tostring },
+  { "__index", NULL },
+  { NULL, NULL }
+};
+
+static const luaL_Reg cred_methods[] = {
+  { "username", cred_username },
+  { "hint", cred_hint },
+  { "close", cred_close },
+  { NULL, NULL }
+};
+
+static const luaL_Reg cred_meta[] = {
+  { "__gc", cred_close },
+  { "__close", cred_close },
+  { "__tostring", cred_tostring },
+  { "__index", NULL },
+  { NULL, NULL }
+};
+
+static const luaL_Reg vault_funcs[] = {
+  { "load_master", vault_load_master },
+  { "create_master", vault_create_master },
+  { "random", vault_random },
+  { "token", vault_token },
+  { "sha256", vault_sha256 },
+  { "sha256_hex", vault_sha256_hex },
+  { "hmac_sha256", vault_hmac_sha256 },
+  { "equal", vault_equal },
+  { "hex", vault_hex },
+  { "base64url", vault_base64url },
+  { NULL, NULL }
+};
+
+/* [-0, +0, m] metatable name with metamethods meta and __index methods */
+static void
+createmeta(lua_State *L, const char *name, const luaL_Reg *meta,
+           const luaL_Reg *methods)
+{
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
 
 int
 luaopen_core_vault(lua_State *L)
 {
-  lua_newtable(L);
+  createmeta(L, MASTER_MT, master_meta, master_methods);
+  createmeta(L, CRED_MT, cred_meta, cred_methods);
+  luaL_newlib(L, vault_funcs);
   return 1;
 }

@@ -1,0 +1,363 @@
+-- core.vault: envelope encryption, master key file rules, credentials.
+-- Run: ./switchboard exec /usr/bin/busted tests/unit/vault_spec.lua
+local vault = require "core.vault"
+
+local function tmpdir()
+  local path = os.tmpname()
+  os.remove(path)
+  assert(os.execute("mkdir -m 700 " .. path))
+  return path
+end
+
+local function sh(cmd)
+  return os.execute(cmd .. " 2>/dev/null")
+end
+
+-- flip one bit of byte i (1-based)
+local function flip(s, i, bit)
+  local b = s:byte(i) ~ (1 << (bit or 0))
+  return s:sub(1, i - 1) .. string.char(b) .. s:sub(i + 1)
+end
+
+local FAIL = "decryption failed"
+
+describe("core.vault", function()
+  local dir, master, other_master, wk
+
+  setup(function()
+    dir = tmpdir()
+    assert.is_true(vault.create_master(dir .. "/master.key"))
+    assert.is_true(vault.create_master(dir .. "/other.key"))
+    master = assert(vault.load_master(dir .. "/master.key"))
+    other_master = assert(vault.load_master(dir .. "/other.key"))
+    wk = assert(master:new_data_key("tenant-1"))
+  end)
+
+  teardown(function()
+    master:close()
+    other_master:close()
+    sh("rm -rf " .. dir)
+  end)
+
+  describe("master key file", function()
+    local function write_key(name, n, mode)
+      local path = dir .. "/" .. name
+      local f = assert(io.open(path, "wb"))
+      f:write(string.rep("k", n))
+      f:close()
+      assert(sh("chmod " .. mode .. " " .. path))
+      return path
+    end
+
+    it("is created with mode 0600 and 32 bytes", function()
+      local out = io.popen("stat -c '%a %s' " .. dir .. "/master.key")
+      local line = out:read("l")
+      out:close()
+      assert.equal("600 32", line)
+    end)
+
+    it("is never overwritten by create_master", function()
+      local path = dir .. "/master.key"
+      local before = io.open(path, "rb"):read("a")
+      local ok, err = vault.create_master(path)
+      assert.is_nil(ok)
+      assert.matches("already exists", err, 1, true)
+      assert.equal(before, io.open(path, "rb"):read("a"))
+    end)
+
+    it("refuses mode 0644", function()
+      local m, err = vault.load_master(write_key("k644", 32, "644"))
+      assert.is_nil(m)
+      assert.matches("mode 0644 lets group or others read it; chmod 600", err, 1, true)
+    end)
+
+    it("refuses mode 0640", function()
+      local m, err = vault.load_master(write_key("k640", 32, "640"))
+      assert.is_nil(m)
+      assert.matches("mode 0640 lets group or others read it", err, 1, true)
+    end)
+
+    it("refuses mode 0601 (others may write)", function()
+      local m, err = vault.load_master(write_key("k601", 32, "601"))
+      assert.is_nil(m)
+      assert.matches("mode 0601 lets group or others access it", err, 1, true)
+    end)
+
+    it("accepts mode 0400", function()
+      local m = assert(vault.load_master(write_key("k400", 32, "400")))
+      m:close()
+    end)
+
+    it("refuses a symlink", function()
+      assert(sh("ln -s " .. dir .. "/master.key " .. dir .. "/link.key"))
+      local m, err = vault.load_master(dir .. "/link.key")
+      assert.is_nil(m)
+      assert.matches("symbolic link", err, 1, true)
+    end)
+
+    it("refuses a wrong size", function()
+      local m, err = vault.load_master(write_key("short", 31, "600"))
+      assert.is_nil(m)
+      assert.matches("size is 31 bytes, must be exactly 32", err, 1, true)
+      m, err = vault.load_master(write_key("long", 33, "600"))
+      assert.is_nil(m)
+      assert.matches("size is 33 bytes", err, 1, true)
+    end)
+
+    it("refuses a missing file", function()
+      local m, err = vault.load_master(dir .. "/nope.key")
+      assert.is_nil(m)
+      assert.matches("master key file .*/nope.key: No such file", err)
+    end)
+
+    it("refuses a directory", function()
+      assert(sh("mkdir -m 700 " .. dir .. "/d"))
+      local m, err = vault.load_master(dir .. "/d")
+      assert.is_nil(m)
+      assert.matches("not a regular file", err, 1, true)
+    end)
+
+    it("refuses a file owned by another uid (as root)", function()
+      local out = io.popen("id -u")
+      local uid = out:read("l")
+      out:close()
+      if uid ~= "0" then
+        pending("needs root to chown")
+        return
+      end
+      local path = write_key("nobody.key", 32, "600")
+      assert(sh("chown nobody " .. path))
+      local m, err = vault.load_master(path)
+      assert.is_nil(m)
+      assert.matches("owned by uid %d+, not by this process's uid 0; chown it", err)
+    end)
+
+    it("closes idempotently and raises after close", function()
+      local m = assert(vault.load_master(dir .. "/master.key"))
+      m:close()
+      m:close()
+      assert.equal("core.vault.Master (closed)", tostring(m))
+      assert.has_error(function() m:new_data_key("t") end,
+        "attempt to use a closed master key")
+    end)
+  end)
+
+  describe("seal and open", function()
+    local blob
+
+    before_each(function()
+      blob = assert(master:seal(wk, "tenant-1", "auth_token", "s3cret-value"))
+    end)
+
+    it("round-trips", function()
+      assert.equal("s3cret-value", master:open(wk, "tenant-1", "auth_token", blob))
+      for _, pt in ipairs({ "", "x", string.rep("a", 15), string.rep("b", 16),
+                            string.rep("c", 17), string.rep("\0", 1000) }) do
+        local b = assert(master:seal(wk, "tenant-1", "f", pt))
+        assert.equal(pt, master:open(wk, "tenant-1", "f", b))
+      end
+    end)
+
+    it("uses the v1 layout", function()
+      assert.equal(1, blob:byte(1))
+      assert.equal(1, blob:byte(2))
+      -- header 2 + IV 16 + one padded block 16 + tag 32
+      assert.equal(2 + 16 + 16 + 32, #blob)
+      assert.equal(2 + 16 + 48 + 32, #wk)
+    end)
+
+    it("uses a fresh IV each time", function()
+      local b2 = master:seal(wk, "tenant-1", "auth_token", "s3cret-value")
+      assert.not_equal(blob, b2)
+    end)
+
+    it("fails the same way for a bit flipped anywhere", function()
+      -- header (version, alg), IV, ciphertext, tag: every byte, two bits each
+      for i = 1, #blob do
+        for _, bit in ipairs({ 0, 7 }) do
+          local pt, err = master:open(wk, "tenant-1", "auth_token", flip(blob, i, bit))
+          assert.is_nil(pt)
+          assert.equal(FAIL, err)
+        end
+      end
+    end)
+
+    it("fails the same way for truncation and appended bytes", function()
+      for n = 0, #blob - 1 do
+        local pt, err = master:open(wk, "tenant-1", "auth_token", blob:sub(1, n))
+        assert.is_nil(pt)
+        assert.equal(FAIL, err)
+      end
+      for _, extra in ipairs({ "\0", string.rep("x", 16), string.rep("y", 32) }) do
+        local pt, err = master:open(wk, "tenant-1", "auth_token", blob .. extra)
+        assert.is_nil(pt)
+        assert.equal(FAIL, err)
+      end
+    end)
+
+    it("fails the same way for the wrong tenant or field", function()
+      local wk2 = assert(master:new_data_key("tenant-2"))
+      local cases = {
+        { wk, "tenant-2", "auth_token" },
+        { wk, "tenant-1", "api_secret" },
+        { wk, "tenant-1", "auth_tokenx" },
+        -- length prefixes keep these apart
+        { wk, "tenant-1a", "uth_token" },
+        { wk2, "tenant-2", "auth_token" },
+        { wk2, "tenant-1", "auth_token" },
+      }
+      for _, c in ipairs(cases) do
+        local pt, err = master:open(c[1], c[2], c[3], blob)
+        assert.is_nil(pt)
+        assert.equal(FAIL, err)
+      end
+    end)
+
+    it("fails the same way for another data key of the same tenant", function()
+      local wk_other = assert(master:new_data_key("tenant-1"))
+      local pt, err = master:open(wk_other, "tenant-1", "auth_token", blob)
+      assert.is_nil(pt)
+      assert.equal(FAIL, err)
+    end)
+
+    it("fails the same way under another master key", function()
+      local pt, err = other_master:open(wk, "tenant-1", "auth_token", blob)
+      assert.is_nil(pt)
+      assert.equal(FAIL, err)
+    end)
+
+    it("fails the same way for a tampered or garbage wrapped key", function()
+      for _, bad in ipairs({ flip(wk, 1), flip(wk, 20), flip(wk, #wk), wk:sub(1, -2),
+                             wk .. "x", "", "garbage" }) do
+        local pt, err = master:open(bad, "tenant-1", "auth_token", blob)
+        assert.is_nil(pt)
+        assert.equal(FAIL, err)
+      end
+      local b, err = master:seal(flip(wk, 30), "tenant-1", "f", "x")
+      assert.is_nil(b)
+      assert.equal(FAIL, err)
+    end)
+
+    it("does not accept a wrapped key as a field blob", function()
+      -- the wrapped key is sealed under the master key with field "data-key"
+      local pt, err = master:open(wk, "tenant-1", "data-key", wk)
+      assert.is_nil(pt)
+      assert.equal(FAIL, err)
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() master:open(wk, "tenant-1", "f") end)
+      assert.has_error(function() master:seal(wk, "tenant-1", "f", {}) end)
+      assert.has_error(function() master.open({}, wk, "t", "f", blob) end)
+    end)
+  end)
+
+  describe("credential", function()
+    local blob
+    local SECRET = "the-auth-token-0123456789abcdef"
+    local USER = "SK0123456789abcdef0123456789ab1234"
+
+    before_each(function()
+      blob = assert(master:seal(wk, "tenant-1", "auth_token", SECRET))
+    end)
+
+    it("keeps the secret out of Lua", function()
+      local cred = assert(master:credential(wk, "tenant-1", "auth_token", blob, USER))
+      assert.equal("core.vault.Credential (SK…1234)", tostring(cred))
+      assert.equal("SK…1234", cred:hint())
+      assert.equal(USER, cred:username())
+      assert.is_nil(tostring(cred):find(SECRET, 1, true))
+      -- no method or field gives the secret back
+      local mt = getmetatable(cred)
+      assert.equal("locked", mt)
+      for _, name in ipairs({ "secret", "password", "token", "value", "get" }) do
+        assert.is_nil(cred[name])
+      end
+      cred:close()
+    end)
+
+    it("fails like open on tampering", function()
+      local cred, err = master:credential(wk, "tenant-2", "auth_token", blob, USER)
+      assert.is_nil(cred)
+      assert.equal(FAIL, err)
+      cred, err = master:credential(wk, "tenant-1", "auth_token", flip(blob, 40), USER)
+      assert.is_nil(cred)
+      assert.equal(FAIL, err)
+    end)
+
+    it("closes idempotently and raises after close", function()
+      local cred = assert(master:credential(wk, "tenant-1", "auth_token", blob, USER))
+      cred:close()
+      cred:close()
+      assert.equal("core.vault.Credential (closed)", tostring(cred))
+      assert.has_error(function() cred:hint() end, "attempt to use a closed credential")
+      assert.has_error(function() cred:username() end, "attempt to use a closed credential")
+    end)
+
+    it("works as a to-be-closed variable", function()
+      local c
+      do
+        local cred <close> = assert(master:credential(wk, "tenant-1", "auth_token", blob, USER))
+        c = cred
+      end
+      assert.equal("core.vault.Credential (closed)", tostring(c))
+    end)
+
+    it("hides short usernames entirely", function()
+      local cred = assert(master:credential(wk, "tenant-1", "auth_token", blob, "bob"))
+      assert.equal("…", cred:hint())
+      cred:close()
+    end)
+  end)
+
+  describe("helpers", function()
+    it("random", function()
+      assert.equal(0, #vault.random(0))
+      assert.equal(32, #vault.random(32))
+      assert.not_equal(vault.random(16), vault.random(16))
+      assert.has_error(function() vault.random(-1) end)
+    end)
+
+    it("token", function()
+      local t = vault.token("sbk_")
+      assert.equal(4 + 43, #t)
+      assert.matches("^sbk_[A-Za-z0-9_-]+$", t)
+      assert.not_equal(t, vault.token("sbk_"))
+      assert.matches("^[A-Za-z0-9_-]+$", vault.token(""))
+      assert.equal(43, #vault.token(""))
+    end)
+
+    it("sha256 and sha256_hex", function()
+      assert.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        vault.sha256_hex("abc"))
+      assert.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        vault.sha256_hex(""))
+      assert.equal(32, #vault.sha256("abc"))
+      assert.equal(vault.sha256_hex("abc"), vault.hex(vault.sha256("abc")))
+    end)
+
+    it("hmac_sha256 (RFC 4231 case 2)", function()
+      assert.equal("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        vault.hex(vault.hmac_sha256("Jefe", "what do ya want for nothing?")))
+    end)
+
+    it("equal", function()
+      assert.is_true(vault.equal("abc", "abc"))
+      assert.is_true(vault.equal("", ""))
+      assert.is_false(vault.equal("abc", "abd"))
+      assert.is_false(vault.equal("abc", "ab"))
+      assert.is_false(vault.equal("ab", "abc"))
+      assert.is_false(vault.equal("", "a"))
+      assert.has_error(function() vault.equal("a") end)
+    end)
+
+    it("hex and base64url", function()
+      assert.equal("00ff10", vault.hex("\0\255\16"))
+      assert.equal("", vault.base64url(""))
+      assert.equal("Zg", vault.base64url("f"))
+      assert.equal("Zm8", vault.base64url("fo"))
+      assert.equal("Zm9v", vault.base64url("foo"))
+      assert.equal("-_8", vault.base64url("\251\255"))
+    end)
+  end)
+end)
