@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite: luacheck, busted specs (run inside the switchboard
+# binary, so the core modules are the real ones), the official MCP SDK
+# client, and, under `make asan`, a scan for sanitizer reports.
+# Ends with one line: "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export SB_BIN=${SB_BIN:-$ROOT/switchboard}
+export SB_ROOT=$ROOT
+export SB_TEST_TMP=$(mktemp -d /tmp/sbtest.XXXXXX)
+export SWITCHBOARD_DUMPABLE=1
+pass=0
+fail=0
+note() { printf '\n== %s\n' "$*"; }
+
+note "luacheck"
+if luacheck -q --no-color runtime.lua lua policies examples tests bench; then
+  pass=$((pass + 1)); echo "ok - luacheck"
+else
+  fail=$((fail + 1)); echo "not ok - luacheck"
+fi
+
+note "busted (inside $SB_BIN)"
+specs=${SB_SPECS:-"tests/unit tests/integration"}
+"$SB_BIN" exec /usr/bin/busted --lpath="$ROOT/tests/?.lua" -o TAP $specs 2>&1 | tee "$SB_TEST_TMP/busted.tap"
+ok=$(grep -c '^ok ' "$SB_TEST_TMP/busted.tap")
+nok=$(grep -c '^not ok ' "$SB_TEST_TMP/busted.tap")
+if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - busted ran no test"; fi
+pass=$((pass + ok)); fail=$((fail + nok))
+
+note "MCP TypeScript SDK client (node --test)"
+if [ -z "${SB_SKIP_NODE:-}" ]; then
+  out=$("$SB_BIN" exec tests/support/node_harness.lua 2>&1)
+  echo "$out"
+  ok=$(printf '%s\n' "$out" | grep -c '^ok ')
+  nok=$(printf '%s\n' "$out" | grep -c '^not ok ')
+  if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - node tests did not run"; fi
+  pass=$((pass + ok)); fail=$((fail + nok))
+fi
+
+if [ -n "${SB_ASAN:-}" ]; then
+  note "sanitizer reports"
+  reports=$(grep -rlE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$SB_TEST_TMP" 2>/dev/null)
+  if [ -n "$reports" ]; then
+    fail=$((fail + 1)); echo "not ok - sanitizer reports in: $reports"
+    for r in $reports; do grep -A30 -E 'ERROR: |runtime error:' "$r" | head -60; done
+  else
+    pass=$((pass + 1)); echo "ok - no sanitizer report in any server or client log"
+  fi
+fi
+
+[ -z "${SB_KEEP_TMP:-}" ] && rm -rf "$SB_TEST_TMP"
+echo
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
