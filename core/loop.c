@@ -1,9 +1,1612 @@
-/* core.loop -- placeholder until the module lands. */
+/*
+** loop.c -- core.loop: the libev event loop as Lua sees it.
+** Coroutines wait in C (sleep, wait, stream reads, flush, connect): the C
+** function pins the running coroutine, arms a watcher and yields; the
+** watcher's callback resumes it through sb_resume_ref. Everything Lua that
+** a callback starts runs through sb_spawn / sb_resume_ref, which route
+** errors to the error handler, so no error is fatal.
+**
+** Lifetime rules (liolib / luv): every userdata is created closed before
+** its resource is acquired; close is idempotent and is also __gc and
+** __close; an object with an active watcher is pinned in the registry
+** (self_ref) and every callback anchors it on the main stack while it runs.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include "core.h"
+
+#define STREAM_MT   "core.loop.Stream"
+#define LISTENER_MT "core.loop.Listener"
+#define TIMER_MT    "core.loop.Timer"
+#define SIGNAL_MT   "core.loop.Signal"
+#define SLEEP_MT    "core.loop.Sleep"
+#define STATE_KEY   "core.loop.state"
+#define PARKED_KEY  "core.loop.parked"
+
+#define READ_CHUNK      16384
+#define BUF_KEEP        (256 * 1024)   /* larger idle buffers are freed */
+#define WRITE_CAP       (16 * 1024 * 1024)
+#define CONNECT_TIMEOUT 10.0
+
+static int loop_running = 0;
+
+/* [-0, +2, m] nil and "what: reason" with the reason in lower case. */
+static int
+push_errno(lua_State *L, const char *what, int err)
+{
+  char msg[256];
+  if (what != NULL)
+    snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  else
+    snprintf(msg, sizeof msg, "%s", strerror(err));
+  size_t off = what != NULL ? strlen(what) + 2 : 0;
+  if (off < sizeof msg && msg[off] >= 'A' && msg[off] <= 'Z')
+    msg[off] = (char)(msg[off] - 'A' + 'a');
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+static int
+push_fail(lua_State *L, const char *msg)
+{
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+static void
+lower_errno(char *buf, size_t size, int err)
+{
+  snprintf(buf, size, "%s", strerror(err));
+  if (buf[0] >= 'A' && buf[0] <= 'Z')
+    buf[0] = (char)(buf[0] - 'A' + 'a');
+}
+
+/* [-0, +0, -] Drop a registry ref and mark it empty. */
+static void
+unref(int *ref)
+{
+  if (*ref != LUA_NOREF && *ref != LUA_REFNIL)
+    luaL_unref(sb_main(), LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+/* [-0, +0, m] Pin the value at idx in *ref unless already pinned. */
+static void
+pin_value(lua_State *L, int idx, int *ref)
+{
+  if (*ref != LUA_NOREF)
+    return;
+  lua_pushvalue(L, idx);
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* [-0, +1, -] Anchor the object pinned by ref on the main stack while a
+** callback runs (a resumed coroutine may unpin or close it). */
+static void
+anchor(int ref)
+{
+  lua_State *L = sb_main();
+  lua_checkstack(L, 8);
+  if (ref != LUA_NOREF)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  else
+    lua_pushnil(L);
+}
+
+static void
+unanchor(void)
+{
+  lua_pop(sb_main(), 1);
+}
+
+static int
+push_true(lua_State *co, void *ud)
+{
+  (void)ud;
+  lua_pushboolean(co, 1);
+  return 1;
+}
+
+/*
+** {======================================================
+** Deferred resumes: loop.wake and stream:close never resume a coroutine
+** from inside the caller; they queue it, and an ev_check watcher runs the
+** queue after the next poll (an ev_idle keeps that poll from blocking).
+** =======================================================
+*/
+
+typedef struct {
+  int ref;              /* pinned coroutine */
+  int argref;           /* table of wake's extra values, or LUA_NOREF */
+  int nargs;
+  const char *err;      /* resume with nil, err (when not NULL) */
+} Pending;
+
+static Pending *q_items = NULL;
+static size_t q_len = 0, q_cap = 0;
+static ev_idle q_idle;
+static ev_check q_check;
+static int q_ready = 0;          /* watchers initialised, state alive */
+
+static int
+push_pending(lua_State *co, void *ud)
+{
+  Pending *p = ud;
+  if (p->err != NULL) {
+    lua_pushnil(co);
+    lua_pushstring(co, p->err);
+    return 2;
+  }
+  if (p->argref == LUA_NOREF)
+    return 0;
+  if (!lua_checkstack(co, p->nargs + 2)) {
+    unref(&p->argref);
+    return 0;
+  }
+  lua_rawgeti(co, LUA_REGISTRYINDEX, p->argref);
+  for (int i = 1; i <= p->nargs; i++)
+    lua_rawgeti(co, -i, i);
+  lua_remove(co, -(p->nargs + 1));
+  unref(&p->argref);
+  return p->nargs;
+}
+
+static void
+q_check_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+  (void)w;
+  (void)revents;
+  size_t n = q_len;             /* resumes queued now wait one more turn */
+  for (size_t i = 0; i < n; i++) {
+    Pending p = q_items[i];     /* copy: the array may grow meanwhile */
+    sb_resume_ref(p.ref, push_pending, &p);
+    unref(&p.argref);
+  }
+  if (q_items != NULL) {
+    memmove(q_items, q_items + n, (q_len - n) * sizeof *q_items);
+    q_len -= n;
+  }
+  if (q_len == 0) {
+    ev_idle_stop(loop, &q_idle);
+    ev_check_stop(loop, &q_check);
+  }
+}
+
+static void
+q_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+  (void)loop;
+  (void)w;
+  (void)revents;
+}
+
+/* Queue the resume of the coroutine pinned by ref (the ref moves to the
+** queue). Returns 0, or -1 when it could not be queued (ref dropped). */
+static int
+q_push(int ref, int argref, int nargs, const char *err)
+{
+  if (!q_ready) {
+    unref(&ref);
+    unref(&argref);
+    return -1;
+  }
+  if (q_len == q_cap) {
+    size_t cap = q_cap ? q_cap * 2 : 64;
+    Pending *items = realloc(q_items, cap * sizeof *items);
+    if (items == NULL) {
+      unref(&ref);
+      unref(&argref);
+      sb_report_error("core.loop: out of memory queueing a resume");
+      return -1;
+    }
+    q_items = items;
+    q_cap = cap;
+  }
+  q_items[q_len].ref = ref;
+  q_items[q_len].argref = argref;
+  q_items[q_len].nargs = nargs;
+  q_items[q_len].err = err;
+  q_len++;
+  ev_idle_start(sb_loop(), &q_idle);
+  ev_check_start(sb_loop(), &q_check);
+  return 0;
+}
+
+/* __gc of the module state (lua_close): stop the queue, free it. */
+static int
+state_gc(lua_State *L)
+{
+  (void)L;
+  if (q_ready) {
+    ev_idle_stop(sb_loop(), &q_idle);
+    ev_check_stop(sb_loop(), &q_check);
+    q_ready = 0;
+  }
+  free(q_items);
+  q_items = NULL;
+  q_len = q_cap = 0;
+  return 0;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** run, stop, now, time, spawn, error handler, sleep, wait, wake
+** =======================================================
+*/
+
+static int
+l_run(lua_State *L)
+{
+  if (loop_running)
+    return luaL_error(L, "loop.run: the loop is already running");
+  loop_running = 1;
+  ev_run(sb_loop(), 0);
+  loop_running = 0;
+  return 0;
+}
+
+static int
+l_stop(lua_State *L)
+{
+  (void)L;
+  ev_break(sb_loop(), EVBREAK_ALL);
+  return 0;
+}
+
+static int
+l_now(lua_State *L)
+{
+  lua_pushnumber(L, ev_now(sb_loop()));
+  return 1;
+}
+
+static int
+l_time(lua_State *L)
+{
+  lua_pushnumber(L, sb_monotonic());
+  return 1;
+}
+
+static int
+l_spawn(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  sb_spawn(L, lua_gettop(L) - 1);
+  return 0;
+}
+
+static int
+l_set_error_handler(lua_State *L)
+{
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, SB_ERRHANDLER_KEY);
+  return 0;
+}
+
+typedef struct {
+  ev_timer w;
+  int co_ref;
+  int self_ref;
+} Sleep;
+
+static void
+sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Sleep *sl = w->data;
+  int co = sl->co_ref;
+  sl->co_ref = LUA_NOREF;
+  unref(&sl->self_ref);         /* sl may be collected from here on */
+  sb_resume_ref(co, push_true, NULL);
+}
+
+static int
+sleep_gc(lua_State *L)
+{
+  Sleep *sl = luaL_checkudata(L, 1, SLEEP_MT);
+  ev_timer_stop(sb_loop(), &sl->w);
+  return 0;
+}
+
+static int
+l_sleep(lua_State *L)
+{
+  double secs = luaL_checknumber(L, 1);
+  sb_check_yieldable(L, "loop.sleep");
+  if (!(secs > 0))
+    secs = 0;
+  Sleep *sl = lua_newuserdatauv(L, sizeof *sl, 0);
+  sl->co_ref = sl->self_ref = LUA_NOREF;
+  ev_now_update(sb_loop());     /* measure from now, not the loop's
+                                   cached time */
+  ev_timer_init(&sl->w, sleep_cb, secs, 0.);
+  sl->w.data = sl;
+  luaL_setmetatable(L, SLEEP_MT);
+  pin_value(L, -1, &sl->self_ref);
+  sl->co_ref = sb_pin(L);
+  ev_timer_start(sb_loop(), &sl->w);
+  return lua_yield(L, 0);
+}
+
+static int
+l_wait(lua_State *L)
+{
+  sb_check_yieldable(L, "loop.wait");
+  lua_getfield(L, LUA_REGISTRYINDEX, PARKED_KEY);
+  lua_pushthread(L);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);            /* parked[co] = true pins co */
+  lua_pop(L, 1);
+  return lua_yield(L, 0);
+}
+
+static int
+l_wake(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTHREAD);
+  int nargs = lua_gettop(L) - 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, PARKED_KEY);
+  lua_pushvalue(L, 1);
+  int parked = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 1);
+  if (!parked || lua_status(lua_tothread(L, 1)) != LUA_YIELD) {
+    if (parked) {               /* resumed or closed by someone else */
+      lua_pushvalue(L, 1);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  int argref = LUA_NOREF;
+  if (nargs > 0) {
+    lua_createtable(L, nargs, 0);
+    for (int i = 1; i <= nargs; i++) {
+      lua_pushvalue(L, i + 1);
+      lua_rawseti(L, -2, i);
+    }
+    argref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushvalue(L, 1);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3);            /* parked[co] = nil: the queue pins it */
+  lua_pop(L, 1);
+  lua_pushboolean(L, q_push(ref, argref, nargs, NULL) == 0);
+  return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Timer and Signal
+** =======================================================
+*/
+
+typedef struct {
+  ev_timer w;
+  int fn_ref;
+  int self_ref;
+  int open;
+} Timer;
+
+static void
+timer_release(Timer *t)
+{
+  if (!t->open)
+    return;
+  t->open = 0;
+  ev_timer_stop(sb_loop(), &t->w);
+  unref(&t->fn_ref);
+  unref(&t->self_ref);
+}
+
+static void
+timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Timer *t = w->data;
+  lua_State *L = sb_main();
+  anchor(t->self_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+  sb_spawn(L, 0);
+  if (t->open && !ev_is_active(&t->w))
+    timer_release(t);           /* a one-shot timer is done */
+  unanchor();
+}
+
+static int
+timer_close(lua_State *L)
+{
+  timer_release(luaL_checkudata(L, 1, TIMER_MT));
+  return 0;
+}
+
+static int
+l_timer(lua_State *L)
+{
+  double after = luaL_checknumber(L, 1);
+  double repeat = luaL_optnumber(L, 2, 0.);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (!(after > 0))
+    after = 0;
+  if (!(repeat > 0))
+    repeat = 0;
+  Timer *t = lua_newuserdatauv(L, sizeof *t, 0);
+  t->fn_ref = t->self_ref = LUA_NOREF;
+  t->open = 0;
+  ev_timer_init(&t->w, timer_cb, after, repeat);
+  t->w.data = t;
+  luaL_setmetatable(L, TIMER_MT);
+  pin_value(L, 3, &t->fn_ref);
+  pin_value(L, -1, &t->self_ref);
+  t->open = 1;
+  ev_timer_start(sb_loop(), &t->w);
+  return 1;
+}
+
+typedef struct {
+  ev_signal w;
+  int fn_ref;
+  int self_ref;
+  int open;
+  const char *name;
+} Signal;
+
+static const struct {
+  const char *name;
+  int signum;
+} signal_names[] = {
+  { "TERM", SIGTERM }, { "INT", SIGINT }, { "HUP", SIGHUP },
+  { "USR1", SIGUSR1 }, { NULL, 0 }
+};
+
+static void
+signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Signal *sg = w->data;
+  lua_State *L = sb_main();
+  anchor(sg->self_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sg->fn_ref);
+  lua_pushstring(L, sg->name);
+  sb_spawn(L, 1);
+  unanchor();
+}
+
+static int
+signal_close(lua_State *L)
+{
+  Signal *sg = luaL_checkudata(L, 1, SIGNAL_MT);
+  if (!sg->open)
+    return 0;
+  sg->open = 0;
+  ev_ref(sb_loop());            /* undo the ev_unref of l_signal */
+  ev_signal_stop(sb_loop(), &sg->w);
+  unref(&sg->fn_ref);
+  unref(&sg->self_ref);
+  return 0;
+}
+
+static int
+l_signal(lua_State *L)
+{
+  const char *name = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int i;
+  for (i = 0; signal_names[i].name != NULL; i++)
+    if (strcmp(name, signal_names[i].name) == 0)
+      break;
+  if (signal_names[i].name == NULL)
+    return luaL_argerror(L, 1, "expected \"TERM\", \"INT\", \"HUP\" or \"USR1\"");
+  Signal *sg = lua_newuserdatauv(L, sizeof *sg, 0);
+  sg->fn_ref = sg->self_ref = LUA_NOREF;
+  sg->open = 0;
+  sg->name = signal_names[i].name;
+  ev_signal_init(&sg->w, signal_cb, signal_names[i].signum);
+  sg->w.data = sg;
+  luaL_setmetatable(L, SIGNAL_MT);
+  pin_value(L, 2, &sg->fn_ref);
+  pin_value(L, -1, &sg->self_ref);
+  sg->open = 1;
+  ev_signal_start(sb_loop(), &sg->w);
+  ev_unref(sb_loop());          /* a signal watcher alone keeps no loop */
+  return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Stream
+** =======================================================
+*/
+
+enum { ST_OPEN, ST_CONNECTING };
+enum { RD_LINE, RD_SOME };
+
+typedef struct {
+  ev_io rio;
+  ev_io wio;
+  ev_timer rtimer;              /* read timeout; connect retries */
+  ev_timer ftimer;              /* flush timeout */
+  int fd;
+  int open;
+  int noclose;                  /* fds 0-2 stay open */
+  int oflags;                   /* their file status flags, restored */
+  int state;
+  /* input: bytes ibuf[ioff .. ioff+ilen); iscan of them have no '\n' */
+  char *ibuf;
+  size_t ioff, ilen, icap, iscan;
+  int discard;                  /* dropping up to the next '\n' */
+  int eof;
+  int rerr;
+  int rmode;
+  size_t rmax;
+  /* output: bytes obuf[ooff .. ooff+olen) */
+  char *obuf;
+  size_t ooff, olen, ocap, wcap;
+  int werr;
+  int read_ref;                 /* coroutine waiting in read/connect */
+  int flush_ref;                /* coroutine waiting in flush */
+  int self_ref;                 /* pinned while anything waits */
+  struct sockaddr_un *caddr;    /* connect target while connecting */
+  double cdeadline;
+  double cdelay;
+} Stream;
+
+/* A read result, pushed on the caller's or the resumed coroutine's stack. */
+typedef struct {
+  Stream *s;
+  int data;                     /* push string of len, then consume */
+  size_t len, consume;
+  const char *err;
+  char errbuf[128];
+} ReadRes;
+
+static void read_cb(struct ev_loop *, ev_io *, int);
+static void write_cb(struct ev_loop *, ev_io *, int);
+static void rtimer_cb(struct ev_loop *, ev_timer *, int);
+static void ftimer_cb(struct ev_loop *, ev_timer *, int);
+
+static int
+stream_needs_pin(const Stream *s)
+{
+  return s->open && (s->read_ref != LUA_NOREF || s->flush_ref != LUA_NOREF
+                     || s->olen > 0 || s->state == ST_CONNECTING);
+}
+
+static void
+stream_update_pin(Stream *s)
+{
+  if (!stream_needs_pin(s))
+    unref(&s->self_ref);
+}
+
+/* [-0, +1, m] A new Stream, closed. */
+static Stream *
+stream_new(lua_State *L)
+{
+  Stream *s = lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  s->fd = -1;
+  s->open = 0;
+  s->oflags = -1;
+  s->wcap = WRITE_CAP;
+  s->read_ref = s->flush_ref = s->self_ref = LUA_NOREF;
+  ev_io_init(&s->rio, read_cb, 0, EV_READ);
+  ev_io_init(&s->wio, write_cb, 0, EV_WRITE);
+  ev_timer_init(&s->rtimer, rtimer_cb, 0., 0.);
+  ev_timer_init(&s->ftimer, ftimer_cb, 0., 0.);
+  s->rio.data = s->wio.data = s->rtimer.data = s->ftimer.data = s;
+  luaL_setmetatable(L, STREAM_MT);
+  return s;
+}
+
+static void
+stream_attach(Stream *s, int fd, int noclose)
+{
+  s->fd = fd;
+  s->noclose = noclose;
+  s->open = 1;
+  s->state = ST_OPEN;
+  ev_io_set(&s->rio, fd, EV_READ);
+  ev_io_set(&s->wio, fd, EV_WRITE);
+}
+
+/* Close now; waiters are queued to resume with nil, "closed". Never runs
+** Lua code (it is also __gc). */
+static void
+stream_release(Stream *s)
+{
+  if (!s->open)
+    return;
+  struct ev_loop *loop = sb_loop();
+  s->open = 0;
+  ev_io_stop(loop, &s->rio);
+  ev_io_stop(loop, &s->wio);
+  ev_timer_stop(loop, &s->rtimer);
+  ev_timer_stop(loop, &s->ftimer);
+  if (s->fd >= 0 && !s->noclose)
+    close(s->fd);
+  else if (s->fd >= 0 && s->oflags >= 0)
+    fcntl(s->fd, F_SETFL, s->oflags);
+  s->fd = -1;
+  free(s->ibuf);
+  free(s->obuf);
+  free(s->caddr);
+  s->ibuf = s->obuf = NULL;
+  s->caddr = NULL;
+  s->ioff = s->ilen = s->icap = s->iscan = 0;
+  s->ooff = s->olen = s->ocap = 0;
+  if (s->read_ref != LUA_NOREF) {
+    q_push(s->read_ref, LUA_NOREF, 0, "closed");
+    s->read_ref = LUA_NOREF;
+  }
+  if (s->flush_ref != LUA_NOREF) {
+    q_push(s->flush_ref, LUA_NOREF, 0, "closed");
+    s->flush_ref = LUA_NOREF;
+  }
+  unref(&s->self_ref);
+}
+
+static Stream *
+check_stream(lua_State *L)
+{
+  Stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  if (!s->open)
+    luaL_error(L, "attempt to use a closed stream");
+  return s;
+}
+
+static void
+consume(Stream *s, size_t n)
+{
+  s->ioff += n;
+  s->ilen -= n;
+  s->iscan = s->iscan > n ? s->iscan - n : 0;
+  if (s->ilen == 0) {
+    s->ioff = s->iscan = 0;
+    if (s->icap > BUF_KEEP) {
+      free(s->ibuf);
+      s->ibuf = NULL;
+      s->icap = 0;
+    }
+  }
+}
+
+/* One read(): >0 bytes added, 0 EOF (s->eof), -1 nothing yet, -2 error
+** (s->rerr). */
+static ssize_t
+fill(Stream *s)
+{
+  if (s->icap - s->ioff - s->ilen < READ_CHUNK) {
+    if (s->ioff > 0) {
+      memmove(s->ibuf, s->ibuf + s->ioff, s->ilen);
+      s->ioff = 0;
+    }
+    if (s->icap - s->ilen < READ_CHUNK) {
+      size_t cap = s->icap ? s->icap * 2 : READ_CHUNK;
+      while (cap - s->ilen < READ_CHUNK)
+        cap *= 2;
+      char *b = realloc(s->ibuf, cap);
+      if (b == NULL) {
+        s->rerr = ENOMEM;
+        return -2;
+      }
+      s->ibuf = b;
+      s->icap = cap;
+    }
+  }
+  for (;;) {
+    char *at = s->ibuf + s->ioff + s->ilen;
+    ssize_t n = read(s->fd, at, s->icap - s->ioff - s->ilen);
+    if (n > 0) {
+      s->ilen += (size_t)n;
+      return n;
+    }
+    if (n == 0) {
+      s->eof = 1;
+      return 0;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return -1;
+    s->rerr = errno;
+    return -2;
+  }
+}
+
+/* Is a read result at hand? Fills r and returns 1, or returns 0. */
+static int
+try_read(Stream *s, ReadRes *r)
+{
+  r->s = s;
+  r->data = 0;
+  r->err = NULL;
+  for (;;) {
+    char *base = s->ibuf + s->ioff;
+    if (s->discard) {
+      char *nl = s->ilen ? memchr(base, '\n', s->ilen) : NULL;
+      if (nl == NULL) {
+        consume(s, s->ilen);
+        break;
+      }
+      consume(s, (size_t)(nl - base) + 1);
+      s->discard = 0;
+      continue;
+    }
+    if (s->rmode == RD_SOME) {
+      if (s->ilen == 0)
+        break;
+      r->data = 1;
+      r->len = r->consume = s->ilen < s->rmax ? s->ilen : s->rmax;
+      return 1;
+    }
+    char *nl = s->ilen > s->iscan
+                   ? memchr(base + s->iscan, '\n', s->ilen - s->iscan)
+                   : NULL;
+    if (nl != NULL) {
+      size_t len = (size_t)(nl - base);
+      if (len > s->rmax) {
+        consume(s, len + 1);
+        r->err = "line too long";
+        return 1;
+      }
+      r->data = 1;
+      r->len = len;
+      r->consume = len + 1;
+      return 1;
+    }
+    s->iscan = s->ilen;
+    if (s->ilen > s->rmax) {
+      consume(s, s->ilen);
+      s->discard = 1;
+      r->err = "line too long";
+      return 1;
+    }
+    break;
+  }
+  /* no complete line (or no bytes) buffered */
+  if (s->eof) {
+    if (s->ilen > 0 && !s->discard) {   /* the partial last line */
+      r->data = 1;
+      r->len = r->consume = s->ilen;
+      return 1;
+    }
+    r->err = "closed";
+    return 1;
+  }
+  if (s->rerr) {
+    lower_errno(r->errbuf, sizeof r->errbuf, s->rerr);
+    r->err = r->errbuf;
+    return 1;
+  }
+  return 0;
+}
+
+static int
+push_read(lua_State *co, void *ud)
+{
+  ReadRes *r = ud;
+  if (r->data) {
+    lua_pushlstring(co, r->s->ibuf + r->s->ioff, r->len);
+    consume(r->s, r->consume);
+    return 1;
+  }
+  lua_pushnil(co);
+  lua_pushstring(co, r->err);
+  return 2;
+}
+
+/* The reader's wait is over: stop its watchers and resume it. */
+static void
+finish_read(Stream *s, ReadRes *r)
+{
+  struct ev_loop *loop = sb_loop();
+  ev_io_stop(loop, &s->rio);
+  ev_timer_stop(loop, &s->rtimer);
+  int ref = s->read_ref;
+  s->read_ref = LUA_NOREF;
+  sb_resume_ref(ref, push_read, r);
+}
+
+
+static void
+read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Stream *s = w->data;
+  anchor(s->self_ref);
+  if (fill(s) != -1 && s->read_ref != LUA_NOREF) {
+    ReadRes r;
+    if (try_read(s, &r))
+      finish_read(s, &r);
+  }
+  stream_update_pin(s);
+  unanchor();
+}
+
+static int
+push_stream(lua_State *co, void *ud)
+{
+  Stream *s = ud;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, s->self_ref);
+  return 1;
+}
+
+/* The connect is over (err 0: connected): resume the connecting
+** coroutine with the stream, or close it and resume with nil, err. */
+static void
+connect_finish(Stream *s, int err)
+{
+  struct ev_loop *loop = sb_loop();
+  ev_io_stop(loop, &s->wio);
+  ev_timer_stop(loop, &s->rtimer);
+  free(s->caddr);
+  s->caddr = NULL;
+  s->state = ST_OPEN;
+  int ref = s->read_ref;
+  s->read_ref = LUA_NOREF;
+  if (err == 0) {
+    sb_resume_ref(ref, push_stream, s);
+    return;
+  }
+  ReadRes r;
+  r.s = s;
+  r.data = 0;
+  memcpy(r.errbuf, "connect: ", 9);
+  lower_errno(r.errbuf + 9, sizeof r.errbuf - 9, err);
+  r.err = r.errbuf;
+  stream_release(s);
+  sb_resume_ref(ref, push_read, &r);
+}
+
+static int
+try_connect(Stream *s)
+{
+  if (connect(s->fd, (struct sockaddr *)s->caddr, sizeof *s->caddr) == 0)
+    return 0;
+  if (errno == EISCONN)
+    return 0;
+  if (errno == EINTR)
+    return EINPROGRESS;
+  return errno;
+}
+
+/* connect() said EAGAIN (the listener's backlog is full): retry soon. */
+static void
+connect_retry(Stream *s)
+{
+  int err = try_connect(s);
+  if (err == EAGAIN) {
+    if (ev_now(sb_loop()) >= s->cdeadline) {
+      connect_finish(s, ETIMEDOUT);
+      return;
+    }
+    s->cdelay = s->cdelay * 2 < 0.02 ? s->cdelay * 2 : 0.02;
+    ev_timer_set(&s->rtimer, s->cdelay, 0.);
+    ev_timer_start(sb_loop(), &s->rtimer);
+  } else if (err == EINPROGRESS) {
+    ev_io_start(sb_loop(), &s->wio);
+  } else {
+    connect_finish(s, err);
+  }
+}
+
+static void
+rtimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Stream *s = w->data;
+  anchor(s->self_ref);
+  if (s->state == ST_CONNECTING) {
+    connect_retry(s);
+  } else if (s->read_ref != LUA_NOREF) {
+    ReadRes r;
+    r.s = s;
+    r.data = 0;
+    r.err = "timeout";
+    finish_read(s, &r);
+  }
+  stream_update_pin(s);
+  unanchor();
+}
+
+static void
+drain(Stream *s)
+{
+  struct ev_loop *loop = sb_loop();
+  while (s->olen > 0) {
+    ssize_t n = write(s->fd, s->obuf + s->ooff, s->olen);
+    if (n > 0) {
+      s->ooff += (size_t)n;
+      s->olen -= (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return;
+    } else {
+      s->werr = n < 0 ? errno : EIO;
+      s->olen = 0;              /* the peer is gone: drop the rest */
+    }
+  }
+  s->ooff = 0;
+  if (s->ocap > BUF_KEEP) {
+    free(s->obuf);
+    s->obuf = NULL;
+    s->ocap = 0;
+  }
+  ev_io_stop(loop, &s->wio);
+  if (s->flush_ref != LUA_NOREF) {
+    ev_timer_stop(loop, &s->ftimer);
+    int ref = s->flush_ref;
+    s->flush_ref = LUA_NOREF;
+    if (s->werr) {
+      ReadRes r;
+      r.s = s;
+      r.data = 0;
+      lower_errno(r.errbuf, sizeof r.errbuf, s->werr);
+      r.err = r.errbuf;
+      sb_resume_ref(ref, push_read, &r);
+    } else {
+      sb_resume_ref(ref, push_true, NULL);
+    }
+  }
+}
+
+static void
+write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void)revents;
+  Stream *s = w->data;
+  anchor(s->self_ref);
+  if (s->state == ST_CONNECTING) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+      err = errno;
+    if (err == EINPROGRESS)
+      ;                         /* not yet */
+    else if (err == EAGAIN) {
+      ev_io_stop(loop, &s->wio);
+      connect_retry(s);
+    } else {
+      connect_finish(s, err);
+    }
+  } else {
+    drain(s);
+  }
+  stream_update_pin(s);
+  unanchor();
+}
+
+static void
+ftimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  Stream *s = w->data;
+  anchor(s->self_ref);
+  if (s->flush_ref != LUA_NOREF) {
+    int ref = s->flush_ref;
+    s->flush_ref = LUA_NOREF;
+    ReadRes r;
+    r.s = s;
+    r.data = 0;
+    r.err = "timeout";
+    sb_resume_ref(ref, push_read, &r);
+  }
+  stream_update_pin(s);
+  unanchor();
+}
+
+static int
+stream_read(lua_State *L, int mode, const char *what)
+{
+  Stream *s = check_stream(L);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, max > 0, 2, "max_bytes must be positive");
+  double timeout = luaL_optnumber(L, 3, -1.);
+  if (s->read_ref != LUA_NOREF)
+    return luaL_error(L, "%s: another coroutine is already reading this "
+                      "stream", what);
+  s->rmode = mode;
+  s->rmax = (size_t)max;
+  ReadRes r;
+  int got = try_read(s, &r);
+  for (int i = 0; !got && i < 4; i++) {
+    if (fill(s) == -1)
+      break;
+    got = try_read(s, &r);
+  }
+  if (got)
+    return push_read(L, &r);
+  sb_check_yieldable(L, what);
+  s->read_ref = sb_pin(L);
+  pin_value(L, 1, &s->self_ref);
+  ev_io_start(sb_loop(), &s->rio);
+  if (timeout >= 0) {
+    ev_now_update(sb_loop());
+    ev_timer_set(&s->rtimer, timeout, 0.);
+    ev_timer_start(sb_loop(), &s->rtimer);
+  }
+  return lua_yield(L, 0);
+}
+
+static int
+stream_read_line(lua_State *L)
+{
+  return stream_read(L, RD_LINE, "stream:read_line");
+}
+
+static int
+stream_read_some(lua_State *L)
+{
+  return stream_read(L, RD_SOME, "stream:read_some");
+}
+
+/* Room for n more output bytes; 0 or -1 (out of memory). */
+static int
+out_reserve(Stream *s, size_t n)
+{
+  if (s->ocap - s->ooff - s->olen >= n)
+    return 0;
+  if (s->ooff > 0 && s->ooff >= s->olen && s->ocap - s->olen >= n) {
+    memmove(s->obuf, s->obuf + s->ooff, s->olen);   /* cheap: olen <= ooff */
+    s->ooff = 0;
+    return 0;
+  }
+  size_t cap = s->ocap ? s->ocap * 2 : READ_CHUNK;
+  while (cap - s->olen < n)
+    cap *= 2;
+  char *b = malloc(cap);
+  if (b == NULL)
+    return -1;
+  if (s->olen > 0)
+    memcpy(b, s->obuf + s->ooff, s->olen);
+  free(s->obuf);
+  s->obuf = b;
+  s->ocap = cap;
+  s->ooff = 0;
+  return 0;
+}
+
+static int
+stream_write(lua_State *L)
+{
+  Stream *s = check_stream(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (s->state == ST_CONNECTING)
+    return luaL_error(L, "stream:write: the stream is still connecting");
+  if (s->werr)
+    return push_errno(L, NULL, s->werr);
+  size_t done = 0;
+  if (s->olen == 0) {
+    while (done < len) {
+      ssize_t n = write(s->fd, data + done, len - done);
+      if (n > 0) {
+        done += (size_t)n;
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        break;
+      } else {
+        s->werr = n < 0 ? errno : EIO;
+        return push_errno(L, NULL, s->werr);
+      }
+    }
+  }
+  size_t rem = len - done;
+  if (rem > 0) {
+    if (rem > s->wcap || s->olen > s->wcap - rem) {
+      stream_release(s);
+      return push_fail(L, "write buffer full");
+    }
+    if (out_reserve(s, rem) != 0) {
+      stream_release(s);
+      return push_fail(L, "out of memory");
+    }
+    memcpy(s->obuf + s->ooff + s->olen, data + done, rem);
+    s->olen += rem;
+    pin_value(L, 1, &s->self_ref);
+    ev_io_start(sb_loop(), &s->wio);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int
+stream_flush(lua_State *L)
+{
+  Stream *s = check_stream(L);
+  double timeout = luaL_optnumber(L, 2, -1.);
+  if (s->werr)
+    return push_errno(L, NULL, s->werr);
+  if (s->olen == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (s->flush_ref != LUA_NOREF)
+    return luaL_error(L, "stream:flush: another coroutine is already "
+                      "flushing this stream");
+  sb_check_yieldable(L, "stream:flush");
+  s->flush_ref = sb_pin(L);
+  pin_value(L, 1, &s->self_ref);
+  if (timeout >= 0) {
+    ev_now_update(sb_loop());
+    ev_timer_set(&s->ftimer, timeout, 0.);
+    ev_timer_start(sb_loop(), &s->ftimer);
+  }
+  return lua_yield(L, 0);
+}
+
+static int
+stream_close(lua_State *L)
+{
+  stream_release(luaL_checkudata(L, 1, STREAM_MT));
+  return 0;
+}
+
+static int
+stream_peercred(lua_State *L)
+{
+  Stream *s = check_stream(L);
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    return push_errno(L, "peercred", errno);
+  lua_pushinteger(L, cred.pid);
+  lua_pushinteger(L, cred.uid);
+  lua_pushinteger(L, cred.gid);
+  return 3;
+}
+
+static int
+stream_fd(lua_State *L)
+{
+  lua_pushinteger(L, check_stream(L)->fd);
+  return 1;
+}
+
+static int
+stream_closed(lua_State *L)
+{
+  Stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  lua_pushboolean(L, !s->open);
+  return 1;
+}
+
+static int
+stream_set_write_cap(lua_State *L)
+{
+  Stream *s = check_stream(L);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0, 2, "the cap must be positive");
+  s->wcap = (size_t)n;
+  return 0;
+}
+
+static int
+stream_tostring(lua_State *L)
+{
+  Stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  if (s->open)
+    lua_pushfstring(L, STREAM_MT " (fd %d)", s->fd);
+  else
+    lua_pushliteral(L, STREAM_MT " (closed)");
+  return 1;
+}
+
+static int
+l_connect(lua_State *L)
+{
+  size_t plen;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  struct sockaddr_un probe;
+  if (plen == 0 || plen >= sizeof probe.sun_path)
+    return push_fail(L, "invalid socket path");
+  Stream *s = stream_new(L);
+  s->caddr = calloc(1, sizeof *s->caddr);
+  if (s->caddr == NULL)
+    return push_fail(L, "out of memory");
+  s->caddr->sun_family = AF_UNIX;
+  memcpy(s->caddr->sun_path, path, plen);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    free(s->caddr);
+    s->caddr = NULL;
+    return push_errno(L, "socket", errno);
+  }
+  stream_attach(s, fd, 0);
+  int err = try_connect(s);
+  if (err == 0) {
+    free(s->caddr);
+    s->caddr = NULL;
+    return 1;
+  }
+  if (err != EINPROGRESS && err != EAGAIN) {
+    stream_release(s);
+    return push_errno(L, "connect", err);
+  }
+  if (!lua_isyieldable(L)) {
+    stream_release(s);
+    sb_check_yieldable(L, "loop.connect");
+  }
+  s->state = ST_CONNECTING;
+  s->read_ref = sb_pin(L);
+  pin_value(L, -1, &s->self_ref);
+  s->cdeadline = ev_now(sb_loop()) + CONNECT_TIMEOUT;
+  s->cdelay = 0.001;
+  if (err == EINPROGRESS) {
+    ev_io_start(sb_loop(), &s->wio);
+  } else {
+    ev_timer_set(&s->rtimer, s->cdelay, 0.);
+    ev_timer_start(sb_loop(), &s->rtimer);
+  }
+  return lua_yield(L, 0);
+}
+
+static int
+l_stream(lua_State *L)
+{
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, 1, "invalid fd");
+  Stream *s = stream_new(L);
+  int flags = fcntl((int)fd, F_GETFL);
+  if (flags < 0 || fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) < 0)
+    return push_errno(L, "stream", errno);
+  stream_attach(s, (int)fd, fd <= 2);
+  if (fd <= 2)
+    s->oflags = flags;
+  return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Listener
+** =======================================================
+*/
+
+typedef struct {
+  ev_io io;
+  ev_timer backoff;             /* accept paused after EMFILE and co. */
+  int fd;
+  int fn_ref;
+  int self_ref;
+  char *path;
+  dev_t dev;
+  ino_t ino;
+} Listener;
+
+static void
+listener_release(Listener *li)
+{
+  if (li->fd < 0)
+    return;
+  ev_io_stop(sb_loop(), &li->io);
+  ev_timer_stop(sb_loop(), &li->backoff);
+  close(li->fd);
+  li->fd = -1;
+  if (li->path != NULL) {
+    struct stat st;             /* unlink only the file we bound */
+    if (lstat(li->path, &st) == 0 && S_ISSOCK(st.st_mode)
+        && st.st_dev == li->dev && st.st_ino == li->ino)
+      unlink(li->path);
+    free(li->path);
+    li->path = NULL;
+  }
+  unref(&li->fn_ref);
+  unref(&li->self_ref);
+}
+
+static void
+accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void)revents;
+  Listener *li = w->data;
+  lua_State *L = sb_main();
+  anchor(li->self_ref);
+  for (int i = 0; i < 64 && li->fd >= 0; i++) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, li->fn_ref);
+    Stream *s = stream_new(L);
+    int fd = accept4(li->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      lua_pop(L, 2);
+      if (err == EINTR || err == ECONNABORTED)
+        continue;
+      if (err == EAGAIN || err == EWOULDBLOCK)
+        break;
+      char msg[160];
+      snprintf(msg, sizeof msg, "listener: accept: %s (pausing 0.5 s)",
+               strerror(err));
+      sb_report_error(msg);
+      ev_io_stop(loop, &li->io);
+      ev_timer_set(&li->backoff, 0.5, 0.);
+      ev_timer_start(loop, &li->backoff);
+      break;
+    }
+    stream_attach(s, fd, 0);
+    sb_spawn(L, 1);
+  }
+  unanchor();
+}
+
+static void
+backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)revents;
+  Listener *li = w->data;
+  if (li->fd >= 0)
+    ev_io_start(loop, &li->io);
+}
+
+static Listener *
+check_listener(lua_State *L)
+{
+  Listener *li = luaL_checkudata(L, 1, LISTENER_MT);
+  if (li->fd < 0)
+    luaL_error(L, "attempt to use a closed listener");
+  return li;
+}
+
+static int
+listener_close(lua_State *L)
+{
+  listener_release(luaL_checkudata(L, 1, LISTENER_MT));
+  return 0;
+}
+
+static int
+listener_fd(lua_State *L)
+{
+  lua_pushinteger(L, check_listener(L)->fd);
+  return 1;
+}
+
+static int
+listener_path(lua_State *L)
+{
+  lua_pushstring(L, check_listener(L)->path);
+  return 1;
+}
+
+static int
+listener_closed(lua_State *L)
+{
+  lua_pushboolean(L, ((Listener *)luaL_checkudata(L, 1, LISTENER_MT))->fd < 0);
+  return 1;
+}
+
+/* Is a server answering on the socket file at addr? */
+static int
+socket_is_live(const struct sockaddr_un *addr)
+{
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return 0;
+  int r = connect(fd, (const struct sockaddr *)addr, sizeof *addr);
+  int live = r == 0 || errno == EAGAIN || errno == EINPROGRESS;
+  close(fd);
+  return live;
+}
+
+static int
+l_listen(lua_State *L)
+{
+  size_t plen;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_Integer backlog = luaL_optinteger(L, 4, 511);
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "invalid mode");
+  luaL_argcheck(L, backlog > 0 && backlog <= 65535, 4, "invalid backlog");
+  Listener *li = lua_newuserdatauv(L, sizeof *li, 0);
+  memset(li, 0, sizeof *li);
+  li->fd = -1;
+  li->fn_ref = li->self_ref = LUA_NOREF;
+  ev_io_init(&li->io, accept_cb, 0, EV_READ);
+  ev_timer_init(&li->backoff, backoff_cb, 0., 0.);
+  li->io.data = li->backoff.data = li;
+  luaL_setmetatable(L, LISTENER_MT);
+
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  if (plen == 0 || plen >= sizeof addr.sun_path || strlen(path) != plen)
+    return push_fail(L, "invalid socket path");
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path, plen);
+
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return push_fail(L, "path exists and is not a socket");
+    if (socket_is_live(&addr))
+      return push_fail(L, "socket is in use by another server");
+    if (unlink(path) != 0)
+      return push_errno(L, "unlink stale socket", errno);
+  } else if (errno != ENOENT) {
+    return push_errno(L, "stat", errno);
+  }
+
+  char *pcopy = strdup(path);
+  if (pcopy == NULL)
+    return push_fail(L, "out of memory");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    free(pcopy);
+    return push_errno(L, "socket", errno);
+  }
+  li->fd = fd;
+  /* bind with no permission at all, then chmod: never wider than mode */
+  mode_t old = umask(0777);
+  int r = bind(fd, (struct sockaddr *)&addr, sizeof addr);
+  int err = errno;
+  umask(old);
+  if (r != 0) {
+    free(pcopy);
+    listener_release(li);
+    return push_errno(L, "bind", err);
+  }
+  li->path = pcopy;
+  if (lstat(path, &st) == 0) {
+    li->dev = st.st_dev;
+    li->ino = st.st_ino;
+  }
+  if (chmod(path, (mode_t)mode) != 0) {
+    err = errno;
+    listener_release(li);
+    return push_errno(L, "chmod", err);
+  }
+  if (listen(fd, (int)backlog) != 0) {
+    err = errno;
+    listener_release(li);
+    return push_errno(L, "listen", err);
+  }
+  pin_value(L, 3, &li->fn_ref);
+  pin_value(L, -1, &li->self_ref);
+  ev_io_set(&li->io, fd, EV_READ);
+  ev_io_start(sb_loop(), &li->io);
+  return 1;
+}
+
+/* }====================================================== */
+
+static const luaL_Reg loop_funcs[] = {
+  { "run", l_run },
+  { "stop", l_stop },
+  { "now", l_now },
+  { "time", l_time },
+  { "spawn", l_spawn },
+  { "set_error_handler", l_set_error_handler },
+  { "sleep", l_sleep },
+  { "wait", l_wait },
+  { "wake", l_wake },
+  { "timer", l_timer },
+  { "signal", l_signal },
+  { "listen", l_listen },
+  { "connect", l_connect },
+  { "stream", l_stream },
+  { NULL, NULL }
+};
+
+static const luaL_Reg stream_meth[] = {
+  { "read_line", stream_read_line },
+  { "read_some", stream_read_some },
+  { "write", stream_write },
+  { "flush", stream_flush },
+  { "close", stream_close },
+  { "peercred", stream_peercred },
+  { "fd", stream_fd },
+  { "closed", stream_closed },
+  { "set_write_cap", stream_set_write_cap },
+  { NULL, NULL }
+};
+
+static const luaL_Reg listener_meth[] = {
+  { "close", listener_close },
+  { "fd", listener_fd },
+  { "path", listener_path },
+  { "closed", listener_closed },
+  { NULL, NULL }
+};
+
+static const luaL_Reg timer_meth[] = {
+  { "close", timer_close },
+  { "stop", timer_close },
+  { NULL, NULL }
+};
+
+static const luaL_Reg signal_meth[] = {
+  { "close", signal_close },
+  { NULL, NULL }
+};
+
+/* [-0, +0, m] The metatable name: methods as __index, close as __gc and
+** __close. */
+static void
+createmeta(lua_State *L, const char *name, const luaL_Reg *meth,
+           lua_CFunction close_fn)
+{
+  if (!luaL_newmetatable(L, name)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  luaL_setfuncs(L, meth, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, close_fn);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, close_fn);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+}
 
 int
 luaopen_core_loop(lua_State *L)
 {
-  lua_newtable(L);
+  createmeta(L, STREAM_MT, stream_meth, stream_close);
+  luaL_getmetatable(L, STREAM_MT);
+  lua_pushcfunction(L, stream_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  createmeta(L, LISTENER_MT, listener_meth, listener_close);
+  createmeta(L, TIMER_MT, timer_meth, timer_close);
+  createmeta(L, SIGNAL_MT, signal_meth, signal_close);
+  if (luaL_newmetatable(L, SLEEP_MT)) {
+    lua_pushcfunction(L, sleep_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+
+  if (lua_getfield(L, LUA_REGISTRYINDEX, PARKED_KEY) != LUA_TTABLE) {
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, PARKED_KEY);
+  }
+  lua_pop(L, 1);
+
+  if (lua_getfield(L, LUA_REGISTRYINDEX, STATE_KEY) == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+    ev_idle_init(&q_idle, q_idle_cb);
+    ev_check_init(&q_check, q_check_cb);
+    q_ready = 1;
+  }
+  lua_pop(L, 1);
+
+  luaL_newlib(L, loop_funcs);
   return 1;
 }
