@@ -38,9 +38,7 @@ function H.write(path, s)
 end
 
 function H.exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
+  return require("lfs").attributes(path) ~= nil
 end
 
 -- Run fn in a runtime coroutine until it returns; errors re-raise here.
