@@ -14,8 +14,8 @@ SRCS = core/main.c core/sched.c core/loop.c core/http.c core/vault.c core/store.
 HDRS = core/core.h
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
-           libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check \
-           libhttp-parser-dev sqlite3 socat nginx-light nodejs npm valgrind
+           libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
+           libhttp-parser-dev sqlite3 socat nginx-light valgrind python3
 
 .PHONY: all deps npm-deps test run asan bench demo clean lint
 
@@ -38,6 +38,11 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi; \
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing Node.js and npm"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
 	@$(MAKE) --no-print-directory npm-deps
 

@@ -19,7 +19,7 @@ M.EXECUTION_KEY = "io.switchboard/execution"
 
 local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL =
   -32700, -32600, -32601, -32602, -32603
-local UNAUTHORIZED = -32001
+local UNAUTHORIZED = -32010 -- not -32001: the MCP SDK uses that for its own timeouts
 
 local Session = {}
 Session.__index = Session

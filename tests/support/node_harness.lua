@@ -6,7 +6,7 @@ local H = require("helpers")
 
 local up = H.upstream()
 local srv = H.server({ config = { tool_settings = { example_fetch = { base_url = up.url } } } })
-local token = H.agent("nodetest", "sdk", "caioo", "Examples")
+local token = srv.agent("nodetest", "sdk", "caioo", "Examples")
 local cmd = ("cd %s/tests/node && SB_BIN=%s SB_SOCKET=%s SWITCHBOARD_TOKEN=%s node --test --test-reporter=tap 2>&1")
   :format(H.q(H.ROOT), H.q(H.BIN), H.q(srv.agent_socket), H.q(token))
 local out, code = H.sh(cmd)
