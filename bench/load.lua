@@ -11,8 +11,11 @@
 -- With --pid, the server's utime+stime over the window is read from
 -- /proc/PID/stat. The last line of stdout is machine-readable:
 --   RESULT conns calls seconds calls_per_s p50_us p99_us cpu_us_per_call errors
--- (tab-separated; cpu_us_per_call is "-" without --pid). Exit 0, or 1 when
--- a connection could not be set up or any call failed.
+--          client_cpu_us_per_call
+-- (tab-separated; cpu_us_per_call is "-" without --pid; the last field is
+-- this load generator's own CPU per call). Exit 0, or 1 when
+-- a connection could not be set up or any call failed (a JSON-RPC error,
+-- isError, or a structuredContent.status other than 200).
 local loop = require("core.loop")
 local cjson = require("cjson")
 
@@ -53,9 +56,9 @@ local IO_TIMEOUT = 30
 
 -- utime + stime of pid in seconds (fields 14 and 15 of /proc/PID/stat;
 -- the command name in field 2 may hold spaces, so split after its ')').
-local function cpu_seconds()
-  if not pid then return nil end
-  local f = io.open("/proc/" .. pid .. "/stat", "r")
+local function cpu_seconds(who)
+  if not who then return nil end
+  local f = io.open("/proc/" .. who .. "/stat", "r")
   if not f then return nil end
   local s = f:read("a")
   f:close()
@@ -134,12 +137,16 @@ local function finish()
     -- CPU over the window divided by calls completed in it
     cpu = string.format("%.1f", (window.cpu1 - window.cpu0) * 1e6 / calls)
   end
+  local self_cpu = "-"
+  if window.self0 and window.self1 and calls > 0 then
+    self_cpu = string.format("%.1f", (window.self1 - window.self0) * 1e6 / calls)
+  end
   io.stderr:write(string.format(
     "load.lua: conns=%d calls=%d (all phases %d) window=%.2fs errors=%d\n",
     conns, calls, calls_total, measured, errors))
   for _, f in ipairs(failures) do io.stderr:write("load.lua: error: ", f, "\n") end
-  io.stdout:write(string.format("RESULT\t%d\t%d\t%.3f\t%.1f\t%.1f\t%.1f\t%s\t%d\n",
-    conns, calls, measured, calls / measured, pct(0.50), pct(0.99), cpu, errors))
+  io.stdout:write(string.format("RESULT\t%d\t%d\t%.3f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%s\n",
+    conns, calls, measured, calls / measured, pct(0.50), pct(0.99), cpu, errors, self_cpu))
   io.stdout:flush()
   if errors > 0 then exit_code = 1 end
   loop.stop()
@@ -160,7 +167,8 @@ local function worker(stream, wid, t_start, t_end)
       break
     end
     local res = msg.result
-    if msg.error or type(res) ~= "table" or res.isError then
+    local sc = type(res) == "table" and res.structuredContent
+    if msg.error or type(res) ~= "table" or res.isError or type(sc) ~= "table" or sc.status ~= 200 then
       errors = errors + 1
       fail("conn " .. wid .. ": " .. cjson.encode(msg.error or res))
     elseif before >= t_start and after <= t_end then
@@ -197,9 +205,9 @@ loop.spawn(function()
   for n, s in ipairs(streams) do loop.spawn(worker, s, n, t_start, t_end) end
   -- the sampler: CPU time at the window's edges
   loop.sleep(math.max(0, t_start - loop.time()))
-  window.t0, window.cpu0 = loop.time(), cpu_seconds()
+  window.t0, window.cpu0, window.self0 = loop.time(), cpu_seconds(pid), cpu_seconds("self")
   loop.sleep(math.max(0, t_end - loop.time()))
-  window.t1, window.cpu1 = loop.time(), cpu_seconds()
+  window.t1, window.cpu1, window.self1 = loop.time(), cpu_seconds(pid), cpu_seconds("self")
   sampled = true
   if running == 0 then finish() end
 end)

@@ -8,6 +8,7 @@
 # BENCH_PORT=18480 (the first free port from there is used),
 # BENCH_FLOOR_N=2000 (requests in the curl floor), SB_BIN=./switchboard.
 set -euo pipefail
+umask 077
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -192,15 +193,16 @@ model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   echo "- switchboard $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(curl --version | head -n 1 | cut -d' ' -f1-2)"
   echo "- workload: MCP \`tools/call example_fetch {\"path\":\"/hello.json\"}\` over the agent Unix socket, closed loop (one call in flight per connection), ${WARMUP} s warmup then ${DURATION} s measured; the tool GETs a fixed 17-byte JSON from a local nginx (1 worker, keep-alive). Load generator: bench/load.lua (core.loop + cjson) in a separate \`switchboard exec\` process on the same machine."
   echo "- floor: the same GET by curl, ${FLOOR_N} requests on one keep-alive connection: p50 ${FLOOR_P50_US} µs, p99 ${FLOOR_P99_US} µs (wall ${FLOOR_WALL_US} µs per request)."
+  echo "- calls/s: calls completed inside the measured window over its length; p50/p99: latency of those calls as the load generator saw them (write of the request to read of the response). The server, nginx and the load generator share the machine's $(nproc) CPU(s), so the calls/s plateau at high concurrency is the machine's, not the server's alone."
   echo "- server CPU: utime+stime of the \`switchboard serve\` process over the measured window (/proc/PID/stat) divided by the calls completed in it. RSS: VmRSS when idle after start, VmHWM (peak) after each level."
   echo
-  echo "| connections | calls/s | p50 (µs) | p99 (µs) | p50 / floor p50 | server CPU (µs/call) | peak RSS (MiB) | errors |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| connections | calls/s | p50 (µs) | p99 (µs) | p50 / floor p50 | server CPU (µs/call) | peak RSS (MiB) | errors | load generator CPU (µs/call) |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for r in "${RESULTS[@]}"; do
-    IFS=$'\t' read -r _ conns calls secs rps p50 p99 cpu errs hwm <<<"$r"
-    printf '| %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %s |\n' \
+    IFS=$'\t' read -r _ conns _calls _secs rps p50 p99 cpu errs client_cpu hwm <<<"$r"
+    printf '| %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %s | %s |\n' \
       "$conns" "$rps" "$p50" "$p99" "$(ratio "$p50" "$FLOOR_P50_US")" "$cpu" \
-      "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" "$errs"
+      "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" "$errs" "$client_cpu"
   done
   echo
   echo "Idle RSS after start: $(awk -v k="$IDLE_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }') MiB."
