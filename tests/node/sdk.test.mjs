@@ -11,12 +11,23 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 
 const STEP_TIMEOUT_MS = 15_000;
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+// A relative path as given (from the cwd) if it exists, else from the repo root:
+// the harness may run node from tests/node with paths meant for the root.
+function locate(p) {
+  if (isAbsolute(p) || existsSync(p)) return resolve(p);
+  const fromRoot = resolve(REPO_ROOT, p);
+  return existsSync(fromRoot) ? fromRoot : resolve(p);
+}
 
 // Missing setup is a failure, never a skip.
 function env() {
@@ -27,7 +38,9 @@ function env() {
         '(it starts the server and exports SB_BIN, SB_SOCKET, SWITCHBOARD_TOKEN)',
     );
   }
-  const { SB_BIN, SB_SOCKET, SWITCHBOARD_TOKEN } = process.env;
+  const SB_BIN = locate(process.env.SB_BIN);
+  const SB_SOCKET = locate(process.env.SB_SOCKET);
+  const { SWITCHBOARD_TOKEN } = process.env;
   assert.ok(existsSync(SB_BIN), `SB_BIN=${SB_BIN} does not exist`);
   assert.ok(existsSync(SB_SOCKET), `SB_SOCKET=${SB_SOCKET} does not exist (is the server running?)`);
   assert.ok(statSync(SB_SOCKET).isSocket(), `SB_SOCKET=${SB_SOCKET} is not a socket`);
