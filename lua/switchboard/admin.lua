@@ -175,6 +175,8 @@ methods["server.status"] = function(self)
            tools = json.array(s.registry.order), policies = json.array(s.policies:names()) }
 end
 
+require("switchboard.twilio.connection").install(M)
+
 function M.new(server)
   return setmetatable({ server = server, db = server.db }, M)
 end

@@ -189,6 +189,101 @@ admin.status = function() return "server.status", {}, function(r)
   return M.fields(r, { { "connections", "connections" }, { "inflight", "calls in flight" },
                        { "tools", "tools" }, { "policies", "policies" } }) end end
 
+-- The API key secret: from standard input, or a prompt without echo on a
+-- terminal. Never from argv or the environment.
+local function read_secret()
+  local tty = os.execute("test -t 0")
+  if tty then
+    io.stderr:write("API key secret (input hidden): ")
+    os.execute("stty -echo 2>/dev/null")
+    local s = io.stdin:read("l")
+    os.execute("stty echo 2>/dev/null")
+    io.stderr:write("\n")
+    return s
+  end
+  return io.stdin:read("l")
+end
+M.read_secret = read_secret
+
+local CONN_FIELDS = { { "tenant", "tenant" }, { "status", "status" }, { "status_reason", "reason" },
+  { "account_sid", "account" }, { "account_name", "account name" }, { "account_status", "account status" },
+  { "api_key_sid", "API key" }, { "default_number", "default number" }, { "whatsapp_number", "WhatsApp" },
+  { "verify_service_sid", "Verify service" }, { "autonomous_sends", "autonomous sends" },
+  { "number_count", "numbers" }, { "last_tested_at", "last tested" } }
+
+local function conn_text(r)
+  local out = M.fields(r, CONN_FIELDS)
+  for _, w in ipairs(r.warnings or {}) do out = out .. "warning: " .. w .. "\n" end
+  return out
+end
+
+local function twilio_settings(c, params)
+  params.default_number = c.opts["default-number"]
+  params.whatsapp_number = c.opts["whatsapp-number"]
+  params.verify_service_sid = c.opts["verify-service-sid"]
+  params.hosts = c.opts.hosts
+  return params
+end
+
+local function cut(s, width)
+  s = tostring(s or ""):gsub("%s+", " ")
+  if (utf8.len(s) or #s) <= width then return s end
+  return s:sub(1, utf8.offset(s, width - 1) - 1) .. "…"
+end
+
+admin.twilio = {
+  connect = function(c)
+    local secret = read_secret()
+    return "twilio.connect", twilio_settings(c, { tenant = c.opts.tenant, account_sid = c.opts["account-sid"],
+      api_key_sid = c.opts["api-key-sid"], api_key_secret = secret }), function(r)
+      return "connected\n" .. conn_text(r) end
+  end,
+  show = function(c) return "twilio.show", { tenant = c.opts.tenant or c.pos[1] }, conn_text end,
+  test = function(c) return "twilio.test", { tenant = c.opts.tenant or c.pos[1] }, function(r)
+    return (r.ok and "connection works\n" or "connection FAILED\n") .. conn_text(r) end end,
+  update = function(c)
+    local params = twilio_settings(c, { tenant = c.opts.tenant })
+    if c.opts["api-key-sid"] then
+      params.api_key_sid = c.opts["api-key-sid"]
+      params.api_key_secret = read_secret()
+    end
+    return "twilio.update", params, function(r) return "updated\n" .. conn_text(r) end
+  end,
+  ["autonomous-sends"] = function(c)
+    local value = c.pos[1]
+    local confirm = c.opts.confirm == true
+    if value == "on" and not confirm and os.execute("test -t 0") then
+      io.stderr:write("WARNING: with autonomous sends on, agents send SMS, WhatsApp messages and verification\n"
+        .. "codes that cost money without a human confirming each one. Type yes to turn it on: ")
+      confirm = io.stdin:read("l") == "yes"
+    end
+    return "twilio.autonomous_sends", { tenant = c.opts.tenant, value = value, confirm = confirm }, function(r)
+      local s = ("autonomous sends for %s: %s%s\n"):format(r.tenant, r.autonomous_sends and "ON" or "off",
+        r.changed and "" or " (unchanged)")
+      if r.autonomous_sends then
+        s = s .. "WARNING: agents now send messages that cost money without human confirmation.\n"
+      end
+      return s
+    end
+  end,
+  disconnect = function(c) return "twilio.disconnect", { tenant = c.opts.tenant or c.pos[1] }, function(r)
+    return ("tenant %s disconnected from Twilio; the tool group was removed\n"):format(r.tenant) end end,
+  numbers = function(c) return "twilio.numbers", { tenant = c.opts.tenant or c.pos[1] }, function(r)
+    return M.table(r.numbers, { { "phone_number", "NUMBER" }, { "friendly_name", "NAME" },
+      { "voice", "VOICE" }, { "sms", "SMS" }, { "mms", "MMS" } }) end end,
+  messages = function(c)
+    return "twilio.messages", { tenant = c.opts.tenant or c.pos[1], page = c.opts.page,
+      page_size = c.opts["page-size"] }, function(r)
+      local rows = {}
+      for i, m in ipairs(r.messages) do
+        rows[i] = { to = m.to, from = m.from, body = cut(m.body, 40), status = m.status, date = m.date }
+      end
+      return M.table(rows, { { "to", "TO" }, { "from", "FROM" }, { "body", "BODY" }, { "status", "STATUS" },
+        { "date", "TIME" } }) .. ("page %d%s\n"):format(r.page, r.more and " (more: --page " .. (r.page + 1) .. ")" or "")
+    end
+  end,
+}
+
 local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true }
 M.ADMIN_FLAGS = ADMIN_FLAGS
 
@@ -200,6 +295,14 @@ usage: switchboard admin [--config FILE] [--json] COMMAND
   agent list [--tenant T] | agent revoke NAME [--tenant T]
   agent groups NAME [--tenant T] [+"Group" | -"Group" ...]
   reload | status
+  twilio connect --tenant T --account-sid AC… --api-key-sid SK… [--default-number +E164]
+                 [--whatsapp-number +E164] [--verify-service-sid VA…] [--hosts URL|api=URL,…]
+                 (the API key secret is read from standard input)
+  twilio show|test|disconnect|numbers --tenant T
+  twilio update --tenant T [--api-key-sid SK… (secret on stdin)] [--default-number …]
+                [--whatsapp-number …] [--verify-service-sid …] [--hosts …]
+  twilio autonomous-sends on|off --tenant T [--confirm]
+  twilio messages --tenant T [--page N] [--page-size N]
 ]]
 
 function M.commands.admin(args, root)

@@ -75,6 +75,35 @@ M.migrations = {
   );
   CREATE INDEX escalations_tenant ON escalations (tenant_id, status);
   ]],
+  [[
+  CREATE TABLE connections (
+    tenant_id INTEGER PRIMARY KEY REFERENCES tenants(id),
+    provider TEXT NOT NULL DEFAULT 'twilio',
+    account_sid TEXT NOT NULL,
+    api_key_sid TEXT NOT NULL,
+    secret BLOB NOT NULL,
+    default_number TEXT,
+    whatsapp_number TEXT,
+    verify_service_sid TEXT,
+    autonomous_sends INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
+    status_reason TEXT,
+    account_name TEXT,
+    account_status TEXT,
+    account_type TEXT,
+    numbers TEXT NOT NULL DEFAULT '[]',
+    hosts TEXT,
+    last_tested_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  CREATE TABLE tenant_groups (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+  );
+  ]],
 }
 
 function M.now()

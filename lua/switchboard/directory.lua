@@ -140,6 +140,15 @@ function M.set_groups(db, agent, groups)
   return db:run("UPDATE agents SET groups = ? WHERE id = ?", json.encode(json.array(groups)), agent.id)
 end
 
+-- The tool groups a tenant has enabled (those that need a connection).
+function M.tenant_groups(db, tenant_id)
+  local set = {}
+  for _, r in ipairs(assert(db:query("SELECT name FROM tenant_groups WHERE tenant_id = ?", tenant_id))) do
+    set[r.name] = true
+  end
+  return set
+end
+
 function M.settings_audit(db, tenant_id, actor, action, old, new)
   return db:run("INSERT INTO settings_audit (tenant_id, at, actor, action, old_value, new_value)"
     .. " VALUES (?, ?, ?, ?, ?, ?)", tenant_id, db_mod.now(), actor, action,

@@ -65,7 +65,7 @@ end
 function Session:tool_list()
   local out = {}
   local v = self.version
-  for _, t in ipairs(self.server.registry:visible(self.agent.groups)) do
+  for _, t in ipairs(self.server.registry:visible(self.agent.groups, self.tenant.enabled)) do
     local item = { name = t.name, description = t.description, inputSchema = t.exported }
     if v >= "2025-03-26" then item.annotations = t.annotations end
     if v >= "2025-06-18" then
@@ -79,7 +79,7 @@ end
 
 function Session:instructions()
   local seen, parts = {}, {}
-  for _, t in ipairs(self.server.registry:visible(self.agent.groups)) do
+  for _, t in ipairs(self.server.registry:visible(self.agent.groups, self.tenant.enabled)) do
     if t.instructions and not seen[t.instructions] then
       seen[t.instructions] = true
       parts[#parts + 1] = t.instructions
@@ -111,11 +111,12 @@ function handlers.initialize(self, id, params)
   end
   self.agent = agent
   self.tenant = { id = agent.tenant_id, name = agent.tenant_name,
-                  features = directory.decode_list(agent.tenant_features) }
+                  features = directory.decode_list(agent.tenant_features),
+                  enabled = directory.tenant_groups(self.server.db, agent.tenant_id) }
   self.version = SUPPORTED[params.protocolVersion] and params.protocolVersion or M.LATEST
   self.initialized_req = true
   self.client = type(params.clientInfo) == "table" and params.clientInfo or {}
-  self.fingerprint = self.server.registry:view_fingerprint(agent.groups)
+  self.fingerprint = self.server.registry:view_fingerprint(agent.groups, self.tenant.enabled)
   self.server:bind(self)
   log.info("mcp: connection %d: agent %s of tenant %s (%s) initialized, protocol %s",
     self.n, agent.name, self.tenant.name, agent.type, self.version)
@@ -152,7 +153,7 @@ function handlers.call_tool(self, id, params)
   if args ~= nil and args ~= json.null and (type(args) ~= "table" or (next(args) ~= nil and rawget(args, 1) ~= nil)) then
     return self:fail(id, INVALID_PARAMS, "tools/call: params.arguments must be an object")
   end
-  local tool = self.server.registry:find(params.name, self.agent.groups)
+  local tool = self.server.registry:find(params.name, self.agent.groups, self.tenant.enabled)
   if not tool then
     return self:fail(id, INVALID_PARAMS, ("unknown tool: %s (tools/list shows the tools this agent may call)")
       :format(params.name))

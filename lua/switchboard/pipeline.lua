@@ -8,6 +8,7 @@ local log = require("switchboard.log")
 local schema = require("switchboard.schema")
 local registry = require("switchboard.registry")
 local db_mod = require("switchboard.db")
+local directory = require("switchboard.directory")
 
 local M = {}
 
@@ -67,12 +68,22 @@ function M.run(rt, call)
   if not args then return finish(result(err, nil, true), "invalid", "invalid", { error = err }) end
   rec.args = args
 
+  -- the tenant's connection, when the tool needs one
+  local provider, conn
+  if tool.connection then
+    provider = require("switchboard." .. tool.connection .. ".connection")
+    local cerr
+    conn, cerr = provider.for_call(rt.db, s.tenant.id)
+    if not conn then return finish(result(cerr, nil, true), "invalid", "connection", { error = cerr }) end
+  end
+
   -- 2. policies in priority order
   local view = {
     tool = tool.name, action = args.action, args = args, writes = registry.writes(tool, args),
     sender = call.sender, agent = { name = s.agent.name, type = s.agent.type },
     tenant = { name = s.tenant.name, features = s.tenant.features },
     approved = call.approved_by ~= nil,
+    connection = conn and provider.policy_view(conn) or nil,
   }
   if rt.enrich_call then rt.enrich_call(view, s, tool) end
   local d = rt.policies:evaluate(view)
@@ -111,7 +122,23 @@ function M.run(rt, call)
     config = rt.cfg, rt = rt, log = log, flags = flagged,
     progress = call.progress or function() end, cancelled = call.is_cancelled,
   }
+  local cred
+  if conn then
+    local tenant_row = directory.tenant_by_id(rt.db, s.tenant.id)
+    local client
+    client, cred = provider.open_client(rt, tenant_row, conn)
+    if not client then
+      return finish(result("The tenant's stored credentials could not be opened; an operator must update them.",
+        nil, true), d.decision, "error", { error = "credential" })
+    end
+    ctx.connection, ctx[tool.connection] = conn, client
+  end
   local ok, res, herr = pcall(tool.handler, ctx, args)
+  if cred then
+    cred:close()
+    local client = ctx[tool.connection]
+    rec.retries = client.retries
+  end
   local outcome_detail = ctx.audit_detail
   if not ok then
     log.error("tool %s raised: %s", tool.name, tostring(res))

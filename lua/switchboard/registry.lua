@@ -15,7 +15,7 @@ local annotation_keys = { title = "string", readOnlyHint = "boolean", destructiv
 local known_fields = { name = true, title = true, description = true, group = true,
                        input_schema = true, output_schema = true, annotations = true,
                        writes = true, handler = true, check = true, timeout = true,
-                       instructions = true, action_of = true }
+                       instructions = true, connection = true }
 
 -- Text an agent reads must be plain: no control or invisible characters.
 local function plain_text(s)
@@ -93,6 +93,9 @@ function M.check(def)
   if def.instructions ~= nil and type(def.instructions) ~= "string" then
     return nil, "instructions: must be a string"
   end
+  if def.connection ~= nil and (type(def.connection) ~= "string" or not def.connection:match("^%l+$")) then
+    return nil, "connection: must name a provider, such as \"twilio\""
+  end
   local tool = {}
   for k, v in pairs(def) do tool[k] = v end
   tool.writes_spec = writes
@@ -147,7 +150,7 @@ end
 
 -- Build a registry from directories. Returns it or nil, err (file and field).
 function M.load(dirs)
-  local self = setmetatable({ tools = {}, order = {}, groups = {} }, M)
+  local self = setmetatable({ tools = {}, order = {}, groups = {}, gated = {} }, M)
   for _, dir in ipairs(dirs) do
     local files = {}
     local ok, err = lua_files(dir, files)
@@ -164,16 +167,21 @@ function M.load(dirs)
       local g = self.groups[tool.group] or {}
       g[#g + 1] = tool.name
       self.groups[tool.group] = g
+      if tool.connection then self.gated[tool.group] = true end
     end
   end
   table.sort(self.order)
   return self
 end
 
--- The tools an agent with these groups may see, sorted by name.
-function M:visible(groups)
+-- The tools an agent with these groups may see, sorted by name. A group
+-- whose tools need a connection counts only when the tenant has it
+-- enabled (enabled: set of group names).
+function M:visible(groups, enabled)
   local allowed = {}
-  for _, g in ipairs(groups) do allowed[g] = true end
+  for _, g in ipairs(groups) do
+    if not self.gated[g] or (enabled and enabled[g]) then allowed[g] = true end
+  end
   local out = {}
   for _, name in ipairs(self.order) do
     local t = self.tools[name]
@@ -182,9 +190,10 @@ function M:visible(groups)
   return out
 end
 
-function M:find(name, groups)
+function M:find(name, groups, enabled)
   local t = self.tools[name]
   if not t then return nil end
+  if self.gated[t.group] and not (enabled and enabled[t.group]) then return nil end
   for _, g in ipairs(groups) do
     if g == t.group then return t end
   end
@@ -192,9 +201,9 @@ function M:find(name, groups)
 end
 
 -- A fingerprint of what an agent with these groups sees.
-function M:view_fingerprint(groups)
+function M:view_fingerprint(groups, enabled)
   local parts = {}
-  for _, t in ipairs(self:visible(groups)) do parts[#parts + 1] = t.fingerprint end
+  for _, t in ipairs(self:visible(groups, enabled)) do parts[#parts + 1] = t.fingerprint end
   return table.concat(parts, ",")
 end
 

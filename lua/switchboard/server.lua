@@ -84,7 +84,7 @@ end
 function M:tools_changed()
   for s in pairs(self.sessions) do
     if s.agent then
-      local fp = self.registry:view_fingerprint(s.agent.groups)
+      local fp = self.registry:view_fingerprint(s.agent.groups, s.tenant.enabled)
       if fp ~= s.fingerprint then
         s.fingerprint = fp
         s:notify("notifications/tools/list_changed")
@@ -95,6 +95,7 @@ end
 
 -- Refresh the agents of a tenant from the store (groups changed, revoked).
 function M:refresh_agents(tenant_id)
+  local enabled = directory.tenant_groups(self.db, tenant_id)
   for s in pairs(self.sessions) do
     if s.agent and s.tenant.id == tenant_id then
       local row = directory.agent(self.db, tenant_id, s.agent.name)
@@ -103,6 +104,7 @@ function M:refresh_agents(tenant_id)
         s:close()
       else
         s.agent.groups = row.groups
+        s.tenant.enabled = enabled
         s.agent.default_tier = row.default_tier
         s.agent.trusted_sender = row.trusted_sender
       end

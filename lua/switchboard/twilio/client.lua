@@ -1,0 +1,163 @@
+-- The Twilio REST client. Hosts per product come from the connection or
+-- the config; HTTP Basic uses the API key from a vault credential handle
+-- (the secret never becomes a Lua string). Retries only 429s Twilio says
+-- were not processed (code 20429 or none), at most 3 times with capped
+-- full-jitter backoff and Retry-After honoured; never resends a POST whose
+-- outcome is unknown.
+local http = require("core.http")
+local loop = require("core.loop")
+local json = require("switchboard.json")
+
+local M = {}
+M.__index = M
+
+M.MAX_RETRIES = 3
+M.MAX_WAIT = 3.0        -- seconds, one backoff
+M.TOTAL_WAIT = 10.0     -- seconds, all backoffs of one request
+M.API_VERSION = "2010-04-01"
+
+-- opts: { account_sid, credential (core.vault.Credential), hosts = {api=…},
+--         timeout, ca_file, sleep (for tests), random (for tests) }
+function M.new(opts)
+  assert(type(opts.account_sid) == "string", "account_sid required")
+  assert(opts.credential, "credential required")
+  return setmetatable({ account_sid = opts.account_sid, credential = opts.credential,
+                        hosts = opts.hosts, timeout = opts.timeout or 30, ca_file = opts.ca_file,
+                        sleep = opts.sleep or loop.sleep, random = opts.random or math.random,
+                        requests = 0, retries = 0 }, M)
+end
+
+-- Origin (scheme://host[:port]) of a URL.
+local function origin(url)
+  return url:match("^(%a[%w+.-]*://[^/]+)")
+end
+
+function M:base(product)
+  local h = self.hosts[product]
+  if not h then error("no host configured for Twilio product " .. tostring(product), 2) end
+  return (h:gsub("/+$", ""))
+end
+
+-- The v2010 path of a resource under this account: acct("Messages.json").
+function M:acct(rest)
+  return ("/%s/Accounts/%s/%s"):format(M.API_VERSION, self.account_sid, rest)
+end
+
+local function twilio_error(res)
+  local body = json.decode(res.body or "")
+  local e = { status = res.status }
+  if type(body) == "table" then
+    e.code = tonumber(body.code)
+    e.message = type(body.message) == "string" and body.message or nil
+    e.more_info = type(body.more_info) == "string" and body.more_info or nil
+    e.details = type(body.details) == "table" and body.details or nil
+  end
+  e.message = e.message or ("Twilio answered HTTP %d"):format(res.status)
+  return e
+end
+
+-- The wait before retry n (0-based): Retry-After when given, else full
+-- jitter over min(3 s, 100 ms * 2^n).
+function M:backoff(n, res)
+  local ra = res and res.headers and tonumber(res.headers["retry-after"])
+  if ra and ra >= 0 then return ra, true end
+  return self.random() * math.min(M.MAX_WAIT, 0.1 * 2 ^ n), false
+end
+
+-- One logical request. Returns decoded body (table), response or
+-- nil, err where err = { status, code, message, more_info, unknown,
+-- rate_limited, retries, transport }.
+-- req: { method, product, path | url, query, form }
+function M:request(req)
+  local method = req.method or "GET"
+  local url
+  if req.url then
+    -- a next-page link: keep the path, never send credentials elsewhere
+    local path = req.url:gsub("^%a[%w+.-]*://[^/]+", "")
+    url = self:base(req.product) .. path
+  else
+    url = self:base(req.product) .. req.path
+  end
+  local waited, attempt = 0, 0
+  while true do
+    self.requests = self.requests + 1
+    local res, err, info = http.request({
+      method = method, url = url, query = req.query, form = req.form, auth = self.credential,
+      headers = { Accept = "application/json" }, timeout = req.timeout or self.timeout,
+      ca_file = self.ca_file,
+    })
+    if not res then
+      local sent = info and info.sent
+      if method ~= "GET" and sent then
+        return nil, { unknown = true, transport = err, retries = attempt,
+                      message = "the request went out but no answer came back (" .. err .. ")" }
+      end
+      return nil, { transport = err, retries = attempt, unknown = false,
+                    message = "Twilio could not be reached (" .. err .. ")" }
+    end
+    if res.status >= 200 and res.status < 300 then
+      local body = json.decode(res.body)
+      if body == nil and res.body ~= "" then
+        return nil, { status = res.status, retries = attempt, unknown = method ~= "GET",
+                      message = "Twilio answered with a body that is not JSON" }
+      end
+      return body or {}, res, attempt
+    end
+    local e = twilio_error(res)
+    e.retries = attempt
+    if res.status >= 500 then
+      e.unknown = method ~= "GET"
+      return nil, e
+    end
+    if res.status == 429 and (e.code == nil or e.code == 20429) then
+      e.rate_limited = true
+      if attempt >= M.MAX_RETRIES then return nil, e end
+      local wait, from_header = self:backoff(attempt, res)
+      if waited + wait > M.TOTAL_WAIT then
+        if from_header then return nil, e end
+        wait = math.max(0, M.TOTAL_WAIT - waited)
+      end
+      waited = waited + wait
+      attempt = attempt + 1
+      self.retries = self.retries + 1
+      if wait > 0 then self.sleep(wait) end
+    else
+      return nil, e
+    end
+  end
+end
+
+function M:get(product, path, query)
+  return self:request({ method = "GET", product = product, path = path, query = query })
+end
+
+function M:post(product, path, form)
+  return self:request({ method = "POST", product = product, path = path, form = form })
+end
+
+-- Follow pages until `limit` items were collected (v2010: next_page_uri,
+-- v2 products: meta.next_page_url). Returns items, last_body or nil, err.
+function M:list(product, path, query, key, limit)
+  local items = {}
+  local body, err = self:get(product, path, query)
+  while true do
+    if not body then return nil, err end
+    local page = body[key] or (body.meta and body[body.meta.key]) or {}
+    for _, item in ipairs(page) do
+      if #items >= limit then return items, body end
+      items[#items + 1] = item
+    end
+    if #items >= limit then return items, body end
+    local next_url = body.next_page_uri
+    if next_url == json.null then next_url = nil end
+    if not next_url and type(body.meta) == "table" and type(body.meta.next_page_url) == "string" then
+      next_url = body.meta.next_page_url
+    end
+    if type(next_url) ~= "string" or next_url == "" then return items, body end
+    body, err = self:request({ method = "GET", product = product, url = next_url })
+  end
+end
+
+M.origin = origin
+
+return M

@@ -1,0 +1,483 @@
+-- A tenant's Twilio connection: the sealed API key, the account's
+-- numbers and settings, and its lifecycle (connect, show, test, update,
+-- autonomous sends, disconnect, data preview) as admin methods.
+local json = require("switchboard.json")
+local db_mod = require("switchboard.db")
+local directory = require("switchboard.directory")
+local store = require("core.store")
+local client_mod = require("switchboard.twilio.client")
+
+local M = {}
+
+M.GROUP = "Twilio Communications"
+M.FEATURE = "custom.twilio"
+M.FIELD = "twilio.api_key_secret"
+M.PRODUCTS = { "api", "lookups", "verify", "content" }
+
+local function hex32(s, prefix)
+  return type(s) == "string" and #s == 34 and s:sub(1, 2) == prefix and s:sub(3):match("^%x+$") ~= nil
+end
+M.hex32 = hex32
+
+local function e164(s)
+  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s <= 16 and #s >= 8
+end
+M.e164 = e164
+
+local function trim(s)
+  if type(s) ~= "string" then return s end
+  return (s:match("^%s*(.-)%s*$"))
+end
+
+local function decode(s, default)
+  if s == nil then return default end
+  local v = json.decode(s)
+  if v == nil then return default end
+  return v
+end
+
+-- The connection row of a tenant, decoded, or nil.
+function M.get(db, tenant_id)
+  local r = db:row("SELECT * FROM connections WHERE tenant_id = ?", tenant_id)
+  if not r then return nil end
+  r.numbers = decode(r.numbers, {})
+  r.hosts = decode(r.hosts, nil)
+  r.autonomous_sends = r.autonomous_sends == 1
+  return r
+end
+
+function M.hosts(cfg, hosts)
+  local out = {}
+  for _, p in ipairs(M.PRODUCTS) do out[p] = (hosts and hosts[p]) or cfg.twilio.hosts[p] end
+  return out
+end
+
+-- A client for the tenant with an opened credential. The caller closes
+-- the credential (cred:close()) when done. Returns client, cred or nil, err.
+function M.open_client(rt, tenant, conn, blob, key_sid)
+  local cred = rt.master:credential(tenant.data_key, directory.key_context(tenant.id), M.FIELD,
+    blob or conn.secret, key_sid or conn.api_key_sid)
+  if not cred then return nil, "the stored API key could not be opened" end
+  local c = client_mod.new({ account_sid = conn.account_sid, credential = cred,
+    hosts = M.hosts(rt.cfg, conn.hosts), timeout = rt.cfg.twilio.timeout, ca_file = rt.cfg.twilio.ca_file })
+  return c, cred
+end
+
+local function number_view(n)
+  local caps = type(n.capabilities) == "table" and n.capabilities or {}
+  return { phone_number = n.phone_number, friendly_name = n.friendly_name, sid = n.sid,
+           voice = caps.voice == true or caps.Voice == true, sms = caps.sms == true or caps.SMS == true,
+           mms = caps.mms == true or caps.MMS == true }
+end
+M.number_view = number_view
+
+-- Check credentials against Twilio: the account (or, for a Standard key
+-- refused on /Accounts, the numbers list) and the numbers.
+-- Returns info or nil, err (a sentence for the operator).
+function M.validate(c)
+  local info = {}
+  local acct, err = c:get("api", ("/%s/Accounts/%s.json"):format(client_mod.API_VERSION, c.account_sid))
+  if acct then
+    info.account_name = acct.friendly_name
+    info.account_status = acct.status
+    info.account_type = acct.type
+  elseif err.status == 401 or err.code == 20003 then
+    info.standard_key = true
+  else
+    return nil, M.describe(err)
+  end
+  local numbers, nerr = c:list("api", c:acct("IncomingPhoneNumbers.json"), { PageSize = 100 },
+    "incoming_phone_numbers", 1000)
+  if not numbers then
+    if nerr.status == 401 or nerr.code == 20003 then
+      return nil, "Twilio refused these credentials (error 20003): the API key may be revoked or rotated,"
+        .. " belong to another account or region, or the secret may be wrong"
+    end
+    return nil, M.describe(nerr)
+  end
+  info.numbers = {}
+  for i, n in ipairs(numbers) do info.numbers[i] = number_view(n) end
+  if info.standard_key then info.account_status = "active (inferred: the numbers list answered)" end
+  return info
+end
+
+function M.describe(err)
+  if err.code then
+    return ("Twilio error %d: %s%s"):format(err.code, err.message or "",
+      err.more_info and (" (" .. err.more_info .. ")") or "")
+  end
+  return err.message or "Twilio request failed"
+end
+
+local function first_sms(numbers)
+  for _, n in ipairs(numbers) do
+    if n.sms then return n.phone_number end
+  end
+  return nil
+end
+
+-- Parse --hosts: "URL" (every product) or "api=URL,lookups=URL,…".
+function M.parse_hosts(s)
+  if s == nil or s == "" then return nil end
+  local out = {}
+  if not s:find("=", 1, true) then
+    for _, p in ipairs(M.PRODUCTS) do out[p] = s end
+  else
+    for part in s:gmatch("[^,]+") do
+      local k, v = part:match("^%s*(%w+)%s*=%s*(%S+)%s*$")
+      if not k then return nil, ("hosts: '%s' is not product=URL"):format(part) end
+      local known = false
+      for _, p in ipairs(M.PRODUCTS) do known = known or p == k end
+      if not known then return nil, ("hosts: unknown product '%s' (api, lookups, verify, content)"):format(k) end
+      out[k] = v
+    end
+  end
+  for k, v in pairs(out) do
+    if not v:match("^https?://[%w%.%-%[%]:]+/?$") then
+      return nil, ("hosts.%s: '%s' must be an http(s) origin such as https://api.twilio.com"):format(k, v)
+    end
+  end
+  return out
+end
+
+-- The checks an operator's input gets before anything reaches Twilio.
+-- Returns cleaned values or refuses through admin.refuse.
+local function check_credentials(refuse, p, need)
+  local out = {}
+  out.account_sid = trim(p.account_sid)
+  out.api_key_sid = trim(p.api_key_sid)
+  out.secret = trim(p.api_key_secret)
+  if need or out.account_sid then
+    if not hex32(out.account_sid, "AC") then
+      refuse("account SID: must be AC followed by 32 hexadecimal characters (find it on the Twilio Console dashboard)", -32602)
+    end
+  end
+  if need or out.api_key_sid or out.secret then
+    if type(out.api_key_sid) == "string" and out.api_key_sid:sub(1, 2) == "AC" then
+      refuse("API key SID: that is an Account SID. Create an API Key in the Twilio Console"
+        .. " (Account > API keys & tokens) and give its SK… SID and secret; the Auth Token is not accepted", -32602)
+    end
+    if not hex32(out.api_key_sid, "SK") then
+      refuse("API key SID: must be SK followed by 32 hexadecimal characters", -32602)
+    end
+    if type(out.secret) ~= "string" or out.secret == "" then
+      refuse("API key secret: required (give it on standard input)", -32602)
+    end
+    if out.secret:match("^%x+$") and #out.secret == 32 and out.secret == out.secret:lower() then
+      refuse("API key secret: this looks like an Auth Token. Create an API Key in the Twilio Console"
+        .. " (Account > API keys & tokens) and give its secret instead; Switchboard does not store Auth Tokens", -32602)
+    end
+    if not out.secret:match("^[%w]+$") or #out.secret < 16 or #out.secret > 128 then
+      refuse("API key secret: must be the key's secret as Twilio showed it (letters and digits)", -32602)
+    end
+  end
+  return out
+end
+
+local function check_settings(refuse, p, numbers)
+  local out = {}
+  if p.default_number ~= nil then
+    local n = trim(p.default_number)
+    if not e164(n) then refuse("default number: must be E.164, like +14155550123", -32602) end
+    local found
+    for _, x in ipairs(numbers or {}) do if x.phone_number == n then found = x end end
+    if numbers and not found then
+      refuse(("default number: %s is not one of this account's phone numbers"):format(n), -32602)
+    end
+    if found and not found.sms then
+      refuse(("default number: %s cannot send SMS"):format(n), -32602)
+    end
+    out.default_number = n
+  end
+  if p.whatsapp_number ~= nil then
+    local n = trim(p.whatsapp_number):gsub("^whatsapp:", "")
+    if not e164(n) then refuse("WhatsApp number: must be E.164, like +14155238886", -32602) end
+    out.whatsapp_number = n
+  end
+  if p.verify_service_sid ~= nil then
+    local v = trim(p.verify_service_sid)
+    if not hex32(v, "VA") then
+      refuse("Verify service SID: must be VA followed by 32 hexadecimal characters", -32602)
+    end
+    out.verify_service_sid = v
+  end
+  return out
+end
+
+-- Public view: never the secret.
+local function view(tenant, conn)
+  return {
+    tenant = tenant.name, status = conn.status, status_reason = conn.status_reason,
+    account_sid = conn.account_sid, api_key_sid = conn.api_key_sid,
+    account_name = conn.account_name or "(not visible to this API key type)",
+    account_status = conn.account_status, account_type = conn.account_type,
+    default_number = conn.default_number, whatsapp_number = conn.whatsapp_number,
+    verify_service_sid = conn.verify_service_sid, autonomous_sends = conn.autonomous_sends,
+    number_count = #conn.numbers, last_tested_at = conn.last_tested_at, hosts = conn.hosts,
+    created_at = conn.created_at, updated_at = conn.updated_at,
+  }
+end
+M.view = view
+
+-- For the call path: the tenant's connection, or nil and what the agent
+-- should be told.
+function M.for_call(db, tenant_id)
+  local conn = M.get(db, tenant_id)
+  if not conn then
+    return nil, "Twilio is not connected for this tenant. An operator connects it with"
+      .. " `switchboard admin twilio connect`."
+  end
+  if conn.status ~= "active" then
+    return nil, ("The tenant's Twilio connection needs attention (%s). Ask an operator to check it with"
+      .. " `switchboard admin twilio test` and update the API key; do not retry until then.")
+      :format(conn.status_reason or conn.status)
+  end
+  return conn
+end
+
+-- What policies may read about the connection.
+function M.policy_view(conn)
+  local numbers = {}
+  for i, n in ipairs(conn.numbers) do numbers[i] = n.phone_number end
+  return { provider = "twilio", autonomous_sends = conn.autonomous_sends, default_number = conn.default_number,
+           whatsapp_number = conn.whatsapp_number, numbers = numbers }
+end
+
+-- Register the admin methods on the admin module's table.
+function M.install(admin)
+  local refuse = admin.refuse
+  local methods = admin.methods
+
+  local function connected(self, p, what)
+    local t = self:tenant(p, what)
+    local conn = M.get(self.db, t.id)
+    if not conn then refuse(("tenant '%s' has no Twilio connection; run `twilio connect` first"):format(t.name)) end
+    return t, conn
+  end
+
+  local function with_client(self, t, conn, fn, blob, key_sid)
+    local c, cred = M.open_client(self.server, t, conn, blob, key_sid)
+    if not c then refuse(cred) end
+    local res = table.pack(pcall(fn, c))
+    cred:close()
+    if not res[1] then error(res[2], 0) end
+    return table.unpack(res, 2, res.n)
+  end
+
+  local function seal(self, t, secret)
+    return self.server.master:seal(t.data_key, directory.key_context(t.id), M.FIELD, secret)
+  end
+
+  methods["twilio.connect"] = function(self, p)
+    local t = self:tenant(p, "twilio connect")
+    local has = false
+    for _, f in ipairs(t.features) do has = has or f == M.FEATURE end
+    if not has then
+      refuse(("tenant '%s' does not have the feature %s: run `switchboard admin tenant features %s +%s` first")
+        :format(t.name, M.FEATURE, t.name, M.FEATURE))
+    end
+    if M.get(self.db, t.id) then
+      refuse(("tenant '%s' already has a Twilio connection: use `twilio update` or `twilio disconnect`"):format(t.name))
+    end
+    local cr = check_credentials(refuse, p, true)
+    local hosts, herr = M.parse_hosts(p.hosts)
+    if p.hosts and not hosts then refuse(herr, -32602) end
+    local pre = check_settings(refuse, p, nil)
+    local blob = seal(self, t, cr.secret)
+    cr.secret = nil
+    local probe = { account_sid = cr.account_sid, api_key_sid = cr.api_key_sid, hosts = hosts }
+    local info, verr = with_client(self, t, probe, M.validate, blob, cr.api_key_sid)
+    if not info then refuse("validation failed: " .. verr) end
+    local settings = check_settings(refuse, p, info.numbers)
+    local default = settings.default_number or first_sms(info.numbers)
+    local now = db_mod.now()
+    assert(self.db:begin())
+    local ok, err = self.db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret,"
+      .. " default_number, whatsapp_number, verify_service_sid, autonomous_sends, status, account_name,"
+      .. " account_status, account_type, numbers, hosts, last_tested_at, created_at, updated_at)"
+      .. " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
+      t.id, cr.account_sid, cr.api_key_sid, store.blob(blob), default, pre.whatsapp_number,
+      pre.verify_service_sid, info.account_name, info.account_status, info.account_type,
+      json.encode(json.array(info.numbers)), hosts and json.encode(hosts) or nil, now, now, now)
+    if ok then
+      ok, err = self.db:run("INSERT OR IGNORE INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)",
+        t.id, M.GROUP, now)
+    end
+    if not ok then
+      self.db:rollback()
+      refuse("could not store the connection: " .. tostring(err))
+    end
+    directory.settings_audit(self.db, t.id, p.actor, "twilio.connect", nil,
+      { account_sid = cr.account_sid, api_key_sid = cr.api_key_sid, default_number = default,
+        whatsapp_number = pre.whatsapp_number, verify_service_sid = pre.verify_service_sid,
+        autonomous_sends = false })
+    assert(self.db:commit())
+    self.server:refresh_agents(t.id)
+    local v = view(t, M.get(self.db, t.id))
+    v.warnings = {}
+    if info.standard_key then
+      v.warnings[#v.warnings + 1] = "this API key cannot read the account itself (a Standard key):"
+        .. " the account name is not visible"
+    end
+    if not default then
+      v.warnings[#v.warnings + 1] = "no SMS-capable number: sends fail with 'No phone number configured'"
+        .. " until one is added and set with `twilio update --default-number`"
+    end
+    v.warnings = json.array(v.warnings)
+    return v
+  end
+
+  methods["twilio.show"] = function(self, p)
+    local t, conn = connected(self, p, "twilio show")
+    return view(t, conn)
+  end
+
+  local function set_status(self, t, status, reason)
+    self.db:run("UPDATE connections SET status = ?, status_reason = ?, last_tested_at = ?, updated_at = ?"
+      .. " WHERE tenant_id = ?", status, reason, db_mod.now(), db_mod.now(), t.id)
+  end
+
+  methods["twilio.test"] = function(self, p)
+    local t, conn = connected(self, p, "twilio test")
+    local info, err = with_client(self, t, conn, M.validate)
+    if not info then
+      set_status(self, t, "error", err)
+      if conn.status ~= "error" then
+        directory.settings_audit(self.db, t.id, p.actor, "twilio.status", { status = conn.status },
+          { status = "error", reason = err })
+      end
+      local v = view(t, M.get(self.db, t.id))
+      v.ok = false
+      return v
+    end
+    self.db:run("UPDATE connections SET status = 'active', status_reason = NULL, numbers = ?, account_name = ?,"
+      .. " account_status = ?, account_type = ?, last_tested_at = ?, updated_at = ? WHERE tenant_id = ?",
+      json.encode(json.array(info.numbers)), info.account_name, info.account_status, info.account_type,
+      db_mod.now(), db_mod.now(), t.id)
+    if conn.status ~= "active" then
+      directory.settings_audit(self.db, t.id, p.actor, "twilio.status", { status = conn.status }, { status = "active" })
+    end
+    local v = view(t, M.get(self.db, t.id))
+    v.ok = true
+    return v
+  end
+
+  methods["twilio.update"] = function(self, p)
+    local t, conn = connected(self, p, "twilio update")
+    local changes, old = {}, {}
+    local cr = check_credentials(refuse, { api_key_sid = p.api_key_sid, api_key_secret = p.api_key_secret }, false)
+    local hosts, herr = M.parse_hosts(p.hosts)
+    if p.hosts and not hosts then refuse(herr, -32602) end
+    local effective = { account_sid = conn.account_sid, api_key_sid = cr.api_key_sid or conn.api_key_sid,
+                        hosts = hosts or conn.hosts }
+    local blob = conn.secret
+    if cr.secret then blob = seal(self, t, cr.secret) end
+    cr.secret = nil
+    local info, verr = with_client(self, t, effective, M.validate, blob, effective.api_key_sid)
+    if not info then
+      refuse("validation failed; the previous settings stay in force: " .. verr)
+    end
+    local settings = check_settings(refuse, p, info.numbers)
+    local sets, args = {}, {}
+    local function set(col, v, shown)
+      sets[#sets + 1] = col .. " = ?"
+      args[#sets] = v
+      if shown ~= false then changes[col] = v; old[col] = conn[col] end
+    end
+    if cr.api_key_sid then set("api_key_sid", cr.api_key_sid); set("secret", store.blob(blob), false) end
+    if hosts then set("hosts", json.encode(hosts), false); changes.hosts = hosts; old.hosts = conn.hosts end
+    for _, k in ipairs({ "default_number", "whatsapp_number", "verify_service_sid" }) do
+      if settings[k] then set(k, settings[k]) end
+    end
+    if not settings.default_number and not conn.default_number then
+      local d = first_sms(info.numbers)
+      if d then set("default_number", d) end
+    end
+    set("numbers", json.encode(json.array(info.numbers)), false)
+    set("account_name", info.account_name, false)
+    set("account_status", info.account_status, false)
+    set("account_type", info.account_type, false)
+    set("status", "active", false)
+    set("status_reason", nil, false)
+    set("last_tested_at", db_mod.now(), false)
+    set("updated_at", db_mod.now(), false)
+    args[#sets + 1] = t.id
+    assert(self.db:run("UPDATE connections SET " .. table.concat(sets, ", ") .. " WHERE tenant_id = ?",
+      table.unpack(args, 1, #sets + 1)))
+    if conn.status ~= "active" then changes.status = "active"; old.status = conn.status end
+    directory.settings_audit(self.db, t.id, p.actor, "twilio.update", old, changes)
+    local v = view(t, M.get(self.db, t.id))
+    v.changed = changes.status and { "status" } or {}
+    return v
+  end
+
+  methods["twilio.autonomous_sends"] = function(self, p)
+    local t, conn = connected(self, p, "twilio autonomous-sends")
+    local want
+    if p.value == "on" then want = true elseif p.value == "off" then want = false
+    else refuse("autonomous-sends: give on or off", -32602) end
+    if want and p.confirm ~= true then
+      refuse("turning autonomous sends on needs --confirm: agents will then send messages and codes"
+        .. " that cost money without a human confirming each one")
+    end
+    if want ~= conn.autonomous_sends then
+      self.db:run("UPDATE connections SET autonomous_sends = ?, updated_at = ? WHERE tenant_id = ?",
+        want and 1 or 0, db_mod.now(), t.id)
+      directory.settings_audit(self.db, t.id, p.actor, "twilio.autonomous_sends",
+        { autonomous_sends = conn.autonomous_sends }, { autonomous_sends = want })
+    end
+    return { tenant = t.name, autonomous_sends = want, changed = want ~= conn.autonomous_sends }
+  end
+
+  methods["twilio.disconnect"] = function(self, p)
+    local t, conn = connected(self, p, "twilio disconnect")
+    assert(self.db:begin())
+    assert(self.db:run("DELETE FROM connections WHERE tenant_id = ?", t.id))
+    assert(self.db:run("DELETE FROM tenant_groups WHERE tenant_id = ? AND name = ?", t.id, M.GROUP))
+    directory.settings_audit(self.db, t.id, p.actor, "twilio.disconnect",
+      { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }, nil)
+    assert(self.db:commit())
+    self.server:refresh_agents(t.id)
+    return { tenant = t.name, disconnected = true }
+  end
+
+  methods["twilio.numbers"] = function(self, p)
+    local t, conn = connected(self, p, "twilio numbers")
+    local numbers, err = with_client(self, t, conn, function(c)
+      return c:list("api", c:acct("IncomingPhoneNumbers.json"), { PageSize = 100 }, "incoming_phone_numbers", 1000)
+    end)
+    if not numbers then refuse(M.describe(err)) end
+    local out = {}
+    for i, n in ipairs(numbers) do out[i] = number_view(n) end
+    return { tenant = t.name, numbers = json.array(out) }
+  end
+
+  methods["twilio.messages"] = function(self, p)
+    local t, conn = connected(self, p, "twilio messages")
+    local page = math.tointeger(tonumber(p.page or 1))
+    local size = math.tointeger(tonumber(p.page_size or 20))
+    if not page or page < 1 then refuse("page: must be a whole number from 1", -32602) end
+    if not size or size < 1 or size > 100 then refuse("page size: must be from 1 to 100", -32602) end
+    local body, err = with_client(self, t, conn, function(c)
+      local b, e = c:get("api", c:acct("Messages.json"), { PageSize = size })
+      local n = 1
+      while b and n < page do
+        local nxt = b.next_page_uri
+        if type(nxt) ~= "string" then return { messages = {}, next_page_uri = json.null } end
+        b, e = c:request({ method = "GET", product = "api", url = nxt })
+        n = n + 1
+      end
+      return b, e
+    end)
+    if not body then refuse(M.describe(err)) end
+    local out = {}
+    for i, m in ipairs(body.messages or {}) do
+      out[i] = { to = m.to, from = m.from, body = m.body, status = m.status,
+                 date = m.date_sent ~= json.null and m.date_sent or m.date_created, sid = m.sid }
+    end
+    return { tenant = t.name, page = page, page_size = size, messages = json.array(out),
+             more = type(body.next_page_uri) == "string" }
+  end
+end
+
+return M
