@@ -62,7 +62,7 @@ lint:
 	luacheck -q runtime.lua lua policies examples tests
 
 asan: deps build/asan/switchboard
-	@SB_BIN=$(CURDIR)/build/asan/switchboard SB_ASAN=1 \
+	@SB_BIN=$(CURDIR)/build/asan/switchboard SB_ASAN=1 SWITCHBOARD_HOME=$(CURDIR) \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
 

@@ -114,14 +114,14 @@ function H.server(opts)
   local self = { dir = dir, conf = conf, cfg = cfg, agent_socket = cfg.agent_socket,
                  admin_socket = cfg.admin_socket, log = cfg.log.file, stderr = dir .. "/stderr.log" }
   function self.start()
-    self.pid = sh(("%s serve --config %s >>%s 2>&1 & echo $!"):format(H.q(H.BIN), H.q(conf), H.q(self.stderr)))
-      :gsub("%s+", "")
+    self.pid = sh(("exec %s %s serve --config %s >>%s 2>&1 & echo $!"):format(opts.wrapper or "",
+      H.q(H.BIN), H.q(conf), H.q(self.stderr))):gsub("%s+", "")
     H.wait_for(function()
       if H.exists(self.admin_socket) and H.exists(self.agent_socket) then return true end
       local _, code = sh("kill -0 " .. self.pid .. " 2>/dev/null")
       if code ~= 0 then error("server exited: " .. (H.read(self.stderr) or ""), 0) end
       return false
-    end, 15, "the server to listen")
+    end, opts.start_seconds or 15, "the server to listen")
   end
   function self.alive()
     local _, code = sh("kill -0 " .. self.pid .. " 2>/dev/null")

@@ -39,6 +39,16 @@ if [ -z "${SB_SKIP_NODE:-}" ]; then
   pass=$((pass + ok)); fail=$((fail + nok))
 fi
 
+if [ -z "${SB_ASAN:-}" ] && [ -z "${SB_SKIP_VALGRIND:-}" ] && command -v valgrind >/dev/null; then
+  note "valgrind"
+  out=$("$SB_BIN" exec tests/support/valgrind_serve.lua 2>&1)
+  echo "$out"
+  ok=$(printf "%s\n" "$out" | grep -c "^ok ")
+  nok=$(printf "%s\n" "$out" | grep -c "^not ok ")
+  [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ] && nok=1
+  pass=$((pass + ok)); fail=$((fail + nok))
+fi
+
 if [ -n "${SB_ASAN:-}" ]; then
   note "sanitizer reports"
   reports=$(grep -rlE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$SB_TEST_TMP" 2>/dev/null)
@@ -50,6 +60,8 @@ if [ -n "${SB_ASAN:-}" ]; then
   fi
 fi
 
+# servers, simulators and upstreams a failed spec left behind
+pkill -f "$SB_TEST_TMP" 2>/dev/null
 [ -z "${SB_KEEP_TMP:-}" ] && rm -rf "$SB_TEST_TMP"
 echo
 echo "$pass passed, $fail failed"
