@@ -176,6 +176,8 @@ methods["server.status"] = function(self)
 end
 
 require("switchboard.twilio.connection").install(M)
+require("switchboard.escalations").install(M)
+require("switchboard.executions").install(M)
 
 function M.new(server)
   return setmetatable({ server = server, db = server.db }, M)

@@ -284,6 +284,80 @@ admin.twilio = {
   end,
 }
 
+local ESC_COLS = { { "id", "ID" }, { "agent", "AGENT" }, { "tool", "TOOL" }, { "action", "ACTION" },
+  { "kind", "KIND" }, { "policy", "POLICY" }, { "reason", "REASON" }, { "status", "STATUS" },
+  { "created_at", "CREATED" } }
+
+local function escalation_text(r)
+  local out = M.fields(r, { { "id", "escalation" }, { "tenant", "tenant" }, { "agent", "agent" },
+    { "sender_tier", "sender tier" }, { "tool", "tool" }, { "action", "action" }, { "kind", "kind" },
+    { "policy", "policy" }, { "reason", "reason" }, { "status", "status" }, { "decided_by", "decided by" },
+    { "decided_at", "decided at" }, { "note", "note" }, { "created_at", "created" } })
+  out = out .. "arguments:       " .. json.encode(r.arguments or {}) .. "\n"
+  if r.result then
+    out = out .. ("result:          %s%s\n"):format(r.result.is_error and "error: " or "", r.result.text or "")
+  end
+  return out
+end
+
+admin.escalations = function(c)
+  return "escalations.list", { tenant = c.opts.tenant, status = c.opts.status }, function(r)
+    return M.table(r.escalations, ESC_COLS) end
+end
+
+admin.escalation = {
+  show = function(c) return "escalation.show", { tenant = c.opts.tenant, id = c.pos[1] }, escalation_text end,
+  approve = function(c) return "escalation.approve", { tenant = c.opts.tenant, id = c.pos[1] }, function(r)
+    return "approved and run once\n" .. escalation_text(r) end end,
+  reject = function(c) return "escalation.reject", { tenant = c.opts.tenant, id = c.pos[1], reason = c.opts.reason },
+    function(r) return "rejected\n" .. escalation_text(r) end end,
+}
+
+admin.executions = function(c)
+  return "executions.list", { tenant = c.opts.tenant, days = c.opts.days }, function(r)
+    local lines = {}
+    for _, e in ipairs(r.executions) do
+      lines[#lines + 1] = ("%s  agent %s  %s .. %s"):format(e.id, tostring(e.agent), e.started_at, e.ended_at)
+      for _, call in ipairs(e.calls) do
+        lines[#lines + 1] = ("    %-26s %-14s %8.1f ms  %s"):format(call.tool, call.action or "-",
+          call.duration_ms or 0, call.outcome)
+      end
+    end
+    if #lines == 0 then lines[1] = ("no executions in the last %d days"):format(r.days) end
+    return table.concat(lines, "\n") .. "\n"
+  end
+end
+
+admin.execution = {
+  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1] }, function(r)
+    local lines = { ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) }
+    for _, call in ipairs(r.calls) do
+      lines[#lines + 1] = ("#%d %s %s %s: %s / %s, %.1f ms, tier %s, policies %s"):format(call.id, call.at, call.tool,
+        call.action or "-", call.decision, call.outcome, call.duration_ms or 0, call.sender_tier or "-",
+        table.concat(call.policies or {}, ","))
+      lines[#lines + 1] = "    params: " .. json.encode(call.params or {})
+      if call.detail then lines[#lines + 1] = "    detail: " .. json.encode(call.detail) end
+    end
+    return table.concat(lines, "\n") .. "\n"
+  end end,
+}
+
+admin.audit = {
+  verify = function() return "audit.verify", {}, function(r)
+    if r.ok then return ("audit trail intact: %d records\n"):format(r.records) end
+    return ("AUDIT TRAIL BROKEN at record %d: %s\n"):format(r.id, r.problem)
+  end end,
+  settings = function(c) return "audit.settings", { tenant = c.opts.tenant }, function(r)
+    local rows = {}
+    for i, x in ipairs(r.changes) do
+      rows[i] = { id = x.id, at = x.at, actor = x.actor, action = x.action,
+                  old = json.encode(x.old), new = json.encode(x.new) }
+    end
+    return M.table(rows, { { "id", "ID" }, { "at", "TIME" }, { "actor", "WHO" }, { "action", "CHANGE" },
+      { "old", "OLD" }, { "new", "NEW" } })
+  end end,
+}
+
 local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true }
 M.ADMIN_FLAGS = ADMIN_FLAGS
 
@@ -303,6 +377,10 @@ usage: switchboard admin [--config FILE] [--json] COMMAND
                 [--whatsapp-number …] [--verify-service-sid …] [--hosts …]
   twilio autonomous-sends on|off --tenant T [--confirm]
   twilio messages --tenant T [--page N] [--page-size N]
+  escalations --tenant T [--status open|approved|rejected|all]
+  escalation show|approve ID --tenant T | escalation reject ID --tenant T --reason TEXT
+  executions --tenant T [--days N (default 7, at most 30)] | execution show ID --tenant T
+  audit verify | audit settings --tenant T
 ]]
 
 function M.commands.admin(args, root)
@@ -333,7 +411,7 @@ function M.commands.admin(args, root)
   else
     io.stdout:write(printer(res))
   end
-  return 0
+  return res.ok == false and 1 or 0
 end
 
 -- `switchboard connect`: a stdio bridge for MCP clients that launch a

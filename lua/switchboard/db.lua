@@ -30,32 +30,31 @@ M.migrations = {
     created_at TEXT NOT NULL,
     UNIQUE (tenant_id, name)
   );
-  CREATE TABLE settings_audit (
-    id INTEGER PRIMARY KEY,
-    tenant_id INTEGER REFERENCES tenants(id),
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    old_value TEXT,
-    new_value TEXT
-  );
-  CREATE TABLE tool_calls (
+  -- The audit trail: every tools/call (kind 'call') and every settings
+  -- change (kind 'setting'), hash-chained in id order.
+  CREATE TABLE audit_log (
     id INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
-    tenant_id INTEGER NOT NULL,
-    agent_id INTEGER NOT NULL,
-    execution_id TEXT NOT NULL,
-    sender_tier TEXT NOT NULL,
-    tool TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('call', 'setting')),
+    tenant_id INTEGER,
+    agent_id INTEGER,
+    actor TEXT,
+    execution_id TEXT,
+    sender_tier TEXT,
+    tool TEXT,
     action TEXT,
-    params TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    policies TEXT NOT NULL,
-    outcome TEXT NOT NULL,
+    params TEXT,
+    decision TEXT,
+    policies TEXT,
+    outcome TEXT,
     detail TEXT,
-    duration_ms REAL NOT NULL
+    retries INTEGER,
+    duration_ms REAL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
   );
-  CREATE INDEX tool_calls_tenant_at ON tool_calls (tenant_id, at);
+  CREATE INDEX audit_tenant_at ON audit_log (tenant_id, at);
+  CREATE INDEX audit_execution ON audit_log (execution_id);
   CREATE TABLE escalations (
     id INTEGER PRIMARY KEY,
     tenant_id INTEGER NOT NULL REFERENCES tenants(id),
@@ -103,6 +102,38 @@ M.migrations = {
     created_at TEXT NOT NULL,
     PRIMARY KEY (tenant_id, name)
   );
+  ]],
+  [[
+  -- The write-ahead record of every outbound message or verification
+  -- code: committed before the request goes out.
+  CREATE TABLE sends (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    agent_id INTEGER,
+    escalation_id INTEGER,
+    tool TEXT NOT NULL,
+    action TEXT,
+    recipient TEXT NOT NULL,
+    request BLOB NOT NULL,
+    body_hash TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'sent', 'failed', 'unknown')),
+    sid TEXT,
+    error_code INTEGER,
+    error_message TEXT,
+    created_at TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  CREATE INDEX sends_tenant_recipient ON sends (tenant_id, recipient, created_unix);
+  CREATE INDEX sends_status ON sends (status);
+  CREATE TABLE opt_outs (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    recipient TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, recipient)
+  );
+  ALTER TABLE escalations ADD COLUMN execution_id TEXT;
+  ALTER TABLE escalations ADD COLUMN result TEXT;
   ]],
 }
 

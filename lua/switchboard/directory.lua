@@ -149,10 +149,9 @@ function M.tenant_groups(db, tenant_id)
   return set
 end
 
+-- Settings changes go to the audit trail with who, when, old and new.
 function M.settings_audit(db, tenant_id, actor, action, old, new)
-  return db:run("INSERT INTO settings_audit (tenant_id, at, actor, action, old_value, new_value)"
-    .. " VALUES (?, ?, ?, ?, ?, ?)", tenant_id, db_mod.now(), actor, action,
-    old ~= nil and json.encode(old) or nil, new ~= nil and json.encode(new) or nil)
+  return require("switchboard.audit").for_db(db):setting(tenant_id, actor, action, old, new)
 end
 
 return M

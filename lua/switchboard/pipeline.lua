@@ -9,6 +9,7 @@ local schema = require("switchboard.schema")
 local registry = require("switchboard.registry")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
+local sends = require("switchboard.sends")
 
 local M = {}
 
@@ -36,10 +37,10 @@ end
 local function escalate(rt, call, d)
   local db = rt.db
   local _, id = db:run("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
-    .. " arguments, kind, reason, policy, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    .. " arguments, kind, reason, policy, created_at, execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     call.tenant.id, call.agent.id, call.sender, call.tool, call.action,
     json.encode(call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
-    db_mod.now())
+    db_mod.now(), call.execution_id)
   return id
 end
 
@@ -50,8 +51,14 @@ function M.run(rt, call)
   local tool = call.tool
   local s = call.session
   local rec = { tenant_id = s.tenant.id, agent_id = s.agent.id, execution_id = call.execution_id,
-                sender_tier = call.sender, tool = tool.name, args = call.args, policies = {} }
+                sender_tier = call.sender, tool = tool.name, args = call.args, policies = {},
+                actor = call.approved_by }
   local function finish(res, decision, outcome, detail)
+    if rec.approved_past then
+      detail = detail or {}
+      detail.approved_past = rec.approved_past
+      detail.escalation_id = call.escalation_id
+    end
     rec.decision, rec.outcome, rec.detail = decision, outcome, detail
     rec.duration_ms = (loop.time() - t0) * 1000
     rt.audit:record(rec)
@@ -85,6 +92,9 @@ function M.run(rt, call)
     approved = call.approved_by ~= nil,
     connection = conn and provider.policy_view(conn) or nil,
   }
+  if conn then
+    for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
+  end
   if rt.enrich_call then rt.enrich_call(view, s, tool) end
   local d = rt.policies:evaluate(view)
   rec.policies = d.ran
@@ -93,12 +103,17 @@ function M.run(rt, call)
   end
   local flagged = {}
   for _, f in ipairs(d.flags or {}) do flagged[#flagged + 1] = f.policy .. ": " .. f.reason end
+  -- an approved escalation runs past the hold or escalation that raised it
+  if call.approved_by and (d.decision == "hold" or d.decision == "escalate") then
+    rec.approved_past = { policy = d.policy, reason = d.reason }
+    d = { decision = "allow", ran = d.ran, flags = d.flags }
+  end
   if d.decision == "deny" then
     return finish(result(("Refused by policy %s: %s"):format(d.policy, d.reason), nil, true),
       "deny", "denied", { policy = d.policy, reason = d.reason })
   elseif d.decision == "hold" or d.decision == "escalate" then
     local id = escalate(rt, { tenant = s.tenant, agent = s.agent, sender = call.sender,
-      tool = tool.name, action = args.action, args = args }, d)
+      tool = tool.name, action = args.action, args = args, execution_id = call.execution_id }, d)
     local text
     if d.decision == "hold" then
       text = ("Held for human review by policy %s: %s. Escalation %s was opened; the call will run"
@@ -121,6 +136,7 @@ function M.run(rt, call)
     execution_id = call.execution_id, settings = rt.cfg.tool_settings[tool.name] or {},
     config = rt.cfg, rt = rt, log = log, flags = flagged,
     progress = call.progress or function() end, cancelled = call.is_cancelled,
+    tool_name = tool.name, action = args.action, escalation_id = call.escalation_id,
   }
   local cred
   if conn then
@@ -131,7 +147,7 @@ function M.run(rt, call)
       return finish(result("The tenant's stored credentials could not be opened; an operator must update them.",
         nil, true), d.decision, "error", { error = "credential" })
     end
-    ctx.connection, ctx[tool.connection] = conn, client
+    ctx.connection, ctx[tool.connection], ctx.tenant_row = conn, client, tenant_row
   end
   local ok, res, herr = pcall(tool.handler, ctx, args)
   if cred then

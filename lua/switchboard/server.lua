@@ -186,6 +186,7 @@ function M.start(cfg)
   if not ok then return nil, err end
   self.audit = audit.new(self.db, cfg.audit)
   self.admin = require("switchboard.admin").new(self)
+  require("switchboard.sends").recover(self)
 
   local agent_l, lerr = loop.listen(cfg.agent_socket, cfg.agent_socket_mode, function(stream)
     self:accept_agent(stream)

@@ -1,0 +1,112 @@
+-- Escalations: calls a policy held or escalated, waiting for a person.
+-- An escalation is decided once: approve runs the original call exactly
+-- once through the rest of the pipeline (the approver is recorded);
+-- reject closes it with a reason.
+local json = require("switchboard.json")
+local db_mod = require("switchboard.db")
+local directory = require("switchboard.directory")
+local pipeline = require("switchboard.pipeline")
+
+local M = {}
+
+local function view(r)
+  return { id = r.id, tenant = r.tenant_name, agent = r.agent_name, sender_tier = r.sender_tier, tool = r.tool,
+           action = r.action, kind = r.kind, reason = r.reason, policy = r.policy, status = r.status,
+           decided_by = r.decided_by, decided_at = r.decided_at, note = r.decision_note,
+           created_at = r.created_at, arguments = json.decode(r.arguments or "{}"),
+           result = r.result and json.decode(r.result) or nil }
+end
+
+local SELECT = "SELECT e.*, t.name AS tenant_name, a.name AS agent_name FROM escalations e"
+  .. " JOIN tenants t ON t.id = e.tenant_id JOIN agents a ON a.id = e.agent_id"
+
+function M.install(admin)
+  local refuse, methods = admin.refuse, admin.methods
+
+  local function find(self, p, what)
+    local t = self:tenant(p, what)
+    local id = math.tointeger(tonumber(p.id))
+    if not id then refuse(what .. ": give the escalation's number", -32602) end
+    local r = self.db:row(SELECT .. " WHERE e.id = ? AND e.tenant_id = ?", id, t.id)
+    if not r then refuse(("no escalation %d in tenant '%s'"):format(id, t.name)) end
+    return r, t
+  end
+
+  methods["escalations.list"] = function(self, p)
+    local t = self:tenant(p, "escalations")
+    local status = p.status or "open"
+    local rows
+    if status == "all" then
+      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? ORDER BY e.id DESC LIMIT 500", t.id))
+    else
+      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.status = ? ORDER BY e.id DESC LIMIT 500",
+        t.id, status))
+    end
+    local out = {}
+    for i, r in ipairs(rows) do out[i] = view(r) end
+    return { tenant = t.name, escalations = json.array(out) }
+  end
+
+  methods["escalation.show"] = function(self, p)
+    return view((find(self, p, "escalation show")))
+  end
+
+  methods["escalation.reject"] = function(self, p)
+    local r, t = find(self, p, "escalation reject")
+    local reason = type(p.reason) == "string" and p.reason ~= "" and p.reason or nil
+    if not reason then refuse("escalation reject: --reason is required", -32602) end
+    local n = self.db:run("UPDATE escalations SET status = 'rejected', decided_by = ?, decided_at = ?,"
+      .. " decision_note = ? WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), reason, r.id)
+    if n ~= 1 then
+      refuse(("escalation %d was already decided (%s by %s); nothing was done"):format(r.id, r.status,
+        tostring(r.decided_by)))
+    end
+    directory.settings_audit(self.db, t.id, p.actor, "escalation.reject", { status = "open" },
+      { id = r.id, status = "rejected", reason = reason })
+    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id))
+  end
+
+  methods["escalation.approve"] = function(self, p)
+    local r, t = find(self, p, "escalation approve")
+    if r.status ~= "open" then
+      refuse(("escalation %d was already decided (%s by %s); nothing was done"):format(r.id, r.status,
+        tostring(r.decided_by)))
+    end
+    local server = self.server
+    local agent = directory.agent(self.db, t.id, r.agent_name)
+    if not agent or agent.revoked_at then
+      refuse(("escalation %d: agent %s was revoked; reject it instead"):format(r.id, r.agent_name))
+    end
+    local enabled = directory.tenant_groups(self.db, t.id)
+    local tool = server.registry:find(r.tool, agent.groups, enabled)
+    if not tool then
+      refuse(("escalation %d cannot run: the tool %s is no longer available to agent %s"
+        .. " (was the Twilio connection disconnected, or the tool group removed?)"):format(r.id, r.tool, agent.name))
+    end
+    if tool.connection then
+      local provider = require("switchboard." .. tool.connection .. ".connection")
+      local conn, cerr = provider.for_call(self.db, t.id)
+      if not conn then refuse(("escalation %d cannot run now: %s"):format(r.id, cerr)) end
+    end
+    -- decide first, atomically: a second approve finds it decided
+    local n = self.db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
+      .. " WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), r.id)
+    if n ~= 1 then refuse(("escalation %d was already decided; nothing was done"):format(r.id)) end
+    directory.settings_audit(self.db, t.id, p.actor, "escalation.approve", { status = "open" },
+      { id = r.id, status = "approved" })
+    local session = { tenant = { id = t.id, name = t.name, features = t.features, enabled = enabled },
+                      agent = agent }
+    local ok, res = pcall(pipeline.run, server, {
+      session = session, tool = tool, args = json.decode(r.arguments), id = "escalation-" .. r.id,
+      execution_id = r.execution_id or ("escalation-" .. r.id), sender = r.sender_tier,
+      approved_by = p.actor, escalation_id = r.id, is_cancelled = function() return false end,
+    })
+    if not ok then res = pipeline.result("internal error: " .. tostring(res), nil, true) end
+    local summary = { is_error = res.isError == true, text = res.content[1].text, data = res.structuredContent }
+    self.db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), r.id)
+    local v = view(self.db:row(SELECT .. " WHERE e.id = ?", r.id))
+    return v
+  end
+end
+
+return M

@@ -1,0 +1,23 @@
+-- Authorization tiers: who an agent may act for. The sender tier comes
+-- from the agent's default or, for trusted orchestrators, from
+-- _meta["io.switchboard/sender"]; unknown means external.
+-- settings.serves: agent type -> the tiers it serves.
+local serves = settings.serves or {
+  caioo = { "owner", "admin", "vip" },
+  personal_assistant = { "owner", "admin", "internal" },
+}
+
+return {
+  name = "authorization_tiers",
+  priority = 5,
+  tools = settings.tools or { "twilio_send_sms", "twilio_send_whatsapp", "twilio_search_messages",
+    "twilio_lookup_phone", "twilio_manage_calls", "twilio_verify_phone", "twilio_account_overview" },
+  check = function(call)
+    local tiers = serves[call.agent.type] or {}
+    for _, tier in ipairs(tiers) do
+      if call.sender == tier then return allow() end
+    end
+    return deny(("a %s agent acts only for %s senders; this request came from a %s sender")
+      :format(call.agent.type, table.concat(tiers, ", "), call.sender))
+  end,
+}
