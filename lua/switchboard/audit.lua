@@ -48,20 +48,21 @@ local COLUMNS = { "id", "at", "kind", "tenant_id", "agent_id", "actor", "executi
                   "tool", "action", "params", "decision", "policies", "outcome", "detail", "retries",
                   "duration_ms" }
 
--- The canonical form of a record: its columns in a fixed order.
+-- The canonical form of a record: its columns in a fixed order, as a
+-- JSON array (floats with three decimals, as stored).
+local canon_codec = require("cjson").new()
 function M.canonical(r)
   local parts = {}
   for i, c in ipairs(COLUMNS) do
     local v = r[c]
-    if v == nil or v == json.null then
-      parts[i] = "~"
+    if v == nil then
+      v = json.null
     elseif math.type(v) == "float" then
-      parts[i] = ("%.3f"):format(v)
-    else
-      parts[i] = tostring(v):gsub("\\", "\\\\"):gsub("|", "\\|")
+      v = ("%.3f"):format(v)
     end
+    parts[i] = v
   end
-  return table.concat(parts, "|")
+  return canon_codec.encode(parts)
 end
 
 function M.chain(prev, r)

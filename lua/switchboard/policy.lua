@@ -94,15 +94,15 @@ local function sandbox_env(settings)
 end
 
 -- Run fn(...) under an instruction budget on the running coroutine.
-local function budgeted(budget, what, fn, ...)
+local function budgeted(budget, what, fn, arg)
   local co = coroutine.running()
   debug.sethook(co, function()
     debug.sethook(co)
     error(("%s exceeded its budget of %d instructions"):format(what, budget), 2)
   end, "", budget)
-  local res = table.pack(pcall(fn, ...))
+  local ok, res = pcall(fn, arg)
   debug.sethook(co)
-  return table.unpack(res, 1, res.n)
+  return ok, res
 end
 
 local function check_policy(p, file)
@@ -196,10 +196,11 @@ end
 -- The first deny, escalate or hold ends the chain; flags accumulate. A
 -- policy that fails or returns garbage denies (fail closed).
 function M:evaluate(call)
-  local view = readonly(call, "call")
+  local view
   local flags, ran = {}, {}
   for _, p in ipairs(self.list) do
     if applies(p, call) then
+      view = view or readonly(call, "call")
       ran[#ran + 1] = p.name
       local ok, d = budgeted(self.budget, "policy " .. p.name, p.check, view)
       if not ok then

@@ -165,10 +165,9 @@ local function validate(s, v, path, errs)
         errs[#errs + 1] = ("`%s` is required"):format(p)
       end
     end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-    table.sort(keys)
-    for _, k in ipairs(keys) do
+    local first = #errs
+    for k in pairs(v) do
+      k = tostring(k)
       local p = path == "" and k or path .. "." .. k
       local sub = props[k]
       if sub then
@@ -183,6 +182,12 @@ local function validate(s, v, path, errs)
       elseif type(s.additionalProperties) == "table" then
         validate(s.additionalProperties, v[k], p, errs)
       end
+    end
+    -- the same message order whatever the table order
+    if #errs > first + 1 then
+      local tail = { table.unpack(errs, first + 1) }
+      table.sort(tail)
+      table.move(tail, 1, #tail, first + 1, errs)
     end
   end
 end
