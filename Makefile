@@ -52,8 +52,10 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+CONFIG ?= examples/switchboard.conf.lua
+
 run: deps all
-	./switchboard serve $(if $(CONFIG),--config $(CONFIG),)
+	./switchboard serve --config $(CONFIG)
 
 test: deps all
 	@SB_BIN=$(CURDIR)/switchboard tests/run.sh
