@@ -1,0 +1,495 @@
+-- Shared pieces of the seven Twilio tools (lua/tools/twilio/): the
+-- working rules every agent holding the group reads, Twilio's error codes
+-- turned into a plain sentence and what to do next, the outcome of sends
+-- for the audit, paging with a filter, and the small conversions (dates,
+-- numbers, nulls) that keep results short and honest.
+local json = require("switchboard.json")
+
+local M = {}
+
+M.GROUP = "Twilio Communications"
+
+-- One text for every Twilio tool (the server shows it once).
+M.INSTRUCTIONS = table.concat({
+  "Twilio tools (SMS, WhatsApp, lookups, calls, verification, usage). Working rules:",
+  "- Write every phone number in E.164 form, like +14155550123: a plus, the country code, no spaces.",
+  "- Before texting a number you have not contacted before, look it up with twilio_lookup_phone;"
+    .. " do not text invalid numbers or landlines.",
+  "- Sends cost money and cannot be taken back: send once. After an error that says not to retry, or an"
+    .. " unknown outcome, do not resend; check with twilio_search_messages instead.",
+  "- Narrow history searches (twilio_search_messages, twilio_manage_calls) with dates and a small limit.",
+  "- Verification is two steps: twilio_verify_phone send_code, then check_code with the code the person"
+    .. " gives you. A wrong code is not an error; never send codes in a loop.",
+  "- Check usage and spend with twilio_account_overview (usage_summary) before large outreach.",
+}, "\n")
+
+-- Annotations that tell the truth: reads never change anything; sends
+-- add (not destroy) and are not idempotent.
+M.READ = { readOnlyHint = true, openWorldHint = true }
+M.WRITE = { readOnlyHint = false, destructiveHint = false, idempotentHint = false, openWorldHint = true }
+
+---------------------------------------------------------------------------
+-- values from Twilio: nulls, numbers as strings, prices
+
+-- nil for JSON null (and for empty strings when asked).
+function M.v(x, empty_is_nil)
+  if x == json.null then return nil end
+  if empty_is_nil and x == "" then return nil end
+  return x
+end
+
+function M.str(x)
+  x = M.v(x, true)
+  if x == nil then return nil end
+  if type(x) ~= "string" then x = tostring(x) end
+  return x
+end
+
+function M.num(x)
+  x = M.v(x, true)
+  if x == nil then return nil end
+  local n = tonumber(x)
+  if n and math.type(n) == "float" and n == math.floor(n) and math.abs(n) < 2 ^ 53 then
+    n = math.tointeger(n)
+  end
+  return n
+end
+
+function M.int(x)
+  local n = M.num(x)
+  if n == nil then return nil end
+  return math.tointeger(n) or math.floor(n)
+end
+
+function M.bool(x)
+  x = M.v(x)
+  if x == true or x == "true" then return true end
+  if x == false or x == "false" then return false end
+  return nil
+end
+
+-- Twilio reports charges as negative strings ("-0.0075"): the cost as a
+-- positive number.
+function M.price(x)
+  local n = M.num(x)
+  if n == nil then return nil end
+  return math.abs(n)
+end
+
+function M.truncate(s, n)
+  s = M.str(s)
+  if s == nil then return nil end
+  if (utf8.len(s) or #s) <= n then return s end
+  local cut = utf8.offset(s, n) or n
+  return s:sub(1, cut - 1) .. "…"
+end
+
+function M.table(x)
+  x = M.v(x)
+  if type(x) ~= "table" then return nil end
+  return x
+end
+
+-- A plural: plural(3, "segment") → "3 segments".
+function M.plural(n, word, words)
+  return ("%d %s"):format(n, n == 1 and word or (words or word .. "s"))
+end
+
+-- A copy of t without keys whose value is nil (for audit detail tables).
+local function compact(t)
+  local out = {}
+  for k, v in pairs(t) do if v ~= nil and v ~= json.null then out[k] = v end end
+  return out
+end
+M.compact = compact
+
+---------------------------------------------------------------------------
+-- dates: ISO 8601 in, ISO 8601 out; Twilio's RFC 2822 dates converted
+
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+function M.epoch(y, m, d, h, mi, s)
+  return days_from_civil(y, m, d) * 86400 + (h or 0) * 3600 + (mi or 0) * 60 + (s or 0)
+end
+
+-- Parse "YYYY-MM-DD" or an ISO 8601 date-time (offset or Z; none = UTC).
+-- Returns seconds since the epoch (UTC) and whether only a date was given.
+function M.parse_iso(s)
+  if type(s) ~= "string" then return nil end
+  local y, m, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+  if not y then return nil end
+  local base = M.epoch(tonumber(y), tonumber(m), tonumber(d))
+  if rest == "" then return base, true end
+  local h, mi, sec, tz = rest:match("^[T ](%d%d):(%d%d):?(%d*%.?%d*)(.*)$")
+  if not h then return nil end
+  local t = base + tonumber(h) * 3600 + tonumber(mi) * 60 + math.floor(tonumber(sec) or 0)
+  if tz ~= "" and tz ~= "Z" and tz ~= "z" then
+    local sign, oh, om = tz:match("^([%+%-])(%d%d):?(%d%d)$")
+    if not sign then return nil end
+    local off = tonumber(oh) * 3600 + tonumber(om) * 60
+    t = sign == "+" and t - off or t + off
+  end
+  return t, false
+end
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
+                 Oct = 10, Nov = 11, Dec = 12 }
+
+-- "Fri, 24 May 2019 17:44:46 +0000" → seconds since the epoch.
+function M.parse_rfc2822(s)
+  if type(s) ~= "string" then return nil end
+  local d, mon, y, h, mi, sec, tz = s:match("(%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) ?(.*)$")
+  if not d or not MONTHS[mon] then return nil end
+  local t = M.epoch(tonumber(y), MONTHS[mon], tonumber(d), tonumber(h), tonumber(mi), tonumber(sec))
+  local sign, oh, om = tz:match("^([%+%-])(%d%d)(%d%d)$")
+  if sign then
+    local off = tonumber(oh) * 3600 + tonumber(om) * 60
+    t = sign == "+" and t - off or t + off
+  end
+  return t
+end
+
+-- Any Twilio timestamp (RFC 2822 in v2010, ISO 8601 in v2 products) as
+-- seconds since the epoch.
+function M.parse_time(s)
+  s = M.str(s)
+  if not s then return nil end
+  return M.parse_rfc2822(s) or (M.parse_iso(s))
+end
+
+function M.iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+function M.date(t) return os.date("!%Y-%m-%d", t) end
+function M.today() return os.date("!%Y-%m-%d") end
+function M.month_start() return os.date("!%Y-%m-01") end
+
+-- A Twilio timestamp as ISO 8601 UTC (or as given when it cannot be read).
+function M.time(s)
+  s = M.str(s)
+  if not s then return nil end
+  local t = M.parse_time(s)
+  return t and M.iso(t) or s
+end
+
+-- A window from ISO arguments: after (from the start of a given date) and
+-- before (to the end of a given date, or the instant). Returns a
+-- table { after, before } of epochs (either may be nil), or nil, message.
+function M.window(after_s, before_s, after_name, before_name)
+  local w = {}
+  if after_s then
+    w.after = M.parse_iso(after_s)
+    if not w.after then return nil, ("`%s` must be an ISO 8601 date or date-time"):format(after_name) end
+  end
+  if before_s then
+    local t, date_only = M.parse_iso(before_s)
+    if not t then return nil, ("`%s` must be an ISO 8601 date or date-time"):format(before_name) end
+    w.before = date_only and t + 86399 or t
+  end
+  if w.after and w.before and w.after > w.before then
+    return nil, ("`%s` (%s) is later than `%s` (%s)"):format(after_name, after_s, before_name, before_s)
+  end
+  return w
+end
+
+-- The window as Twilio filter values (`Key>` and `Key<`), whole UTC days
+-- written as date-times the way the SDKs send them: from the start of the
+-- first day to the start of the day after the last. Whether Twilio reads
+-- the time or only the date, inclusive or not, the range covers the
+-- window; M.in_window then keeps the exact instants.
+function M.window_query(w, key, q)
+  if w.after then q[key .. ">"] = M.iso(w.after - w.after % 86400) end
+  if w.before then q[key .. "<"] = M.iso(w.before - w.before % 86400 + 86400) end
+  return q
+end
+
+-- Does a timestamp (epoch or nil) fall inside the window? Unknown times
+-- are kept: Twilio already filtered on its side.
+function M.in_window(w, t)
+  if not t then return true end
+  if w.after and t < w.after then return false end
+  if w.before and t > w.before then return false end
+  return true
+end
+
+---------------------------------------------------------------------------
+-- argument rules shared by several tools
+
+function M.is_e164(s)
+  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
+end
+
+-- Refuse arguments that do not belong to the chosen action.
+-- allowed: set of argument names valid for this action; defaults: the
+-- schema's defaults (present on every call, so not the agent's doing).
+function M.only(args, allowed, action, defaults)
+  local extra = {}
+  defaults = defaults or {}
+  for k, v in pairs(args) do
+    if k ~= "action" and not allowed[k] and defaults[k] ~= v then extra[#extra + 1] = k end
+  end
+  if #extra == 0 then return true end
+  table.sort(extra)
+  local names = {}
+  for i, k in ipairs(extra) do names[i] = "`" .. k .. "`" end
+  return nil, ("%s %s not used with action \"%s\""):format(table.concat(names, ", "),
+    #extra == 1 and "is" or "are", action)
+end
+
+-- Percent-encode a path segment (E.164 "+" becomes %2B).
+function M.escape(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+---------------------------------------------------------------------------
+-- paging: follow Twilio's links, keep items that pass `keep`, stop at
+-- `limit` or after `max_pages` pages. Returns items, more (boolean:
+-- Twilio has more beyond what was returned) or nil, err.
+
+function M.collect(client, product, path, query, key, limit, keep, max_pages)
+  max_pages = max_pages or 20
+  local items, pages = {}, 0
+  local body, err = client:get(product, path, query)
+  while true do
+    if not body then return nil, err end
+    pages = pages + 1
+    local page = body[key]
+    if type(page) ~= "table" and type(body.meta) == "table" and type(body.meta.key) == "string" then
+      page = body[body.meta.key]
+    end
+    if type(page) ~= "table" then page = {} end
+    for _, item in ipairs(page) do
+      if type(item) == "table" and (not keep or keep(item)) then
+        if #items >= limit then return items, true end
+        items[#items + 1] = item
+      end
+    end
+    local nxt = M.v(body.next_page_uri)
+    if type(nxt) ~= "string" and type(body.meta) == "table" then nxt = M.v(body.meta.next_page_url) end
+    if type(nxt) ~= "string" or nxt == "" then return items, false end
+    if #items >= limit or pages >= max_pages then return items, true end
+    body, err = client:request({ method = "GET", product = product, url = nxt })
+  end
+end
+
+---------------------------------------------------------------------------
+-- Twilio's error codes: what happened, and what the agent should do
+
+-- code → { sentence, hint }
+M.CODES = {
+  [20003] = { "Twilio refused the tenant's credentials (authentication failed or access denied).",
+              "Do not retry: an operator must check the connection with `switchboard admin twilio test`." },
+  [20404] = { "Twilio has no such resource.",
+              "Check the identifier: it may be mistyped, belong to another account, or have been deleted." },
+  [20429] = { "Twilio is rate-limiting this account (too many concurrent requests).",
+              "Wait a minute before trying again, and make fewer calls at once." },
+  [21211] = { "The 'to' number is not a valid phone number.",
+              "Check the number and give it in E.164 form (+14155550123); twilio_lookup_phone can validate it." },
+  [21408] = { "Sending to this country is not enabled on the account (Messaging Geo Permissions).",
+              "Do not retry; an operator can enable the country in the Twilio Console." },
+  [21606] = { "The sending number cannot send this message (not SMS-capable or not on this account).",
+              "Do not retry; an operator must set a working default number." },
+  [21608] = { "This is a trial account and the recipient is not one of its verified numbers.",
+              "Do not retry; an operator must verify the recipient or upgrade the account." },
+  [21610] = { "The recipient has opted out of messages from this number (they replied STOP).",
+              "Do not retry and do not message this number again; only the recipient can opt back in"
+                .. " by texting START." },
+  [21612] = { "Twilio cannot route a message between these two numbers.",
+              "Do not retry unchanged; check the recipient with twilio_lookup_phone." },
+  [21614] = { "The recipient is not a mobile number that can receive SMS.",
+              "Do not retry to this number; check its line type with twilio_lookup_phone." },
+  [21617] = { "The message body is longer than 1,600 characters.", "Shorten the body and send it once." },
+  [21635] = { "The recipient is a landline and cannot receive SMS.",
+              "Do not retry; reach the person another way." },
+  [30003] = { "The recipient's handset was unreachable (switched off or out of coverage).",
+              "Do not resend right away; try later or reach the person another way." },
+  [30004] = { "The message was blocked (the recipient blocked it or the carrier refused it).",
+              "Do not resend to this number." },
+  [30005] = { "The recipient's number is unknown to the carrier (it may no longer exist).",
+              "Do not resend; check the number with twilio_lookup_phone." },
+  [30006] = { "The recipient is a landline or a carrier that cannot receive messages.",
+              "Do not resend; reach the person another way." },
+  [30007] = { "The carrier filtered the message (spam or content rules).",
+              "Do not resend the same text; an operator should review the content and sender registration." },
+  [30008] = { "The message failed for an unknown reason at the carrier.", "Do not resend in a loop; try once later." },
+  [30450] = { "Twilio's SMS pumping protection blocked this destination for a while.",
+              "Do not retry now; an operator can review SMS pumping protection in the Twilio Console." },
+  [63007] = { "No WhatsApp sender is set up for the configured WhatsApp number.",
+              "Do not retry; an operator must register the WhatsApp sender in the Twilio Console." },
+  [63014] = { "The recipient has blocked this business on WhatsApp.", "Do not message this recipient again on WhatsApp." },
+  [63016] = { "WhatsApp refused the free-form message: it is outside the 24-hour window (the recipient has not"
+                .. " written to this business in the last 24 hours).",
+              "Use an approved template instead: call twilio_send_whatsapp with template_sid (and"
+                .. " template_variables) rather than body." },
+  [63021] = { "WhatsApp rejected the content (invalid, or a template over 1,024 characters).",
+              "Fix the content or the template variables; do not resend unchanged." },
+  [60200] = { "Twilio Verify refused a parameter as invalid.",
+              "Check `to` (E.164 or an email address) and the channel, then try once more." },
+  [60202] = { "The attempt limit was reached: this verification had the maximum number of check attempts (5).",
+              "Do not check this code again. Wait 10 minutes, then send a new code with action send_code." },
+  [60203] = { "The attempt limit was reached: the maximum number of codes (5 within 10 minutes) was sent to"
+                .. " this destination.",
+              "Do not send another code now; wait at least 10 minutes and make sure the destination is right." },
+  [60205] = { "Verification codes cannot be sent by SMS to a landline.",
+              "Send the code with channel \"call\" instead." },
+  [60212] = { "Too many concurrent verifications to this destination.",
+              "Wait a few minutes before sending another code; never send codes in a loop." },
+  [60410] = { "Twilio Verify's Fraud Guard blocked this destination prefix for 12 hours.",
+              "Do not retry; an operator can review Fraud Guard in the Twilio Console." },
+  [60605] = { "Verification to this country is not enabled (Verify Geo Permissions).",
+              "Do not retry; an operator can enable the country in the Twilio Console." },
+  [60600] = { "The lookup could not be completed for this number.", "Do not retry unchanged." },
+  [60601] = { "This lookup needs Twilio's approval for this country.", "Ask an operator; do not retry." },
+  [60606] = { "This lookup package is not enabled on the account.",
+              "An operator must enable the package in the Twilio Console; do not request it again." },
+  [60607] = { "This lookup package does not cover the number's country.", "Do not request it for this number." },
+  [60610] = { "There is no coverage for this number in this lookup package.", "Do not request it for this number." },
+  [60612] = { "This lookup package works only for mobile numbers.", "Do not request it for this number." },
+  [60614] = { "This lookup package is not available in the account's region.", "Do not request it again." },
+  [60619] = { "This lookup package is not available in the account's region.", "Do not request it again." },
+}
+
+-- A sentence for a Twilio error code (for a message's error_code).
+function M.explain(code)
+  code = M.int(code)
+  if not code then return nil end
+  local c = M.CODES[code]
+  return c and c[1] or ("Twilio error %d."):format(code)
+end
+
+function M.hint_for(code)
+  local c = M.CODES[M.int(code) or -1]
+  return c and c[2] or nil
+end
+
+-- A client error (from switchboard.twilio.client) as a tool error:
+-- { message, code, hint, more_info, data }. `over` may replace message or
+-- hint per code: over[code] = { message = …, hint = … }, over.default.
+function M.failure(err, over)
+  over = over or {}
+  local e = { code = err.code, more_info = err.more_info,
+              data = compact({ http_status = err.status, twilio_message = err.message,
+                               retries = err.retries and err.retries > 0 and err.retries or nil }) }
+  local o = (err.code and over[err.code]) or (err.status and over[err.status]) or nil
+  if err.rate_limited then
+    local tries = (err.retries or 0) + 1
+    e.code = err.code or 20429
+    e.message = ("Twilio is rate-limiting this account (too many concurrent requests); the request was tried"
+      .. " %s and refused each time."):format(M.plural(tries, "time"))
+    e.hint = M.CODES[20429][2]
+    e.data.rate_limited = true
+  elseif not err.status and err.transport then
+    e.message = ("Twilio could not be reached: %s."):format(err.transport)
+    e.hint = "Try again in a little while; if it keeps failing, tell an operator."
+  elseif not err.status then
+    local msg = tostring(err.message or "the request failed before reaching Twilio")
+    e.message = msg:sub(1, 1):upper() .. msg:sub(2) .. (msg:find("[%.!]$") and "" or ".")
+    e.hint = "Try again in a little while; if it keeps failing, tell an operator."
+  elseif err.status >= 500 then
+    e.message = ("Twilio had an internal error (HTTP %d)."):format(err.status)
+    e.hint = "Try again in a few minutes."
+  elseif err.code and M.CODES[err.code] then
+    e.message, e.hint = M.CODES[err.code][1], M.CODES[err.code][2]
+  elseif err.status == 401 or err.status == 403 then
+    e.message = ("Twilio refused access (HTTP %d): %s"):format(err.status, err.message or "")
+    e.hint = M.CODES[20003][2]
+  elseif err.status == 404 then
+    e.message, e.hint = M.CODES[20404][1], M.CODES[20404][2]
+  else
+    e.message = "Twilio refused the request: " .. tostring(err.message or ("HTTP " .. err.status))
+    e.hint = "Check the arguments; do not retry unchanged."
+  end
+  if o then
+    e.message = o.message or e.message
+    e.hint = o.hint or e.hint
+  end
+  return e
+end
+
+-- A write that failed: record the outcome and explain it. A request that
+-- went out without an answer has an unknown outcome and must not be
+-- resent. what: "message" or "code"; check_hint: where to look.
+function M.send_failure(ctx, err, what, check_hint, detail, over)
+  local merged = {}
+  for k, v in pairs(ctx.audit_detail or {}) do merged[k] = v end
+  for k, v in pairs(detail or {}) do merged[k] = v end
+  detail = merged
+  if err.unknown then
+    ctx.outcome = "unknown"
+    detail.error = err.transport or err.message
+    detail.outcome = "unknown"
+    ctx.audit_detail = compact(detail)
+    local e = { message = ("The outcome is unknown: the request reached Twilio but no answer came back (%s)."
+                  .. " The %s may have been sent."):format(err.transport or err.message or "no answer", what),
+                hint = "Do not resend. " .. check_hint,
+                code = err.code, more_info = err.more_info,
+                data = compact({ outcome = "unknown", http_status = err.status }) }
+    return e
+  end
+  ctx.outcome = "failed"
+  local e = M.failure(err, over)
+  detail.error_code = err.code
+  detail.http_status = err.status
+  detail.error = err.message
+  ctx.audit_detail = compact(detail)
+  e.data.outcome = "failed"
+  return e
+end
+
+-- Configuration missing on the tenant's connection (before any request).
+function M.not_configured(ctx, message, hint)
+  ctx.outcome = "failed"
+  ctx.audit_detail = { error = message }
+  return { message = message, hint = hint, data = { outcome = "failed", not_configured = true } }
+end
+
+---------------------------------------------------------------------------
+-- messages (shared by the send tools and search)
+
+function M.message_view(m, full)
+  local out = {
+    sid = M.str(m.sid), status = M.str(m.status), direction = M.str(m.direction),
+    to = M.str(m.to), from = M.str(m.from),
+    date_created = M.time(m.date_created), date_sent = M.time(m.date_sent),
+    num_media = M.int(m.num_media), segments = M.int(m.num_segments),
+    price = M.price(m.price), price_unit = M.str(m.price_unit),
+    error_code = M.int(m.error_code),
+  }
+  if full then
+    out.body = M.str(m.body)
+    out.date_updated = M.time(m.date_updated)
+    out.error_message = M.str(m.error_message)
+    out.messaging_service_sid = M.str(m.messaging_service_sid)
+  else
+    out.body = M.truncate(m.body, 160)
+  end
+  if out.error_code then out.error_explanation = M.explain(out.error_code) end
+  return out
+end
+
+-- JSON Schema (our subset) of message_view.
+function M.message_schema(full)
+  local p = {
+    sid = { type = "string" }, status = { type = "string" }, direction = { type = "string" },
+    to = { type = "string" }, from = { type = "string" }, body = { type = "string" },
+    date_created = { type = "string" }, date_sent = { type = "string" },
+    num_media = { type = "integer" }, segments = { type = "integer" },
+    price = { type = "number" }, price_unit = { type = "string" },
+    error_code = { type = "integer" }, error_explanation = { type = "string" },
+  }
+  if full then
+    p.date_updated = { type = "string" }
+    p.error_message = { type = "string" }
+    p.messaging_service_sid = { type = "string" }
+  end
+  return { type = "object", properties = p }
+end
+
+M.FAILED = { failed = true, undelivered = true, canceled = true }
+
+return M

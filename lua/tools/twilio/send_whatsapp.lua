@@ -1,0 +1,159 @@
+-- twilio_send_whatsapp: a free-form WhatsApp message (only inside the
+-- 24-hour window) or an approved template (any time) from the tenant's
+-- WhatsApp number. A free-form message outside the window fails with
+-- 63016, often only on the message afterwards: the tool looks once more
+-- after a short wait (tool_settings.twilio_send_whatsapp.recheck_seconds,
+-- default 2; 0 turns it off) and explains it with the advice to use a
+-- template.
+local loop = require("core.loop")
+local json = require("switchboard.json")
+local T = require("switchboard.twilio.tools")
+local sends = require("switchboard.sends")
+
+local function wa(n) return "whatsapp:" .. n end
+local function plain(n) return n and (n:gsub("^whatsapp:", "")) or nil end
+
+local function failed_message(ctx, v, data)
+  ctx.outcome = "failed"
+  ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
+                                 status = v.status, error_code = v.error_code, outcome = "failed" })
+  data.outcome = "failed"
+  data.status, data.error_code, data.error_explanation = v.status, v.error_code, v.error_explanation
+  return nil, { message = ("The WhatsApp message %s failed: %s"):format(v.sid or "", v.error_explanation),
+                code = v.error_code, hint = T.hint_for(v.error_code),
+                more_info = ("https://www.twilio.com/docs/errors/%d"):format(v.error_code), data = data }
+end
+
+return {
+  name = "twilio_send_whatsapp",
+  title = "Send a WhatsApp message",
+  description = "Sends one WhatsApp message from the tenant's WhatsApp number: either a free-form `body` (only"
+    .. " when the recipient wrote to the business in the last 24 hours) or an approved template (`template_sid`"
+    .. " HX…, with `template_variables`), which works any time. Give exactly one of body or template_sid."
+    .. " Costs money and cannot be undone: send once.",
+  group = T.GROUP,
+  connection = "twilio",
+  instructions = T.INSTRUCTIONS,
+  input_schema = {
+    type = "object",
+    properties = {
+      to = { type = "string", format = "e164",
+             description = "Recipient's WhatsApp number in E.164 form, like +14155550123 (without 'whatsapp:')." },
+      body = { type = "string", minLength = 1, maxLength = 1600,
+               description = "Free-form text, at most 1,600 characters; only inside the 24-hour window."
+                 .. " Not together with template_sid." },
+      template_sid = { type = "string", format = "sid:HX",
+                       description = "An approved Content template: HX followed by 32 hex characters."
+                         .. " Not together with body." },
+      template_variables = { type = "object", additionalProperties = { type = "string", maxLength = 1024 },
+                             description = "Values for the template's placeholders, like {\"1\": \"Ana\","
+                               .. " \"2\": \"3pm\"}. Only with template_sid." },
+      media_url = { type = "string", format = "http-url", maxLength = 2048,
+                    description = "Optional public http(s) URL of an image or file; only with body." },
+    },
+    required = { "to" },
+    additionalProperties = false,
+  },
+  output_schema = {
+    type = "object",
+    properties = {
+      sid = { type = "string" }, status = { type = "string" }, to = { type = "string" },
+      from = { type = "string" }, kind = { type = "string", description = "freeform or template" },
+      template_sid = { type = "string" }, template_name = { type = "string" },
+      segments = { type = "integer" }, price = { type = "number" }, price_unit = { type = "string" },
+      date_created = { type = "string" }, error_code = { type = "integer" },
+      error_explanation = { type = "string" }, outcome = { type = "string" },
+    },
+  },
+  annotations = T.WRITE,
+  writes = true,
+  check = function(args)
+    if args.body and args.template_sid then
+      return nil, "give exactly one of `body` (a free-form message) or `template_sid` (an approved template),"
+        .. " not both"
+    end
+    if not args.body and not args.template_sid then
+      return nil, "give exactly one of `body` (a free-form message, only within 24 hours of the recipient's"
+        .. " last message) or `template_sid` (an approved template, any time)"
+    end
+    if args.body and not args.body:find("%S") then
+      return nil, "`body` must contain some text, not only spaces"
+    end
+    if args.template_variables and not args.template_sid then
+      return nil, "`template_variables` is only used with `template_sid`"
+    end
+    if args.media_url and args.template_sid then
+      return nil, "`media_url` is only used with `body`: a template carries its own media"
+    end
+    return true
+  end,
+  handler = function(ctx, args)
+    local number = ctx.connection.whatsapp_number
+    if not number then
+      return nil, T.not_configured(ctx, "No WhatsApp number configured: the tenant's Twilio connection has no"
+        .. " WhatsApp sender to send from.",
+        "Do not retry. An operator sets one with `switchboard admin twilio update --whatsapp-number +E164`;"
+          .. " SMS may still work with twilio_send_sms.")
+    end
+    local c = ctx.twilio
+    local form = { To = wa(args.to), From = wa(number) }
+    if args.template_sid then
+      form.ContentSid = args.template_sid
+      if args.template_variables and next(args.template_variables) then
+        form.ContentVariables = json.encode(args.template_variables)
+      end
+    else
+      form.Body = args.body
+      if args.media_url then form.MediaUrl = { args.media_url } end
+    end
+    local m, err = sends.post(ctx, { recipient = args.to, product = "api", path = c:acct("Messages.json"),
+                                     form = form, text = args.body })
+    local detail = { to = wa(args.to), from = wa(number), template_sid = args.template_sid }
+    if not m then
+      local over = {}
+      if args.template_sid then
+        over[20404] = { message = ("Twilio could not use the template %s (not found on this account).")
+          :format(args.template_sid), hint = "Check the template SID in the Twilio Console (Content Template"
+          .. " Builder); do not retry unchanged." }
+        over[21656] = { message = "The template variables are not valid for this template.",
+                        hint = "Give a value for each placeholder as {\"1\": \"…\"}; do not retry unchanged." }
+      end
+      return nil, T.send_failure(ctx, err, "message",
+        ("Check with twilio_search_messages (action search, to = whatsapp:%s, date_sent_after = today) whether it"
+          .. " went out."):format(args.to), detail, over)
+    end
+    local v = T.message_view(m)
+    local data = { sid = v.sid, status = v.status, to = plain(v.to) or args.to, from = plain(v.from) or number,
+                   kind = args.template_sid and "template" or "freeform", template_sid = args.template_sid,
+                   segments = v.segments, price = v.price, price_unit = v.price_unit,
+                   date_created = v.date_created, error_code = v.error_code,
+                   error_explanation = v.error_explanation }
+    if v.error_code and T.FAILED[v.status or ""] then return failed_message(ctx, v, data) end
+    -- a free-form message outside the window fails shortly after it was accepted
+    local wait = tonumber(ctx.settings.recheck_seconds) or 2
+    if not args.template_sid and wait > 0 and v.sid and not ctx.cancelled() then
+      loop.sleep(wait)
+      local again = c:get("api", c:acct(("Messages/%s.json"):format(v.sid)))
+      if again then
+        local v2 = T.message_view(again)
+        if v2.status then v.status, data.status = v2.status, v2.status end
+        if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(ctx, v2, data) end
+      end
+    end
+    ctx.outcome = "sent"
+    ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
+                                   status = v.status, error_code = v.error_code, template_sid = args.template_sid,
+                                   outcome = "sent" })
+    data.outcome = "sent"
+    local what = args.template_sid and ("template %s"):format(args.template_sid) or "free-form message"
+    local text = ("WhatsApp %s %s to %s from %s was accepted by Twilio with status %s."):format(
+      what, v.sid or "(no sid)", data.to, data.from, v.status or "unknown")
+    if args.template_sid then
+      text = text .. " Check delivery later with twilio_search_messages (action get_details); do not send it again."
+    else
+      text = text .. " A free-form message reaches the recipient only if they wrote to the business in the last"
+        .. " 24 hours; if it fails with error 63016, send an approved template instead. Do not send it again."
+    end
+    return { text = text, data = data }
+  end,
+}
