@@ -124,7 +124,7 @@ describe("conformance with Twilio's OpenAPI specs (Prism)", function()
       assert.is_true(seen[k], k .. " was not driven")
     end
     local requests = 0
-    for _, p in ipairs({ "api", "lookups", "verify" }) do
+    for _, p in ipairs(PRODUCTS) do
       local log = prism_log(p)
       local n = select(2, log:gsub("Request received", ""))
       requests = requests + n

@@ -1,9 +1,12 @@
 -- twilio_send_whatsapp: a free-form WhatsApp message (only inside the
 -- 24-hour window) or an approved template (any time) from the tenant's
--- WhatsApp number. A free-form message outside the window fails with
--- 63016, often only on the message afterwards: the tool looks once more
--- after a short wait (tool_settings.twilio_send_whatsapp.recheck_seconds,
--- default 2; 0 turns it off) and explains it with the advice to use a
+-- WhatsApp number. Before a template goes out, its WhatsApp approval is
+-- read from the Content API: an unknown or rejected template is refused
+-- without sending (if the approval cannot be read, the send goes ahead).
+-- A free-form message outside the window fails with 63016, often only on
+-- the message afterwards: the tool looks again while the message is still
+-- queued, for up to tool_settings.twilio_send_whatsapp.recheck_seconds
+-- (default 3; 0 turns it off), and explains it with the advice to use a
 -- template.
 local loop = require("core.loop")
 local json = require("switchboard.json")
@@ -22,6 +25,40 @@ local function failed_message(ctx, v, data)
   return nil, { message = ("The WhatsApp message %s failed: %s"):format(v.sid or "", v.error_explanation),
                 code = v.error_code, hint = T.hint_for(v.error_code),
                 more_info = ("https://www.twilio.com/docs/errors/%d"):format(v.error_code), data = data }
+end
+
+local PENDING = { queued = true, accepted = true, sending = true, scheduled = true }
+local UNUSABLE = { rejected = true, paused = true, disabled = true }
+
+-- The template's WhatsApp approval: nil, err_for_agent when it must not
+-- be sent; else a table (possibly empty) with name and status.
+local function template_check(ctx, sid)
+  local c = ctx.twilio
+  local body, err = c:get("content", ("/v1/Content/%s/ApprovalRequests"):format(sid))
+  if not body then
+    if err.status == 404 then
+      ctx.outcome = "failed"
+      ctx.audit_detail = { error = "template not found", template_sid = sid }
+      return nil, { message = ("The template %s was not found on this account."):format(sid),
+                    code = err.code, more_info = err.more_info,
+                    hint = "Check the template SID (HX…) in the Twilio Console's Content Template Builder; do not"
+                      .. " retry unchanged.", data = { outcome = "failed" } }
+    end
+    return {}
+  end
+  local approval = T.table(body.whatsapp) or {}
+  local info = { name = T.str(approval.name), status = T.str(approval.status),
+                 reason = T.str(approval.rejection_reason) }
+  if info.status and UNUSABLE[info.status] then
+    ctx.outcome = "failed"
+    ctx.audit_detail = { error = "template " .. info.status, template_sid = sid }
+    return nil, { message = ("The template %s%s is %s for WhatsApp%s, so it was not sent."):format(sid,
+                    info.name and (" (" .. info.name .. ")") or "", info.status,
+                    info.reason and (": " .. info.reason) or ""),
+                  hint = "Use an approved template instead; an operator can list them in the Twilio Console.",
+                  data = { outcome = "failed", template_status = info.status } }
+  end
+  return info
 end
 
 return {
@@ -97,7 +134,11 @@ return {
     end
     local c = ctx.twilio
     local form = { To = wa(args.to), From = wa(number) }
+    local template
     if args.template_sid then
+      local terr
+      template, terr = template_check(ctx, args.template_sid)
+      if not template then return nil, terr end
       form.ContentSid = args.template_sid
       if args.template_variables and next(args.template_variables) then
         form.ContentVariables = json.encode(args.template_variables)
@@ -125,27 +166,34 @@ return {
     local v = T.message_view(m)
     local data = { sid = v.sid, status = v.status, to = plain(v.to) or args.to, from = plain(v.from) or number,
                    kind = args.template_sid and "template" or "freeform", template_sid = args.template_sid,
+                   template_name = template and template.name,
                    segments = v.segments, price = v.price, price_unit = v.price_unit,
                    date_created = v.date_created, error_code = v.error_code,
                    error_explanation = v.error_explanation }
     if v.error_code and T.FAILED[v.status or ""] then return failed_message(ctx, v, data) end
     -- a free-form message outside the window fails shortly after it was accepted
-    local wait = tonumber(ctx.settings.recheck_seconds) or 2
-    if not args.template_sid and wait > 0 and v.sid and not ctx.cancelled() then
-      loop.sleep(wait)
+    local budget = tonumber(ctx.settings.recheck_seconds) or 3
+    local step = math.min(0.5, budget)
+    local waited = 0
+    while not args.template_sid and v.sid and PENDING[v.status or "queued"] and waited + step <= budget
+        and step > 0 and not ctx.cancelled() do
+      loop.sleep(step)
+      waited = waited + step
       local again = c:get("api", c:acct(("Messages/%s.json"):format(v.sid)))
-      if again then
-        local v2 = T.message_view(again)
-        if v2.status then v.status, data.status = v2.status, v2.status end
-        if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(ctx, v2, data) end
-      end
+      if not again then break end
+      local v2 = T.message_view(again)
+      if v2.status then v.status, data.status = v2.status, v2.status end
+      if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(ctx, v2, data) end
     end
     ctx.outcome = "sent"
     ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
                                    status = v.status, error_code = v.error_code, template_sid = args.template_sid,
                                    outcome = "sent" })
     data.outcome = "sent"
-    local what = args.template_sid and ("template %s"):format(args.template_sid) or "free-form message"
+    local what = "free-form message"
+    if args.template_sid then
+      what = ("template %s%s"):format(args.template_sid, data.template_name and (" (" .. data.template_name .. ")") or "")
+    end
     local text = ("WhatsApp %s %s to %s from %s was accepted by Twilio with status %s."):format(
       what, v.sid or "(no sid)", data.to, data.from, v.status or "unknown")
     if args.template_sid then
