@@ -59,9 +59,10 @@ local function send(form, key)
                auth = key and auth(key) })
 end
 
+-- Running (a zombie left for a missing init to reap counts as gone).
 local function alive(pid)
-  local _, code = H.sh("kill -0 " .. pid .. " 2>/dev/null")
-  return code == 0
+  local out, code = H.sh("kill -0 " .. pid .. " 2>/dev/null && ps -o stat= -p " .. pid)
+  return code == 0 and not out:match("^%s*Z")
 end
 
 -- Start `switchboard sim`; until the runtime dispatches the command, run
