@@ -414,6 +414,11 @@ function M.commands.admin(args, root)
   return res.ok == false and 1 or 0
 end
 
+-- `switchboard sim`: the Twilio simulator (lua/switchboard/sim/).
+function M.commands.sim(args, root)
+  return require("switchboard.sim.cli").commands.sim(args, root)
+end
+
 -- `switchboard connect`: a stdio bridge for MCP clients that launch a
 -- command. Adds the agent token from SWITCHBOARD_TOKEN to initialize and
 -- relays bytes both ways.
