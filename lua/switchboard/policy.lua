@@ -72,6 +72,8 @@ local function sandbox_env(settings)
     allow = decision("allow"), flag = decision("flag"), hold = decision("hold"),
     escalate = decision("escalate"), deny = decision("deny"),
     settings = settings or {},
+    detect = copy_lib(require("switchboard.detect"), { "normalize", "scan", "categories", "luhn",
+                                                      "iban_valid", "ssn_valid" }),
   }
   local denied = { io = true, os = true, require = true, load = true, loadfile = true,
                    dofile = true, debug = true, package = true, getmetatable = true,

@@ -1,0 +1,97 @@
+-- Safety Gateway: before an SMS, a WhatsApp message or a verification code
+-- goes out, look through everything that would be sent (the body, each
+-- template variable, the media URL, the recipient) for secrets, payment
+-- card numbers, IBANs, US Social Security numbers, email addresses and phone
+-- numbers (the detectors are in lua/switchboard/detect.lua).
+--
+-- What happens for each kind of finding is set in the config:
+--   policy_settings = { safety_gateway = { email = "allow", card = "block" } }
+-- allow = send; flag = send and mark the audit record; hold = do not send,
+-- a person reviews it; block = refuse. When several things are found the
+-- strictest action wins. The agent is told what was found and where, never
+-- the value itself.
+-- luacheck: read globals detect
+
+local DEFAULTS = { secret = "block", card = "hold", iban = "hold", ssn = "hold",
+                   email = "flag", phone = "flag" }
+local ORDER = { "secret", "card", "iban", "ssn", "email", "phone" }
+local WHAT = {
+  secret = "what looks like a secret (an API key, private key or access token)",
+  card = "what looks like a payment card number",
+  iban = "what looks like a bank account number (IBAN)",
+  ssn = "what looks like a US Social Security number",
+  email = "an email address",
+  phone = "a phone number",
+}
+local SEVERITY = { allow = 0, flag = 1, hold = 2, block = 3 }
+
+-- The action for each category, checked when the policy loads.
+local action = {}
+for name in pairs(settings) do
+  if not DEFAULTS[name] then
+    error(("settings: unknown category '%s' (known: %s)"):format(tostring(name), table.concat(ORDER, ", ")))
+  end
+end
+for _, category in ipairs(ORDER) do
+  local a = settings[category] or DEFAULTS[category]
+  if not SEVERITY[a] then
+    error(("settings.%s: must be allow, flag, hold or block"):format(category))
+  end
+  action[category] = a
+end
+
+-- Every text that would be sent, with where it is and what not to act on
+-- there (a recipient is a phone number; a verification recipient may be an
+-- email address).
+local function outbound(call)
+  local args, texts = call.args, {}
+  local function add(text, where, ignore)
+    if type(text) == "string" then texts[#texts + 1] = { text = text, where = where, ignore = ignore or {} } end
+  end
+  add(args.body, "the message body")
+  if type(args.template_variables) == "table" then
+    local names = {}
+    for name in pairs(args.template_variables) do names[#names + 1] = tostring(name) end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local label = (#name <= 32 and name:match("^[%w_]+$") and #detect.scan(name) == 0)
+        and ("template variable '" .. name .. "'") or "a template variable"
+      add(name, "the name of a template variable")
+      add(args.template_variables[name], label)
+    end
+  end
+  add(args.media_url, "the media URL")
+  add(args.to, "the recipient", { phone = true, email = call.tool == "twilio_verify_phone" })
+  return texts
+end
+
+return {
+  name = "safety_gateway",
+  priority = 20,
+  tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
+  writes_only = true,
+  description = "Holds, flags or refuses outbound texts that contain secrets, card numbers, IBANs, SSNs,"
+    .. " email addresses or phone numbers.",
+  check = function(call)
+    local worst, findings = "allow", {}
+    for _, t in ipairs(outbound(call)) do
+      local found, what = detect.categories(t.text), {}
+      for _, category in ipairs(ORDER) do
+        if found[category] and not t.ignore[category] and action[category] ~= "allow" then
+          what[#what + 1] = WHAT[category]
+          if SEVERITY[action[category]] > SEVERITY[worst] then worst = action[category] end
+        end
+      end
+      if #what > 0 then findings[#findings + 1] = t.where .. " contains " .. table.concat(what, " and ") end
+    end
+    local reason = table.concat(findings, "; ")
+    if worst == "block" then
+      return deny(reason .. "; remove it before sending")
+    elseif worst == "hold" then
+      return hold(reason)
+    elseif worst == "flag" then
+      return flag(reason)
+    end
+    return allow()
+  end,
+}
