@@ -847,6 +847,14 @@ http_request(lua_State *L)
   } else {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
+  /* libcurl quietly resends a request whose reused connection turns out to
+  ** be closed before any answer. For a method that is not idempotent (a
+  ** POST that sends a message) that could send twice, so such a request
+  ** gets a connection of its own. */
+  if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0
+      && strcmp(method, "PUT") != 0 && strcmp(method, "DELETE") != 0
+      && strcmp(method, "OPTIONS") != 0)
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
 
   /* headers: the caller's, then the defaults they did not set */
   if (headers) {
