@@ -29,7 +29,7 @@ end
 
 return {
   name = "recipients",
-  priority = 30,
+  priority = 17,
   tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
   writes_only = true,
   check = function(call)

@@ -67,7 +67,7 @@ end
 
 return {
   name = "safety_gateway",
-  priority = 20,
+  priority = 15,
   tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
   writes_only = true,
   description = "Holds, flags or refuses outbound texts that contain secrets, card numbers, IBANs, SSNs,"
