@@ -39,7 +39,7 @@ describe("twilio connect", function()
       { ("--account-sid XX%s --api-key-sid %s"):format(TW.SIM.ACCOUNT:sub(3), MAIN_SK), MAIN_SECRET, "account SID" },
       { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, "SK123"), MAIN_SECRET, "API key SID" },
       { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, TW.SIM.ACCOUNT), MAIN_SECRET, "Create an API Key" },
-      { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, MAIN_SK), "acmeauthtoken000000000000000000a",
+      { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, MAIN_SK), "0123456789abcdef0123456789abcdef",
         "looks like an Auth Token" },
       { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, MAIN_SK), "", "secret" },
       { ("--account-sid %s --api-key-sid %s"):format(TW.SIM.ACCOUNT, MAIN_SK), "wrong-secret-00000000000000000",
@@ -247,7 +247,7 @@ describe("twilio secrets and isolation", function()
     sim = TW.sim()
     srv = TW.server()
     token_a = TW.connect_sim(srv, sim, "tenant-a")
-    token_b = TW.connect_sim(srv, sim, "tenant-b", "--default-number +14155550110",
+    token_b = TW.connect_sim(srv, sim, "tenant-b", " ",
       { account = TW.SIM.VOICE_ACCOUNT, sim_key = TW.SIM.VOICE })
   end)
   teardown(function()

@@ -167,8 +167,9 @@ local function check_credentials(refuse, p, need)
       refuse("API key secret: this looks like an Auth Token. Create an API Key in the Twilio Console"
         .. " (Account > API keys & tokens) and give its secret instead; Switchboard does not store Auth Tokens", -32602)
     end
-    if not out.secret:match("^[%w]+$") or #out.secret < 16 or #out.secret > 128 then
-      refuse("API key secret: must be the key's secret as Twilio showed it (letters and digits)", -32602)
+    if not out.secret:match("^[%w%-_]+$") or #out.secret < 16 or #out.secret > 128 then
+      refuse("API key secret: must be the key's secret as Twilio showed it (letters and digits, no spaces or quotes)",
+        -32602)
     end
   end
   return out
@@ -339,7 +340,14 @@ function M.install(admin)
 
   methods["twilio.test"] = function(self, p)
     local t, conn = connected(self, p, "twilio test")
-    local info, err = with_client(self, t, conn, M.validate)
+    local info, err
+    local probe, perr = M.open_client(self.server, t, conn)
+    if probe then
+      perr:close()
+      info, err = with_client(self, t, conn, M.validate)
+    else
+      err = perr .. "; update the API key with `twilio update`"
+    end
     if not info then
       set_status(self, t, "error", err)
       if conn.status ~= "error" then
