@@ -62,7 +62,7 @@ M.migrations = {
     sender_tier TEXT NOT NULL,
     tool TEXT NOT NULL,
     action TEXT,
-    arguments TEXT NOT NULL,
+    arguments BLOB NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('hold', 'escalate')),
     reason TEXT NOT NULL,
     policy TEXT NOT NULL,

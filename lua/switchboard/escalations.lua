@@ -9,11 +9,19 @@ local pipeline = require("switchboard.pipeline")
 
 local M = {}
 
-local function view(r)
+-- The sealed arguments, opened (nil when they do not open).
+local function arguments(server, r)
+  local t = directory.tenant_by_id(server.db, r.tenant_id)
+  local plain = server.master:open(t.data_key, directory.key_context(r.tenant_id), pipeline.ARGUMENTS_FIELD,
+    r.arguments)
+  return plain and json.decode(plain) or nil
+end
+
+local function view(r, server)
   return { id = r.id, tenant = r.tenant_name, agent = r.agent_name, sender_tier = r.sender_tier, tool = r.tool,
            action = r.action, kind = r.kind, reason = r.reason, policy = r.policy, status = r.status,
            decided_by = r.decided_by, decided_at = r.decided_at, note = r.decision_note,
-           created_at = r.created_at, arguments = json.decode(r.arguments or "{}"),
+           created_at = r.created_at, arguments = server and arguments(server, r) or nil,
            result = r.result and json.decode(r.result) or nil }
 end
 
@@ -48,7 +56,7 @@ function M.install(admin)
   end
 
   methods["escalation.show"] = function(self, p)
-    return view((find(self, p, "escalation show")))
+    return view((find(self, p, "escalation show")), self.server)
   end
 
   methods["escalation.reject"] = function(self, p)
@@ -63,7 +71,7 @@ function M.install(admin)
     end
     directory.settings_audit(self.db, t.id, p.actor, "escalation.reject", { status = "open" },
       { id = r.id, status = "rejected", reason = reason })
-    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id))
+    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
   end
 
   methods["escalation.approve"] = function(self, p)
@@ -88,6 +96,8 @@ function M.install(admin)
       local conn, cerr = provider.for_call(self.db, t.id)
       if not conn then refuse(("escalation %d cannot run now: %s"):format(r.id, cerr)) end
     end
+    local args = arguments(server, r)
+    if not args then refuse(("escalation %d: its arguments could not be opened"):format(r.id)) end
     -- decide first, atomically: a second approve finds it decided
     local n = self.db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
       .. " WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), r.id)
@@ -97,15 +107,14 @@ function M.install(admin)
     local session = { tenant = { id = t.id, name = t.name, features = t.features, enabled = enabled },
                       agent = agent }
     local ok, res = pcall(pipeline.run, server, {
-      session = session, tool = tool, args = json.decode(r.arguments), id = "escalation-" .. r.id,
+      session = session, tool = tool, args = args, id = "escalation-" .. r.id,
       execution_id = r.execution_id or ("escalation-" .. r.id), sender = r.sender_tier,
       approved_by = p.actor, escalation_id = r.id, is_cancelled = function() return false end,
     })
     if not ok then res = pipeline.result("internal error: " .. tostring(res), nil, true) end
     local summary = { is_error = res.isError == true, text = res.content[1].text, data = res.structuredContent }
     self.db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), r.id)
-    local v = view(self.db:row(SELECT .. " WHERE e.id = ?", r.id))
-    return v
+    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
   end
 end
 

@@ -34,12 +34,21 @@ local function error_result(err)
   return result(table.concat(parts, " "), data, true), err.message
 end
 
+-- The arguments of a held call may hold what the gateway caught: they are
+-- sealed with the tenant's key, like credentials.
+local function seal_arguments(rt, tenant_id, args)
+  local t = directory.tenant_by_id(rt.db, tenant_id)
+  return require("core.store").blob(rt.master:seal(t.data_key, directory.key_context(tenant_id),
+    "escalation.arguments", json.encode(args)))
+end
+M.ARGUMENTS_FIELD = "escalation.arguments"
+
 local function escalate(rt, call, d)
   local db = rt.db
   local _, id = db:run("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
     .. " arguments, kind, reason, policy, created_at, execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     call.tenant.id, call.agent.id, call.sender, call.tool, call.action,
-    json.encode(call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
+    seal_arguments(rt, call.tenant.id, call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
     db_mod.now(), call.execution_id)
   return id
 end
