@@ -14,6 +14,94 @@ TW.SECRET = "TestSecretKey0123456789Abcdefgh"
 TW.VERIFY = "VA" .. ("00112233445566778899aabbccddeeff")
 TW.WHATSAPP = "+14155238886"
 
+-- The default fixture's Acme Clinic account (tests/fixtures/sim.lua).
+TW.SIM = {
+  ACCOUNT = "AC00000000000000000000000000000001",
+  MAIN = { "SK00000000000000000000000000000001", "acme-main-secret-000000000000001" },
+  STANDARD = { "SK00000000000000000000000000000002", "acme-standard-secret-00000000002" },
+  VOICE_ACCOUNT = "AC00000000000000000000000000000002",
+  VOICE = { "SK00000000000000000000000000000010", "voice-standard-secret-0000000010" },
+  VERIFY = "VA00000000000000000000000000000001",
+  WHATSAPP = "+14155238886",
+  DEFAULT = "+14155550100",
+  ANA = "+14155550123",          -- mobile, WhatsApp window open
+  LANDLINE = "+14155550124",     -- landline, WhatsApp window closed
+  OTHER = "+14155550125",
+  OPTED_OUT = "+14155550199",
+  TEMPLATE = "HX00000000000000000000000000000001",   -- approved
+  REJECTED = "HX00000000000000000000000000000002",
+}
+
+local function alive(pid)
+  local out, code = H.sh("kill -0 " .. pid .. " 2>/dev/null && ps -o stat= -p " .. pid)
+  return code == 0 and not out:match("^%s*Z")
+end
+
+-- Start the Twilio simulator as a process (`switchboard sim`, or its
+-- entry through `switchboard exec` while the runtime does not dispatch
+-- it). Returns { pid, port, url, stop, control(method, path, body) }.
+function TW.sim(fixture)
+  local dir = H.tmpdir("sim")
+  local pf = dir .. "/port"
+  local args = ("--port 0 --port-file %s --fixture %s"):format(H.q(pf),
+    H.q(fixture or (H.ROOT .. "/tests/fixtures/sim.lua")))
+  local function launch(cmd)
+    return (H.sh(("exec %s %s >%s/stdout 2>%s/stderr & echo $!"):format(cmd, args, H.q(dir), H.q(dir)))
+      :gsub("%s+", ""))
+  end
+  local pid = launch(H.q(H.BIN) .. " sim")
+  H.wait_for(function()
+    if H.exists(pf) then return true end
+    if not alive(pid) then
+      H.write(dir .. "/launch.lua", "return require('switchboard.sim.cli').commands.sim(arg)\n")
+      pid = launch(("%s exec %s"):format(H.q(H.BIN), H.q(dir .. "/launch.lua")))
+      H.wait_for(function()
+        if H.exists(pf) then return true end
+        if not alive(pid) then error("the simulator exited: " .. (H.read(dir .. "/stderr") or ""), 0) end
+      end, 10, "the simulator's port file")
+      return true
+    end
+  end, 10, "the simulator's port file")
+  local port = tonumber(H.read(pf))
+  local sim = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, dir = dir }
+  function sim.stop()
+    if alive(sim.pid) then
+      os.execute("kill -TERM " .. sim.pid)
+      H.wait_for(function() return not alive(sim.pid) end, 10, "the simulator to stop")
+    end
+  end
+  -- The control API (inside H.async): returns status, decoded body.
+  function sim.control(method, path, body)
+    local http = require("core.http")
+    local res = assert(http.request({ method = method, url = sim.url .. "/__sim/" .. path,
+      body = body and json.encode(body) or nil,
+      headers = body and { ["Content-Type"] = "application/json" } or nil }))
+    return res.status, json.decode(res.body)
+  end
+  -- Twilio requests the simulator received after request number `since`.
+  function sim.requests(since)
+    local _, body = sim.control("GET", "requests?since=" .. (since or 0))
+    return body.requests, body.last
+  end
+  function sim.last()
+    local _, body = sim.control("GET", "requests?since=999999999")
+    return body.last
+  end
+  function sim.faults(list) return sim.control("POST", "faults", list) end
+  return sim
+end
+
+-- Connect a tenant to the simulator's Acme Clinic account with the main
+-- key, its WhatsApp sender and Verify service. extra: more flags.
+function TW.connect_sim(srv, sim, name, extra, opts)
+  opts = opts or {}
+  opts.account = opts.account or TW.SIM.ACCOUNT
+  local key = opts.sim_key or TW.SIM.MAIN
+  opts.key, opts.secret = key[1], key[2]
+  return TW.connect(srv, name, sim.url, extra or ("--default-number %s --whatsapp-number %s --verify-service-sid %s")
+    :format(TW.SIM.DEFAULT, TW.SIM.WHATSAPP, TW.SIM.VERIFY), opts)
+end
+
 -- n free TCP ports on 127.0.0.1.
 function TW.free_ports(n)
   local out = H.sh(("python3 -c 'import socket\nss=[socket.socket() for _ in range(%d)]\n"

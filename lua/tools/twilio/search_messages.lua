@@ -21,12 +21,14 @@ local function search(ctx, args)
   local c = ctx.twilio
   local w = assert(T.window(args.date_sent_after, args.date_sent_before, "date_sent_after", "date_sent_before"))
   -- Twilio filters by whole UTC days; the exact instants are kept here
-  local q = T.window_query(w, "DateSent", { To = args.to, From = args.from, PageSize = args.limit })
+  local q = T.window_query(w, "DateSent", { To = args.to, From = args.from })
   local keep
   if w.after or w.before then
-    q.PageSize = 100
     keep = function(m) return T.in_window(w, T.parse_time(m.date_sent) or T.parse_time(m.date_created)) end
   end
+  -- one page holds the whole limit, or 100 when the exact window is kept here;
+  -- tool_settings.<tool>.page_size makes pages smaller
+  q.PageSize = math.min(tonumber(ctx.settings.page_size) or 1000, keep and 100 or args.limit)
   local items, more = T.collect(c, "api", c:acct("Messages.json"), q, "messages", args.limit, keep)
   if not items then return nil, T.failure(more) end
   local out = {}
