@@ -372,13 +372,13 @@ end
 -- hint per code: over[code] = { message = …, hint = … }, over.default.
 function M.failure(err, over)
   over = over or {}
-  local e = { code = err.code, more_info = err.more_info,
+  local e = { code = M.int(err.code), more_info = err.more_info,
               data = compact({ http_status = err.status, twilio_message = err.message,
                                retries = err.retries and err.retries > 0 and err.retries or nil }) }
   local o = (err.code and over[err.code]) or (err.status and over[err.status]) or nil
   if err.rate_limited then
     local tries = (err.retries or 0) + 1
-    e.code = err.code or 20429
+    e.code = M.int(err.code) or 20429
     e.message = ("Twilio is rate-limiting this account (too many concurrent requests); the request was tried"
       .. " %s and refused each time."):format(M.plural(tries, "time"))
     e.hint = M.CODES[20429][2]
@@ -427,13 +427,13 @@ function M.send_failure(ctx, err, what, check_hint, detail, over)
     local e = { message = ("The outcome is unknown: the request reached Twilio but no answer came back (%s)."
                   .. " The %s may have been sent."):format(err.transport or err.message or "no answer", what),
                 hint = "Do not resend. " .. check_hint,
-                code = err.code, more_info = err.more_info,
+                code = M.int(err.code), more_info = err.more_info,
                 data = compact({ outcome = "unknown", http_status = err.status }) }
     return e
   end
   ctx.outcome = "failed"
   local e = M.failure(err, over)
-  detail.error_code = err.code
+  detail.error_code = M.int(err.code)
   detail.http_status = err.status
   detail.error = err.message
   ctx.audit_detail = compact(detail)

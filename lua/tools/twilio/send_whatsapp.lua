@@ -40,7 +40,7 @@ local function template_check(ctx, sid)
       ctx.outcome = "failed"
       ctx.audit_detail = { error = "template not found", template_sid = sid }
       return nil, { message = ("The template %s was not found on this account."):format(sid),
-                    code = err.code, more_info = err.more_info,
+                    code = T.int(err.code), more_info = err.more_info,
                     hint = "Check the template SID (HX…) in the Twilio Console's Content Template Builder; do not"
                       .. " retry unchanged.", data = { outcome = "failed" } }
     end
