@@ -114,6 +114,9 @@ function H.server(opts)
   local self = { dir = dir, conf = conf, cfg = cfg, agent_socket = cfg.agent_socket,
                  admin_socket = cfg.admin_socket, log = cfg.log.file, stderr = dir .. "/stderr.log" }
   function self.start()
+    -- a killed server leaves its socket files: wait for the new ones
+    os.remove(self.agent_socket)
+    os.remove(self.admin_socket)
     self.pid = sh(("exec %s %s serve --config %s >>%s 2>&1 & echo $!"):format(opts.wrapper or "",
       H.q(H.BIN), H.q(conf), H.q(self.stderr))):gsub("%s+", "")
     H.wait_for(function()
