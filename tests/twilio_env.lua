@@ -163,6 +163,11 @@ function TW.session(srv, token)
   local r = c:initialize(token)
   assert(r and r.result, "initialize failed: " .. json.encode(r))
   c.init = r.result
+  -- each tool's outputSchema, to check every structured result against it
+  -- (MCP clients such as the TypeScript SDK refuse results that do not match)
+  c.schemas = {}
+  local list = c:request("tools/list", {})
+  for _, t in ipairs(list.result and list.result.tools or {}) do c.schemas[t.name] = t.outputSchema end
   return c
 end
 
@@ -176,6 +181,11 @@ function TW.call(c, name, args, timeout)
   assert(r.result, name .. " answered a JSON-RPC error: " .. json.encode(r.error))
   r.result.text = r.result.content and r.result.content[1] and r.result.content[1].text or ""
   r.result.data = r.result.structuredContent
+  local schema = c.schemas and c.schemas[name]
+  if schema and r.result.structuredContent ~= nil then
+    local ok, verr = require("switchboard.schema").validate(schema, r.result.structuredContent)
+    assert(ok, ("%s: the result does not match its outputSchema: %s"):format(name, tostring(verr)))
+  end
   return r.result
 end
 
