@@ -18,7 +18,7 @@ local TOKEN = os.getenv("SWITCHBOARD_TOKEN")
 local SIM = os.getenv("SIM_URL")
 local PATIENT = os.getenv("DEMO_NUMBER") or "+14155550123"
 
-local color = os.getenv("NO_COLOR") == nil and io.stdout:seek() == nil
+local color = os.getenv("NO_COLOR") == nil and os.execute("test -t 1") == true
 local function paint(code, s) return color and ("\27[" .. code .. "m" .. s .. "\27[0m") or s end
 
 local function short(s, n)

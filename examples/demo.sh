@@ -20,7 +20,11 @@ KEY=SK00000000000000000000000000000001
 SECRET=acme-main-secret-000000000000001        # fictional, from tests/fixtures/sim.lua
 VERIFY=VA00000000000000000000000000000001
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+  say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n== %s\n' "$*"; }
+fi
 
 stop() {
   local pid=$1
