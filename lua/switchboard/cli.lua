@@ -88,6 +88,9 @@ end
 -- Tables for people: columns in order, values as text.
 local function cell(v)
   if v == nil or v == json.null then return "-" end
+  if math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
+    return ("%d"):format(v)
+  end
   if type(v) == "boolean" then return v and "yes" or "no" end
   if type(v) == "table" then
     local parts = {}
@@ -279,7 +282,7 @@ admin.twilio = {
         rows[i] = { to = m.to, from = m.from, body = cut(m.body, 40), status = m.status, date = m.date }
       end
       return M.table(rows, { { "to", "TO" }, { "from", "FROM" }, { "body", "BODY" }, { "status", "STATUS" },
-        { "date", "TIME" } }) .. ("page %d%s\n"):format(r.page, r.more and " (more: --page " .. (r.page + 1) .. ")" or "")
+        { "date", "TIME" } }) .. ("page %d%s\n"):format(r.page, r.more and (" (more: --page %d)"):format(r.page + 1) or "")
     end
   end,
 }

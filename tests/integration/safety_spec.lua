@@ -416,8 +416,8 @@ describe("crash safety", function()
             if c then
               local r = c:initialize(token)
               if r and r.result then
-                results[#results + 1] = c:call("twilio_send_sms", { to = ("+1415555%04d"):format(1000 + (round * 1000 + i) % 9000),
-                  body = ("crash %d-%d"):format(round, i) })
+                local to = ("+1415555%04d"):format(1000 + (round * 1000 + i) % 9000)
+                results[#results + 1] = c:call("twilio_send_sms", { to = to, body = ("crash %d-%d"):format(round, i) })
               end
               c:close()
             end
