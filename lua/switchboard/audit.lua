@@ -128,8 +128,12 @@ function M:schedule(delay_ms)
   end)
 end
 
+-- The time stamp, formatted once a second.
+local last_sec, last_str = -1, nil
 local function now()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local t = os.time()
+  if t ~= last_sec then last_sec, last_str = t, os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+  return last_str
 end
 
 -- rec: { tenant_id, agent_id, execution_id, sender_tier, tool, action,
@@ -138,8 +142,8 @@ function M:record(rec)
   self.queue[#self.queue + 1] = {
     at = now(), kind = "call", tenant_id = rec.tenant_id, agent_id = rec.agent_id,
     actor = rec.actor, execution_id = rec.execution_id, sender_tier = rec.sender_tier, tool = rec.tool,
-    action = rec.action, params = json.encode(M.scrub(rec.args, self.bodies)),
-    decision = rec.decision, policies = json.encode(json.array(rec.policies)),
+    action = rec.action, params = next(rec.args or {}) == nil and "{}" or json.encode(M.scrub(rec.args, self.bodies)),
+    decision = rec.decision, policies = #rec.policies == 0 and "[]" or json.encode(rec.policies),
     outcome = rec.outcome, detail = rec.detail and json.encode(rec.detail) or nil,
     retries = rec.retries or 0,
     duration_ms = math.floor((rec.duration_ms or 0) * 1000 + 0.5) / 1000,
