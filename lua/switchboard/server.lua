@@ -207,6 +207,9 @@ function M.start(cfg)
 end
 
 function M.serve(cfg)
+  -- most of what a call allocates dies young: the generational collector
+  -- spends less time on it than the incremental one
+  collectgarbage("generational")
   local ok, lerr = log.setup(cfg.log)
   if not ok then return nil, lerr end
   loop.set_error_handler(function(msg) log.error("%s", msg) end)
