@@ -218,6 +218,9 @@ describe("Safety Gateway and recipients", function()
     { "SSN", "My SSN is 219-09-9999", "held", "Social Security" },
     { "secret", "use key SK0123456789abcdef0123456789abcdef", "blocked", "secret" },
     { "PEM key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "blocked", "secret" },
+    { "JWT", "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+      "blocked", "secret" },
+    { "AWS access key", "aws AKIAIOSFODNN7EXAMPLE now", "blocked", "secret" },
   }
   for _, case in ipairs(cases) do
     it("stops a message with a " .. case[1] .. " before Twilio", function()
@@ -239,6 +242,44 @@ describe("Safety Gateway and recipients", function()
     local r = send("Order 4111 1111 1111 1112 ships today", OTHER)
     assert.is_nil(r.isError, r.text)
     assert.equal(1, r.posts)
+  end)
+
+  local passes = {
+    { "an IBAN with a wrong check digit", "Pay to DE88 3704 0044 0532 0130 00 please", "+14155550141" },
+    { "an SSN with area 000", "Ref 000-12-3456", "+14155550142" },
+    { "a price and a date", "Total 1,299.00 due 2026-12-01", "+14155550143" },
+  }
+  for _, case in ipairs(passes) do
+    it("lets " .. case[1] .. " through", function()
+      local r = send(case[2], case[3])
+      assert.is_nil(r.isError, r.text)
+      assert.equal(1, r.posts)
+      assert.falsy(r.text:find("flagged", 1, true), r.text)
+    end)
+  end
+
+  it("flags a phone number in the text", function()
+    local r = send("Call me back on (415) 555-0177", "+14155550144")
+    assert.is_nil(r.isError, r.text)
+    assert.equal(1, r.posts)
+    assert.truthy(r.text:find("flagged", 1, true), r.text)
+  end)
+
+  it("holds a card, and an approval sends exactly one message", function()
+    local r = send("Card 4111 1111 1111 1111 on file", "+14155550145")
+    assert.equal("held", r.data.status)
+    local before = H.async(function() return sim.last() end)
+    local a, code, err = srv.admin(("escalation approve %d --tenant gw"):format(r.data.escalation_id))
+    assert.equal(0, code, err)
+    assert.is_false(a.result.is_error, a.result.text)
+    srv.admin(("escalation approve %d --tenant gw"):format(r.data.escalation_id))
+    H.async(function()
+      assert.equal(1, posts(seen_since(sim, before)))
+      local _, body = sim.control("GET", "messages")
+      local n = 0
+      for _, m in ipairs(body.messages) do if m.to == "+14155550145" then n = n + 1 end end
+      assert.equal(1, n)
+    end)
   end)
 
   it("flags an email address: sent, and marked in the audit record", function()
