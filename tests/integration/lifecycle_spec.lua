@@ -215,6 +215,43 @@ describe("policies", function()
   end)
 end)
 
+describe("tool reload", function()
+  it("picks up a new tool on SIGHUP, tells connected agents, and refuses a broken tool file", function()
+    local tdir = H.tmpdir("tools")
+    local srv = H.server({ config = { tool_dirs = { H.ROOT .. "/examples/tools", tdir } } })
+    local token = srv.agent("r", "a", "caioo", "Examples")
+    H.async(function()
+      local c = assert(H.client(srv.agent_socket))
+      c:initialize(token)
+      assert.equal(2, #c:request("tools/list", {}).result.tools)
+      H.write(tdir .. "/echo.lua", [[
+        return { name = "example_echo", description = "Echoes its text.", group = "Examples",
+                 input_schema = { type = "object", properties = { text = { type = "string" } } },
+                 annotations = { readOnlyHint = true },
+                 handler = function(_, args) return { text = args.text or "" } end }
+      ]])
+      srv.signal("HUP")
+      local m = c:recv(5)
+      assert.equal("notifications/tools/list_changed", m.method)
+      local r = c:call("example_echo", { text = "hi" })
+      assert.equal("hi", r.result.content[1].text)
+      -- a broken definition is refused with its file and field; the set in force stays
+      H.write(tdir .. "/bad.lua", [[
+        return { name = "bad tool", description = "x", group = "Examples",
+                 input_schema = { type = "object" }, annotations = { readOnlyHint = true },
+                 handler = function() end }
+      ]])
+      local _, code, err = srv.admin("reload")
+      assert.equal(1, code)
+      assert.truthy(err:find("bad.lua: name:", 1, true), err)
+      r = c:call("example_echo", { text = "still here" })
+      assert.equal("still here", r.result.content[1].text)
+      c:close()
+    end)
+    srv.stop()
+  end)
+end)
+
 describe("limits and shutdown", function()
   it("refuses connections over the limit and closes idle ones", function()
     local srv = H.server({ config = { limits = { connections = 2, idle_seconds = 1 } } })
