@@ -15,9 +15,10 @@ HDRS = core/core.h
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
-           libhttp-parser-dev sqlite3 socat nginx-light valgrind python3
+           libhttp-parser-dev sqlite3 valgrind python3 curl
+BENCH_PKGS = nginx-light
 
-.PHONY: all deps npm-deps test run asan bench demo clean lint
+.PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
 
 all: switchboard
 
@@ -31,7 +32,11 @@ build/asan/switchboard: $(SRCS) $(HDRS)
 
 # Installs only what is missing; needs root (or sudo) the first time.
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS)" deb-pkgs
+	@$(MAKE) --no-print-directory npm-deps
+
+deb-pkgs:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -44,7 +49,6 @@ deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
-	@$(MAKE) --no-print-directory npm-deps
 
 npm-deps: tests/node/node_modules/.installed
 
@@ -54,7 +58,9 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 
 CONFIG ?= examples/switchboard.conf.lua
 
-run: deps all
+run:
+	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS)" deb-pkgs
+	@$(MAKE) --no-print-directory all
 	./switchboard serve --config $(CONFIG)
 
 test: deps all
@@ -69,6 +75,7 @@ asan: deps build/asan/switchboard
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
 
 bench: deps all
+	@$(MAKE) --no-print-directory PKGS="$(BENCH_PKGS)" deb-pkgs
 	@bench/run.sh
 
 demo: deps all
