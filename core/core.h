@@ -49,6 +49,23 @@ void sb_report_error(const char *msg);
 /* Time since an arbitrary start, in seconds, monotonic. */
 double sb_monotonic(void);
 
+/* [-0, +0, -] Drop a registry ref (of the main state) and mark it empty. */
+void sb_unref(int *ref);
+
+/* [-0, +1, -] Anchor the object pinned by ref on the main stack while a
+** callback runs (what the callback resumes or spawns may unpin or close
+** it); sb_unanchor pops it. */
+void sb_anchor(int ref);
+void sb_unanchor(void);
+
+/* [-0, +2, m] nil and "what: reason" (or "reason" when what is NULL),
+** the reason being strerror(err) in lower case. */
+int sb_push_errno(lua_State *L, const char *what, int err);
+
+/* A message handler for lua_pcall: the error message (or a note on a
+** non-string error object) with a traceback. */
+int sb_traceback(lua_State *L);
+
 int sb_credential_basic(lua_State *L, int idx, const char **user, const char **secret);
 
 /* Module openers, preloaded by main.c. */

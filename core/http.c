@@ -23,6 +23,7 @@
 #include <curl/curl.h>
 
 #include "core.h"
+#include "netbuf.h"
 
 #define REQUEST_MT  "core.http.Request"
 #define STATE_MT    "core.http.State"
@@ -36,48 +37,6 @@
 #define MAX_HEAD_BYTES           (256u * 1024u)
 
 /* {====================================================================
-** Growable byte buffers
-** ===================================================================== */
-
-typedef struct Buf {
-  char *p;
-  size_t len, cap;
-} Buf;
-
-/* Append n bytes; 0 on success, -1 when out of memory. */
-static int
-buf_add(Buf *b, const char *s, size_t n)
-{
-  if (n > b->cap - b->len) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap - b->len < n) {
-      if (cap > ((size_t)-1) / 2)
-        return -1;
-      cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL)
-      return -1;
-    b->p = p;
-    b->cap = cap;
-  }
-  if (n > 0)
-    memcpy(b->p + b->len, s, n);
-  b->len += n;
-  return 0;
-}
-
-static void
-buf_free(Buf *b)
-{
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
-/* }==================================================================== */
-
-/* {====================================================================
 ** Module state
 ** ===================================================================== */
 
@@ -89,8 +48,8 @@ typedef struct Request {
   int oom;                      /* a callback ran out of memory */
   size_t max_bytes;
   struct curl_slist *headers;
-  Buf body;                     /* response body */
-  Buf head;                     /* header lines of the last response */
+  NbBuf body;                   /* response body */
+  NbBuf head;                   /* header lines of the last response */
   /* outcome, filled when the transfer is done */
   CURLcode code;
   long status;
@@ -182,8 +141,8 @@ req_release(lua_State *L, Request *r)
     curl_slist_free_all(r->headers);
     r->headers = NULL;
   }
-  buf_free(&r->body);
-  buf_free(&r->head);
+  nb_free(&r->body);
+  nb_free(&r->head);
   if (L != NULL && r->co_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, r->co_ref);
     r->co_ref = LUA_NOREF;
@@ -295,7 +254,7 @@ write_fn(char *ptr, size_t size, size_t nmemb, void *ud)
     r->too_large = 1;
     return 0;
   }
-  if (buf_add(&r->body, ptr, n) != 0) {
+  if (nb_add(&r->body, ptr, n) != 0) {
     r->oom = 1;
     return 0;
   }
@@ -310,12 +269,12 @@ header_fn(char *ptr, size_t size, size_t nmemb, void *ud)
   Request *r = (Request *)ud;
   size_t n = size * nmemb;
   if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0)
-    r->head.len = 0;
+    nb_clear(&r->head);
   if (n > MAX_HEAD_BYTES - r->head.len) {
     r->too_large = 1;
     return 0;
   }
-  if (buf_add(&r->head, ptr, n) != 0) {
+  if (nb_add(&r->head, ptr, n) != 0) {
     r->oom = 1;
     return 0;
   }
@@ -428,12 +387,13 @@ error_text(const Request *r)
 
 /* [-0, +1, m] headers table from the raw header lines. */
 static void
-push_headers(lua_State *co, const Buf *h)
+push_headers(lua_State *co, const NbBuf *h)
 {
   lua_newtable(co);
-  if (h->p == NULL)
+  const char *p = nb_data(h);
+  if (p == NULL)
     return;
-  const char *p = h->p, *end = h->p + h->len;
+  const char *end = p + h->len;
   char name[256];
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -473,7 +433,7 @@ push_result(lua_State *co, void *ud)
     lua_setfield(co, -2, "status");
     push_headers(co, &r->head);
     lua_setfield(co, -2, "headers");
-    lua_pushlstring(co, r->body.p ? r->body.p : "", r->body.len);
+    lua_pushlstring(co, r->body.len ? nb_data(&r->body) : "", r->body.len);
     lua_setfield(co, -2, "body");
     lua_pushnumber(co, (lua_Number)r->time);
     lua_setfield(co, -2, "time");

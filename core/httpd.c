@@ -11,7 +11,8 @@
 ** One request at a time per connection: after a message is complete the
 ** parser is paused and the socket is not read until the response is
 ** queued, so pipelined requests are answered in order. Output goes to a
-** nonblocking write buffer drained by an ev_io watcher.
+** nonblocking write buffer drained by an ev_io watcher (netbuf.c, as for
+** core.loop's streams).
 **
 ** Lifetime rules (liolib / luv, as in loop.c): every userdata is created
 ** closed before its resource is acquired; close is idempotent and is also
@@ -25,6 +26,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,119 +39,34 @@
 #include <http_parser.h>
 
 #include "core.h"
+#include "netbuf.h"
 
 #define SERVER_MT  "core.httpd.Server"
 #define CONN_MT    "core.httpd.Conn"
 
-#define READ_CHUNK            16384
-#define BUF_KEEP              (256u * 1024u)  /* larger idle buffers are freed */
 #define OUT_HIGH              (1024u * 1024u) /* stop parsing while above */
 #define DEFAULT_MAX_BODY      (1024 * 1024)
 #define DEFAULT_IDLE_TIMEOUT  60.0
 #define LINGER_TIMEOUT        2.0
 
-/*
-** {======================================================
-** Growable byte buffers: bytes p[off .. off+len)
-** =======================================================
-*/
-
-typedef struct {
-  char *p;
-  size_t off, len, cap;
-} Buf;
-
-/* Room for n more bytes at the end; 0 or -1 (out of memory). */
+/* Append one char, or a C string, to b; 0 or -1 (out of memory). */
 static int
-buf_reserve(Buf *b, size_t n)
+buf_addc(NbBuf *b, char c)
 {
-  if (b->cap - b->off - b->len >= n)
-    return 0;
-  if (b->off > 0) {
-    memmove(b->p, b->p + b->off, b->len);
-    b->off = 0;
-    if (b->cap - b->len >= n)
-      return 0;
-  }
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap - b->len < n) {
-    if (cap > ((size_t)-1) / 2)
-      return -1;
-    cap *= 2;
-  }
-  char *p = realloc(b->p, cap);
-  if (p == NULL)
-    return -1;
-  b->p = p;
-  b->cap = cap;
-  return 0;
+  return nb_add(b, &c, 1);
 }
 
 static int
-buf_add(Buf *b, const char *s, size_t n)
+buf_adds(NbBuf *b, const char *str)
 {
-  if (n == 0)
-    return 0;
-  if (buf_reserve(b, n) != 0)
-    return -1;
-  memcpy(b->p + b->off + b->len, s, n);
-  b->len += n;
-  return 0;
+  return nb_add(b, str, strlen(str));
 }
-
-static int
-buf_addc(Buf *b, char c)
-{
-  return buf_add(b, &c, 1);
-}
-
-static int
-buf_adds(Buf *b, const char *s)
-{
-  return buf_add(b, s, strlen(s));
-}
-
-static void
-buf_free(Buf *b)
-{
-  free(b->p);
-  b->p = NULL;
-  b->off = b->len = b->cap = 0;
-}
-
-/* Empty the buffer, keeping small allocations for reuse. */
-static void
-buf_clear(Buf *b)
-{
-  b->off = b->len = 0;
-  if (b->cap > BUF_KEEP)
-    buf_free(b);
-}
-
-static void
-buf_consume(Buf *b, size_t n)
-{
-  b->off += n;
-  b->len -= n;
-  if (b->len == 0)
-    buf_clear(b);
-}
-
-static char *
-buf_data(Buf *b)
-{
-  return b->p != NULL ? b->p + b->off : NULL;
-}
-
-/* }====================================================== */
 
 typedef struct Server Server;
 typedef struct Conn Conn;
 
 struct Server {
-  ev_io io;
-  ev_timer backoff;             /* accept paused after EMFILE and co. */
-  int fd;
+  NbListener ln;                /* ln.fd: -1 once closed */
   int port;
   int handler_ref;
   int self_ref;
@@ -174,12 +91,12 @@ struct Conn {
   char remote[INET6_ADDRSTRLEN];
   int remote_port;
   http_parser parser;
-  Buf in;                       /* received, not yet parsed */
-  Buf out;                      /* queued response bytes */
+  NbBuf in;                     /* received, not yet parsed */
+  NbBuf out;                    /* queued response bytes */
   /* the request being parsed */
-  Buf url;
-  Buf hdrs;                     /* "name\0value\0" pairs, names lowercase */
-  Buf body;
+  NbBuf url;
+  NbBuf hdrs;                   /* "name\0value\0" pairs, names lowercase */
+  NbBuf body;
   size_t vstart;                /* offset of the current header value */
   int hstate;                   /* 0 none, 1 in a name, 2 in a value */
   int expect_continue;
@@ -198,50 +115,6 @@ struct Conn {
 };
 
 static const http_parser_settings parser_settings;
-
-/* [-0, +0, -] Drop a registry ref and mark it empty. */
-static void
-unref(int *ref)
-{
-  if (*ref != LUA_NOREF && *ref != LUA_REFNIL)
-    luaL_unref(sb_main(), LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
-/* [-0, +1, -] Anchor the object pinned by ref on the main stack while a
-** callback runs (a handler may close it). */
-static void
-anchor(int ref)
-{
-  lua_State *L = sb_main();
-  lua_checkstack(L, 8);
-  if (ref != LUA_NOREF)
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  else
-    lua_pushnil(L);
-}
-
-static void
-unanchor(void)
-{
-  lua_pop(sb_main(), 1);
-}
-
-static int
-push_fail(lua_State *L, const char *what, int err)
-{
-  char msg[256];
-  if (err != 0)
-    snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  else
-    snprintf(msg, sizeof msg, "%s", what);
-  size_t off = err != 0 ? strlen(what) + 2 : 0;
-  if (off < sizeof msg && msg[off] >= 'A' && msg[off] <= 'Z')
-    msg[off] = (char)(msg[off] - 'A' + 'a');
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
-}
 
 /*
 ** {======================================================
@@ -264,11 +137,11 @@ conn_release(Conn *c)
   if (c->fd >= 0)
     close(c->fd);
   c->fd = -1;
-  buf_free(&c->in);
-  buf_free(&c->out);
-  buf_free(&c->url);
-  buf_free(&c->hdrs);
-  buf_free(&c->body);
+  nb_free(&c->in);
+  nb_free(&c->out);
+  nb_free(&c->url);
+  nb_free(&c->hdrs);
+  nb_free(&c->body);
   if (c->srv != NULL) {
     if (c->prev != NULL)
       c->prev->next = c->next;
@@ -280,7 +153,7 @@ conn_release(Conn *c)
     c->srv = NULL;
   }
   c->prev = c->next = NULL;
-  unref(&c->self_ref);
+  sb_unref(&c->self_ref);
 }
 
 /* The output is written and the connection is to end: close it, or first
@@ -308,28 +181,14 @@ conn_write(Conn *c, const char *data, size_t len)
 {
   if (!c->open)
     return;
-  size_t done = 0;
-  if (c->out.len == 0) {
-    while (done < len) {
-      ssize_t n = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
-      if (n > 0) {
-        done += (size_t)n;
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        break;
-      } else {
-        conn_release(c);
-        return;
-      }
-    }
-  }
-  if (done < len) {
-    if (buf_add(&c->out, data + done, len - done) != 0) {
-      sb_report_error("core.httpd: out of memory queueing a response");
-      conn_release(c);
-      return;
-    }
+  int err;
+  int r = nb_write(&c->out, c->fd, NB_SEND, data, len, SIZE_MAX, &err);
+  if (r == NB_ERROR) {
+    conn_release(c);
+  } else if (r < 0) {
+    sb_report_error("core.httpd: out of memory queueing a response");
+    conn_release(c);
+  } else if (r > 0) {
     ev_io_start(sb_loop(), &c->wio);
   }
 }
@@ -341,19 +200,10 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
   (void)revents;
   Conn *c = w->data;
-  anchor(c->self_ref);
-  while (c->open && c->out.len > 0) {
-    ssize_t n = send(c->fd, buf_data(&c->out), c->out.len, MSG_NOSIGNAL);
-    if (n > 0) {
-      buf_consume(&c->out, (size_t)n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      break;
-    } else {
-      conn_release(c);
-    }
-  }
+  sb_anchor(c->self_ref);
+  int err;
+  if (c->open && nb_drain(&c->out, c->fd, NB_SEND, &err) == NB_ERROR)
+    conn_release(c);
   if (c->open && c->out.len == 0) {
     ev_io_stop(loop, &c->wio);
     if (c->close_after && !c->busy)
@@ -361,7 +211,7 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
     else
       conn_process(sb_main(), c);       /* parsing may wait for the drain */
   }
-  unanchor();
+  sb_unanchor();
 }
 
 /* Refuse the request being parsed with a short plain-text answer and end
@@ -396,9 +246,9 @@ static int
 on_message_begin(http_parser *p)
 {
   Conn *c = p->data;
-  buf_clear(&c->url);
-  buf_clear(&c->hdrs);
-  buf_clear(&c->body);
+  nb_clear(&c->url);
+  nb_clear(&c->hdrs);
+  nb_clear(&c->body);
   c->hstate = 0;
   c->expect_continue = 0;
   return 0;
@@ -408,7 +258,7 @@ static int
 on_url(http_parser *p, const char *at, size_t len)
 {
   Conn *c = p->data;
-  return buf_add(&c->url, at, len);
+  return nb_add(&c->url, at, len);
 }
 
 /* End the current header value: trailing blanks go, a NUL ends it. */
@@ -431,7 +281,7 @@ on_header_field(http_parser *p, const char *at, size_t len)
   if (c->hstate == 2 && end_value(c) != 0)
     return -1;
   c->hstate = 1;
-  if (buf_reserve(&c->hdrs, len) != 0)
+  if (nb_reserve(&c->hdrs, len) != 0)
     return -1;
   for (size_t i = 0; i < len; i++) {
     char ch = at[i];
@@ -452,7 +302,7 @@ on_header_value(http_parser *p, const char *at, size_t len)
     c->vstart = c->hdrs.len;
     c->hstate = 2;
   }
-  return buf_add(&c->hdrs, at, len);
+  return nb_add(&c->hdrs, at, len);
 }
 
 static int
@@ -469,7 +319,7 @@ on_headers_complete(http_parser *p)
     return -1;
   }
   /* Expect: 100-continue */
-  const char *h = buf_data(&c->hdrs), *end = h + c->hdrs.len;
+  const char *h = nb_data(&c->hdrs), *end = h + c->hdrs.len;
   while (h != NULL && h < end) {
     const char *v = h + strlen(h) + 1;
     if (strcmp(h, "expect") == 0 && strcasecmp(v, "100-continue") == 0)
@@ -493,7 +343,7 @@ on_body(http_parser *p, const char *at, size_t len)
     c->error = 413;
     return -1;
   }
-  return buf_add(&c->body, at, len);
+  return nb_add(&c->body, at, len);
 }
 
 static int
@@ -535,7 +385,7 @@ push_request(lua_State *L, Conn *c)
   lua_pushstring(L, http_method_str((enum http_method)c->method));
   lua_setfield(L, -2, "method");
 
-  const char *url = buf_data(&c->url);
+  const char *url = nb_data(&c->url);
   size_t ulen = c->url.len;
   if (url == NULL)
     url = "";
@@ -571,7 +421,7 @@ push_request(lua_State *L, Conn *c)
 
   /* headers: lowercase names; repeated ones joined with ", " */
   lua_newtable(L);
-  const char *h = buf_data(&c->hdrs), *end = h + c->hdrs.len;
+  const char *h = nb_data(&c->hdrs), *end = h + c->hdrs.len;
   while (h != NULL && h < end) {
     const char *v = h + strlen(h) + 1;
     if (lua_getfield(L, -1, h) == LUA_TSTRING) {
@@ -587,7 +437,7 @@ push_request(lua_State *L, Conn *c)
   }
   lua_setfield(L, -2, "headers");
 
-  lua_pushlstring(L, c->body.len ? buf_data(&c->body) : "", c->body.len);
+  lua_pushlstring(L, c->body.len ? nb_data(&c->body) : "", c->body.len);
   lua_setfield(L, -2, "body");
   lua_pushstring(L, c->remote);
   lua_setfield(L, -2, "remote");
@@ -597,9 +447,9 @@ push_request(lua_State *L, Conn *c)
   lua_setfield(L, -2, "conn");
   lua_pushstring(L, c->http_minor >= 1 ? "1.1" : "1.0");
   lua_setfield(L, -2, "version");
-  buf_clear(&c->url);
-  buf_clear(&c->hdrs);
-  buf_clear(&c->body);
+  nb_clear(&c->url);
+  nb_clear(&c->hdrs);
+  nb_clear(&c->body);
 }
 
 static int
@@ -628,7 +478,7 @@ is_field_value(const char *s, size_t n)
 
 /* Append "name: value\r\n" for one value (string or number) at idx. */
 static const char *
-add_header(lua_State *L, Buf *b, const char *name, size_t nlen, int idx)
+add_header(lua_State *L, NbBuf *b, const char *name, size_t nlen, int idx)
 {
   int t = lua_type(L, idx);
   if (t != LUA_TSTRING && t != LUA_TNUMBER)
@@ -637,8 +487,8 @@ add_header(lua_State *L, Buf *b, const char *name, size_t nlen, int idx)
   const char *v = lua_tolstring(L, idx, &vlen);
   if (!is_field_value(v, vlen))
     return "a header value holds CR, LF or NUL";
-  if (buf_add(b, name, nlen) != 0 || buf_add(b, ": ", 2) != 0
-      || buf_add(b, v, vlen) != 0 || buf_add(b, "\r\n", 2) != 0)
+  if (nb_add(b, name, nlen) != 0 || nb_add(b, ": ", 2) != 0
+      || nb_add(b, v, vlen) != 0 || nb_add(b, "\r\n", 2) != 0)
     return "out of memory";
   return NULL;
 }
@@ -646,7 +496,7 @@ add_header(lua_State *L, Buf *b, const char *name, size_t nlen, int idx)
 /* Build the response from status, headers, body at idx .. idx+2 of L into
 ** b. Returns NULL or what is wrong with the handler's answer. */
 static const char *
-build_response(lua_State *L, Conn *c, int idx, Buf *b, int *close_it)
+build_response(lua_State *L, Conn *c, int idx, NbBuf *b, int *close_it)
 {
   int isnum = 0;
   lua_Integer status = lua_tointegerx(L, idx, &isnum);
@@ -668,7 +518,7 @@ build_response(lua_State *L, Conn *c, int idx, Buf *b, int *close_it)
   if (strcmp(reason, "<unknown>") == 0)
     reason = "Status";
   int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", (int)status, reason);
-  if (buf_add(b, line, (size_t)n) != 0)
+  if (nb_add(b, line, (size_t)n) != 0)
     return "out of memory";
 
   if (lua_istable(L, idx + 1)) {
@@ -721,11 +571,11 @@ build_response(lua_State *L, Conn *c, int idx, Buf *b, int *close_it)
   gmtime_r(&now, &tm);
   strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
   n = snprintf(line, sizeof line, "Date: %s\r\n", date);
-  if (buf_add(b, line, (size_t)n) != 0)
+  if (nb_add(b, line, (size_t)n) != 0)
     return "out of memory";
   if (!bodyless) {
     n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", blen);
-    if (buf_add(b, line, (size_t)n) != 0)
+    if (nb_add(b, line, (size_t)n) != 0)
       return "out of memory";
   }
   if (!c->keep_alive || *close_it) {
@@ -735,9 +585,9 @@ build_response(lua_State *L, Conn *c, int idx, Buf *b, int *close_it)
     if (buf_adds(b, "Connection: keep-alive\r\n") != 0)
       return "out of memory";
   }
-  if (buf_add(b, "\r\n", 2) != 0)
+  if (nb_add(b, "\r\n", 2) != 0)
     return "out of memory";
-  if (!c->is_head && buf_add(b, body, blen) != 0)
+  if (!c->is_head && nb_add(b, body, blen) != 0)
     return "out of memory";
   return NULL;
 }
@@ -763,19 +613,19 @@ respond(lua_State *L, Conn *c, int idx)
     conn_release(c);
     return;
   }
-  Buf b = { NULL, 0, 0, 0 };
+  NbBuf b = { NULL, 0, 0, 0 };
   int close_it = 0;
   const char *err = build_response(L, c, idx, &b, &close_it);
   if (err != NULL) {
-    buf_free(&b);
+    nb_free(&b);
     report("bad handler answer", err);
     conn_refuse(c, 500);
     return;
   }
   if (!c->keep_alive || close_it)
     c->close_after = 1;
-  conn_write(c, buf_data(&b), b.len);
-  buf_free(&b);
+  conn_write(c, nb_data(&b), b.len);
+  nb_free(&b);
   if (!c->open)
     return;
   if (c->close_after) {
@@ -785,17 +635,6 @@ respond(lua_State *L, Conn *c, int idx)
     return;
   }
   conn_process(L, c);
-}
-
-static int
-traceback(lua_State *L)
-{
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL)
-    msg = lua_pushfstring(L, "(error object is a %s value)",
-                          luaL_typename(L, 1));
-  luaL_traceback(L, L, msg, 1);
-  return 1;
 }
 
 /* Stack of the coroutine: conn, traceback, then the handler's results or
@@ -821,7 +660,7 @@ run_handler_k(lua_State *L, int status, lua_KContext ctx)
 static int
 run_handler(lua_State *L)
 {
-  lua_pushcfunction(L, traceback);
+  lua_pushcfunction(L, sb_traceback);
   lua_insert(L, 2);
   return run_handler_k(L, lua_pcallk(L, 1, 3, 2, 0, run_handler_k), 0);
 }
@@ -860,10 +699,10 @@ conn_process(lua_State *L, Conn *c)
       break;
     size_t len = c->in.len;
     size_t n = http_parser_execute(&c->parser, &parser_settings,
-                                   buf_data(&c->in), len);
+                                   nb_data(&c->in), len);
     if (!c->open)
       break;
-    buf_consume(&c->in, n);
+    nb_consume(&c->in, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
     if (e == HPE_PAUSED) {
       http_parser_pause(&c->parser, 0);
@@ -897,7 +736,7 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
   (void)loop;
   (void)revents;
   Conn *c = w->data;
-  anchor(c->self_ref);
+  sb_anchor(c->self_ref);
   if (c->lingering) {           /* discard until EOF or the timer */
     char sink[4096];
     ssize_t n;
@@ -905,18 +744,12 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
       ;
     if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
       conn_release(c);
-    unanchor();
+    sb_unanchor();
     return;
   }
-  if (buf_reserve(&c->in, READ_CHUNK) != 0) {
-    sb_report_error("core.httpd: out of memory reading a request");
-    conn_release(c);
-    unanchor();
-    return;
-  }
-  ssize_t n = recv(c->fd, c->in.p + c->in.off + c->in.len, READ_CHUNK, 0);
+  int err;
+  ssize_t n = nb_fill(&c->in, c->fd, &err);
   if (n > 0) {
-    c->in.len += (size_t)n;
     conn_process(sb_main(), c);
   } else if (n == 0) {          /* the client is done sending */
     conn_process(sb_main(), c);
@@ -927,10 +760,13 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
       else
         conn_release(c);
     }
-  } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+  } else if (n == NB_NOMEM) {
+    sb_report_error("core.httpd: out of memory reading a request");
+    conn_release(c);
+  } else if (n == NB_ERROR) {
     conn_release(c);
   }
-  unanchor();
+  sb_unanchor();
 }
 
 static void
@@ -938,12 +774,12 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
   (void)revents;
   Conn *c = w->data;
-  anchor(c->self_ref);
+  sb_anchor(c->self_ref);
   if (c->lingering || (!c->busy && c->out.len == 0))
     conn_release(c);            /* idle keep-alive or lingering close */
   else
     ev_timer_stop(loop, w);
-  unanchor();
+  sb_unanchor();
 }
 
 /* }====================================================== */
@@ -957,16 +793,13 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void
 server_release(Server *s)
 {
-  if (s->fd < 0)
+  if (s->ln.fd < 0)
     return;
-  ev_io_stop(sb_loop(), &s->io);
-  ev_timer_stop(sb_loop(), &s->backoff);
-  close(s->fd);
-  s->fd = -1;
+  nb_listener_close(&s->ln);
   while (s->conns != NULL)
     conn_release(s->conns);
-  unref(&s->handler_ref);
-  unref(&s->self_ref);
+  sb_unref(&s->handler_ref);
+  sb_unref(&s->self_ref);
 }
 
 static int
@@ -982,27 +815,15 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
   (void)revents;
   Server *s = w->data;
   lua_State *L = sb_main();
-  anchor(s->self_ref);
-  for (int i = 0; i < 64 && s->fd >= 0; i++) {
+  sb_anchor(s->self_ref);
+  for (int i = 0; i < NB_ACCEPT_BATCH && s->ln.fd >= 0; i++) {
     struct sockaddr_storage ss;
     socklen_t slen = sizeof ss;
-    int fd = accept4(s->fd, (struct sockaddr *)&ss, &slen,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      int err = errno;
-      if (err == EINTR || err == ECONNABORTED)
-        continue;
-      if (err == EAGAIN || err == EWOULDBLOCK)
-        break;
-      char msg[160];
-      snprintf(msg, sizeof msg, "core.httpd: accept: %s (pausing 0.5 s)",
-               strerror(err));
-      sb_report_error(msg);
-      ev_io_stop(loop, &s->io);
-      ev_timer_set(&s->backoff, 0.5, 0.);
-      ev_timer_start(loop, &s->backoff);
+    int fd = nb_accept(&s->ln, (struct sockaddr *)&ss, &slen);
+    if (fd == NB_RETRY)
+      continue;
+    if (fd < 0)
       break;
-    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     lua_checkstack(L, 4);
@@ -1044,23 +865,14 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
       ev_timer_again(loop, &c->timer);
     }
   }
-  unanchor();
-}
-
-static void
-backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-  (void)revents;
-  Server *s = w->data;
-  if (s->fd >= 0)
-    ev_io_start(loop, &s->io);
+  sb_unanchor();
 }
 
 static Server *
 check_server(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->fd < 0)
+  if (s->ln.fd < 0)
     luaL_error(L, "attempt to use a closed server");
   return s;
 }
@@ -1083,7 +895,7 @@ static int
 server_closed(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  lua_pushboolean(L, s->fd < 0);
+  lua_pushboolean(L, s->ln.fd < 0);
   return 1;
 }
 
@@ -1105,7 +917,7 @@ static int
 server_tostring(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->fd >= 0)
+  if (s->ln.fd >= 0)
     lua_pushfstring(L, SERVER_MT " (port %d)", s->port);
   else
     lua_pushliteral(L, SERVER_MT " (closed)");
@@ -1154,13 +966,10 @@ l_listen(lua_State *L)
 
   Server *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
-  s->fd = -1;
+  nb_listener_init(&s->ln, accept_cb, s, "core.httpd");
   s->handler_ref = s->self_ref = LUA_NOREF;
   s->max_body = (size_t)max_body;
   s->idle_timeout = idle > 0 ? idle : 0;
-  ev_io_init(&s->io, accept_cb, 0, EV_READ);
-  ev_timer_init(&s->backoff, backoff_cb, 0., 0.);
-  s->io.data = s->backoff.data = s;
   luaL_setmetatable(L, SERVER_MT);
 
   char pstr[16];
@@ -1192,16 +1001,16 @@ l_listen(lua_State *L)
       close(fd);
       continue;
     }
-    s->fd = fd;
+    s->ln.fd = fd;
     break;
   }
   freeaddrinfo(res);
-  if (s->fd < 0)
-    return push_fail(L, "bind", err ? err : EADDRNOTAVAIL);
+  if (s->ln.fd < 0)
+    return sb_push_errno(L, "bind", err ? err : EADDRNOTAVAIL);
 
   struct sockaddr_storage ss;
   socklen_t slen = sizeof ss;
-  if (getsockname(s->fd, (struct sockaddr *)&ss, &slen) == 0) {
+  if (getsockname(s->ln.fd, (struct sockaddr *)&ss, &slen) == 0) {
     if (ss.ss_family == AF_INET)
       s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     else if (ss.ss_family == AF_INET6)
@@ -1211,8 +1020,7 @@ l_listen(lua_State *L)
   s->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, -1);
   s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  ev_io_set(&s->io, s->fd, EV_READ);
-  ev_io_start(sb_loop(), &s->io);
+  nb_listener_start(&s->ln);
   return 1;
 }
 

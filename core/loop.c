@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "netbuf.h"
 
 #define STREAM_MT   "core.loop.Stream"
 #define LISTENER_MT "core.loop.Listener"
@@ -33,29 +34,10 @@
 #define STATE_KEY   "core.loop.state"
 #define PARKED_KEY  "core.loop.parked"
 
-#define READ_CHUNK      16384
-#define BUF_KEEP        (256 * 1024)   /* larger idle buffers are freed */
 #define WRITE_CAP       (16 * 1024 * 1024)
 #define CONNECT_TIMEOUT 10.0
 
 static int loop_running = 0;
-
-/* [-0, +2, m] nil and "what: reason" with the reason in lower case. */
-static int
-push_errno(lua_State *L, const char *what, int err)
-{
-  char msg[256];
-  if (what != NULL)
-    snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  else
-    snprintf(msg, sizeof msg, "%s", strerror(err));
-  size_t off = what != NULL ? strlen(what) + 2 : 0;
-  if (off < sizeof msg && msg[off] >= 'A' && msg[off] <= 'Z')
-    msg[off] = (char)(msg[off] - 'A' + 'a');
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
-}
 
 static int
 push_fail(lua_State *L, const char *msg)
@@ -63,23 +45,6 @@ push_fail(lua_State *L, const char *msg)
   lua_pushnil(L);
   lua_pushstring(L, msg);
   return 2;
-}
-
-static void
-lower_errno(char *buf, size_t size, int err)
-{
-  snprintf(buf, size, "%s", strerror(err));
-  if (buf[0] >= 'A' && buf[0] <= 'Z')
-    buf[0] = (char)(buf[0] - 'A' + 'a');
-}
-
-/* [-0, +0, -] Drop a registry ref and mark it empty. */
-static void
-unref(int *ref)
-{
-  if (*ref != LUA_NOREF && *ref != LUA_REFNIL)
-    luaL_unref(sb_main(), LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
 }
 
 /* [-0, +0, m] Pin the value at idx in *ref unless already pinned. */
@@ -90,25 +55,6 @@ pin_value(lua_State *L, int idx, int *ref)
     return;
   lua_pushvalue(L, idx);
   *ref = luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
-/* [-0, +1, -] Anchor the object pinned by ref on the main stack while a
-** callback runs (a resumed coroutine may unpin or close it). */
-static void
-anchor(int ref)
-{
-  lua_State *L = sb_main();
-  lua_checkstack(L, 8);
-  if (ref != LUA_NOREF)
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  else
-    lua_pushnil(L);
-}
-
-static void
-unanchor(void)
-{
-  lua_pop(sb_main(), 1);
 }
 
 static int
@@ -152,14 +98,14 @@ push_pending(lua_State *co, void *ud)
   if (p->argref == LUA_NOREF)
     return 0;
   if (!lua_checkstack(co, p->nargs + 2)) {
-    unref(&p->argref);
+    sb_unref(&p->argref);
     return 0;
   }
   lua_rawgeti(co, LUA_REGISTRYINDEX, p->argref);
   for (int i = 1; i <= p->nargs; i++)
     lua_rawgeti(co, -i, i);
   lua_remove(co, -(p->nargs + 1));
-  unref(&p->argref);
+  sb_unref(&p->argref);
   return p->nargs;
 }
 
@@ -172,7 +118,7 @@ q_check_cb(struct ev_loop *loop, ev_check *w, int revents)
   for (size_t i = 0; i < n; i++) {
     Pending p = q_items[i];     /* copy: the array may grow meanwhile */
     sb_resume_ref(p.ref, push_pending, &p);
-    unref(&p.argref);
+    sb_unref(&p.argref);
   }
   if (q_items != NULL) {
     memmove(q_items, q_items + n, (q_len - n) * sizeof *q_items);
@@ -198,16 +144,16 @@ static int
 q_push(int ref, int argref, int nargs, const char *err)
 {
   if (!q_ready) {
-    unref(&ref);
-    unref(&argref);
+    sb_unref(&ref);
+    sb_unref(&argref);
     return -1;
   }
   if (q_len == q_cap) {
     size_t cap = q_cap ? q_cap * 2 : 64;
     Pending *items = realloc(q_items, cap * sizeof *items);
     if (items == NULL) {
-      unref(&ref);
-      unref(&argref);
+      sb_unref(&ref);
+      sb_unref(&argref);
       sb_report_error("core.loop: out of memory queueing a resume");
       return -1;
     }
@@ -313,7 +259,7 @@ sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
   Sleep *sl = w->data;
   int co = sl->co_ref;
   sl->co_ref = LUA_NOREF;
-  unref(&sl->self_ref);         /* sl may be collected from here on */
+  sb_unref(&sl->self_ref);         /* sl may be collected from here on */
   sb_resume_ref(co, push_true, NULL);
 }
 
@@ -417,8 +363,8 @@ timer_release(Timer *t)
     return;
   t->open = 0;
   ev_timer_stop(sb_loop(), &t->w);
-  unref(&t->fn_ref);
-  unref(&t->self_ref);
+  sb_unref(&t->fn_ref);
+  sb_unref(&t->self_ref);
 }
 
 static void
@@ -428,12 +374,12 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
   (void)revents;
   Timer *t = w->data;
   lua_State *L = sb_main();
-  anchor(t->self_ref);
+  sb_anchor(t->self_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
   sb_spawn(L, 0);
   if (t->open && !ev_is_active(&t->w))
     timer_release(t);           /* a one-shot timer is done */
-  unanchor();
+  sb_unanchor();
 }
 
 static int
@@ -489,11 +435,11 @@ signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
   (void)revents;
   Signal *sg = w->data;
   lua_State *L = sb_main();
-  anchor(sg->self_ref);
+  sb_anchor(sg->self_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sg->fn_ref);
   lua_pushstring(L, sg->name);
   sb_spawn(L, 1);
-  unanchor();
+  sb_unanchor();
 }
 
 static int
@@ -505,8 +451,8 @@ signal_close(lua_State *L)
   sg->open = 0;
   ev_ref(sb_loop());            /* undo the ev_unref of l_signal */
   ev_signal_stop(sb_loop(), &sg->w);
-  unref(&sg->fn_ref);
-  unref(&sg->self_ref);
+  sb_unref(&sg->fn_ref);
+  sb_unref(&sg->self_ref);
   return 0;
 }
 
@@ -557,17 +503,15 @@ typedef struct {
   int noclose;                  /* fds 0-2 stay open */
   int oflags;                   /* their file status flags, restored */
   int state;
-  /* input: bytes ibuf[ioff .. ioff+ilen); iscan of them have no '\n' */
-  char *ibuf;
-  size_t ioff, ilen, icap, iscan;
+  NbBuf in;                     /* input */
+  size_t iscan;                 /* how many input bytes have no '\n' */
   int discard;                  /* dropping up to the next '\n' */
   int eof;
   int rerr;
   int rmode;
   size_t rmax;
-  /* output: bytes obuf[ooff .. ooff+olen) */
-  char *obuf;
-  size_t ooff, olen, ocap, wcap;
+  NbBuf out;                    /* output */
+  size_t wcap;                  /* the most out may hold */
   int werr;
   int read_ref;                 /* coroutine waiting in read/connect */
   int flush_ref;                /* coroutine waiting in flush */
@@ -595,14 +539,14 @@ static int
 stream_needs_pin(const Stream *s)
 {
   return s->open && (s->read_ref != LUA_NOREF || s->flush_ref != LUA_NOREF
-                     || s->olen > 0 || s->state == ST_CONNECTING);
+                     || s->out.len > 0 || s->state == ST_CONNECTING);
 }
 
 static void
 stream_update_pin(Stream *s)
 {
   if (!stream_needs_pin(s))
-    unref(&s->self_ref);
+    sb_unref(&s->self_ref);
 }
 
 /* [-0, +1, m] A new Stream, closed. */
@@ -654,13 +598,11 @@ stream_release(Stream *s)
   else if (s->fd >= 0 && s->oflags >= 0)
     fcntl(s->fd, F_SETFL, s->oflags);
   s->fd = -1;
-  free(s->ibuf);
-  free(s->obuf);
+  nb_free(&s->in);
+  nb_free(&s->out);
+  s->iscan = 0;
   free(s->caddr);
-  s->ibuf = s->obuf = NULL;
   s->caddr = NULL;
-  s->ioff = s->ilen = s->icap = s->iscan = 0;
-  s->ooff = s->olen = s->ocap = 0;
   if (s->read_ref != LUA_NOREF) {
     q_push(s->read_ref, LUA_NOREF, 0, "closed");
     s->read_ref = LUA_NOREF;
@@ -669,7 +611,7 @@ stream_release(Stream *s)
     q_push(s->flush_ref, LUA_NOREF, 0, "closed");
     s->flush_ref = LUA_NOREF;
   }
-  unref(&s->self_ref);
+  sb_unref(&s->self_ref);
 }
 
 static Stream *
@@ -684,60 +626,22 @@ check_stream(lua_State *L)
 static void
 consume(Stream *s, size_t n)
 {
-  s->ioff += n;
-  s->ilen -= n;
-  s->iscan = s->iscan > n ? s->iscan - n : 0;
-  if (s->ilen == 0) {
-    s->ioff = s->iscan = 0;
-    if (s->icap > BUF_KEEP) {
-      free(s->ibuf);
-      s->ibuf = NULL;
-      s->icap = 0;
-    }
-  }
+  nb_consume(&s->in, n);
+  s->iscan = s->iscan > n && s->in.len > 0 ? s->iscan - n : 0;
 }
 
-/* One read(): >0 bytes added, 0 EOF (s->eof), -1 nothing yet, -2 error
-** (s->rerr). */
+/* One read(): >0 bytes added, 0 EOF (s->eof), NB_AGAIN nothing yet, or
+** below that an error (s->rerr). */
 static ssize_t
 fill(Stream *s)
 {
-  if (s->icap - s->ioff - s->ilen < READ_CHUNK) {
-    if (s->ioff > 0) {
-      memmove(s->ibuf, s->ibuf + s->ioff, s->ilen);
-      s->ioff = 0;
-    }
-    if (s->icap - s->ilen < READ_CHUNK) {
-      size_t cap = s->icap ? s->icap * 2 : READ_CHUNK;
-      while (cap - s->ilen < READ_CHUNK)
-        cap *= 2;
-      char *b = realloc(s->ibuf, cap);
-      if (b == NULL) {
-        s->rerr = ENOMEM;
-        return -2;
-      }
-      s->ibuf = b;
-      s->icap = cap;
-    }
-  }
-  for (;;) {
-    char *at = s->ibuf + s->ioff + s->ilen;
-    ssize_t n = read(s->fd, at, s->icap - s->ioff - s->ilen);
-    if (n > 0) {
-      s->ilen += (size_t)n;
-      return n;
-    }
-    if (n == 0) {
-      s->eof = 1;
-      return 0;
-    }
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
-      return -1;
-    s->rerr = errno;
-    return -2;
-  }
+  int err;
+  ssize_t n = nb_fill(&s->in, s->fd, &err);
+  if (n == 0)
+    s->eof = 1;
+  else if (n == NB_ERROR || n == NB_NOMEM)
+    s->rerr = err;
+  return n;
 }
 
 /* Is a read result at hand? Fills r and returns 1, or returns 0. */
@@ -748,11 +652,11 @@ try_read(Stream *s, ReadRes *r)
   r->data = 0;
   r->err = NULL;
   for (;;) {
-    char *base = s->ibuf + s->ioff;
+    char *base = nb_data(&s->in);
     if (s->discard) {
-      char *nl = s->ilen ? memchr(base, '\n', s->ilen) : NULL;
+      char *nl = s->in.len ? memchr(base, '\n', s->in.len) : NULL;
       if (nl == NULL) {
-        consume(s, s->ilen);
+        consume(s, s->in.len);
         break;
       }
       consume(s, (size_t)(nl - base) + 1);
@@ -760,14 +664,14 @@ try_read(Stream *s, ReadRes *r)
       continue;
     }
     if (s->rmode == RD_SOME) {
-      if (s->ilen == 0)
+      if (s->in.len == 0)
         break;
       r->data = 1;
-      r->len = r->consume = s->ilen < s->rmax ? s->ilen : s->rmax;
+      r->len = r->consume = s->in.len < s->rmax ? s->in.len : s->rmax;
       return 1;
     }
-    char *nl = s->ilen > s->iscan
-                   ? memchr(base + s->iscan, '\n', s->ilen - s->iscan)
+    char *nl = s->in.len > s->iscan
+                   ? memchr(base + s->iscan, '\n', s->in.len - s->iscan)
                    : NULL;
     if (nl != NULL) {
       size_t len = (size_t)(nl - base);
@@ -781,9 +685,9 @@ try_read(Stream *s, ReadRes *r)
       r->consume = len + 1;
       return 1;
     }
-    s->iscan = s->ilen;
-    if (s->ilen > s->rmax) {
-      consume(s, s->ilen);
+    s->iscan = s->in.len;
+    if (s->in.len > s->rmax) {
+      consume(s, s->in.len);
       s->discard = 1;
       r->err = "line too long";
       return 1;
@@ -792,16 +696,16 @@ try_read(Stream *s, ReadRes *r)
   }
   /* no complete line (or no bytes) buffered */
   if (s->eof) {
-    if (s->ilen > 0 && !s->discard) {   /* the partial last line */
+    if (s->in.len > 0 && !s->discard) {   /* the partial last line */
       r->data = 1;
-      r->len = r->consume = s->ilen;
+      r->len = r->consume = s->in.len;
       return 1;
     }
     r->err = "closed";
     return 1;
   }
   if (s->rerr) {
-    lower_errno(r->errbuf, sizeof r->errbuf, s->rerr);
+    nb_errmsg(r->errbuf, sizeof r->errbuf, NULL, s->rerr);
     r->err = r->errbuf;
     return 1;
   }
@@ -813,7 +717,7 @@ push_read(lua_State *co, void *ud)
 {
   ReadRes *r = ud;
   if (r->data) {
-    lua_pushlstring(co, r->s->ibuf + r->s->ioff, r->len);
+    lua_pushlstring(co, nb_data(&r->s->in), r->len);
     consume(r->s, r->consume);
     return 1;
   }
@@ -841,14 +745,14 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
   (void)loop;
   (void)revents;
   Stream *s = w->data;
-  anchor(s->self_ref);
-  if (fill(s) != -1 && s->read_ref != LUA_NOREF) {
+  sb_anchor(s->self_ref);
+  if (fill(s) != NB_AGAIN && s->read_ref != LUA_NOREF) {
     ReadRes r;
     if (try_read(s, &r))
       finish_read(s, &r);
   }
   stream_update_pin(s);
-  unanchor();
+  sb_unanchor();
 }
 
 static int
@@ -879,8 +783,7 @@ connect_finish(Stream *s, int err)
   ReadRes r;
   r.s = s;
   r.data = 0;
-  memcpy(r.errbuf, "connect: ", 9);
-  lower_errno(r.errbuf + 9, sizeof r.errbuf - 9, err);
+  nb_errmsg(r.errbuf, sizeof r.errbuf, "connect", err);
   r.err = r.errbuf;
   stream_release(s);
   sb_resume_ref(ref, push_read, &r);
@@ -924,7 +827,7 @@ rtimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
   (void)loop;
   (void)revents;
   Stream *s = w->data;
-  anchor(s->self_ref);
+  sb_anchor(s->self_ref);
   if (s->state == ST_CONNECTING) {
     connect_retry(s);
   } else if (s->read_ref != LUA_NOREF) {
@@ -935,33 +838,19 @@ rtimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     finish_read(s, &r);
   }
   stream_update_pin(s);
-  unanchor();
+  sb_unanchor();
 }
 
 static void
 drain(Stream *s)
 {
   struct ev_loop *loop = sb_loop();
-  while (s->olen > 0) {
-    ssize_t n = write(s->fd, s->obuf + s->ooff, s->olen);
-    if (n > 0) {
-      s->ooff += (size_t)n;
-      s->olen -= (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return;
-    } else {
-      s->werr = n < 0 ? errno : EIO;
-      s->olen = 0;              /* the peer is gone: drop the rest */
-    }
-  }
-  s->ooff = 0;
-  if (s->ocap > BUF_KEEP) {
-    free(s->obuf);
-    s->obuf = NULL;
-    s->ocap = 0;
-  }
+  int err;
+  int res = nb_drain(&s->out, s->fd, NB_WRITE, &err);
+  if (res == NB_AGAIN)
+    return;
+  if (res == NB_ERROR)
+    s->werr = err;              /* the peer is gone: the rest is dropped */
   ev_io_stop(loop, &s->wio);
   if (s->flush_ref != LUA_NOREF) {
     ev_timer_stop(loop, &s->ftimer);
@@ -971,7 +860,7 @@ drain(Stream *s)
       ReadRes r;
       r.s = s;
       r.data = 0;
-      lower_errno(r.errbuf, sizeof r.errbuf, s->werr);
+      nb_errmsg(r.errbuf, sizeof r.errbuf, NULL, s->werr);
       r.err = r.errbuf;
       sb_resume_ref(ref, push_read, &r);
     } else {
@@ -985,7 +874,7 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
   (void)revents;
   Stream *s = w->data;
-  anchor(s->self_ref);
+  sb_anchor(s->self_ref);
   if (s->state == ST_CONNECTING) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -1003,7 +892,7 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
     drain(s);
   }
   stream_update_pin(s);
-  unanchor();
+  sb_unanchor();
 }
 
 static void
@@ -1012,7 +901,7 @@ ftimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
   (void)loop;
   (void)revents;
   Stream *s = w->data;
-  anchor(s->self_ref);
+  sb_anchor(s->self_ref);
   if (s->flush_ref != LUA_NOREF) {
     int ref = s->flush_ref;
     s->flush_ref = LUA_NOREF;
@@ -1023,7 +912,7 @@ ftimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     sb_resume_ref(ref, push_read, &r);
   }
   stream_update_pin(s);
-  unanchor();
+  sb_unanchor();
 }
 
 static int
@@ -1041,7 +930,7 @@ stream_read(lua_State *L, int mode, const char *what)
   ReadRes r;
   int got = try_read(s, &r);
   for (int i = 0; !got && i < 4; i++) {
-    if (fill(s) == -1)
+    if (fill(s) == NB_AGAIN)
       break;
     got = try_read(s, &r);
   }
@@ -1071,32 +960,6 @@ stream_read_some(lua_State *L)
   return stream_read(L, RD_SOME, "stream:read_some");
 }
 
-/* Room for n more output bytes; 0 or -1 (out of memory). */
-static int
-out_reserve(Stream *s, size_t n)
-{
-  if (s->ocap - s->ooff - s->olen >= n)
-    return 0;
-  if (s->ooff > 0 && s->ooff >= s->olen && s->ocap - s->olen >= n) {
-    memmove(s->obuf, s->obuf + s->ooff, s->olen);   /* cheap: olen <= ooff */
-    s->ooff = 0;
-    return 0;
-  }
-  size_t cap = s->ocap ? s->ocap * 2 : READ_CHUNK;
-  while (cap - s->olen < n)
-    cap *= 2;
-  char *b = malloc(cap);
-  if (b == NULL)
-    return -1;
-  if (s->olen > 0)
-    memcpy(b, s->obuf + s->ooff, s->olen);
-  free(s->obuf);
-  s->obuf = b;
-  s->ocap = cap;
-  s->ooff = 0;
-  return 0;
-}
-
 static int
 stream_write(lua_State *L)
 {
@@ -1106,35 +969,18 @@ stream_write(lua_State *L)
   if (s->state == ST_CONNECTING)
     return luaL_error(L, "stream:write: the stream is still connecting");
   if (s->werr)
-    return push_errno(L, NULL, s->werr);
-  size_t done = 0;
-  if (s->olen == 0) {
-    while (done < len) {
-      ssize_t n = write(s->fd, data + done, len - done);
-      if (n > 0) {
-        done += (size_t)n;
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        break;
-      } else {
-        s->werr = n < 0 ? errno : EIO;
-        return push_errno(L, NULL, s->werr);
-      }
-    }
+    return sb_push_errno(L, NULL, s->werr);
+  int err;
+  int r = nb_write(&s->out, s->fd, NB_WRITE, data, len, s->wcap, &err);
+  if (r == NB_ERROR) {
+    s->werr = err;
+    return sb_push_errno(L, NULL, s->werr);
   }
-  size_t rem = len - done;
-  if (rem > 0) {
-    if (rem > s->wcap || s->olen > s->wcap - rem) {
-      stream_release(s);
-      return push_fail(L, "write buffer full");
-    }
-    if (out_reserve(s, rem) != 0) {
-      stream_release(s);
-      return push_fail(L, "out of memory");
-    }
-    memcpy(s->obuf + s->ooff + s->olen, data + done, rem);
-    s->olen += rem;
+  if (r == NB_FULL || r == NB_NOMEM) {
+    stream_release(s);
+    return push_fail(L, r == NB_FULL ? "write buffer full" : "out of memory");
+  }
+  if (r > 0) {
     pin_value(L, 1, &s->self_ref);
     ev_io_start(sb_loop(), &s->wio);
   }
@@ -1148,8 +994,8 @@ stream_flush(lua_State *L)
   Stream *s = check_stream(L);
   double timeout = luaL_optnumber(L, 2, -1.);
   if (s->werr)
-    return push_errno(L, NULL, s->werr);
-  if (s->olen == 0) {
+    return sb_push_errno(L, NULL, s->werr);
+  if (s->out.len == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -1181,7 +1027,7 @@ stream_peercred(lua_State *L)
   struct ucred cred;
   socklen_t len = sizeof cred;
   if (getsockopt(s->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
-    return push_errno(L, "peercred", errno);
+    return sb_push_errno(L, "peercred", errno);
   lua_pushinteger(L, cred.pid);
   lua_pushinteger(L, cred.uid);
   lua_pushinteger(L, cred.gid);
@@ -1242,7 +1088,7 @@ l_connect(lua_State *L)
   if (fd < 0) {
     free(s->caddr);
     s->caddr = NULL;
-    return push_errno(L, "socket", errno);
+    return sb_push_errno(L, "socket", errno);
   }
   stream_attach(s, fd, 0);
   int err = try_connect(s);
@@ -1253,7 +1099,7 @@ l_connect(lua_State *L)
   }
   if (err != EINPROGRESS && err != EAGAIN) {
     stream_release(s);
-    return push_errno(L, "connect", err);
+    return sb_push_errno(L, "connect", err);
   }
   if (!lua_isyieldable(L)) {
     stream_release(s);
@@ -1281,7 +1127,7 @@ l_stream(lua_State *L)
   Stream *s = stream_new(L);
   int flags = fcntl((int)fd, F_GETFL);
   if (flags < 0 || fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) < 0)
-    return push_errno(L, "stream", errno);
+    return sb_push_errno(L, "stream", errno);
   stream_attach(s, (int)fd, fd <= 2);
   if (fd <= 2)
     s->oflags = flags;
@@ -1297,9 +1143,7 @@ l_stream(lua_State *L)
 */
 
 typedef struct {
-  ev_io io;
-  ev_timer backoff;             /* accept paused after EMFILE and co. */
-  int fd;
+  NbListener ln;                /* ln.fd: -1 once closed */
   int fn_ref;
   int self_ref;
   char *path;
@@ -1310,12 +1154,9 @@ typedef struct {
 static void
 listener_release(Listener *li)
 {
-  if (li->fd < 0)
+  if (li->ln.fd < 0)
     return;
-  ev_io_stop(sb_loop(), &li->io);
-  ev_timer_stop(sb_loop(), &li->backoff);
-  close(li->fd);
-  li->fd = -1;
+  nb_listener_close(&li->ln);
   if (li->path != NULL) {
     struct stat st;             /* unlink only the file we bound */
     if (lstat(li->path, &st) == 0 && S_ISSOCK(st.st_mode)
@@ -1324,57 +1165,39 @@ listener_release(Listener *li)
     free(li->path);
     li->path = NULL;
   }
-  unref(&li->fn_ref);
-  unref(&li->self_ref);
+  sb_unref(&li->fn_ref);
+  sb_unref(&li->self_ref);
 }
 
 static void
 accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
+  (void)loop;
   (void)revents;
   Listener *li = w->data;
   lua_State *L = sb_main();
-  anchor(li->self_ref);
-  for (int i = 0; i < 64 && li->fd >= 0; i++) {
+  sb_anchor(li->self_ref);
+  for (int i = 0; i < NB_ACCEPT_BATCH && li->ln.fd >= 0; i++) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, li->fn_ref);
     Stream *s = stream_new(L);
-    int fd = accept4(li->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = nb_accept(&li->ln, NULL, NULL);
     if (fd < 0) {
-      int err = errno;
       lua_pop(L, 2);
-      if (err == EINTR || err == ECONNABORTED)
+      if (fd == NB_RETRY)
         continue;
-      if (err == EAGAIN || err == EWOULDBLOCK)
-        break;
-      char msg[160];
-      snprintf(msg, sizeof msg, "listener: accept: %s (pausing 0.5 s)",
-               strerror(err));
-      sb_report_error(msg);
-      ev_io_stop(loop, &li->io);
-      ev_timer_set(&li->backoff, 0.5, 0.);
-      ev_timer_start(loop, &li->backoff);
       break;
     }
     stream_attach(s, fd, 0);
     sb_spawn(L, 1);
   }
-  unanchor();
-}
-
-static void
-backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-  (void)revents;
-  Listener *li = w->data;
-  if (li->fd >= 0)
-    ev_io_start(loop, &li->io);
+  sb_unanchor();
 }
 
 static Listener *
 check_listener(lua_State *L)
 {
   Listener *li = luaL_checkudata(L, 1, LISTENER_MT);
-  if (li->fd < 0)
+  if (li->ln.fd < 0)
     luaL_error(L, "attempt to use a closed listener");
   return li;
 }
@@ -1389,7 +1212,7 @@ listener_close(lua_State *L)
 static int
 listener_fd(lua_State *L)
 {
-  lua_pushinteger(L, check_listener(L)->fd);
+  lua_pushinteger(L, check_listener(L)->ln.fd);
   return 1;
 }
 
@@ -1403,7 +1226,7 @@ listener_path(lua_State *L)
 static int
 listener_closed(lua_State *L)
 {
-  lua_pushboolean(L, ((Listener *)luaL_checkudata(L, 1, LISTENER_MT))->fd < 0);
+  lua_pushboolean(L, ((Listener *)luaL_checkudata(L, 1, LISTENER_MT))->ln.fd < 0);
   return 1;
 }
 
@@ -1432,11 +1255,8 @@ l_listen(lua_State *L)
   luaL_argcheck(L, backlog > 0 && backlog <= 65535, 4, "invalid backlog");
   Listener *li = lua_newuserdatauv(L, sizeof *li, 0);
   memset(li, 0, sizeof *li);
-  li->fd = -1;
+  nb_listener_init(&li->ln, accept_cb, li, "listener");
   li->fn_ref = li->self_ref = LUA_NOREF;
-  ev_io_init(&li->io, accept_cb, 0, EV_READ);
-  ev_timer_init(&li->backoff, backoff_cb, 0., 0.);
-  li->io.data = li->backoff.data = li;
   luaL_setmetatable(L, LISTENER_MT);
 
   struct sockaddr_un addr;
@@ -1453,9 +1273,9 @@ l_listen(lua_State *L)
     if (socket_is_live(&addr))
       return push_fail(L, "socket is in use by another server");
     if (unlink(path) != 0)
-      return push_errno(L, "unlink stale socket", errno);
+      return sb_push_errno(L, "unlink stale socket", errno);
   } else if (errno != ENOENT) {
-    return push_errno(L, "stat", errno);
+    return sb_push_errno(L, "stat", errno);
   }
 
   char *pcopy = strdup(path);
@@ -1464,9 +1284,9 @@ l_listen(lua_State *L)
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     free(pcopy);
-    return push_errno(L, "socket", errno);
+    return sb_push_errno(L, "socket", errno);
   }
-  li->fd = fd;
+  li->ln.fd = fd;
   /* bind with no permission at all, then chmod: never wider than mode */
   mode_t old = umask(0777);
   int r = bind(fd, (struct sockaddr *)&addr, sizeof addr);
@@ -1475,7 +1295,7 @@ l_listen(lua_State *L)
   if (r != 0) {
     free(pcopy);
     listener_release(li);
-    return push_errno(L, "bind", err);
+    return sb_push_errno(L, "bind", err);
   }
   li->path = pcopy;
   if (lstat(path, &st) == 0) {
@@ -1485,17 +1305,16 @@ l_listen(lua_State *L)
   if (chmod(path, (mode_t)mode) != 0) {
     err = errno;
     listener_release(li);
-    return push_errno(L, "chmod", err);
+    return sb_push_errno(L, "chmod", err);
   }
   if (listen(fd, (int)backlog) != 0) {
     err = errno;
     listener_release(li);
-    return push_errno(L, "listen", err);
+    return sb_push_errno(L, "listen", err);
   }
   pin_value(L, 3, &li->fn_ref);
   pin_value(L, -1, &li->self_ref);
-  ev_io_set(&li->io, fd, EV_READ);
-  ev_io_start(sb_loop(), &li->io);
+  nb_listener_start(&li->ln);
   return 1;
 }
 

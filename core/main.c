@@ -60,17 +60,6 @@ harden(void)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
-static int
-traceback(lua_State *L)
-{
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL)
-    msg = lua_pushfstring(L, "(error object is a %s value)",
-                          luaL_typename(L, 1));
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -112,7 +101,7 @@ main(int argc, char **argv)
   }
   lua_setglobal(L, "arg");
 
-  lua_pushcfunction(L, traceback);
+  lua_pushcfunction(L, sb_traceback);
   char script[PATH_MAX + 16];
   snprintf(script, sizeof script, "%s/runtime.lua", root);
   int rc = 1;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core.h"
+#include "netbuf.h"
 
 static lua_State *main_L = NULL;
 
@@ -52,6 +53,51 @@ sb_pin(lua_State *L)
 {
   lua_pushthread(L);
   return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void
+sb_unref(int *ref)
+{
+  if (*ref != LUA_NOREF && *ref != LUA_REFNIL)
+    luaL_unref(main_L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+void
+sb_anchor(int ref)
+{
+  lua_checkstack(main_L, 8);
+  if (ref != LUA_NOREF)
+    lua_rawgeti(main_L, LUA_REGISTRYINDEX, ref);
+  else
+    lua_pushnil(main_L);
+}
+
+void
+sb_unanchor(void)
+{
+  lua_pop(main_L, 1);
+}
+
+int
+sb_push_errno(lua_State *L, const char *what, int err)
+{
+  char msg[256];
+  nb_errmsg(msg, sizeof msg, what, err);
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+int
+sb_traceback(lua_State *L)
+{
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL)
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  return 1;
 }
 
 /* Hand msg to the Lua error handler (called on L, which is running), or
