@@ -14,6 +14,13 @@ describe("admin CLI", function()
   setup(function() srv = H.server() end)
   teardown(function() srv.stop() end)
 
+  it("listens with the admin socket at mode 0600 and the agent socket at 0660", function()
+    local lfs = require("lfs")
+    assert.equal("rw-------", lfs.attributes(srv.admin_socket, "permissions"))
+    assert.equal("rw-rw----", lfs.attributes(srv.agent_socket, "permissions"))
+    assert.equal("rw-------", lfs.attributes(srv.dir .. "/data/master.key", "permissions"))
+  end)
+
   it("adds and lists tenants and agents, shows the token once and stores only its hash", function()
     local t, code = srv.admin("tenant add globex")
     assert.equal(0, code)
