@@ -278,6 +278,36 @@ function M.collect(client, product, path, query, key, limit, keep, max_pages)
 end
 
 ---------------------------------------------------------------------------
+-- history listings (messages, calls): newest first, within a window the
+-- arguments give. A listing is described once:
+--   { path = "Messages.json", key = "messages",      the account's resource
+--     after = "date_sent_after", before = "date_sent_before",  argument names
+--     param = "DateSent", field = "date_sent" }      Twilio's filter, item time
+
+-- The window of a listing's arguments (M.window): w, or nil, message.
+function M.args_window(args, listing)
+  return M.window(args[listing.after], args[listing.before], listing.after, listing.before)
+end
+
+-- At most args.limit items of the listing that match `filters` (Twilio
+-- query parameters) and the window. Returns items, more or nil, err (as
+-- M.collect).
+function M.list_window(ctx, args, listing, filters)
+  local c = ctx.twilio
+  local w = assert(M.args_window(args, listing))
+  -- Twilio filters by whole UTC days; the exact instants are kept here
+  local q = M.window_query(w, listing.param, filters)
+  local keep
+  if w.after or w.before then
+    keep = function(m) return M.in_window(w, M.parse_time(m[listing.field]) or M.parse_time(m.date_created)) end
+  end
+  -- one page holds the whole limit, or 100 when the exact window is kept here;
+  -- tool_settings.<tool>.page_size makes pages smaller
+  q.PageSize = math.min(tonumber(ctx.settings.page_size) or 1000, keep and 100 or args.limit)
+  return M.collect(c, "api", c:acct(listing.path), q, listing.key, args.limit, keep)
+end
+
+---------------------------------------------------------------------------
 -- Twilio's error codes: what happened, and what the agent should do
 
 -- code → { sentence, hint }

@@ -9,6 +9,10 @@ local ACTIONS = {
   get_recordings = { call_sid = true },
 }
 
+-- list_recent: the account's calls, the window on the start time
+local LISTING = { path = "Calls.json", key = "calls", after = "start_time_after",
+                  before = "start_time_before", param = "StartTime", field = "start_time" }
+
 local function call_view(m, full)
   local out = {
     sid = T.str(m.sid), from = T.str(m.from), to = T.str(m.to), direction = T.str(m.direction),
@@ -33,18 +37,7 @@ local CALL_PROPS = {
 }
 
 local function list_recent(ctx, args)
-  local c = ctx.twilio
-  local w = assert(T.window(args.start_time_after, args.start_time_before, "start_time_after", "start_time_before"))
-  -- Twilio filters by whole UTC days; the exact instants are kept here
-  local q = T.window_query(w, "StartTime", { To = args.to, From = args.from })
-  local keep
-  if w.after or w.before then
-    keep = function(m) return T.in_window(w, T.parse_time(m.start_time) or T.parse_time(m.date_created)) end
-  end
-  -- one page holds the whole limit, or 100 when the exact window is kept here;
-  -- tool_settings.<tool>.page_size makes pages smaller
-  q.PageSize = math.min(tonumber(ctx.settings.page_size) or 1000, keep and 100 or args.limit)
-  local items, more = T.collect(c, "api", c:acct("Calls.json"), q, "calls", args.limit, keep)
+  local items, more = T.list_window(ctx, args, LISTING, { To = args.to, From = args.from })
   if not items then return nil, T.failure(more) end
   local out = {}
   for i, m in ipairs(items) do out[i] = call_view(m) end
@@ -167,7 +160,7 @@ return {
     local ok, err = T.only(args, ACTIONS[args.action], args.action, { limit = 20 })
     if not ok then return nil, err end
     if args.action == "list_recent" then
-      local _, werr = T.window(args.start_time_after, args.start_time_before, "start_time_after", "start_time_before")
+      local _, werr = T.args_window(args, LISTING)
       if werr then return nil, werr end
     elseif not args.call_sid then
       return nil, ("`call_sid` is required for action \"%s\""):format(args.action)

@@ -9,6 +9,10 @@ local ACTIONS = {
   get_media = { message_sid = true },
 }
 
+-- search: the account's messages, the window on the date sent
+local LISTING = { path = "Messages.json", key = "messages", after = "date_sent_after",
+                  before = "date_sent_before", param = "DateSent", field = "date_sent" }
+
 local function address_ok(s)
   return T.is_e164(s) or (s:sub(1, 9) == "whatsapp:" and T.is_e164(s:sub(10)))
 end
@@ -18,18 +22,7 @@ local function message_sid_ok(s)
 end
 
 local function search(ctx, args)
-  local c = ctx.twilio
-  local w = assert(T.window(args.date_sent_after, args.date_sent_before, "date_sent_after", "date_sent_before"))
-  -- Twilio filters by whole UTC days; the exact instants are kept here
-  local q = T.window_query(w, "DateSent", { To = args.to, From = args.from })
-  local keep
-  if w.after or w.before then
-    keep = function(m) return T.in_window(w, T.parse_time(m.date_sent) or T.parse_time(m.date_created)) end
-  end
-  -- one page holds the whole limit, or 100 when the exact window is kept here;
-  -- tool_settings.<tool>.page_size makes pages smaller
-  q.PageSize = math.min(tonumber(ctx.settings.page_size) or 1000, keep and 100 or args.limit)
-  local items, more = T.collect(c, "api", c:acct("Messages.json"), q, "messages", args.limit, keep)
+  local items, more = T.list_window(ctx, args, LISTING, { To = args.to, From = args.from })
   if not items then return nil, T.failure(more) end
   local out = {}
   for i, m in ipairs(items) do out[i] = T.message_view(m) end
@@ -180,7 +173,7 @@ return {
             .. " for WhatsApp) (got %q)"):format(k, args[k])
         end
       end
-      local _, werr = T.window(args.date_sent_after, args.date_sent_before, "date_sent_after", "date_sent_before")
+      local _, werr = T.args_window(args, LISTING)
       if werr then return nil, werr end
     else
       if not args.message_sid then
