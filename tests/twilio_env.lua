@@ -171,6 +171,17 @@ function TW.session(srv, token)
   return c
 end
 
+-- Run fn(c) inside H.async with an initialized session (closed after);
+-- returns what fn returns.
+function TW.with(srv, token, fn, timeout)
+  return H.async(function()
+    local c = TW.session(srv, token)
+    local out = table.pack(fn(c))
+    c:close()
+    return table.unpack(out, 1, out.n)
+  end, timeout or 30)
+end
+
 -- A tools/call; returns the CallToolResult (raises on a JSON-RPC error).
 function TW.call(c, name, args, timeout)
   c.id = c.id + 1
@@ -198,6 +209,19 @@ function TW.audit(srv)
     if type(r.detail) == "string" then r.detail = json.decode(r.detail) end
   end
   return rows
+end
+
+-- The latest audit record of a call of `tool`, waiting up to 5 s for it.
+function TW.audit_last(srv, tool)
+  local row
+  H.wait_for(function()
+    local rows = TW.audit(srv)
+    for i = #rows, 1, -1 do
+      if rows[i].tool == tool then row = rows[i] return true end
+    end
+    return false
+  end, 5, "the audit record of " .. tool)
+  return row
 end
 
 -- The write-ahead send records, oldest first.

@@ -29,12 +29,7 @@ describe("Twilio retries and unknown outcomes", function()
   end)
 
   local function with(fn, timeout)
-    return H.async(function()
-      local c = TW.session(srv, token)
-      local out = table.pack(fn(c))
-      c:close()
-      return table.unpack(out, 1, out.n)
-    end, timeout or 30)
+    return TW.with(srv, token, fn, timeout)
   end
 
   -- Run fn; return its result and the Twilio requests it caused on `pattern`.
@@ -46,18 +41,6 @@ describe("Twilio retries and unknown outcomes", function()
       if q.path:find(pattern) then out[#out + 1] = q end
     end
     return r, out
-  end
-
-  local function audit_last(tool)
-    local row
-    H.wait_for(function()
-      local rows = TW.audit(srv)
-      for i = #rows, 1, -1 do
-        if rows[i].tool == tool then row = rows[i] return true end
-      end
-      return false
-    end, 5, "the audit record of " .. tool)
-    return row
   end
 
   local function statuses(reqs)
@@ -82,7 +65,7 @@ describe("Twilio retries and unknown outcomes", function()
       assert.truthy(gap >= 0 and gap <= 0.1 * 2 ^ (n - 1) + 0.25,
         ("wait %d was %.3f s"):format(n, gap))
     end
-    local a = audit_last("twilio_send_sms")
+    local a = TW.audit_last(srv, "twilio_send_sms")
     assert.equal("sent", a.outcome)
     assert.equal(3, a.retries)
     -- one message exists, not four
@@ -123,7 +106,7 @@ describe("Twilio retries and unknown outcomes", function()
     assert.is_true(r.data.rate_limited)
     assert.equal("failed", r.data.outcome)
     assert.same({ 429, 429, 429, 429 }, statuses(reqs))
-    local a = audit_last("twilio_send_sms")
+    local a = TW.audit_last(srv, "twilio_send_sms")
     assert.equal("failed", a.outcome)
     assert.equal(3, a.retries)
     local sends = TW.sends(srv)
@@ -161,7 +144,7 @@ describe("Twilio retries and unknown outcomes", function()
     assert.truthy(r.text:find("wait at least 10 minutes", 1, true), r.text)
     assert.same({ 429 }, statuses(reqs))
     assert.equal("failed", r.data.outcome)
-    local a = audit_last("twilio_verify_phone")
+    local a = TW.audit_last(srv, "twilio_verify_phone")
     assert.equal("failed", a.outcome)
     assert.equal(0, a.retries)
   end)
@@ -197,7 +180,7 @@ describe("Twilio retries and unknown outcomes", function()
     assert.equal("unknown", r.data.outcome)
     assert.equal(1, #reqs)
     assert.equal("timeout", reqs[1].fault)
-    local a = audit_last("twilio_send_sms")
+    local a = TW.audit_last(srv, "twilio_send_sms")
     assert.equal("unknown", a.outcome)
     local sends = TW.sends(srv)
     assert.equal("unknown", sends[#sends].status)
@@ -220,7 +203,7 @@ describe("Twilio retries and unknown outcomes", function()
     assert.is_true(r.isError)
     assert.truthy(r.text:find("outcome is unknown", 1, true), r.text)
     assert.same({ 500 }, statuses(reqs))
-    assert.equal("unknown", audit_last("twilio_send_sms").outcome)
+    assert.equal("unknown", TW.audit_last(srv, "twilio_send_sms").outcome)
   end)
 
   it("reports a 5xx on a read as Twilio's error, without retrying", function()

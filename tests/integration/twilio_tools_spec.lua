@@ -41,12 +41,7 @@ describe("Twilio tools through the agent socket", function()
 
   -- Run fn(c) with an initialized session of tenant `who` (default acme).
   local function with(fn, who, timeout)
-    return H.async(function()
-      local c = TW.session(srv, tokens[who or "acme"])
-      local out = table.pack(fn(c))
-      c:close()
-      return table.unpack(out, 1, out.n)
-    end, timeout or 30)
+    return TW.with(srv, tokens[who or "acme"], fn, timeout)
   end
 
   local function is_error(r, ...)
@@ -62,23 +57,21 @@ describe("Twilio tools through the agent socket", function()
     return r.data
   end
 
+  -- Each case { args, text } of `tool` is refused with text in the error,
+  -- and none of them reaches Twilio.
+  local function refuses(c, tool, cases)
+    local before = sim.last()
+    for _, case in ipairs(cases) do
+      is_error(TW.call(c, tool, case[1]), case[2])
+    end
+    assert.equal(0, #sim.requests(before))
+  end
+
   -- the Twilio requests made by fn (run inside H.async)
   local function requests_of(fn)
     local before = sim.last()
     local r = fn()
     return r, (sim.requests(before))
-  end
-
-  local function audit_last(tool)
-    local row
-    H.wait_for(function()
-      local rows = TW.audit(srv)
-      for i = #rows, 1, -1 do
-        if rows[i].tool == tool then row = rows[i] return true end
-      end
-      return false
-    end, 5, "the audit record of " .. tool)
-    return row
   end
 
   describe("the tool list", function()
@@ -144,7 +137,7 @@ describe("Twilio tools through the agent socket", function()
       assert.equal(ACCT .. "/Messages.json", reqs[1].path)
       assert.same({ To = S.ANA, From = S.DEFAULT, Body = "Your appointment is tomorrow at 10:00." }, reqs[1].form)
       assert.equal(S.MAIN[1], reqs[1].auth)
-      local a = audit_last("twilio_send_sms")
+      local a = TW.audit_last(srv, "twilio_send_sms")
       assert.equal("sent", a.outcome)
       assert.equal(d.sid, a.detail.sid)
       assert.equal("queued", a.detail.status)
@@ -194,11 +187,7 @@ describe("Twilio tools through the agent socket", function()
           { { to = S.ANA, body = "hi", from = S.DEFAULT }, "`from` is not a known argument" },
           { { to = S.ANA, body = 5 }, "`body` must be a string" },
         }
-        local before = sim.last()
-        for _, case in ipairs(cases) do
-          is_error(TW.call(c, "twilio_send_sms", case[1]), case[2])
-        end
-        assert.equal(0, #sim.requests(before))
+        refuses(c, "twilio_send_sms", cases)
       end)
     end)
 
@@ -209,7 +198,7 @@ describe("Twilio tools through the agent socket", function()
         assert.equal(21610, r.data.error.code)
         assert.truthy(r.data.error.more_info:find("21610", 1, true))
         assert.equal("failed", r.data.outcome)
-        local a = audit_last("twilio_send_sms")
+        local a = TW.audit_last(srv, "twilio_send_sms")
         assert.equal("failed", a.outcome)
         assert.equal(21610, a.detail.error_code)
         -- the opt-out is remembered: the next attempt does not reach Twilio
@@ -235,7 +224,7 @@ describe("Twilio tools through the agent socket", function()
       end, "voice")
       is_error(r, "No phone number configured", "--default-number")
       assert.equal(0, #reqs)
-      assert.equal("failed", audit_last("twilio_send_sms").outcome)
+      assert.equal("failed", TW.audit_last(srv, "twilio_send_sms").outcome)
     end)
 
     it("is held for a person while autonomous sends are off", function()
@@ -286,7 +275,7 @@ describe("Twilio tools through the agent socket", function()
         is_error(r, "24-hour window", "template_sid", "(error 63016)")
         assert.equal(63016, r.data.error.code)
         assert.equal("failed", r.data.outcome)
-        assert.equal("failed", audit_last("twilio_send_whatsapp").outcome)
+        assert.equal("failed", TW.audit_last(srv, "twilio_send_whatsapp").outcome)
       end)
     end)
 
@@ -307,7 +296,6 @@ describe("Twilio tools through the agent socket", function()
 
     it("needs exactly one of body and template_sid, and checks each argument", function()
       with(function(c)
-        local before = sim.last()
         local cases = {
           { { to = S.ANA, body = "hi", template_sid = S.TEMPLATE }, "exactly one of `body`" },
           { { to = S.ANA }, "exactly one of `body`" },
@@ -321,10 +309,7 @@ describe("Twilio tools through the agent socket", function()
           { { body = "hi" }, "`to` is required" },
           { { to = S.ANA, body = ("a"):rep(1601) }, "at most 1600 characters" },
         }
-        for _, case in ipairs(cases) do
-          is_error(TW.call(c, "twilio_send_whatsapp", case[1]), case[2])
-        end
-        assert.equal(0, #sim.requests(before))
+        refuses(c, "twilio_send_whatsapp", cases)
       end)
     end)
 
@@ -422,7 +407,6 @@ describe("Twilio tools through the agent socket", function()
 
     it("checks each argument against the action", function()
       with(function(c)
-        local before = sim.last()
         local cases = {
           { {}, "`action` is required" },
           { { action = "delete" }, "`action` must be one of" },
@@ -439,10 +423,7 @@ describe("Twilio tools through the agent socket", function()
           { { action = "search", date_sent_after = "2026-11-05", date_sent_before = "2026-11-01" },
             "`date_sent_after` (2026-11-05) is later than `date_sent_before`" },
         }
-        for _, case in ipairs(cases) do
-          is_error(TW.call(c, "twilio_search_messages", case[1]), case[2])
-        end
-        assert.equal(0, #sim.requests(before))
+        refuses(c, "twilio_search_messages", cases)
       end)
     end)
 
@@ -602,7 +583,6 @@ describe("Twilio tools through the agent socket", function()
 
     it("checks each argument against the action", function()
       with(function(c)
-        local before = sim.last()
         local cases = {
           { { action = "place_call" }, "`action` must be one of" },
           { { action = "get_details" }, "`call_sid` is required for action \"get_details\"" },
@@ -615,10 +595,7 @@ describe("Twilio tools through the agent socket", function()
             "is later than" },
           { { action = "list_recent", start_time_before = "11/30/2026" }, "`start_time_before` must be an ISO 8601" },
         }
-        for _, case in ipairs(cases) do
-          is_error(TW.call(c, "twilio_manage_calls", case[1]), case[2])
-        end
-        assert.equal(0, #sim.requests(before))
+        refuses(c, "twilio_manage_calls", cases)
       end)
     end)
   end)
@@ -640,7 +617,7 @@ describe("Twilio tools through the agent socket", function()
         assert.truthy(d.sid:match("^VE%x+$"))
         assert.equal("/v2/Services/" .. S.VERIFY .. "/Verifications", reqs[1].path)
         assert.same({ To = S.ANA, Channel = "sms" }, reqs[1].form)
-        assert.equal("sent", audit_last("twilio_verify_phone").outcome)
+        assert.equal("sent", TW.audit_last(srv, "twilio_verify_phone").outcome)
         r = TW.call(c, "twilio_verify_phone", { action = "check_code", to = S.ANA, code = "000000" })
         d = ok(r)
         assert.is_false(d.approved)
@@ -655,7 +632,7 @@ describe("Twilio tools through the agent socket", function()
         assert.same({ To = S.ANA, Code = code }, reqs[1].form)
         assert.equal("/v2/Services/" .. S.VERIFY .. "/VerificationCheck", reqs[1].path)
         -- the code is never stored in the audit trail
-        local a = audit_last("twilio_verify_phone")
+        local a = TW.audit_last(srv, "twilio_verify_phone")
         assert.falsy(json.encode(a):find(code, 1, true))
         -- used up: a new code is needed
         r = TW.call(c, "twilio_verify_phone", { action = "check_code", to = S.ANA, code = code })
@@ -814,7 +791,6 @@ describe("Twilio tools through the agent socket", function()
 
     it("checks dates, category and the arguments of each action", function()
       with(function(c)
-        local before = sim.last()
         local cases = {
           { { action = "usage_summary", start_date = "2026-11-20", end_date = "2026-11-10" },
             "`start_date` (2026-11-20) is after `end_date` (2026-11-10)" },
@@ -826,10 +802,7 @@ describe("Twilio tools through the agent socket", function()
           { { action = "list_phone_numbers", start_date = "2026-11-01" }, "`start_date` is not used" },
           { {}, "`action` is required" },
         }
-        for _, case in ipairs(cases) do
-          is_error(TW.call(c, "twilio_account_overview", case[1]), case[2])
-        end
-        assert.equal(0, #sim.requests(before))
+        refuses(c, "twilio_account_overview", cases)
       end)
     end)
   end)
