@@ -60,6 +60,14 @@ harden(void)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+static int
+panic(lua_State *L)
+{
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "switchboard: unprotected Lua error: %s\n", msg ? msg : "?");
+  return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -71,11 +79,12 @@ main(int argc, char **argv)
   harden();
   signal(SIGPIPE, SIG_IGN);
 
-  lua_State *L = luaL_newstate();
+  lua_State *L = lua_newstate(sb_alloc, NULL);
   if (L == NULL) {
     fprintf(stderr, "switchboard: cannot create the Lua state\n");
     return 1;
   }
+  lua_atpanic(L, panic);
   sb_set_main(L);
   luaL_openlibs(L);
   preload(L, "core.loop", luaopen_core_loop);
@@ -83,6 +92,7 @@ main(int argc, char **argv)
   preload(L, "core.vault", luaopen_core_vault);
   preload(L, "core.store", luaopen_core_store);
   preload(L, "core.httpd", luaopen_core_httpd);
+  preload(L, "core.mem", luaopen_core_mem);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");

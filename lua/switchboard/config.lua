@@ -23,6 +23,7 @@ local spec = {
     call_seconds = { type = "number", default = 120, min = 1 },
     calls_per_connection = { type = "integer", default = 32, min = 1 },
     policy_instructions = { type = "integer", default = 1000000, min = 1000 },
+    policy_memory = { type = "integer", default = 8388608, min = 65536 },
     result_bytes = { type = "integer", default = 4194304, min = 1024 },
   } },
   log = { type = "table", fields = {

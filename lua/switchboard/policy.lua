@@ -4,6 +4,7 @@
 -- may only build the policy table. Decisions: allow, flag, hold,
 -- escalate, deny. A set that fails to load never replaces the one in force.
 local lfs = require("lfs")
+local mem = require("core.mem")
 
 local M = {}
 M.__index = M
@@ -96,15 +97,29 @@ local function sandbox_env(settings)
 end
 
 -- Run fn(...) under an instruction budget on the running coroutine.
+-- Run fn(arg) under an instruction budget (a count hook on the running
+-- coroutine) and a memory ceiling (core.mem: at most `memory` more bytes
+-- while it runs). Returns pcall's results.
+local memory_ceiling = 8 * 1048576
 local function budgeted(budget, what, fn, arg)
   local co = coroutine.running()
   debug.sethook(co, function()
     debug.sethook(co)
     error(("%s exceeded its budget of %d instructions"):format(what, budget), 2)
   end, "", budget)
+  mem.limit(memory_ceiling)
   local ok, res = pcall(fn, arg)
+  mem.limit()
   debug.sethook(co)
+  if not ok and res == "not enough memory" then
+    res = ("%s exceeded its memory ceiling of %d bytes"):format(what, memory_ceiling)
+  end
   return ok, res
+end
+
+-- The memory a policy may allocate while it runs (limits.policy_memory).
+function M.set_memory_ceiling(bytes)
+  memory_ceiling = bytes
 end
 
 local function check_policy(p, file)

@@ -55,6 +55,7 @@ end
 
 -- Load tools and policies; on failure keep what is in force.
 function M:load_code()
+  policy.set_memory_ceiling(self.cfg.limits.policy_memory)
   local reg, err = registry.load(self:tool_dirs())
   if not reg then return nil, "tools: " .. err end
   local pol, perr = policy.load(self.cfg.policy_dir, self.cfg.policy_settings,

@@ -194,6 +194,9 @@ describe("policies", function()
     globals = "return { name='x', priority=1, check=function() allow = nil return allow() end }",
     load = "return { name='x', priority=1, check=function() load('return 1')() return allow() end }",
     loop = "return { name='x', priority=1, check=function() while true do end end }",
+    memory = "return { name='x', priority=1, check=function() local s = ('x'):rep(1e9) return allow() end }",
+    growth = "return { name='x', priority=1, check=function() local t = {} for i = 1, 1e7 do t[i] = i end"
+      .. " return allow() end }",
   }
   for what, src in pairs(escapes) do
     it("fails closed on a sandbox escape attempt: " .. what, function()
