@@ -112,11 +112,9 @@ function M.run(rt, call)
   end
   local flagged = {}
   for _, f in ipairs(d.flags or {}) do flagged[#flagged + 1] = f.policy .. ": " .. f.reason end
-  -- an approved escalation runs past the hold or escalation that raised it
-  if call.approved_by and (d.decision == "hold" or d.decision == "escalate") then
-    rec.approved_past = { policy = d.policy, reason = d.reason }
-    d = { decision = "allow", ran = d.ran, flags = d.flags }
-  end
+  -- an approved escalation ran past the holds and escalations (evaluate
+  -- went on through the whole chain: a deny still refuses)
+  if d.passed and #d.passed > 0 then rec.approved_past = d.passed end
   if d.decision == "deny" then
     return finish(result(("Refused by policy %s: %s"):format(d.policy, d.reason), nil, true),
       "deny", "denied", { policy = d.policy, reason = d.reason })
@@ -158,7 +156,11 @@ function M.run(rt, call)
     end
     ctx.connection, ctx[tool.connection], ctx.tenant_row = conn, client, tenant_row
   end
+  if conn and view.writes and type(args.to) == "string" then
+    ctx.send_claim = sends.claim(s.tenant.id, args.to)
+  end
   local ok, res, herr = pcall(tool.handler, ctx, args)
+  if ctx.send_claim then ctx.send_claim() end
   if cred then
     cred:close()
     local client = ctx[tool.connection]

@@ -209,12 +209,15 @@ local function applies(p, call)
 end
 
 -- Evaluate the chain for a call view (a plain table; policies get it
--- read-only). Returns { decision, reason, policy, flags = {…}, ran = {…} }.
--- The first deny, escalate or hold ends the chain; flags accumulate. A
--- policy that fails or returns garbage denies (fail closed).
+-- read-only). Returns { decision, reason, policy, flags = {…}, ran = {…},
+-- passed = {…} }. The first deny, escalate or hold ends the chain; flags
+-- accumulate. For a call a person approved (call.approved), holds and
+-- escalations are noted in `passed` and the chain goes on, so every later
+-- policy still runs and a deny still refuses. A policy that fails or
+-- returns garbage denies (fail closed).
 function M:evaluate(call)
   local view
-  local flags, ran = {}, {}
+  local flags, ran, passed = {}, {}, {}
   for _, p in ipairs(self.list) do
     if applies(p, call) then
       view = view or readonly(call, "call")
@@ -232,12 +235,15 @@ function M:evaluate(call)
       end
       if d.decision == "flag" then
         flags[#flags + 1] = { policy = p.name, reason = d.reason }
+      elseif call.approved and (d.decision == "hold" or d.decision == "escalate") then
+        passed[#passed + 1] = { policy = p.name, reason = d.reason }
       elseif d.decision ~= "allow" then
-        return { decision = d.decision, reason = d.reason, policy = p.name, flags = flags, ran = ran }
+        return { decision = d.decision, reason = d.reason, policy = p.name, flags = flags, ran = ran,
+                 passed = passed }
       end
     end
   end
-  return { decision = #flags > 0 and "flag" or "allow", flags = flags, ran = ran }
+  return { decision = #flags > 0 and "flag" or "allow", flags = flags, ran = ran, passed = passed }
 end
 
 function M:names()

@@ -57,31 +57,56 @@ function M.post(ctx, spec)
     .. " body_hash, status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
     tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action, spec.recipient,
     store.blob(sealed), M.body_hash(spec.text), now, os.time(), now)
+  if ctx.send_claim then ctx.send_claim() end
   if not id then
     return nil, { message = "the send could not be recorded, so it was not sent", unknown = false }
   end
   set_status(db, id, "in_flight")
   local body, err = ctx.twilio:post(spec.product, spec.path, spec.form)
   local outcome = settle(db, { id = id, tenant_id = tenant.id, recipient = spec.recipient }, body, err)
+  if outcome == "unknown" then M.reconcile_later(rt, id) end
   ctx.outcome = outcome
   ctx.audit_detail = { send_id = id, sid = body and body.sid or nil, status = body and body.status or nil,
                        error_code = err and err.code or nil, outcome = outcome }
   return body, err
 end
 
+-- Write calls that passed the policies and have no send record yet (their
+-- handler may wait on Twilio before it sends): counted with the records, so
+-- concurrent calls cannot all pass the same limit. tenant -> { total, [to] }.
+local claims = {}
+
+-- Claim a send to recipient; returns a release function (idempotent).
+-- sends.post releases it in the same step that writes the record.
+function M.claim(tenant_id, recipient)
+  local c = claims[tenant_id] or { total = 0, by = {} }
+  claims[tenant_id] = c
+  c.total = c.total + 1
+  c.by[recipient] = (c.by[recipient] or 0) + 1
+  local released = false
+  return function()
+    if released then return end
+    released = true
+    c.total = c.total - 1
+    c.by[recipient] = c.by[recipient] - 1
+    if c.by[recipient] == 0 then c.by[recipient] = nil end
+  end
+end
+
 -- What recipient and volume policies may ask (all scoped to the tenant).
 function M.policy_helpers(db, tenant_id)
+  local c = claims[tenant_id] or { total = 0, by = {} }
   return {
     recent_sends = function(recipient, seconds)
       local r = db:row("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ?"
         .. " AND created_unix >= ? AND status != 'failed'", tenant_id, recipient, os.time() - (seconds or 600))
-      return r and r.n or 0
+      return (r and r.n or 0) + (c.by[recipient] or 0)
     end,
     sends_today = function()
       local midnight = os.time() - os.time() % 86400
       local r = db:row("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ?"
         .. " AND status != 'failed'", tenant_id, midnight)
-      return r and r.n or 0
+      return (r and r.n or 0) + c.total
     end,
     opted_out = function(recipient)
       return db:row("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?", tenant_id, recipient) ~= nil
@@ -103,6 +128,28 @@ local function with_client(rt, tenant_id, fn)
   return table.unpack(res, 2, res.n)
 end
 
+-- Seconds since the epoch of a Twilio v2010 date ("Fri, 27 Nov 2026
+-- 07:20:25 +0000"), or nil.
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
+                 Oct = 10, Nov = 11, Dec = 12 }
+function M.rfc2822(s)
+  if type(s) ~= "string" then return nil end
+  local d, mon, y, h, mi, sec, sign, oh, om =
+    s:match("(%d+) (%a+) (%d+) (%d+):(%d+):(%d+) ([%+%-])(%d%d)(%d%d)")
+  local m = mon and MONTHS[mon]
+  if not m then return nil end
+  y, m, d = tonumber(y), m, tonumber(d)
+  -- days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant)
+  if m <= 2 then y = y - 1 end
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  local off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
+end
+
 local function day_of(created_unix)
   return os.date("!%Y-%m-%d", created_unix - 60)
 end
@@ -121,7 +168,12 @@ local function reconcile_one(rt, row)
     local items = c:list("api", c:acct("Messages.json"), { To = to, ["DateSent>"] = day_of(row.created_unix),
       PageSize = 100 }, "messages", 500)
     for _, m in ipairs(items or {}) do
-      if type(m.body) == "string" and M.body_hash(m.body) == row.body_hash then
+      -- the same text, created after this record was (a minute of clock
+      -- skew allowed), and not already another record's message
+      local created = M.rfc2822(m.date_created)
+      if type(m.body) == "string" and M.body_hash(m.body) == row.body_hash
+        and created and created >= row.created_unix - 60
+        and not rt.db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?", row.tenant_id, m.sid) then
         set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
         return true
       end
@@ -174,5 +226,20 @@ function M.recover(rt)
 end
 
 M.reconcile_one = reconcile_one
+
+M.RECONCILE_DELAY = 60
+
+-- An unknown send is looked for again a minute later (Twilio lists a
+-- message once it is created), not only at the next start.
+function M.reconcile_later(rt, id, delay)
+  loop.spawn(function()
+    loop.sleep(delay or M.RECONCILE_DELAY)
+    if rt.draining then return end
+    local row = rt.db:row("SELECT * FROM sends WHERE id = ? AND status = 'unknown'", id)
+    if not row then return end
+    local ok, err = pcall(reconcile_one, rt, row)
+    if not ok then log.warn("sends: reconciling send %d failed: %s", id, tostring(err)) end
+  end)
+end
 
 return M

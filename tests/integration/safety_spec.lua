@@ -282,6 +282,46 @@ describe("Safety Gateway and recipients", function()
     end)
   end)
 
+  it("runs every policy again on approval: an approved card hold to a premium-rate number is refused", function()
+    local r = send("Card 4111 1111 1111 1111 on file", "+19005550100")
+    assert.equal("held", r.data.status)
+    local before = H.async(function() return sim.last() end)
+    local a = srv.admin(("escalation approve %d --tenant gw"):format(r.data.escalation_id))
+    assert.is_true(a.result.is_error)
+    assert.truthy(a.result.text:find("premium-rate", 1, true), a.result.text)
+    assert.equal(before, H.async(function() return sim.last() end))
+  end)
+
+  it("counts concurrent sends against the per-recipient limit before any of them is recorded", function()
+    local to = "+14155550150"
+    local results = H.async(function()
+      local out, done, me = {}, 0, coroutine.running()
+      for i = 1, 6 do
+        loop.spawn(function()
+          local c = TW.session(srv, token)
+          out[i] = TW.call(c, "twilio_send_whatsapp", { to = to, template_sid = TW.SIM.TEMPLATE,
+            template_variables = { ["1"] = "Ana", ["2"] = "3pm" } })
+          c:close()
+          done = done + 1
+          if done == 6 then loop.wake(me) end
+        end)
+      end
+      if done < 6 then loop.wait() end
+      return out
+    end)
+    local sent, refused = 0, 0
+    for _, r in ipairs(results) do
+      if r.isError then
+        assert.truthy(r.text:find("at most 3 sends", 1, true), r.text)
+        refused = refused + 1
+      else
+        sent = sent + 1
+      end
+    end
+    assert.equal(3, sent)
+    assert.equal(3, refused)
+  end)
+
   it("flags an email address: sent, and marked in the audit record", function()
     local r = send("Write to ana@example.com", OTHER)
     assert.is_nil(r.isError, r.text)
