@@ -111,7 +111,11 @@ function M:flush()
     if ok then ok, err = db:commit() else db:rollback() end
   end
   if not ok then
-    log.error("audit: could not write %d records: %s", #q, tostring(err))
+    -- keep them, in order, ahead of what came since, and try again soon
+    for i = 1, #self.queue do q[#q + 1] = self.queue[i] end
+    self.queue = q
+    log.error("audit: could not write %d records (kept, retrying): %s", #q, tostring(err))
+    self:schedule(1000)
     return nil, err
   end
   self.last_id, self.last_hash = id, prev
