@@ -24,6 +24,12 @@ local UNAUTHORIZED = -32010 -- not -32001: the MCP SDK uses that for its own tim
 local Session = {}
 Session.__index = Session
 
+-- A request id as a table key: 1, 1.0 and "1" stay apart, 1 and 1.0 match.
+local function id_key(v)
+  if type(v) == "number" then return ("n:%.17g"):format(v) end
+  return "s:" .. tostring(v)
+end
+
 local function is_id(v)
   return type(v) == "string" or math.type(v) == "integer"
     or (type(v) == "number" and v == math.floor(v))
@@ -32,6 +38,10 @@ end
 function Session:send(msg)
   if self.closed then return end
   msg.jsonrpc = "2.0"
+  if self.batch and msg.id ~= nil then
+    self.batch[#self.batch + 1] = msg
+    return
+  end
   local ok, line = pcall(json.encode, msg)
   if not ok then
     log.error("mcp: could not encode a message: %s", line)
@@ -153,12 +163,15 @@ function handlers.call_tool(self, id, params)
   if args ~= nil and args ~= json.null and (type(args) ~= "table" or (next(args) ~= nil and rawget(args, 1) ~= nil)) then
     return self:fail(id, INVALID_PARAMS, "tools/call: params.arguments must be an object")
   end
+  if self.server.draining then
+    return self:fail(id, -32000, "the server is shutting down; try again shortly")
+  end
   local tool = self.server.registry:find(params.name, self.agent.groups, self.tenant.enabled)
   if not tool then
     return self:fail(id, INVALID_PARAMS, ("unknown tool: %s (tools/list shows the tools this agent may call)")
       :format(params.name))
   end
-  local key = tostring(id)
+  local key = id_key(id)
   if self.calls[key] then
     return self:fail(id, INVALID_REQUEST, "a request with this id is already in progress")
   end
@@ -206,7 +219,7 @@ end
 
 function handlers.cancelled(self, params)
   if type(params) ~= "table" or not is_id(params.requestId) then return end
-  local call = self.calls[tostring(params.requestId)]
+  local call = self.calls[id_key(params.requestId)]
   if call then
     call.cancelled = true
     log.info("mcp: connection %d: request %s cancelled by the client", self.n, tostring(params.requestId))
@@ -266,7 +279,15 @@ function Session:handle_line(line)
     if self.version ~= "2025-03-26" then
       return self:fail(nil, INVALID_REQUEST, "batches are not supported in this protocol version")
     end
+    -- answers produced now go back as one array; a tools/call answers later
+    self.batch = {}
     for _, m in ipairs(msg) do self:dispatch(m) end
+    local replies = self.batch
+    self.batch = nil
+    if #replies > 0 then
+      local ok, out = pcall(json.encode, replies)
+      if ok and not self.stream:write(out .. "\n") then self:close() end
+    end
     return
   end
   self:dispatch(msg)
