@@ -216,6 +216,7 @@ local CONN_FIELDS = { { "tenant", "tenant" }, { "status", "status" }, { "status_
 
 local function conn_text(r)
   local out = M.fields(r, CONN_FIELDS)
+  if r.problem then out = out .. "problem: " .. r.problem .. "\n" end
   for _, w in ipairs(r.warnings or {}) do out = out .. "warning: " .. w .. "\n" end
   return out
 end

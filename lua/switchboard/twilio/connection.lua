@@ -84,16 +84,16 @@ function M.validate(c)
   elseif err.status == 401 or err.code == 20003 then
     info.standard_key = true
   else
-    return nil, M.describe(err)
+    return nil, M.describe(err), err
   end
   local numbers, nerr = c:list("api", c:acct("IncomingPhoneNumbers.json"), { PageSize = 100 },
     "incoming_phone_numbers", 1000)
   if not numbers then
     if nerr.status == 401 or nerr.code == 20003 then
       return nil, "Twilio refused these credentials (error 20003): the API key may be revoked or rotated,"
-        .. " belong to another account or region, or the secret may be wrong"
+        .. " belong to another account or region, or the secret may be wrong", nerr
     end
-    return nil, M.describe(nerr)
+    return nil, M.describe(nerr), nerr
   end
   info.numbers = {}
   for i, n in ipairs(numbers) do info.numbers[i] = number_view(n) end
@@ -340,13 +340,20 @@ function M.install(admin)
 
   methods["twilio.test"] = function(self, p)
     local t, conn = connected(self, p, "twilio test")
-    local info, err
+    local info, err, eobj
     local probe, perr = M.open_client(self.server, t, conn)
     if probe then
       perr:close()
-      info, err = with_client(self, t, conn, M.validate)
+      info, err, eobj = with_client(self, t, conn, M.validate)
     else
       err = perr .. "; update the API key with `twilio update`"
+    end
+    -- only a refused key puts the connection in error: a network blip or a
+    -- Twilio 5xx is reported and leaves the status as it was
+    if not info and eobj and eobj.status ~= 401 and eobj.code ~= 20003 then
+      local v = view(t, conn)
+      v.ok, v.problem = false, err
+      return v
     end
     if not info then
       set_status(self, t, "error", err)
