@@ -357,12 +357,10 @@ done(sqlite3_stmt *st)
 ** =======================================================
 */
 
-/* db:exec(sql) -> true | nil, err (several statements, no parameters) */
+/* Run sql with sqlite3_exec and push true, or fail and SQLite's message. */
 static int
-db_exec(lua_State *L)
+exec_result(lua_State *L, Db *d, const char *sql)
 {
-  Db *d = check_db(L);
-  const char *sql = luaL_checkstring(L, 2);
   char *err = NULL;
   if (sqlite3_exec(d->db, sql, NULL, NULL, &err) != SQLITE_OK) {
     luaL_pushfail(L);
@@ -372,6 +370,14 @@ db_exec(lua_State *L)
   }
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* db:exec(sql) -> true | nil, err (several statements, no parameters) */
+static int
+db_exec(lua_State *L)
+{
+  Db *d = check_db(L);
+  return exec_result(L, d, luaL_checkstring(L, 2));
 }
 
 /* db:query(sql, ...) -> array of rows | nil, err */
@@ -502,15 +508,7 @@ db_set_user_version(lua_State *L)
                 "out of range (32-bit)");
   char sql[64];
   snprintf(sql, sizeof sql, "PRAGMA user_version = %lld", (long long)n);
-  char *err = NULL;
-  if (sqlite3_exec(d->db, sql, NULL, NULL, &err) != SQLITE_OK) {
-    luaL_pushfail(L);
-    lua_pushstring(L, err != NULL ? err : sqlite3_errmsg(d->db));
-    sqlite3_free(err);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return exec_result(L, d, sql);
 }
 
 /* }====================================================== */
