@@ -197,6 +197,8 @@ function M:handle(msg, peer)
   p.actor = ("uid %s%s"):format(tostring(peer.uid),
     type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
   local ok, res = pcall(fn, self, p)
+  -- the settings changes this request made are committed before it is answered
+  self.server.audit:flush()
   if ok then return { id = msg.id, result = res } end
   if type(res) == "table" and res.admin_error then
     return { id = msg.id, error = { code = res.code, message = res.admin_error } }
