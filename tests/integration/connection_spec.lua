@@ -271,9 +271,24 @@ describe("twilio secrets and isolation", function()
 
   it("never writes the API key secret to the log, the database or any admin answer", function()
     local outputs = {}
+    -- connect and update answers, for people and as JSON
+    srv.admin("tenant add tenant-c")
+    srv.admin("tenant features tenant-c +custom.twilio")
+    local function piped(args, secret)
+      return H.sh(("printf '%%s' %s | %s admin --config %s %s 2>&1"):format(H.q(secret), H.q(H.BIN), H.q(srv.conf), args))
+    end
+    outputs[#outputs + 1] = piped(("twilio connect --tenant tenant-c --account-sid %s --api-key-sid %s --hosts %s")
+      :format(TW.SIM.ACCOUNT, MAIN_SK, sim.url), MAIN_SECRET)
+    outputs[#outputs + 1] = piped(("--json twilio update --tenant tenant-c --api-key-sid %s"):format(MAIN_SK), MAIN_SECRET)
+    outputs[#outputs + 1] = piped(("twilio update --tenant tenant-c --api-key-sid %s"):format(MAIN_SK), MAIN_SECRET)
+    outputs[#outputs + 1] = piped(("twilio update --tenant tenant-c --api-key-sid %s"):format(MAIN_SK),
+      "wrong-secret-000000000000")
+    assert.truthy(outputs[1]:find("connected", 1, true), outputs[1])
     for _, cmd in ipairs({ "twilio show --tenant tenant-a", "twilio test --tenant tenant-a", "tenant list",
                            "agent list", "audit settings --tenant tenant-a", "twilio numbers --tenant tenant-a",
-                           "executions --tenant tenant-a" }) do
+                           "executions --tenant tenant-a", "twilio messages --tenant tenant-a",
+                           "escalations --tenant tenant-a --status all", "status", "audit verify",
+                           "twilio autonomous-sends on --tenant tenant-c --confirm" }) do
       outputs[#outputs + 1] = json.encode(srv.admin(cmd))
       outputs[#outputs + 1] = srv.admin_text(cmd)
     end
