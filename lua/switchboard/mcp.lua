@@ -47,6 +47,12 @@ function Session:send(msg)
     log.error("mcp: could not encode a message: %s", line)
     line = json.encode({ jsonrpc = "2.0", id = msg.id or json.null,
       error = { code = INTERNAL, message = "internal error: the result could not be encoded" } })
+  elseif msg.result and msg.result.content and #line > self.server.cfg.limits.result_bytes then
+    local limit = self.server.cfg.limits.result_bytes
+    log.warn("mcp: connection %d: a tool result of %d bytes was over limits.result_bytes", self.n, #line)
+    line = json.encode({ jsonrpc = "2.0", id = msg.id, result = pipeline.result(("The result was too large"
+      .. " to return (%d bytes; the limit is %d). Ask for less, for example with a smaller limit or narrower"
+      .. " dates."):format(#line, limit), nil, true) })
   end
   if not self.stream:write(line .. "\n") then self:close() end
 end
@@ -127,7 +133,6 @@ function handlers.initialize(self, id, params)
   self.initialized_req = true
   self.client = type(params.clientInfo) == "table" and params.clientInfo or {}
   self.fingerprint = self.server.registry:view_fingerprint(agent.groups, self.tenant.enabled)
-  self.server:bind(self)
   log.info("mcp: connection %d: agent %s of tenant %s (%s) initialized, protocol %s",
     self.n, agent.name, self.tenant.name, agent.type, self.version)
   self:reply(id, {
@@ -194,6 +199,18 @@ function handlers.call_tool(self, id, params)
     end
   end
   self.server.inflight = self.server.inflight + 1
+  -- the deadline: the tool's own timeout, else limits.call_seconds. Past it
+  -- the agent is answered; the handler's late answer is dropped.
+  local seconds = tool.timeout or self.server.cfg.limits.call_seconds
+  local deadline = loop.timer(seconds, 0, function()
+    if call.done or call.cancelled then return end
+    call.cancelled = true
+    log.warn("mcp: connection %d: %s did not finish within %g s", self.n, tool.name, seconds)
+    self:reply(id, pipeline.result(("The tool %s did not finish within %g seconds. %s"):format(tool.name, seconds,
+      require("switchboard.registry").writes(tool, args ~= json.null and args or nil)
+        and "If it was sending, the outcome is unknown: check with a search before trying again."
+        or "Try again later."), nil, true))
+  end)
   loop.spawn(function()
     local ok, res = pcall(pipeline.run, self.server, {
       session = self, tool = tool, args = args ~= json.null and args or nil, id = id,
@@ -203,6 +220,7 @@ function handlers.call_tool(self, id, params)
       is_cancelled = function() return call.cancelled end,
     })
     call.done = true
+    deadline:close()
     self.calls[key] = nil
     self.ncalls = self.ncalls - 1
     self.server.inflight = self.server.inflight - 1

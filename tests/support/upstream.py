@@ -21,6 +21,8 @@ class H(BaseHTTPRequestHandler):
         q = parse_qs(u.query)
         if u.path == "/hello.json":
             return self.send_json(200, {"hello": "world"})
+        if u.path == "/big.json":
+            return self.send_json(200, {"data": "x" * 5000})
         if u.path.startswith("/slow"):
             time.sleep(float(q.get("ms", ["2000"])[0]) / 1000)
             return self.send_json(200, {"slow": True})
