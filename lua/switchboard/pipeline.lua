@@ -104,7 +104,6 @@ function M.run(rt, call)
   if conn then
     for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
   end
-  if rt.enrich_call then rt.enrich_call(view, s, tool) end
   local d = rt.policies:evaluate(view)
   rec.policies = d.ran
   if d.failed then

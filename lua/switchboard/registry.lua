@@ -150,7 +150,7 @@ end
 
 -- Build a registry from directories. Returns it or nil, err (file and field).
 function M.load(dirs)
-  local self = setmetatable({ tools = {}, order = {}, groups = {}, gated = {} }, M)
+  local self = setmetatable({ tools = {}, order = {}, gated = {} }, M)
   for _, dir in ipairs(dirs) do
     local files = {}
     local ok, err = lua_files(dir, files)
@@ -164,9 +164,6 @@ function M.load(dirs)
       end
       self.tools[tool.name] = tool
       self.order[#self.order + 1] = tool.name
-      local g = self.groups[tool.group] or {}
-      g[#g + 1] = tool.name
-      self.groups[tool.group] = g
       if tool.connection then self.gated[tool.group] = true end
     end
   end

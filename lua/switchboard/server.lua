@@ -114,8 +114,6 @@ function M:refresh_agents(tenant_id)
   self:tools_changed()
 end
 
-function M:bind(_) end
-
 function M:forget(session)
   if self.sessions[session] then
     self.sessions[session] = nil

@@ -27,11 +27,6 @@ function M.new(opts)
                         requests = 0, retries = 0 }, M)
 end
 
--- Origin (scheme://host[:port]) of a URL.
-local function origin(url)
-  return url:match("^(%a[%w+.-]*://[^/]+)")
-end
-
 function M:base(product)
   local h = self.hosts[product]
   if not h then error("no host configured for Twilio product " .. tostring(product), 2) end
@@ -157,7 +152,5 @@ function M:list(product, path, query, key, limit)
     body, err = self:request({ method = "GET", product = product, url = next_url })
   end
 end
-
-M.origin = origin
 
 return M
