@@ -12,6 +12,7 @@ local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
+local T = require("switchboard.twilio.tools")
 
 local M = {}
 
@@ -128,30 +129,8 @@ local function with_client(rt, tenant_id, fn)
   return table.unpack(res, 2, res.n)
 end
 
--- Seconds since the epoch of a Twilio v2010 date ("Fri, 27 Nov 2026
--- 07:20:25 +0000"), or nil.
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
-                 Oct = 10, Nov = 11, Dec = 12 }
-function M.rfc2822(s)
-  if type(s) ~= "string" then return nil end
-  local d, mon, y, h, mi, sec, sign, oh, om =
-    s:match("(%d+) (%a+) (%d+) (%d+):(%d+):(%d+) ([%+%-])(%d%d)(%d%d)")
-  local m = mon and MONTHS[mon]
-  if not m then return nil end
-  y, m, d = tonumber(y), m, tonumber(d)
-  -- days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant)
-  if m <= 2 then y = y - 1 end
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
-  local off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
-end
-
 local function day_of(created_unix)
-  return os.date("!%Y-%m-%d", created_unix - 60)
+  return T.date(created_unix - 60)
 end
 
 -- Match an unknown message send against the recipient's messages.
@@ -170,7 +149,7 @@ local function reconcile_one(rt, row)
     for _, m in ipairs(items or {}) do
       -- the same text, created after this record was (a minute of clock
       -- skew allowed), and not already another record's message
-      local created = M.rfc2822(m.date_created)
+      local created = T.parse_rfc2822(m.date_created)
       if type(m.body) == "string" and M.body_hash(m.body) == row.body_hash
         and created and created >= row.created_unix - 60
         and not rt.db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?", row.tenant_id, m.sid) then
@@ -221,11 +200,8 @@ function M.recover(rt)
     if #unknown > 0 then
       log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
     end
-    if rt.recovered then rt.recovered() end
   end)
 end
-
-M.reconcile_one = reconcile_one
 
 M.RECONCILE_DELAY = 60
 
