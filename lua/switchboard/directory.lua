@@ -122,7 +122,7 @@ end
 -- The live agent (and its tenant) a token belongs to, or nil.
 function M.authenticate(db, token)
   if type(token) ~= "string" or #token < 20 or #token > 200 then return nil end
-  local r = db:row("SELECT a.*, t.name AS tenant_name, t.features AS tenant_features"
+  local r = db:row("SELECT a.*, t.name AS tenant_name, t.features AS tenant_features, t.data_key AS tenant_data_key"
     .. " FROM agents a JOIN tenants t ON t.id = a.tenant_id"
     .. " WHERE a.token_hash = ? AND a.revoked_at IS NULL", M.hash_token(token))
   return agent_row(r)

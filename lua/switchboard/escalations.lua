@@ -104,7 +104,8 @@ function M.install(admin)
     if n ~= 1 then refuse(("escalation %d was already decided; nothing was done"):format(r.id)) end
     directory.settings_audit(self.db, t.id, p.actor, "escalation.approve", { status = "open" },
       { id = r.id, status = "approved" })
-    local session = { tenant = { id = t.id, name = t.name, features = t.features, enabled = enabled },
+    local session = { tenant = { id = t.id, name = t.name, features = t.features, enabled = enabled,
+                                 data_key = t.data_key },
                       agent = agent }
     local ok, res = pcall(pipeline.run, server, {
       session = session, tool = tool, args = args, id = "escalation-" .. r.id,

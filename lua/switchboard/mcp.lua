@@ -126,7 +126,7 @@ function handlers.initialize(self, id, params)
       :format(M.TOKEN_KEY))
   end
   self.agent = agent
-  self.tenant = { id = agent.tenant_id, name = agent.tenant_name,
+  self.tenant = { id = agent.tenant_id, name = agent.tenant_name, data_key = agent.tenant_data_key,
                   features = directory.decode_list(agent.tenant_features),
                   enabled = directory.tenant_groups(self.server.db, agent.tenant_id) }
   self.version = SUPPORTED[params.protocolVersion] and params.protocolVersion or M.LATEST

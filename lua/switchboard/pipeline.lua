@@ -146,7 +146,8 @@ function M.run(rt, call)
   }
   local cred
   if conn then
-    local tenant_row = directory.tenant_by_id(rt.db, s.tenant.id)
+    -- the session holds the tenant's (wrapped) data key; an approval reads it
+    local tenant_row = s.tenant.data_key and s.tenant or directory.tenant_by_id(rt.db, s.tenant.id)
     local client
     client, cred = provider.open_client(rt, tenant_row, conn)
     if not client then
