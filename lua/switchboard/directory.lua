@@ -63,6 +63,22 @@ function M.key_context(tenant_id)
   return "tenant:" .. tostring(tenant_id)
 end
 
+-- Seal and open a field of a tenant's data with that tenant's key (tenant:
+-- a row or a session tenant with id and data_key). The blob opens only for
+-- the same tenant and field.
+function M.seal(master, tenant, field, plaintext)
+  return master:seal(tenant.data_key, M.key_context(tenant.id), field, plaintext)
+end
+
+function M.open(master, tenant, field, blob)
+  return master:open(tenant.data_key, M.key_context(tenant.id), field, blob)
+end
+
+-- A credential handle (the secret stays in C) for a sealed secret.
+function M.credential(master, tenant, field, blob, username)
+  return master:credential(tenant.data_key, M.key_context(tenant.id), field, blob, username)
+end
+
 function M.set_features(db, tenant, features)
   return db:run("UPDATE tenants SET features = ? WHERE id = ?", json.encode(json.array(features)), tenant.id)
 end

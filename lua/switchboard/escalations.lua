@@ -12,8 +12,7 @@ local M = {}
 -- The sealed arguments, opened (nil when they do not open).
 local function arguments(server, r)
   local t = directory.tenant_by_id(server.db, r.tenant_id)
-  local plain = server.master:open(t.data_key, directory.key_context(r.tenant_id), pipeline.ARGUMENTS_FIELD,
-    r.arguments)
+  local plain = directory.open(server.master, t, pipeline.ARGUMENTS_FIELD, r.arguments)
   return plain and json.decode(plain) or nil
 end
 

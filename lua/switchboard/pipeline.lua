@@ -38,8 +38,7 @@ end
 -- sealed with the tenant's key, like credentials.
 local function seal_arguments(rt, tenant_id, args)
   local t = directory.tenant_by_id(rt.db, tenant_id)
-  return require("core.store").blob(rt.master:seal(t.data_key, directory.key_context(tenant_id),
-    "escalation.arguments", json.encode(args)))
+  return require("core.store").blob(directory.seal(rt.master, t, M.ARGUMENTS_FIELD, json.encode(args)))
 end
 M.ARGUMENTS_FIELD = "escalation.arguments"
 

@@ -52,7 +52,7 @@ function M.post(ctx, spec)
   local rt, db = ctx.rt, ctx.rt.db
   local tenant = ctx.tenant_row
   local request = json.encode({ product = spec.product, path = spec.path, form = spec.form })
-  local sealed = rt.master:seal(tenant.data_key, directory.key_context(tenant.id), FIELD, request)
+  local sealed = directory.seal(rt.master, tenant, FIELD, request)
   local now = db_mod.now()
   local _, id = db:run("INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request,"
     .. " body_hash, status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -135,8 +135,7 @@ end
 
 -- Match an unknown message send against the recipient's messages.
 local function reconcile_one(rt, row)
-  local req = rt.master:open(directory.tenant_by_id(rt.db, row.tenant_id).data_key,
-    directory.key_context(row.tenant_id), FIELD, row.request)
+  local req = directory.open(rt.master, directory.tenant_by_id(rt.db, row.tenant_id), FIELD, row.request)
   if not req then return nil, "the record could not be opened" end
   req = json.decode(req)
   if type(req) ~= "table" or not req.path or not req.path:find("/Messages.json", 1, true) then
@@ -164,7 +163,7 @@ end
 -- Resend a pending record once (it never went out).
 local function resend(rt, row)
   local tenant = directory.tenant_by_id(rt.db, row.tenant_id)
-  local req = rt.master:open(tenant.data_key, directory.key_context(row.tenant_id), FIELD, row.request)
+  local req = directory.open(rt.master, tenant, FIELD, row.request)
   req = req and json.decode(req)
   if type(req) ~= "table" then
     set_status(rt.db, row.id, "failed", nil, nil, "the record could not be opened")

@@ -55,8 +55,7 @@ end
 -- A client for the tenant with an opened credential. The caller closes
 -- the credential (cred:close()) when done. Returns client, cred or nil, err.
 function M.open_client(rt, tenant, conn, blob, key_sid)
-  local cred = rt.master:credential(tenant.data_key, directory.key_context(tenant.id), M.FIELD,
-    blob or conn.secret, key_sid or conn.api_key_sid)
+  local cred = directory.credential(rt.master, tenant, M.FIELD, blob or conn.secret, key_sid or conn.api_key_sid)
   if not cred then return nil, "the stored API key could not be opened" end
   local c = client_mod.new({ account_sid = conn.account_sid, credential = cred,
     hosts = M.hosts(rt.cfg, conn.hosts), timeout = rt.cfg.twilio.timeout, ca_file = rt.cfg.twilio.ca_file })
@@ -266,7 +265,7 @@ function M.install(admin)
   end
 
   local function seal(self, t, secret)
-    return self.server.master:seal(t.data_key, directory.key_context(t.id), M.FIELD, secret)
+    return directory.seal(self.server.master, t, M.FIELD, secret)
   end
 
   methods["twilio.connect"] = function(self, p)
