@@ -121,11 +121,11 @@ local function with_client(rt, tenant_id, fn)
   local conn = conn_mod.get(rt.db, tenant_id)
   if not conn then return nil, "the tenant's Twilio connection was removed" end
   local tenant = directory.tenant_by_id(rt.db, tenant_id)
-  local c, cred = conn_mod.open_client(rt, tenant, conn)
-  if not c then return nil, cred end
-  local res = table.pack(pcall(fn, c, tenant))
-  cred:close()
-  if not res[1] then return nil, tostring(res[2]) end
+  local ok, res = pcall(function()
+    return table.pack(conn_mod.with_client(rt, tenant, conn, function(c) return fn(c, tenant) end))
+  end)
+  if not ok then return nil, tostring(res) end
+  if not res[1] then return nil, res[2] end
   return table.unpack(res, 2, res.n)
 end
 

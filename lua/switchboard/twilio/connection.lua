@@ -62,6 +62,18 @@ function M.open_client(rt, tenant, conn, blob, key_sid)
   return c, cred
 end
 
+-- Run fn(client) with the tenant's credential open, and close it after
+-- (also when fn raises; the error is raised again). Returns false, err when
+-- the credential does not open, else true and what fn returned.
+function M.with_client(rt, tenant, conn, fn, blob, key_sid)
+  local c, cred = M.open_client(rt, tenant, conn, blob, key_sid)
+  if not c then return false, cred end
+  local res = table.pack(pcall(fn, c))
+  cred:close()
+  if not res[1] then error(res[2], 0) end
+  return true, table.unpack(res, 2, res.n)
+end
+
 local function number_view(n)
   local caps = type(n.capabilities) == "table" and n.capabilities or {}
   return { phone_number = n.phone_number, friendly_name = n.friendly_name, sid = n.sid,
@@ -256,11 +268,8 @@ function M.install(admin)
   end
 
   local function with_client(self, t, conn, fn, blob, key_sid)
-    local c, cred = M.open_client(self.server, t, conn, blob, key_sid)
-    if not c then refuse(cred) end
-    local res = table.pack(pcall(fn, c))
-    cred:close()
-    if not res[1] then error(res[2], 0) end
+    local res = table.pack(M.with_client(self.server, t, conn, fn, blob, key_sid))
+    if not res[1] then refuse(res[2]) end
     return table.unpack(res, 2, res.n)
   end
 
@@ -339,13 +348,9 @@ function M.install(admin)
 
   methods["twilio.test"] = function(self, p)
     local t, conn = connected(self, p, "twilio test")
-    local info, err, eobj
-    local probe, perr = M.open_client(self.server, t, conn)
-    if probe then
-      perr:close()
-      info, err, eobj = with_client(self, t, conn, M.validate)
-    else
-      err = perr .. "; update the API key with `twilio update`"
+    local opened, info, err, eobj = M.with_client(self.server, t, conn, M.validate)
+    if not opened then
+      info, err = nil, info .. "; update the API key with `twilio update`"
     end
     -- only a refused key puts the connection in error: a network blip or a
     -- Twilio 5xx is reported and leaves the status as it was
