@@ -441,6 +441,15 @@ function M.failure(err, over)
   return e
 end
 
+-- Record how a send ended for the audit: the outcome, the write-ahead
+-- record's id (set by sends.post) and what Twilio said.
+function M.settle(ctx, outcome, detail)
+  detail.send_id = ctx.audit_detail and ctx.audit_detail.send_id
+  detail.outcome = outcome
+  ctx.outcome = outcome
+  ctx.audit_detail = compact(detail)
+end
+
 -- A write that failed: record the outcome and explain it. A request that
 -- went out without an answer has an unknown outcome and must not be
 -- resent. what: "message" or "code"; check_hint: where to look.

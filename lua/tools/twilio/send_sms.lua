@@ -81,16 +81,12 @@ return {
                    date_created = v.date_created, error_code = v.error_code,
                    error_explanation = v.error_explanation }
     if v.error_code and T.FAILED[v.status or ""] then
-      ctx.outcome = "failed"
-      ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
-                                     status = v.status, error_code = v.error_code, outcome = "failed" })
+      T.settle(ctx, "failed", { sid = v.sid, status = v.status, error_code = v.error_code })
       data.outcome = "failed"
       return nil, { message = ("The message %s failed: %s"):format(v.sid or "", v.error_explanation),
                     code = v.error_code, hint = T.hint_for(v.error_code), data = data }
     end
-    ctx.outcome = "sent"
-    ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
-                                   status = v.status, error_code = v.error_code, outcome = "sent" })
+    T.settle(ctx, "sent", { sid = v.sid, status = v.status, error_code = v.error_code })
     data.outcome = "sent"
     return { text = sent_text(v, args.media_url ~= nil), data = data }
   end,

@@ -17,9 +17,7 @@ local function wa(n) return "whatsapp:" .. n end
 local function plain(n) return n and (n:gsub("^whatsapp:", "")) or nil end
 
 local function failed_message(ctx, v, data)
-  ctx.outcome = "failed"
-  ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
-                                 status = v.status, error_code = v.error_code, outcome = "failed" })
+  T.settle(ctx, "failed", { sid = v.sid, status = v.status, error_code = v.error_code })
   data.outcome = "failed"
   data.status, data.error_code, data.error_explanation = v.status, v.error_code, v.error_explanation
   return nil, { message = ("The WhatsApp message %s failed: %s"):format(v.sid or "", v.error_explanation),
@@ -185,10 +183,8 @@ return {
       if v2.status then v.status, data.status = v2.status, v2.status end
       if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(ctx, v2, data) end
     end
-    ctx.outcome = "sent"
-    ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = v.sid,
-                                   status = v.status, error_code = v.error_code, template_sid = args.template_sid,
-                                   outcome = "sent" })
+    T.settle(ctx, "sent", { sid = v.sid, status = v.status, error_code = v.error_code,
+                            template_sid = args.template_sid })
     data.outcome = "sent"
     local what = "free-form message"
     if args.template_sid then

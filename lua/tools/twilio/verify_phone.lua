@@ -36,9 +36,7 @@ local function send_code(ctx, args, service)
                  date_created = T.time(body.date_created), valid_minutes = 10 }
   local attempts = T.table(body.send_code_attempts)
   if attempts then data.send_attempts = #attempts end
-  ctx.outcome = "sent"
-  ctx.audit_detail = T.compact({ send_id = ctx.audit_detail and ctx.audit_detail.send_id, sid = data.sid,
-                                 status = data.status, channel = data.channel, outcome = "sent" })
+  T.settle(ctx, "sent", { sid = data.sid, status = data.status, channel = data.channel })
   data.outcome = "sent"
   local how = ({ sms = "by SMS", call = "by a voice call", whatsapp = "on WhatsApp", email = "by email" })[args.channel]
   local text = ("A verification code was sent to %s %s (verification %s, status %s). Ask the person for the code,"
