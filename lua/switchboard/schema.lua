@@ -7,13 +7,20 @@ local M = {}
 
 local null = json.null
 
--- Named formats: a checker and how to describe the rule to an agent.
+-- A Twilio-style SID: prefix followed by 32 hexadecimal characters.
 local function hex32(s, prefix)
-  return #s == 34 and s:sub(1, 2) == prefix and s:sub(3):match("^%x+$") ~= nil
+  return type(s) == "string" and #s == 34 and s:sub(1, 2) == prefix and s:sub(3):match("^%x+$") ~= nil
+end
+M.hex32 = hex32
+
+-- E.164: a plus, a country code not starting with 0, 7 to 15 digits in all.
+function M.is_e164(s)
+  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
 end
 
+-- Named formats: a checker and how to describe the rule to an agent.
 M.formats = {
-  e164 = { check = function(s) return s:match("^%+[1-9]%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$") ~= nil and #s >= 8 end,
+  e164 = { check = M.is_e164,
            rule = "a phone number in E.164 format, like +14155550123" },
   email = { check = function(s)
               return #s <= 254 and s:match("^[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]+$") ~= nil

@@ -2,6 +2,7 @@
 -- numbers and settings, and its lifecycle (connect, show, test, update,
 -- autonomous sends, disconnect, data preview) as admin methods.
 local json = require("switchboard.json")
+local schema = require("switchboard.schema")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local store = require("core.store")
@@ -14,15 +15,7 @@ M.FEATURE = "custom.twilio"
 M.FIELD = "twilio.api_key_secret"
 M.PRODUCTS = { "api", "lookups", "verify", "content" }
 
-local function hex32(s, prefix)
-  return type(s) == "string" and #s == 34 and s:sub(1, 2) == prefix and s:sub(3):match("^%x+$") ~= nil
-end
-M.hex32 = hex32
-
-local function e164(s)
-  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s <= 16 and #s >= 8
-end
-M.e164 = e164
+local hex32, e164 = schema.hex32, schema.is_e164
 
 local function trim(s)
   if type(s) ~= "string" then return s end

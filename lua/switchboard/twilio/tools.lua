@@ -220,9 +220,7 @@ end
 ---------------------------------------------------------------------------
 -- argument rules shared by several tools
 
-function M.is_e164(s)
-  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
-end
+M.is_e164 = require("switchboard.schema").is_e164
 
 -- Refuse arguments that do not belong to the chosen action.
 -- allowed: set of argument names valid for this action; defaults: the
