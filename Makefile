@@ -2,34 +2,49 @@
 # Both install missing Debian and npm dependencies first (`make deps`).
 
 CC      ?= cc
+CXX     ?= g++
 LUA_INC ?= /usr/include/lua5.4
 WARN     = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
            -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
            -Wundef -Wwrite-strings -Wvla
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I$(LUA_INC) -Icore $(WARN) $(CFLAGS)
-LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lm -ldl
+# core/phonenumber.cc: libphonenumber is C++ (C++17 for its abseil and
+# protobuf headers); the executable links libstdc++ for it.
+CXXWARN  = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
+           -Wcast-qual -Wformat=2 -Wundef -Wwrite-strings -Wvla
+CXXFLAGS ?= -O2 -g
+ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
+LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lphonenumber -lm -ldl
+ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c
-HDRS = core/core.h core/netbuf.h
+       core/mem.c core/phone.c
+HDRS = core/core.h core/netbuf.h core/phonenumber.h
+CXXSRCS = core/phonenumber.cc
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
-           libhttp-parser-dev sqlite3 valgrind python3 curl
+           libhttp-parser-dev libphonenumber-dev sqlite3 valgrind python3 curl
 BENCH_PKGS = nginx-light
 
 .PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
 
 all: switchboard
 
-switchboard: $(SRCS) $(HDRS)
-	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) $(LIBS)
+switchboard: $(SRCS) $(HDRS) build/phonenumber.o
+	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) build/phonenumber.o $(LIBS) -lstdc++
 
-build/asan/switchboard: $(SRCS) $(HDRS)
+build/phonenumber.o: $(CXXSRCS) core/phonenumber.h
+	@mkdir -p build
+	$(CXX) $(ALL_CXXFLAGS) -c -o $@ $(CXXSRCS)
+
+build/asan/switchboard: $(SRCS) $(HDRS) build/asan/phonenumber.o
+	$(CC) $(ALL_CFLAGS) -O1 $(ASAN) -o $@ $(SRCS) build/asan/phonenumber.o $(LIBS) -lstdc++
+
+build/asan/phonenumber.o: $(CXXSRCS) core/phonenumber.h
 	@mkdir -p build/asan
-	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
-	  -fno-sanitize-recover=undefined -o $@ $(SRCS) $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) -O1 $(ASAN) -c -o $@ $(CXXSRCS)
 
 # Installs only what is missing; needs root (or sudo) the first time.
 deps:

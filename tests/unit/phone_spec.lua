@@ -1,0 +1,102 @@
+-- core.phone (libphonenumber behind a C API), the schema's e164 format
+-- built on it, and the recipients policy's number checks, run through the
+-- real policy sandbox.
+-- Run: ./switchboard exec /usr/bin/busted --lpath="$PWD/tests/?.lua" tests/unit/phone_spec.lua
+local phone = require("core.phone")
+
+describe("core.phone", function()
+  it("finds a valid number's region and type and its E.164 form", function()
+    local cases = {
+      -- number, region, type
+      { "+14155550100", "US", "fixed_line_or_mobile" }, -- the 555-01xx numbers the tests use
+      { "+14155550199", "US", "fixed_line_or_mobile" },
+      { "+12042345678", "CA", "fixed_line_or_mobile" },
+      { "+447400123456", "GB", "mobile" },
+      { "+442079460000", "GB", "fixed_line" },
+      { "+33612345678", "FR", "mobile" },
+      { "+491761234567", "DE", "mobile" },
+      { "+18002345678", "US", "toll_free" },
+      { "+80012345678", "001", "toll_free" }, -- international freephone: non-geographic
+    }
+    for _, c in ipairs(cases) do
+      local p = assert(phone.parse(c[1]))
+      assert.is_true(p.valid, c[1])
+      assert.is_true(p.possible, c[1])
+      assert.equal(c[2], p.region, c[1])
+      assert.equal(c[3], p.type, c[1])
+      assert.equal(c[1], p.e164)
+      assert.is_nil(p.reason)
+    end
+    assert.equal(1, phone.parse("+14155550100").country_code)
+    assert.equal(44, phone.parse("+447400123456").country_code)
+  end)
+
+  it("knows premium-rate numbers outside any fixed prefix list", function()
+    for _, c in ipairs({
+      { "+33836123456", "FR" }, { "+41901123456", "CH" }, { "+19005550100", "US" },
+      { "+12469761234", "BB" }, -- NANP but not +1900: Barbados 976
+      { "+448712345678", "GB" }, { "+611900123456", "AU" }, { "+34806123456", "ES" },
+    }) do
+      local p = assert(phone.parse(c[1]))
+      assert.is_true(p.valid, c[1])
+      assert.equal(c[2], p.region, c[1])
+      assert.equal("premium_rate", p.type, c[1])
+    end
+  end)
+
+  it("knows shared-cost numbers", function()
+    for _, c in ipairs({ { "+34901123456", "ES" }, { "+33810123456", "FR" }, { "+41848123456", "CH" } }) do
+      local p = assert(phone.parse(c[1]))
+      assert.equal(c[2], p.region, c[1])
+      assert.equal("shared_cost", p.type, c[1])
+    end
+  end)
+
+  it("says why a number is not valid", function()
+    local cases = {
+      { "+10000000000", "not a valid number", true },
+      { "+15551234567", "not a valid number", true }, -- area code 555 does not exist
+      { "+447700900123", "not a valid number", true }, -- Ofcom's drama range
+      { "+1415555012", "too short", false },
+      { "+123456789012345", "too long", false },
+    }
+    for _, c in ipairs(cases) do
+      local p = assert(phone.parse(c[1]))
+      assert.is_false(p.valid, c[1])
+      assert.equal(c[3], p.possible, c[1])
+      assert.equal(c[2], p.reason, c[1])
+      assert.equal("unknown", p.type)
+      assert.is_nil(p.region)
+    end
+  end)
+
+  it("normalizes what libphonenumber reads, extension apart", function()
+    local p = assert(phone.parse("+1 (415) 555-0100"))
+    assert.equal("+14155550100", p.e164)
+    assert.equal("+442079460000", phone.parse("+4402079460000").e164) -- a national prefix dropped
+    p = assert(phone.parse("+1 415 555 0100 ext. 12"))
+    assert.equal("+14155550100", p.e164)
+    assert.equal("12", p.extension)
+  end)
+
+  it("answers nil and a reason for what is not a phone number", function()
+    local cases = {
+      { "+999123456789", "country calling code" },
+      { "4155550100", "country calling code" }, -- no '+': only international numbers
+      { "hello", "not a phone number" },
+      { "", "not a phone number" },
+      { "+1\0" .. "4155550100", "NUL" },
+      { "+1" .. ("0"):rep(80), "too long" },
+    }
+    for _, c in ipairs(cases) do
+      local p, err = phone.parse(c[1])
+      assert.is_nil(p, c[1])
+      assert.truthy(err:find(c[2], 1, true), err)
+    end
+  end)
+
+  it("raises on misuse", function()
+    assert.has_error(function() phone.parse() end)
+    assert.has_error(function() phone.parse({}) end)
+  end)
+end)
