@@ -2,6 +2,7 @@
 -- load (M.check_definition), and argument validation at every call
 -- (M.validate) with messages an LLM can act on.
 local json = require("switchboard.json")
+local phone = require("core.phone")
 
 local M = {}
 
@@ -13,15 +14,30 @@ local function hex32(s, prefix)
 end
 M.hex32 = hex32
 
--- E.164: a plus, a country code not starting with 0, 7 to 15 digits in all.
+-- E.164: a number libphonenumber (core.phone) finds valid, written as
+-- E.164 writes it (a plus and digits, no national prefix). Returns true,
+-- or false and the reason.
 function M.is_e164(s)
-  return type(s) == "string" and s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
+  if type(s) ~= "string" then return false, "not a string" end
+  if not s:match("^%+%d+$") then return false, "not a plus followed by digits only" end
+  local p, err = phone.parse(s)
+  if not p then return false, err end
+  if not p.valid then return false, p.reason end
+  if p.e164 ~= s then return false, ("not in E.164 form, which is %s"):format(p.e164) end
+  return true
+end
+
+-- Written in E.164 form, valid or not (for a lookup that asks Twilio).
+local function e164_syntax(s)
+  return s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
 end
 
 -- Named formats: a checker and how to describe the rule to an agent.
 M.formats = {
   e164 = { check = M.is_e164,
-           rule = "a phone number in E.164 format, like +14155550123" },
+           rule = "a valid phone number in E.164 format, like +14155550123" },
+  ["e164-syntax"] = { check = e164_syntax,
+                      rule = "a phone number in E.164 format (a plus and 7 to 15 digits), like +14155550123" },
   email = { check = function(s)
               return #s <= 254 and s:match("^[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]+$") ~= nil
                 and not s:find("..", 1, true)
@@ -131,8 +147,10 @@ local function validate(s, v, path, errs)
     end
     if s.format then
       local f = format_of(s.format)
-      if f and not f.check(v) then
-        errs[#errs + 1] = ("%s must be %s (got %s)"):format(name, f.rule, show(v))
+      local ok, why = true, nil
+      if f then ok, why = f.check(v) end
+      if not ok then
+        errs[#errs + 1] = ("%s must be %s (got %s%s)"):format(name, f.rule, show(v), why and ": " .. why or "")
       end
     end
   elseif t == "integer" or t == "number" then

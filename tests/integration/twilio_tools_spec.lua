@@ -178,7 +178,7 @@ describe("Twilio tools through the agent socket", function()
         local cases = {
           { { body = "hi" }, "`to` is required" },
           { { to = S.ANA }, "`body` is required" },
-          { { to = "4155550123", body = "hi" }, "`to` must be a phone number in E.164 format" },
+          { { to = "4155550123", body = "hi" }, "`to` must be a valid phone number in E.164 format" },
           { { to = "+1 415 555 0123", body = "hi" }, "E.164" },
           { { to = S.ANA, body = "" }, "`body` must have at least 1 characters" },
           { { to = S.ANA, body = "   " }, "`body` must contain some text" },
@@ -212,9 +212,22 @@ describe("Twilio tools through the agent socket", function()
 
     it("maps an invalid recipient (21211) to a plain sentence with what to do", function()
       with(function(c)
-        local r = TW.call(c, "twilio_send_sms", { to = "+1415555012", body = "hi" })
+        -- a number libphonenumber finds valid that Twilio refuses
+        sim.faults({ { match = { method = "POST", path_pattern = "/Messages%.json$" }, action = "400",
+                       code = 21211, message = "Invalid 'To' Phone Number: " .. S.OTHER } })
+        local r = TW.call(c, "twilio_send_sms", { to = S.OTHER, body = "hi" })
         is_error(r, "not a valid phone number", "twilio_lookup_phone", "(error 21211)")
         assert.equal("failed", r.data.outcome)
+      end)
+    end)
+
+    it("refuses a number libphonenumber finds invalid before Twilio, with the reason", function()
+      with(function(c)
+        local r, reqs = requests_of(function()
+          return TW.call(c, "twilio_send_sms", { to = "+1415555012", body = "hi" })
+        end)
+        is_error(r, '`to` must be a valid phone number in E.164 format, like +14155550123 (got "+1415555012": too short)')
+        assert.equal(0, #reqs)
       end)
     end)
 
@@ -305,7 +318,7 @@ describe("Twilio tools through the agent socket", function()
           { { to = S.ANA, template_sid = "MG" .. ("0"):rep(32) }, "`template_sid` must be an identifier of HX" },
           { { to = S.ANA, template_sid = S.TEMPLATE, template_variables = { ["1"] = 3 } },
             "`template_variables.1` must be a string" },
-          { { to = "whatsapp:" .. S.ANA, body = "hi" }, "`to` must be a phone number in E.164 format" },
+          { { to = "whatsapp:" .. S.ANA, body = "hi" }, "`to` must be a valid phone number in E.164 format" },
           { { body = "hi" }, "`to` is required" },
           { { to = S.ANA, body = ("a"):rep(1601) }, "at most 1600 characters" },
         }
@@ -590,7 +603,7 @@ describe("Twilio tools through the agent socket", function()
           { { action = "get_details", call_sid = "CA12" }, "`call_sid` must be an identifier of CA followed by 32" },
           { { action = "list_recent", call_sid = "CA" .. ("0"):rep(32) }, "`call_sid` is not used with action" },
           { { action = "list_recent", limit = 101 }, "`limit` must be at most 100" },
-          { { action = "list_recent", to = "12345" }, "`to` must be a phone number in E.164 format" },
+          { { action = "list_recent", to = "12345" }, "`to` must be a valid phone number in E.164 format" },
           { { action = "list_recent", start_time_after = "2026-11-30", start_time_before = "2026-11-01" },
             "is later than" },
           { { action = "list_recent", start_time_before = "11/30/2026" }, "`start_time_before` must be an ISO 8601" },

@@ -3,6 +3,7 @@
 -- real policy sandbox.
 -- Run: ./switchboard exec /usr/bin/busted --lpath="$PWD/tests/?.lua" tests/unit/phone_spec.lua
 local phone = require("core.phone")
+local schema = require("switchboard.schema")
 
 describe("core.phone", function()
   it("finds a valid number's region and type and its E.164 form", function()
@@ -98,5 +99,43 @@ describe("core.phone", function()
   it("raises on misuse", function()
     assert.has_error(function() phone.parse() end)
     assert.has_error(function() phone.parse({}) end)
+  end)
+end)
+
+describe("schema format e164", function()
+  local S = { type = "object", properties = { to = { type = "string", format = "e164" } } }
+
+  it("accepts valid numbers as E.164 writes them", function()
+    for _, n in ipairs({ "+14155550123", "+447400123456", "+33612345678", "+19005550100" }) do
+      assert.is_true(schema.is_e164(n), n)
+      assert.is_table(schema.validate(S, { to = n }))
+    end
+  end)
+
+  it("refuses numbers the old pattern let through, with the reason", function()
+    for _, c in ipairs({
+      { "+10000000000", "not a valid number" },
+      { "+999123456789", "no known country calling code" },
+      { "+1415555012", "too short" },
+      { "+12345678", "a local number" },
+      { "+123456789012345", "too long" },
+      { "+4402079460000", "not in E.164 form, which is +442079460000" },
+    }) do
+      local ok, why = schema.is_e164(c[1])
+      assert.is_false(ok, c[1])
+      assert.truthy(why:find(c[2], 1, true), why)
+    end
+    local _, msg = schema.validate(S, { to = "+10000000000" })
+    assert.equal('Invalid arguments: `to` must be a valid phone number in E.164 format, like +14155550123'
+      .. ' (got "+10000000000": not a valid number).', msg)
+    _, msg = schema.validate(S, { to = "+1 415 555 0123" })
+    assert.truthy(msg:find('(got "+1 415 555 0123": not a plus followed by digits only)', 1, true), msg)
+  end)
+
+  it("keeps e164-syntax for a lookup that asks Twilio whether a number is valid", function()
+    local L = { type = "object", properties = { n = { type = "string", format = "e164-syntax" } } }
+    assert.is_table(schema.validate(L, { n = "+1415555012" }))
+    local _, msg = schema.validate(L, { n = "415" })
+    assert.truthy(msg:find("`n` must be a phone number in E.164 format", 1, true), msg)
   end)
 end)

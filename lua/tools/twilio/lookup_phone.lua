@@ -94,7 +94,7 @@ return {
   input_schema = {
     type = "object",
     properties = {
-      phone_number = { type = "string", format = "e164", description = "The number in E.164 form, like +14155550123." },
+      phone_number = { type = "string", format = "e164-syntax", description = "The number in E.164 form, like +14155550123." },
       fields = { type = "array", items = { type = "string", enum = FIELDS }, uniqueItems = true, maxItems = 5,
                  default = { "line_type_intelligence" },
                  description = "Data packages to add; default [\"line_type_intelligence\"]. An empty list checks"
