@@ -1,30 +1,58 @@
 -- Recipients and limits, before anything is sent:
---  * E.164 only, in an allowed country (default: the countries of the
---    tenant's own numbers), never premium-rate or short codes;
+--  * a valid E.164 number (libphonenumber, through phone()), in an allowed
+--    country (default: the countries of the tenant's own numbers), never of
+--    a refused type (default: premium-rate and shared-cost) nor under one
+--    of the operator's extra `premium_prefixes`;
 --  * recipients that opted out (Twilio 21610 once) are refused locally;
 --  * at most `per_recipient` sends to one number per `window_seconds`;
 --  * at most `daily_budget` sends per tenant per day (UTC).
+-- luacheck: read globals phone
 local per_recipient = settings.per_recipient or 3
 local window = settings.window_seconds or 600
 local daily_budget = settings.daily_budget or 1000
-local premium = settings.premium_prefixes or { "+1900", "+1976", "+4487", "+4490", "+4491", "+4470",
-  "+3389", "+3481", "+3480", "+3989", "+4990", "+4319", "+6119" }
+local prefixes = settings.premium_prefixes or {}
 
--- Country calling codes: 1 digit (1, 7), 2 digits, or else 3 digits.
-local two_digit = { ["20"] = true, ["27"] = true, ["30"] = true, ["31"] = true, ["32"] = true, ["33"] = true,
-  ["34"] = true, ["36"] = true, ["39"] = true, ["40"] = true, ["41"] = true, ["43"] = true, ["44"] = true,
-  ["45"] = true, ["46"] = true, ["47"] = true, ["48"] = true, ["49"] = true, ["51"] = true, ["52"] = true,
-  ["53"] = true, ["54"] = true, ["55"] = true, ["56"] = true, ["57"] = true, ["58"] = true, ["60"] = true,
-  ["61"] = true, ["62"] = true, ["63"] = true, ["64"] = true, ["65"] = true, ["66"] = true, ["81"] = true,
-  ["82"] = true, ["84"] = true, ["86"] = true, ["90"] = true, ["91"] = true, ["92"] = true, ["93"] = true,
-  ["94"] = true, ["95"] = true, ["98"] = true }
+-- libphonenumber's number types (phone(n).type)
+local TYPES = { "fixed_line", "mobile", "fixed_line_or_mobile", "toll_free", "premium_rate", "shared_cost",
+  "voip", "personal_number", "pager", "uan", "voicemail", "unknown" }
+local refused = {}
+for _, t in ipairs(settings.refused_types or { "premium_rate", "shared_cost" }) do
+  local known = false
+  for _, k in ipairs(TYPES) do known = known or k == t end
+  if not known then
+    error(("refused_types: unknown number type '%s' (known: %s)"):format(tostring(t), table.concat(TYPES, ", ")))
+  end
+  refused[t] = true
+end
 
-local function country(number)
-  local digits = number:sub(2)
-  local first = digits:sub(1, 1)
-  if first == "1" or first == "7" then return first end
-  if two_digit[digits:sub(1, 2)] then return digits:sub(1, 2) end
-  return digits:sub(1, 3)
+-- `countries`: regions ("US", "GB") or whole country calling codes ("1", "+44").
+local allowed_regions, allowed_codes = {}, {}
+for _, c in ipairs(settings.countries or {}) do
+  c = tostring(c)
+  if c:match("^%u%u$") then allowed_regions[c] = true
+  elseif c:match("^%+?%d+$") then allowed_codes[tonumber((c:gsub("^%+", "")))] = true
+  else error(("countries: '%s' is neither a region like \"US\" nor a calling code like \"1\""):format(c))
+  end
+end
+
+local region_of = {} -- the tenant's own numbers, parsed once
+local function allowed(call, number)
+  if settings.countries then
+    if not (next(allowed_regions) or next(allowed_codes)) then return true end
+    return allowed_regions[number.region] or allowed_codes[number.country_code]
+  end
+  local any = false
+  for _, own in ipairs(call.connection and call.connection.numbers or {}) do
+    if region_of[own] == nil then
+      local n = phone(own)
+      region_of[own] = n and n.region or false
+    end
+    if region_of[own] then
+      if region_of[own] == number.region then return true end
+      any = true
+    end
+  end
+  return not any
 end
 
 return {
@@ -35,21 +63,21 @@ return {
   check = function(call)
     local to = call.args.to
     if to:find("@", 1, true) then return allow() end -- a verification email
-    if not to:match("^%+[1-9]%d+$") or #to < 9 or #to > 16 then
-      return deny("the recipient must be a full E.164 number (short codes and local formats are refused)")
+    local number = phone(to)
+    if not number or not number.valid or number.e164 ~= to then
+      return deny("the recipient must be a valid phone number in E.164 format (short codes and local formats are refused)")
     end
-    for _, prefix in ipairs(premium) do
+    if refused[number.type] then
+      return deny(("the recipient is a %s number"):format((number.type:gsub("_", "-"))))
+    end
+    for _, prefix in ipairs(prefixes) do
       if to:sub(1, #prefix) == prefix then
         return deny("the recipient is a premium-rate number")
       end
     end
-    local allowed = {}
-    for _, c in ipairs(settings.countries or {}) do allowed[c] = true end
-    if not settings.countries and call.connection then
-      for _, own in ipairs(call.connection.numbers) do allowed[country(own)] = true end
-    end
-    if next(allowed) and not allowed[country(to)] then
-      return deny(("sending to country code +%s is not allowed for this tenant"):format(country(to)))
+    if not allowed(call, number) then
+      local where = number.region == "001" and "non-geographic numbers" or number.region
+      return deny(("sending to %s (+%d) is not allowed for this tenant"):format(where, number.country_code))
     end
     if call.opted_out(to) then
       return deny("the recipient opted out of messages from this tenant (they replied STOP); do not retry")

@@ -4,6 +4,9 @@
 -- Run: ./switchboard exec /usr/bin/busted --lpath="$PWD/tests/?.lua" tests/unit/phone_spec.lua
 local phone = require("core.phone")
 local schema = require("switchboard.schema")
+local policy = require("switchboard.policy")
+
+local ROOT = os.getenv("SB_ROOT") or "."
 
 describe("core.phone", function()
   it("finds a valid number's region and type and its E.164 form", function()
@@ -137,5 +140,92 @@ describe("schema format e164", function()
     assert.is_table(schema.validate(L, { n = "+1415555012" }))
     local _, msg = schema.validate(L, { n = "415" })
     assert.truthy(msg:find("`n` must be a phone number in E.164 format", 1, true), msg)
+  end)
+end)
+
+describe("recipients policy (number types, countries)", function()
+  local SRC
+  local function load(settings)
+    if not SRC then
+      local f = assert(io.open(ROOT .. "/policies/recipients.lua", "rb"))
+      SRC = f:read("a")
+      f:close()
+    end
+    return policy.load_source(SRC, "recipients.lua", settings or {}, 1000000)
+  end
+
+  local function run(to, settings, numbers)
+    local p = assert(load(settings))
+    local set = setmetatable({ list = { p }, budget = 1000000 }, policy)
+    return set:evaluate({
+      tool = "twilio_send_sms", writes = true, args = { to = to, body = "hi" },
+      connection = { numbers = numbers or { "+14155550100" } },
+      opted_out = function() return false end,
+      recent_sends = function() return 0 end,
+      sends_today = function() return 0 end,
+    })
+  end
+
+  it("refuses premium-rate and shared-cost numbers by type", function()
+    local all = { countries = { "1", "33", "34", "41", "44" } }
+    for _, c in ipairs({
+      { "+33836123456", "premium-rate" }, { "+41901123456", "premium-rate" }, { "+19005550100", "premium-rate" },
+      { "+12469761234", "premium-rate" }, { "+34901123456", "shared-cost" }, { "+41848123456", "shared-cost" },
+    }) do
+      local d = run(c[1], all)
+      assert.equal("deny", d.decision, c[1])
+      assert.equal(("the recipient is a %s number"):format(c[2]), d.reason)
+    end
+    assert.equal("allow", run("+33612345678", all).decision)
+    assert.equal("allow", run("+447400123456", all).decision)
+  end)
+
+  it("refuses the types in refused_types, and checks the list at load", function()
+    assert.equal("allow", run("+34901123456", { refused_types = { "premium_rate" }, countries = { "ES" } }).decision)
+    local d = run("+18002345678", { refused_types = { "premium_rate", "toll_free" } })
+    assert.equal("deny", d.decision)
+    assert.equal("the recipient is a toll-free number", d.reason)
+    local p, err = load({ refused_types = { "premium" } })
+    assert.is_nil(p)
+    assert.truthy(err:find("refused_types: unknown number type 'premium'", 1, true), err)
+  end)
+
+  it("refuses invalid numbers and the operator's extra prefixes", function()
+    local d = run("+10000000000")
+    assert.equal("deny", d.decision)
+    assert.truthy(d.reason:find("valid phone number", 1, true))
+    d = run("+14155550177", { premium_prefixes = { "+1415555017" } })
+    assert.equal("deny", d.decision)
+    assert.equal("allow", run("+14155550177").decision)
+  end)
+
+  it("allows the regions of the tenant's own numbers by default", function()
+    assert.equal("allow", run("+14155550123").decision)
+    local d = run("+12042345678") -- Canada shares +1 with the US
+    assert.equal("deny", d.decision)
+    assert.equal("sending to CA (+1) is not allowed for this tenant", d.reason)
+    assert.equal("allow", run("+12042345678", nil, { "+14155550100", "+14165550100" }).decision)
+    d = run("+80012345678", nil)
+    assert.equal("sending to non-geographic numbers (+800) is not allowed for this tenant", d.reason)
+  end)
+
+  it("takes countries as regions or as calling codes", function()
+    assert.equal("allow", run("+12042345678", { countries = { "1" } }).decision)
+    assert.equal("allow", run("+447400123456", { countries = { "GB" } }).decision)
+    assert.equal("allow", run("+447400123456", { countries = { "+44" } }).decision)
+    assert.equal("deny", run("+14155550123", { countries = { "GB" } }).decision)
+    local p, err = load({ countries = { "United Kingdom" } })
+    assert.is_nil(p)
+    assert.truthy(err:find("countries: 'United Kingdom'", 1, true), err)
+  end)
+
+  it("gives policies phone() and nothing of the host", function()
+    local p = assert(policy.load_source([[
+      local n = phone("+33836123456")
+      local bad, err = phone("+999123456789")
+      return { name = "t", priority = 1,
+               check = function() return deny(n.region .. " " .. n.type .. " " .. tostring(bad) .. " " .. err) end }
+    ]], "t.lua", {}, 1000000))
+    assert.equal("FR premium_rate nil no known country calling code after a '+'", p.check({}).reason)
   end)
 end)
