@@ -10,7 +10,8 @@ describe("MCP server", function()
   setup(function()
     up = H.upstream()
     srv = H.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
-                                limits = { connections = 400, line_bytes = 4096, idle_seconds = 30 } } })
+                                limits = { connections = 400, connections_per_uid = 400, line_bytes = 4096,
+                                           idle_seconds = 30 } } })
     token = srv.agent("acme", "bot", "caioo", "Examples")
   end)
 
