@@ -218,11 +218,16 @@ function handlers.call_tool(self, id, params)
   local progress
   local token = as_id(meta.progressToken)
   if token ~= nil then
+    -- progress per token only increases (MCP): a value not above the last
+    -- one sent is dropped
+    local last
     progress = function(p, total, message)
-      if not call.cancelled and not call.done then
-        self:notify("notifications/progress", { progressToken = token, progress = p, total = total,
-                                               message = self.version >= "2025-03-26" and message or nil })
-      end
+      if call.cancelled or call.done or type(p) ~= "number" or p ~= p or p == math.huge then return end
+      if last and p <= last then return end
+      if type(total) ~= "number" or total ~= total or total == math.huge then total = nil end
+      last = p
+      self:notify("notifications/progress", { progressToken = token, progress = p, total = total,
+        message = self.version >= "2025-03-26" and type(message) == "string" and message or nil })
     end
   end
   self.server.inflight = self.server.inflight + 1

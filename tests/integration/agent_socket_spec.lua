@@ -1,6 +1,6 @@
 -- The agent socket under hostile input: ids no JSON answer can carry,
 -- connections that never initialize, one user taking every slot, huge
--- batches and invalid UTF-8. Real server
+-- batches, invalid UTF-8, and progress that goes backwards. Real server
 -- process, real Unix sockets.
 local H = require("helpers")
 local loop = require("core.loop")
@@ -215,6 +215,24 @@ describe("agent socket", function()
       assert.equal(2, m.id)
       assert.is_table(m.error)
       assert.same({}, c:request("ping", {}).result)
+      c:close()
+    end)
+  end)
+
+  it("sends a token's progress only when it increases", function()
+    H.async(function()
+      local c = session()
+      local r = c:request("tools/call", { name = "test_progress", arguments = {}, _meta = { progressToken = "p1" } })
+      assert.equal("done", r.result.content[1].text)
+      local seen = {}
+      for _, n in ipairs(c.notes) do
+        if n.method == "notifications/progress" then
+          assert.equal("p1", n.params.progressToken)
+          seen[#seen + 1] = n.params.progress
+          assert.equal(100, n.params.total)
+        end
+      end
+      assert.same({ 0, 50, 100 }, seen)
       c:close()
     end)
   end)
