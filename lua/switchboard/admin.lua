@@ -112,6 +112,7 @@ methods["tenant.features"] = function(self, p)
     new = edit_list(t.features, p.edits, "tenant features")
     assert(directory.set_features(self.db, t, new))
     directory.settings_audit(self.db, t.id, p.actor, "tenant.features", t.features, new)
+    self.server:refresh_agents(t.id)
   end
   return { tenant = t.name, features = json.array(new) }
 end

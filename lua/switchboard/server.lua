@@ -95,9 +95,11 @@ function M:tools_changed()
   end
 end
 
--- Refresh the agents of a tenant from the store (groups changed, revoked).
+-- Refresh the agents of a tenant from the store (groups changed, revoked,
+-- the tenant's features or connections changed).
 function M:refresh_agents(tenant_id)
   local enabled = directory.tenant_groups(self.db, tenant_id)
+  local t = directory.tenant_by_id(self.db, tenant_id)
   for s in pairs(self.sessions) do
     if s.agent and s.tenant.id == tenant_id then
       local row = directory.agent(self.db, tenant_id, s.agent.name)
@@ -107,6 +109,7 @@ function M:refresh_agents(tenant_id)
       else
         s.agent.groups = row.groups
         s.tenant.enabled = enabled
+        if t then s.tenant.features = t.features end
         s.agent.default_tier = row.default_tier
         s.agent.trusted_sender = row.trusted_sender
       end
