@@ -268,6 +268,35 @@ describe("MCP server", function()
     end, 60)
   end)
 
+  it("keeps the execution ids two agents chose apart", function()
+    local token2 = srv.agent("acme", "bot2", "caioo", "Examples")
+    local meta = { ["io.switchboard/execution"] = "shared-run-1" }
+    H.async(function()
+      for _, t in ipairs({ token, token2, token }) do
+        local c = assert(H.client(srv.agent_socket))
+        assert.is_table(c:initialize(t).result)
+        assert.is_nil(c:call("example_clock", {}, meta).result.isError)
+        c:close()
+      end
+    end)
+    local r = srv.admin("executions --tenant acme")
+    local mine = {}
+    for _, e in ipairs(r.executions) do
+      if e.id == "shared-run-1" then mine[e.agent] = #e.calls end
+    end
+    assert.same({ bot = 2, bot2 = 1 }, mine)
+    local out, code, err = srv.admin("execution show shared-run-1 --tenant acme")
+    assert.equal(1, code, tostring(out))
+    assert.truthy(err:find("bot, bot2", 1, true), err)
+    out, code = srv.admin("execution show shared-run-1 --tenant acme --agent bot2")
+    assert.equal(0, code, tostring(out))
+    assert.equal("shared-run-1", out.id)
+    assert.equal("bot2", out.agent)
+    assert.equal(1, #out.calls)
+    out = srv.admin("execution show shared-run-1 --tenant acme --agent bot")
+    assert.equal(2, #out.calls)
+  end)
+
   it("survives a client that sends garbage and disconnects mid-call", function()
     H.async(function()
       local c = assert(H.client(srv.agent_socket))
