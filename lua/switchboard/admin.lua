@@ -112,6 +112,7 @@ methods["tenant.features"] = function(self, p)
     new = edit_list(t.features, p.edits, "tenant features")
     assert(directory.set_features(self.db, t, new))
     directory.settings_audit(self.db, t.id, p.actor, "tenant.features", t.features, new)
+    self.server:refresh_agents(t.id)
   end
   return { tenant = t.name, features = json.array(new) }
 end
@@ -207,15 +208,23 @@ function M:handle(msg, peer)
   return { id = msg.id, error = { code = -32603, message = "internal error (see the server log)" } }
 end
 
-function M:serve(stream)
-  local _, uid = stream:peercred()
-  local peer = { uid = uid }
+-- The answer as a line, never raising: an answer that cannot be encoded
+-- (an id such as 1e400) becomes an error without the id.
+local function encode(res)
+  res.jsonrpc = "2.0"
+  local ok, line = pcall(json.encode, res)
+  if ok then return line end
+  log.error("admin: could not encode an answer: %s", tostring(line))
+  return '{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":'
+    .. '"invalid request: the id must be a string or an integer, and the answer could not be encoded"}}'
+end
+
+function M:serve_lines(stream, peer)
   while true do
     local line, err = stream:read_line(1048576, 600)
     if not line then
-      if err == "line too long" then
-        stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request too large"}}\n')
-      else
+      if err ~= "line too long" then break end
+      if not stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request too large"}}\n') then
         break
       end
     elseif not line:match("^%s*$") then
@@ -226,10 +235,16 @@ function M:serve(stream)
       else
         res = self:handle(msg, peer)
       end
-      res.jsonrpc = "2.0"
-      if not stream:write(json.encode(res) .. "\n") then break end
+      if not stream:write(encode(res) .. "\n") then break end
     end
   end
+end
+
+-- One admin connection; whatever error ends it, the stream is closed.
+function M:serve(stream)
+  local _, uid = stream:peercred()
+  local ok, err = xpcall(self.serve_lines, debug.traceback, self, stream, { uid = uid })
+  if not ok then log.error("admin: the connection failed and was closed: %s", tostring(err)) end
   stream:close()
 end
 

@@ -333,7 +333,7 @@ admin.executions = function(c)
 end
 
 admin.execution = {
-  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1] }, function(r)
+  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1], agent = c.opts.agent }, function(r)
     local lines = { ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) }
     for _, call in ipairs(r.calls) do
       lines[#lines + 1] = ("#%d %s %s %s: %s / %s, %.1f ms, tier %s, policies %s"):format(call.id, call.at, call.tool,

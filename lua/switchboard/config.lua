@@ -18,6 +18,9 @@ local spec = {
   shutdown_seconds = { type = "number", default = 10, min = 0 },
   limits = { type = "table", fields = {
     connections = { type = "integer", default = 256, min = 1 },
+    connections_per_uid = { type = "integer", default = 128, min = 1 },
+    initialize_seconds = { type = "number", default = 10, min = 0.1 },
+    batch_items = { type = "integer", default = 64, min = 1 },
     line_bytes = { type = "integer", default = 1048576, min = 1024 },
     idle_seconds = { type = "number", default = 300, min = 1 },
     call_seconds = { type = "number", default = 120, min = 1 },

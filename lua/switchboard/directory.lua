@@ -156,11 +156,22 @@ function M.set_groups(db, agent, groups)
   return db:run("UPDATE agents SET groups = ? WHERE id = ?", json.encode(json.array(groups)), agent.id)
 end
 
--- The tool groups a tenant has enabled (those that need a connection).
+-- A tenant's feature code as a key of its tenant_groups set.
+function M.feature_key(code)
+  return "feature:" .. code
+end
+
+-- What a tenant is entitled to: the tool groups it has enabled (those that
+-- need a connection) and its feature codes (as feature_key(code)); a group
+-- counts only with the feature its provider needs (registry:visible).
 function M.tenant_groups(db, tenant_id)
   local set = {}
   for _, r in ipairs(assert(db:query("SELECT name FROM tenant_groups WHERE tenant_id = ?", tenant_id))) do
     set[r.name] = true
+  end
+  local t = db:row("SELECT features FROM tenants WHERE id = ?", tenant_id)
+  for _, f in ipairs(decode_list(t and t.features)) do
+    if type(f) == "string" then set[M.feature_key(f)] = true end
   end
   return set
 end

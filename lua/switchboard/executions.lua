@@ -1,5 +1,7 @@
 -- Reading the audit trail: recent executions across a tenant's agents,
--- one execution in full, and the hash chain's verification.
+-- one execution in full, and the hash chain's verification. An execution
+-- id is the agent's own: the same id chosen by two agents is two
+-- executions (grouped by agent and id).
 local json = require("switchboard.json")
 local audit = require("switchboard.audit")
 
@@ -32,10 +34,11 @@ function M.install(admin)
       .. " ORDER BY l.id", t.id, since))
     local by_id, order = {}, {}
     for _, r in ipairs(rows) do
-      local e = by_id[r.execution_id]
+      local key = ("%s\0%s"):format(tostring(r.agent_id), tostring(r.execution_id))
+      local e = by_id[key]
       if not e then
         e = { id = r.execution_id, agent = r.agent_name, started_at = r.at, calls = {} }
-        by_id[r.execution_id] = e
+        by_id[key] = e
         order[#order + 1] = e
       end
       e.ended_at = r.at
@@ -54,10 +57,26 @@ function M.install(admin)
   methods["execution.show"] = function(self, p)
     local t = self:tenant(p, "execution show")
     if type(p.id) ~= "string" or p.id == "" then refuse("execution show: give the execution id", -32602) end
+    if p.agent ~= nil and (type(p.agent) ~= "string" or p.agent == "") then
+      refuse("execution show: 'agent' must be an agent's name", -32602)
+    end
     local rows = assert(self.db:query("SELECT l.*, a.name AS agent_name FROM audit_log l"
       .. " LEFT JOIN agents a ON a.id = l.agent_id WHERE l.kind = 'call' AND l.tenant_id = ?"
-      .. " AND l.execution_id = ? ORDER BY l.id", t.id, p.id))
-    if #rows == 0 then refuse(("no execution '%s' in tenant '%s'"):format(p.id, t.name)) end
+      .. " AND l.execution_id = ? AND (? IS NULL OR a.name = ?) ORDER BY l.id", t.id, p.id, p.agent, p.agent))
+    if #rows == 0 then
+      refuse(("no execution '%s'%s in tenant '%s'"):format(p.id,
+        p.agent and (" of agent '" .. p.agent .. "'") or "", t.name))
+    end
+    -- each agent's id is its own: the same id of two agents is not one execution
+    local agents, seen = {}, {}
+    for _, r in ipairs(rows) do
+      local name = r.agent_name or tostring(r.agent_id)
+      if not seen[name] then seen[name] = true; agents[#agents + 1] = name end
+    end
+    if #agents > 1 then
+      refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
+        :format(p.id, table.concat(agents, ", ")), -32602)
+    end
     local calls = {}
     for i, r in ipairs(rows) do calls[i] = call_view(r) end
     return { tenant = t.name, id = p.id, agent = rows[1].agent_name, calls = json.array(calls) }

@@ -24,37 +24,64 @@ local UNAUTHORIZED = -32010 -- not -32001: the MCP SDK uses that for its own tim
 local Session = {}
 Session.__index = Session
 
--- A request id as a table key: 1, 1.0 and "1" stay apart, 1 and 1.0 match.
+-- A request id as a table key: 1 and "1" stay apart.
 local function id_key(v)
-  if type(v) == "number" then return ("n:%.17g"):format(v) end
+  if type(v) == "number" then return ("n:%d"):format(v) end
   return "s:" .. tostring(v)
 end
 
-local function is_id(v)
-  return type(v) == "string" or math.type(v) == "integer"
-    or (type(v) == "number" and v == math.floor(v))
+-- Below 2^53 every integer is one IEEE double: a larger number in the
+-- JSON text may have been rounded on the way in.
+local MAX_ID = 2 ^ 53
+
+-- A valid request id as this server keeps it (a string or an integer), or
+-- nil: a number must be a whole number that came in exactly and goes back
+-- out as the same digits (no 1e400, 2^63, 1.5 or -0.5).
+local function as_id(v)
+  if type(v) == "string" then return v end
+  if type(v) ~= "number" or v ~= v or v <= -MAX_ID or v >= MAX_ID then return nil end
+  local i = math.tointeger(v)
+  if i == nil or json.encode(i) ~= tostring(i) then return nil end
+  return i
+end
+M.as_id = as_id
+
+local ENCODE_FAILED = '{"jsonrpc":"2.0","id":null,"error":{"code":-32603,'
+  .. '"message":"internal error: the answer could not be encoded"}}'
+
+-- The line for msg, never raising: a message that cannot be encoded, or
+-- whose text is not valid UTF-8, becomes an internal error.
+function Session:encode(msg)
+  local ok, line = pcall(json.encode, msg)
+  if ok and not utf8.len(line) then ok, line = false, "the message is not valid UTF-8" end
+  if ok then return line end
+  log.error("mcp: connection %d: could not encode a message: %s", self.n, tostring(line))
+  if msg.id == nil then return nil end -- a notification: dropped
+  ok, line = pcall(json.encode, { jsonrpc = "2.0", id = as_id(msg.id) or json.null,
+    error = { code = INTERNAL, message = "internal error: the answer could not be encoded" } })
+  return ok and line or ENCODE_FAILED
+end
+
+function Session:write(line)
+  if line and not self.closed and not self.stream:write(line .. "\n") then self:close() end
 end
 
 function Session:send(msg)
   if self.closed then return end
   msg.jsonrpc = "2.0"
-  if self.batch and msg.id ~= nil then
+  if self.batch and self.batch_open and msg.id ~= nil then
     self.batch[#self.batch + 1] = msg
     return
   end
-  local ok, line = pcall(json.encode, msg)
-  if not ok then
-    log.error("mcp: could not encode a message: %s", line)
-    line = json.encode({ jsonrpc = "2.0", id = msg.id or json.null,
-      error = { code = INTERNAL, message = "internal error: the result could not be encoded" } })
-  elseif msg.result and msg.result.content and #line > self.server.cfg.limits.result_bytes then
+  local line = self:encode(msg)
+  if line and msg.result and msg.result.content and #line > self.server.cfg.limits.result_bytes then
     local limit = self.server.cfg.limits.result_bytes
     log.warn("mcp: connection %d: a tool result of %d bytes was over limits.result_bytes", self.n, #line)
-    line = json.encode({ jsonrpc = "2.0", id = msg.id, result = pipeline.result(("The result was too large"
+    line = self:encode({ jsonrpc = "2.0", id = msg.id, result = pipeline.result(("The result was too large"
       .. " to return (%d bytes; the limit is %d). Ask for less, for example with a smaller limit or narrower"
       .. " dates."):format(#line, limit), nil, true) })
   end
-  if not self.stream:write(line .. "\n") then self:close() end
+  self:write(line)
 end
 
 function Session:reply(id, res)
@@ -189,13 +216,18 @@ function handlers.call_tool(self, id, params)
   self.calls[key] = call
   self.ncalls = self.ncalls + 1
   local progress
-  local token = meta.progressToken
-  if is_id(token) then
+  local token = as_id(meta.progressToken)
+  if token ~= nil then
+    -- progress per token only increases (MCP): a value not above the last
+    -- one sent is dropped
+    local last
     progress = function(p, total, message)
-      if not call.cancelled and not call.done then
-        self:notify("notifications/progress", { progressToken = token, progress = p, total = total,
-                                               message = self.version >= "2025-03-26" and message or nil })
-      end
+      if call.cancelled or call.done or type(p) ~= "number" or p ~= p or p == math.huge then return end
+      if last and p <= last then return end
+      if type(total) ~= "number" or total ~= total or total == math.huge then total = nil end
+      last = p
+      self:notify("notifications/progress", { progressToken = token, progress = p, total = total,
+        message = self.version >= "2025-03-26" and type(message) == "string" and message or nil })
     end
   end
   self.server.inflight = self.server.inflight + 1
@@ -224,7 +256,7 @@ function handlers.call_tool(self, id, params)
     self.calls[key] = nil
     self.ncalls = self.ncalls - 1
     self.server.inflight = self.server.inflight - 1
-    if not ok then
+    if not ok or (res ~= nil and type(res) ~= "table") then
       log.error("mcp: tools/call %s failed: %s", tool.name, tostring(res))
       if not call.cancelled then self:fail(id, INTERNAL, "internal error") end
     elseif not call.cancelled and res then
@@ -236,8 +268,10 @@ function handlers.call_tool(self, id, params)
 end
 
 function handlers.cancelled(self, params)
-  if type(params) ~= "table" or not is_id(params.requestId) then return end
-  local call = self.calls[id_key(params.requestId)]
+  if type(params) ~= "table" then return end
+  local rid = as_id(params.requestId)
+  if rid == nil then return end
+  local call = self.calls[id_key(rid)]
   if call then
     call.cancelled = true
     log.info("mcp: connection %d: request %s cancelled by the client", self.n, tostring(params.requestId))
@@ -259,23 +293,24 @@ local PRE_INIT = { initialize = true, ping = true }
 -- Handle one decoded message (an object).
 function Session:dispatch(msg)
   if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" then
-    return self:fail(type(msg) == "table" and is_id(msg.id) and msg.id or nil, INVALID_REQUEST,
+    return self:fail(type(msg) == "table" and as_id(msg.id) or nil, INVALID_REQUEST,
       "invalid request: expected a JSON-RPC 2.0 object with \"jsonrpc\": \"2.0\"")
   end
-  local method, id = msg.method, msg.id
+  local method, id = msg.method, as_id(msg.id)
   if method == nil and (msg.result ~= nil or msg.error ~= nil) then
     return -- a response to a request we never send: ignore
   end
   if type(method) ~= "string" then
-    return self:fail(is_id(id) and id or nil, INVALID_REQUEST, "invalid request: \"method\" must be a string")
+    return self:fail(id, INVALID_REQUEST, "invalid request: \"method\" must be a string")
   end
-  if id == nil then
+  if msg.id == nil then
     local fn = notifications[method]
     if fn and (self.initialized_req or method ~= "notifications/cancelled") then fn(self, msg.params) end
     return
   end
-  if not is_id(id) then
-    return self:fail(nil, INVALID_REQUEST, "invalid request: \"id\" must be a string or an integer")
+  if id == nil then
+    return self:fail(nil, INVALID_REQUEST, "invalid request: \"id\" must be a string or an integer"
+      .. " (not a fraction, and small enough to be answered with the same digits)")
   end
   local fn = methods[method]
   if not fn then
@@ -284,42 +319,82 @@ function Session:dispatch(msg)
   if not self.initialized_req and not PRE_INIT[method] then
     return self:fail(id, INVALID_REQUEST, "the session is not initialized: send initialize with the agent token first")
   end
-  fn(self, id, msg.params)
+  local ok, err = xpcall(fn, debug.traceback, self, id, msg.params)
+  if not ok then
+    log.error("mcp: connection %d: %s failed: %s", self.n, method, tostring(err))
+    self:fail(id, INTERNAL, "internal error (see the server log)")
+  end
 end
 
 function Session:handle_line(line)
   if line:match("^%s*$") then return end
+  if not utf8.len(line) then
+    return self:fail(nil, PARSE_ERROR, "parse error: the message is not valid UTF-8 (RFC 8259)")
+  end
+  if self.version ~= "2025-03-26" and line:match("^%s*%[") then
+    return self:fail(nil, INVALID_REQUEST, "batches are not supported in this protocol version")
+  end
   local msg, err = json.decode(line)
   if msg == nil then
     return self:fail(nil, PARSE_ERROR, "parse error: " .. tostring(err))
   end
   if type(msg) == "table" and rawget(msg, 1) ~= nil then
-    if self.version ~= "2025-03-26" then
-      return self:fail(nil, INVALID_REQUEST, "batches are not supported in this protocol version")
-    end
-    -- answers produced now go back as one array; a tools/call answers later
-    self.batch = {}
-    for _, m in ipairs(msg) do self:dispatch(m) end
-    local replies = self.batch
-    self.batch = nil
-    if #replies > 0 then
-      local ok, out = pcall(json.encode, replies)
-      if ok and not self.stream:write(out .. "\n") then self:close() end
-    end
-    return
+    return self:handle_batch(msg)
   end
   self:dispatch(msg)
 end
 
--- The read loop of one connection; returns when it closes.
+-- A batch (2025-03-26 only): at most limits.batch_items items; between
+-- slices of BATCH_SLICE items the loop serves others. Answers produced
+-- while the batch is handled go back as one array; a tools/call that
+-- waits answers later on its own.
+local BATCH_SLICE = 16
+
+function Session:handle_batch(msg)
+  if self.version ~= "2025-03-26" then
+    return self:fail(nil, INVALID_REQUEST, "batches are not supported in this protocol version")
+  end
+  local limit = self.server.cfg.limits.batch_items
+  if #msg > limit then
+    return self:fail(nil, INVALID_REQUEST, ("invalid request: a batch of %d items is over limits.batch_items"
+      .. " (at most %d)"):format(#msg, limit))
+  end
+  self.batch = {}
+  for i, m in ipairs(msg) do
+    self.batch_open = true
+    self:dispatch(m)
+    self.batch_open = false
+    if i % BATCH_SLICE == 0 then loop.sleep(0) end
+    if self.closed then break end
+  end
+  local replies = self.batch
+  self.batch = nil
+  if #replies > 0 then self:write(self:encode(replies)) end
+end
+
+-- The read loop of one connection; returns when it closes. Until a
+-- successful initialize the connection has limits.initialize_seconds from
+-- its accept (blank lines or failed attempts do not extend it).
 function Session:run()
   local limits = self.server.cfg.limits
   while not self.closed do
-    local line, err = self.stream:read_line(limits.line_bytes, limits.idle_seconds)
+    local timeout = limits.idle_seconds
+    if not self.initialized_req then
+      timeout = math.min(timeout, self.init_deadline - loop.time())
+      if timeout <= 0 then
+        log.info("mcp: connection %d: no initialize within %gs, closing", self.n, limits.initialize_seconds)
+        self:fail(nil, INVALID_REQUEST, ("initialize did not arrive within %g seconds (limits.initialize_seconds);"
+          .. " closing the connection"):format(limits.initialize_seconds))
+        break
+      end
+    end
+    local line, err = self.stream:read_line(limits.line_bytes, timeout)
     if line then
       self:handle_line(line)
     elseif err == "line too long" then
       self:fail(nil, INVALID_REQUEST, ("request too large: a message may be at most %d bytes"):format(limits.line_bytes))
+    elseif err == "timeout" and not self.initialized_req then
+      goto continue -- the deadline check above closes it
     else
       if err == "timeout" then
         if self.ncalls > 0 then goto continue end
@@ -332,9 +407,20 @@ function Session:run()
   self:close()
 end
 
+-- Run the session; whatever error ends it, the connection is closed and
+-- its slot freed (the error goes to the log).
+function Session:serve()
+  local ok, err = xpcall(self.run, debug.traceback, self)
+  if not ok then
+    log.error("mcp: connection %d: the session failed and was closed: %s", self.n, tostring(err))
+  end
+  self:close()
+end
+
 function M.new(server, stream, n)
   return setmetatable({ server = server, stream = stream, n = n, calls = {}, ncalls = 0,
-                        version = M.LATEST, execution_id = ("conn-%d-%d"):format(os.time(), n) },
+                        version = M.LATEST, execution_id = ("conn-%d-%d"):format(os.time(), n),
+                        init_deadline = loop.time() + server.cfg.limits.initialize_seconds },
                       Session)
 end
 

@@ -135,7 +135,6 @@ function M.run(rt, call)
   end
 
   -- 3. the handler, in this coroutine; it may wait on HTTP
-  if call.progress then call.progress(1, 3, "arguments and policies passed") end
   local ctx = {
     tenant = s.tenant, agent = s.agent, sender = call.sender, call_id = call.id,
     execution_id = call.execution_id, settings = rt.cfg.tool_settings[tool.name] or {},

@@ -6,6 +6,7 @@ local lfs = require("lfs")
 local json = require("switchboard.json")
 local schema = require("switchboard.schema")
 local vault = require("core.vault")
+local directory = require("switchboard.directory")
 
 local M = {}
 M.__index = M
@@ -164,20 +165,38 @@ function M.load(dirs)
       end
       self.tools[tool.name] = tool
       self.order[#self.order + 1] = tool.name
-      if tool.connection then self.gated[tool.group] = true end
+      if tool.connection then self.gated[tool.group] = M.required_feature(tool.connection) end
     end
   end
   table.sort(self.order)
   return self
 end
 
--- The tools an agent with these groups may see, sorted by name. A group
--- whose tools need a connection counts only when the tenant has it
--- enabled (enabled: set of group names).
+-- The tenant feature a connection's tools need (its provider's FEATURE,
+-- e.g. custom.twilio), true when the provider needs none. A provider that
+-- does not load needs a feature no tenant has: its tools stay hidden.
+local UNAVAILABLE = "\0unavailable"
+function M.required_feature(connection)
+  local ok, provider = pcall(require, "switchboard." .. connection .. ".connection")
+  if not ok or type(provider) ~= "table" then return UNAVAILABLE end
+  return provider.FEATURE or true
+end
+
+-- May a tenant with this entitlement (directory.tenant_groups) use group g?
+-- A group whose tools need a connection counts only when the tenant has it
+-- enabled and holds the provider's feature.
+function M:entitled(g, enabled)
+  local need = self.gated[g]
+  if not need then return true end
+  if not (enabled and enabled[g]) then return false end
+  return need == true or enabled[directory.feature_key(need)] == true
+end
+
+-- The tools an agent with these groups may see, sorted by name.
 function M:visible(groups, enabled)
   local allowed = {}
   for _, g in ipairs(groups) do
-    if not self.gated[g] or (enabled and enabled[g]) then allowed[g] = true end
+    if self:entitled(g, enabled) then allowed[g] = true end
   end
   local out = {}
   for _, name in ipairs(self.order) do
@@ -190,7 +209,7 @@ end
 function M:find(name, groups, enabled)
   local t = self.tools[name]
   if not t then return nil end
-  if self.gated[t.group] and not (enabled and enabled[t.group]) then return nil end
+  if not self:entitled(t.group, enabled) then return nil end
   for _, g in ipairs(groups) do
     if g == t.group then return t end
   end

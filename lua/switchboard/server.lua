@@ -11,6 +11,7 @@ local policy = require("switchboard.policy")
 local audit = require("switchboard.audit")
 local mcp = require("switchboard.mcp")
 local directory = require("switchboard.directory")
+local json = require("switchboard.json")
 
 local M = {}
 M.__index = M
@@ -94,9 +95,11 @@ function M:tools_changed()
   end
 end
 
--- Refresh the agents of a tenant from the store (groups changed, revoked).
+-- Refresh the agents of a tenant from the store (groups changed, revoked,
+-- the tenant's features or connections changed).
 function M:refresh_agents(tenant_id)
   local enabled = directory.tenant_groups(self.db, tenant_id)
+  local t = directory.tenant_by_id(self.db, tenant_id)
   for s in pairs(self.sessions) do
     if s.agent and s.tenant.id == tenant_id then
       local row = directory.agent(self.db, tenant_id, s.agent.name)
@@ -106,6 +109,7 @@ function M:refresh_agents(tenant_id)
       else
         s.agent.groups = row.groups
         s.tenant.enabled = enabled
+        if t then s.tenant.features = t.features end
         s.agent.default_tier = row.default_tier
         s.agent.trusted_sender = row.trusted_sender
       end
@@ -118,6 +122,11 @@ function M:forget(session)
   if self.sessions[session] then
     self.sessions[session] = nil
     self.nsessions = self.nsessions - 1
+    local uid = session.uid
+    if uid ~= nil then
+      local n = (self.per_uid[uid] or 1) - 1
+      self.per_uid[uid] = n > 0 and n or nil
+    end
   end
 end
 
@@ -127,21 +136,41 @@ function M:call_done()
   end
 end
 
+local function refuse_connection(stream, message)
+  stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":' .. json.encode(message) .. '}}\n')
+  stream:flush(1)
+  stream:close()
+end
+
+-- A new agent connection: refused when the server is full or the peer's
+-- uid (SO_PEERCRED) already holds limits.connections_per_uid, so that one
+-- local user cannot take every slot.
 function M:accept_agent(stream)
   if self.draining then stream:close() return end
   self.nconn = self.nconn + 1
   local n = self.nconn
-  if self.nsessions >= self.cfg.limits.connections then
+  local limits = self.cfg.limits
+  if self.nsessions >= limits.connections then
     log.warn("mcp: refusing connection %d: %d connections open (limits.connections)", n, self.nsessions)
-    stream:write('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"server busy: too many connections"}}\n')
-    stream:flush(1)
-    stream:close()
-    return
+    return refuse_connection(stream, "server busy: too many connections")
+  end
+  local _, uid = stream:peercred()
+  if uid == nil then
+    log.warn("mcp: refusing connection %d: the peer's credentials could not be read", n)
+    return refuse_connection(stream, "the peer's credentials could not be read")
+  end
+  if (self.per_uid[uid] or 0) >= limits.connections_per_uid then
+    log.warn("mcp: refusing connection %d: uid %d has %d connections open (limits.connections_per_uid)",
+      n, uid, self.per_uid[uid])
+    return refuse_connection(stream, ("too many connections from this user (at most %d:"
+      .. " limits.connections_per_uid)"):format(limits.connections_per_uid))
   end
   local s = mcp.new(self, stream, n)
+  s.uid = uid
   self.sessions[s] = true
   self.nsessions = self.nsessions + 1
-  s:run()
+  self.per_uid[uid] = (self.per_uid[uid] or 0) + 1
+  s:serve()
 end
 
 function M:shutdown(signame)
@@ -169,7 +198,7 @@ end
 
 -- Start everything; returns the server or nil, err.
 function M.start(cfg)
-  local self = setmetatable({ cfg = cfg, sessions = {}, nsessions = 0, nconn = 0, inflight = 0,
+  local self = setmetatable({ cfg = cfg, sessions = {}, nsessions = 0, nconn = 0, inflight = 0, per_uid = {},
                               listeners = {}, signals = {} }, M)
   local ok, err = mkdir_p(cfg.data_dir)
   if not ok then return nil, err end

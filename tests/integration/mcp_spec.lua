@@ -10,7 +10,8 @@ describe("MCP server", function()
   setup(function()
     up = H.upstream()
     srv = H.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
-                                limits = { connections = 400, line_bytes = 4096, idle_seconds = 30 } } })
+                                limits = { connections = 400, connections_per_uid = 400, line_bytes = 4096,
+                                           idle_seconds = 30 } } })
     token = srv.agent("acme", "bot", "caioo", "Examples")
   end)
 
@@ -195,19 +196,6 @@ describe("MCP server", function()
     end)
   end)
 
-  it("sends progress notifications when a progressToken is given", function()
-    H.async(function()
-      local c = session()
-      local r = c:request("tools/call", { name = "example_fetch", arguments = { path = "/hello.json" },
-                                          _meta = { progressToken = 42 } })
-      assert.is_nil(r.result.isError)
-      assert.truthy(#c.notes >= 1)
-      assert.equal("notifications/progress", c.notes[1].method)
-      assert.equal(42, c.notes[1].params.progressToken)
-      c:close()
-    end)
-  end)
-
   it("stops answering a cancelled call and keeps serving the connection", function()
     H.async(function()
       local c = session()
@@ -278,6 +266,35 @@ describe("MCP server", function()
       assert.equal(200, ok)
       for i = 1, 200 do clients[i]:close() end
     end, 60)
+  end)
+
+  it("keeps the execution ids two agents chose apart", function()
+    local token2 = srv.agent("acme", "bot2", "caioo", "Examples")
+    local meta = { ["io.switchboard/execution"] = "shared-run-1" }
+    H.async(function()
+      for _, t in ipairs({ token, token2, token }) do
+        local c = assert(H.client(srv.agent_socket))
+        assert.is_table(c:initialize(t).result)
+        assert.is_nil(c:call("example_clock", {}, meta).result.isError)
+        c:close()
+      end
+    end)
+    local r = srv.admin("executions --tenant acme")
+    local mine = {}
+    for _, e in ipairs(r.executions) do
+      if e.id == "shared-run-1" then mine[e.agent] = #e.calls end
+    end
+    assert.same({ bot = 2, bot2 = 1 }, mine)
+    local out, code, err = srv.admin("execution show shared-run-1 --tenant acme")
+    assert.equal(1, code, tostring(out))
+    assert.truthy(err:find("bot, bot2", 1, true), err)
+    out, code = srv.admin("execution show shared-run-1 --tenant acme --agent bot2")
+    assert.equal(0, code, tostring(out))
+    assert.equal("shared-run-1", out.id)
+    assert.equal("bot2", out.agent)
+    assert.equal(1, #out.calls)
+    out = srv.admin("execution show shared-run-1 --tenant acme --agent bot")
+    assert.equal(2, #out.calls)
   end)
 
   it("survives a client that sends garbage and disconnects mid-call", function()
