@@ -11,7 +11,8 @@ describe("MCP server", function()
     up = H.upstream()
     srv = H.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
                                 limits = { connections = 400, connections_per_uid = 400, line_bytes = 4096,
-                                           idle_seconds = 30 } } })
+                                           idle_seconds = 30 },
+                                tool_dirs = { H.ROOT .. "/examples/tools", H.ROOT .. "/tests/fixtures/tools" } } })
     token = srv.agent("acme", "bot", "caioo", "Examples")
   end)
 
@@ -242,6 +243,23 @@ describe("MCP server", function()
       for i = 1, 10 do clients[i]:close() end
       slow:close()
     end, 30)
+  end)
+
+  it("takes 64 calls in flight on one connection with the default limits.calls_per_connection", function()
+    local waiter = srv.agent("acme", "waiter", "caioo", "Tests")
+    H.async(function()
+      local c = assert(H.client(srv.agent_socket))
+      assert.is_table(c:initialize(waiter).result)
+      for i = 1, 64 do
+        c:send({ id = i, method = "tools/call", params = { name = "test_wait", arguments = { ms = 300 } } })
+      end
+      for i = 1, 64 do
+        local r = assert(c:wait(i, 20))
+        assert.is_nil(r.error, json.encode(r.error))
+        assert.is_nil(r.result.isError, json.encode(r.result))
+      end
+      c:close()
+    end, 40)
   end)
 
   it("serves 200 concurrent connections", function()
