@@ -17,6 +17,7 @@
 ** multi handle, so lua_close leaves nothing behind.
 */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -473,9 +474,25 @@ value_string(lua_State *L, int idx, const char *opt, const char *key,
 {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING:
-    case LUA_TNUMBER:
       lua_pushvalue(L, idx);
       return lua_tolstring(L, -1, len);
+    case LUA_TNUMBER: {
+      /* an integral float is written as an integer: 5.0 is "5", never
+      ** "5.0" (JSON decoders give floats) */
+      lua_Integer i;
+      if (lua_isinteger(L, idx)) {
+        lua_pushvalue(L, idx);
+      } else {
+        lua_Number n = lua_tonumber(L, idx);
+        if (!isfinite(n))
+          luaL_error(L, "opts.%s.%s: not a finite number", opt, key);
+        if (floor(n) == n && lua_numbertointeger(n, &i))
+          lua_pushinteger(L, i);
+        else
+          lua_pushvalue(L, idx);
+      }
+      return lua_tolstring(L, -1, len);
+    }
     case LUA_TBOOLEAN:
       lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false");
       return lua_tolstring(L, -1, len);

@@ -575,6 +575,21 @@ describe("core.http", function()
     end)
   end)
 
+  describe("numbers", function()
+    it("writes an integral float in a query or form as an integer, never 5.0", function()
+      async(function()
+        local body = get_json({ url = up.url .. "/echo", query = { PageSize = 5.0, a = 2.5, b = -3.0, c = 7 } })
+        assert.are.equal("PageSize=5&a=2.5&b=-3&c=7", body.query)
+        body = get_json({ method = "POST", url = up.url .. "/echo", form = { n = 101.0, list = { 1.0, 2 } } })
+        assert.are.equal("list=1&list=2&n=101", body.body)
+        assert.has_error(function() http.request({ url = up.url, query = { x = 1 / 0 } }) end,
+          "opts.query.x: not a finite number")
+        assert.has_error(function() http.request({ url = up.url, form = { x = 0 / 0 } }) end,
+          "opts.form.x: not a finite number")
+      end)
+    end)
+  end)
+
   describe("lifetime", function()
     it("frees pending requests at exit (lua_close)", function()
       -- $SB_BIN, else this very binary (the shell's parent)

@@ -1,0 +1,82 @@
+-- What the Twilio tools send upstream, end to end through the agent socket
+-- against the simulator (`switchboard sim`): integers stay integers on the
+-- wire, next-page links never take the credential to another host, and a
+-- media URL must be a public http(s) address.
+local H = require("helpers")
+local TW = require("twilio_env")
+local httpd = require("core.httpd")
+
+local S = TW.SIM
+
+describe("Twilio requests upstream", function()
+  local sim, srv, token
+
+  setup(function()
+    sim = TW.sim()
+    srv = TW.server({ config = { tool_settings = {
+      -- pages of 2 calls, so a listing of 5 follows next_page_uri
+      twilio_manage_calls = { page_size = 2 },
+      -- send_whatsapp has a media allow-list, send_sms none
+      twilio_send_whatsapp = { recheck_seconds = 0.05, media_domains = { "media.example.com" } },
+    } } })
+    token = TW.connect_sim(srv, sim, "acme")
+  end)
+
+  teardown(function()
+    if srv then srv.stop() end
+    if sim then sim.stop() end
+  end)
+
+  before_each(function()
+    H.async(function() assert(sim.control("POST", "reset") == 200) end)
+  end)
+
+  local function with(fn) return TW.with(srv, token, fn) end
+
+  local function is_error(r, ...)
+    assert.is_true(r.isError, "expected an error, got: " .. r.text)
+    for _, s in ipairs({ ... }) do
+      assert.truthy(r.text:find(s, 1, true), ("%q not in %q"):format(s, r.text))
+    end
+  end
+
+  local function ok(r)
+    assert.is_nil(r.isError, "unexpected error: " .. r.text)
+    return r.data
+  end
+
+  local function requests_of(fn)
+    local before = sim.last()
+    local r = fn()
+    return r, (sim.requests(before))
+  end
+
+  describe("integers", function()
+    it("sends an agent's limit of 5 as PageSize=5, which the simulator accepts like Twilio", function()
+      with(function(c)
+        for _, call in ipairs({ { "twilio_search_messages", { action = "search", limit = 5 } },
+                                { "twilio_manage_calls", { action = "list_recent", limit = 2 } } }) do
+          local r, reqs = requests_of(function() return TW.call(c, call[1], call[2]) end)
+          local d = ok(r)
+          assert.equal(call[2].limit, d.count)
+          assert.equal(tostring(call[2].limit), reqs[1].params.PageSize)
+          assert.truthy(reqs[1].query:find("PageSize=" .. call[2].limit, 1, true), reqs[1].query)
+          for _, q in ipairs(reqs) do
+            assert.is_nil(q.query:find("%d%.0"), q.query)
+            assert.not_equal(400, q.status)
+          end
+        end
+      end)
+    end)
+
+    it("writes integers as integers in error texts", function()
+      with(function(c)
+        local r = TW.call(c, "twilio_search_messages", { action = "search", limit = 101 })
+        is_error(r, "`limit` must be at most 100 (got 101)")
+        assert.is_nil(r.text:find("101.0", 1, true))
+        r = TW.call(c, "twilio_manage_calls", { action = "list_recent", limit = 0 })
+        is_error(r, "`limit` must be at least 1 (got 0)")
+      end)
+    end)
+  end)
+end)
