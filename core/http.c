@@ -16,6 +16,7 @@
 ** module state is a userdata in the registry whose __gc tears down the
 ** multi handle, so lua_close leaves nothing behind.
 */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 #include "netbuf.h"
 
 #define REQUEST_MT  "core.http.Request"
+#define URL_MT      "core.http.Url"
 #define STATE_MT    "core.http.State"
 #define STATE_KEY   "core.http.state"
 
@@ -899,6 +901,239 @@ http_request(lua_State *L)
   return lua_yield(L, 0);
 }
 
+/* {====================================================================
+** http.parse, http.resolve: libcurl's URL parser (curl_url)
+** ===================================================================== */
+
+enum { U_URL, U_SCHEME, U_HOST, U_PORT, U_PATH, U_QUERY, U_FRAGMENT,
+       U_USER, U_PASSWORD, U_ZONEID, U_NPARTS };
+
+/* A URL handle and the strings read from it: a to-be-closed userdata,
+** so an error while the table is built frees them. */
+typedef struct UrlBox {
+  CURLU *u;
+  char *part[U_NPARTS];
+} UrlBox;
+
+static int
+url_close(lua_State *L)
+{
+  UrlBox *b = (UrlBox *)luaL_checkudata(L, 1, URL_MT);
+  for (int i = 0; i < U_NPARTS; i++) {
+    curl_free(b->part[i]);
+    b->part[i] = NULL;
+  }
+  if (b->u != NULL) {
+    curl_url_cleanup(b->u);
+    b->u = NULL;
+  }
+  return 0;
+}
+
+static UrlBox *
+url_box(lua_State *L)
+{
+  UrlBox *b = (UrlBox *)lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  luaL_setmetatable(L, URL_MT);
+  lua_toclose(L, -1);
+  b->u = curl_url();
+  if (b->u == NULL)
+    luaL_error(L, "not enough memory");
+  return b;
+}
+
+/* What an IPv4 address is, or NULL for a public one. */
+static const char *
+ipv4_kind(const unsigned char a[4])
+{
+  if (a[0] == 0)
+    return "unspecified";
+  if (a[0] == 127)
+    return "loopback";
+  if (a[0] == 169 && a[1] == 254)
+    return "link-local";
+  if (a[0] == 10 || (a[0] == 172 && (a[1] & 0xf0) == 16)
+      || (a[0] == 192 && a[1] == 168)
+      || (a[0] == 100 && (a[1] & 0xc0) == 64))          /* 100.64/10 */
+    return "private";
+  if (a[0] >= 224 && a[0] < 240)
+    return "multicast";
+  if (a[0] >= 240                                         /* 240/4, bcast */
+      || (a[0] == 192 && a[1] == 0 && (a[2] == 0 || a[2] == 2))
+      || (a[0] == 198 && (a[1] & 0xfe) == 18)             /* 198.18/15 */
+      || (a[0] == 198 && a[1] == 51 && a[2] == 100)
+      || (a[0] == 203 && a[1] == 0 && a[2] == 113))
+    return "reserved";
+  return NULL;
+}
+
+/* What an IPv6 address is (an embedded IPv4 address counts as itself),
+** or NULL for a public one. */
+static const char *
+ipv6_kind(const unsigned char a[16])
+{
+  static const unsigned char zero[16] = { 0 };
+  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0xff, 0xff };
+  static const unsigned char nat64[12] = { 0, 0x64, 0xff, 0x9b };
+  if (memcmp(a, zero, 15) == 0 && a[15] <= 1)
+    return a[15] == 0 ? "unspecified" : "loopback";
+  if (memcmp(a, mapped, 12) == 0 || memcmp(a, zero, 12) == 0
+      || memcmp(a, nat64, 12) == 0)         /* ::ffff:v4, ::v4, 64:ff9b::v4 */
+    return ipv4_kind(a + 12);
+  if (a[0] == 0x20 && a[1] == 0x02)         /* 6to4: 2002:v4::/48 */
+    return ipv4_kind(a + 2);
+  if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+    return "link-local";
+  if ((a[0] & 0xfe) == 0xfc || (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0))
+    return "private";                       /* fc00::/7, fec0::/10 */
+  if (a[0] == 0xff)
+    return "multicast";
+  if ((a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8)
+      || (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0)
+      || (a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b)
+      || (a[0] == 0x01 && memcmp(a + 1, zero, 7) == 0)   /* 100::/64 */
+      || (a[0] & 0xe0) != 0x20)             /* outside 2000::/3 */
+    return "reserved";
+  return NULL;
+}
+
+/* [-0, +1, m] The URL in b (its parts read) as a table. */
+static void
+push_url(lua_State *L, UrlBox *b)
+{
+  static const struct { CURLUPart part; unsigned flags; } parts[U_NPARTS] = {
+    { CURLUPART_URL, 0 }, { CURLUPART_SCHEME, 0 }, { CURLUPART_HOST, 0 },
+    { CURLUPART_PORT, CURLU_DEFAULT_PORT }, { CURLUPART_PATH, 0 },
+    { CURLUPART_QUERY, 0 }, { CURLUPART_FRAGMENT, 0 },
+    { CURLUPART_USER, 0 }, { CURLUPART_PASSWORD, 0 },
+    { CURLUPART_ZONEID, 0 },
+  };
+  for (int i = 0; i < U_NPARTS; i++) {
+    CURLUcode rc = curl_url_get(b->u, parts[i].part, &b->part[i],
+                                parts[i].flags);
+    if (rc == CURLUE_OUT_OF_MEMORY)
+      luaL_error(L, "not enough memory");
+    if (rc != CURLUE_OK)
+      b->part[i] = NULL;
+  }
+  lua_createtable(L, 0, 10);
+  static const char *const names[U_NPARTS] = {
+    "url", "scheme", "host", "port", "path", "query", "fragment",
+    NULL, NULL, NULL,
+  };
+  for (int i = 0; i < U_NPARTS; i++) {
+    if (names[i] == NULL || b->part[i] == NULL)
+      continue;
+    if (i == U_PORT) {
+      lua_pushinteger(L, (lua_Integer)strtol(b->part[i], NULL, 10));
+    } else if (i == U_SCHEME || i == U_HOST) {
+      luaL_Buffer lb;                       /* both compare as lowercase */
+      luaL_buffinit(L, &lb);
+      for (const char *c = b->part[i]; *c; c++)
+        luaL_addchar(&lb, (char)tolower((unsigned char)*c));
+      luaL_pushresult(&lb);
+    } else {
+      lua_pushstring(L, b->part[i]);
+    }
+    lua_setfield(L, -2, names[i]);
+  }
+  /* user info: only whether there is some (url still holds it) */
+  lua_pushboolean(L, b->part[U_USER] != NULL || b->part[U_PASSWORD] != NULL);
+  lua_setfield(L, -2, "userinfo");
+  /* an IP literal: what kind of address */
+  const char *host = b->part[U_HOST];
+  if (host != NULL) {
+    unsigned char addr[16];
+    char buf[64];
+    size_t hl = strlen(host);
+    const char *kind = NULL;
+    int literal = 0;
+    if (hl > 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof buf) {
+      memcpy(buf, host + 1, hl - 2);
+      buf[hl - 2] = '\0';
+      if (inet_pton(AF_INET6, buf, addr) == 1) {
+        literal = 1;
+        kind = ipv6_kind(addr);
+      }
+    } else if (inet_pton(AF_INET, host, addr) == 1) {
+      literal = 1;
+      kind = ipv4_kind(addr);
+    }
+    if (literal) {
+      lua_pushstring(L, kind != NULL ? kind : "public");
+      lua_setfield(L, -2, "ip");
+    }
+  }
+}
+
+static const char *
+url_error(CURLUcode rc)
+{
+  switch (rc) {
+    case CURLUE_UNSUPPORTED_SCHEME: return "unsupported url scheme";
+    case CURLUE_BAD_PORT_NUMBER: return "invalid port";
+    case CURLUE_NO_HOST: case CURLUE_BAD_HOSTNAME:
+    case CURLUE_BAD_IPV6: return "invalid host";
+    case CURLUE_OUT_OF_MEMORY: return "not enough memory";
+    default: return "invalid url";
+  }
+}
+
+static const char *
+check_url_arg(lua_State *L, int idx, const char *what)
+{
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "%s: contains a zero byte", what);
+  return s;
+}
+
+/* http.parse(url) -> { url, scheme, host, port, path, query, fragment,
+** userinfo, ip } | nil, err */
+static int
+http_parse(lua_State *L)
+{
+  const char *s = check_url_arg(L, 1, "url");
+  UrlBox *b = url_box(L);
+  CURLUcode rc = curl_url_set(b->u, CURLUPART_URL, s, 0);
+  if (rc == CURLUE_OUT_OF_MEMORY)
+    luaL_error(L, "not enough memory");
+  if (rc != CURLUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, url_error(rc));
+    return 2;
+  }
+  push_url(L, b);
+  return 1;
+}
+
+/* http.resolve(base, ref) -> the parts of ref resolved against base
+** (RFC 3986), as http.parse | nil, err */
+static int
+http_resolve(lua_State *L)
+{
+  const char *base = check_url_arg(L, 1, "base");
+  const char *ref = check_url_arg(L, 2, "ref");
+  UrlBox *b = url_box(L);
+  CURLUcode rc = curl_url_set(b->u, CURLUPART_URL, base, 0);
+  if (rc == CURLUE_OK)
+    rc = curl_url_set(b->u, CURLUPART_URL, ref, 0);
+  if (rc == CURLUE_OUT_OF_MEMORY)
+    luaL_error(L, "not enough memory");
+  if (rc != CURLUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, url_error(rc));
+    return 2;
+  }
+  push_url(L, b);
+  return 1;
+}
+
+/* }==================================================================== */
+
 static int
 http_stats(lua_State *L)
 {
@@ -951,6 +1186,8 @@ luaopen_core_http(lua_State *L)
 {
   static const luaL_Reg funcs[] = {
     { "request", http_request },
+    { "parse", http_parse },
+    { "resolve", http_resolve },
     { "stats", http_stats },
     { NULL, NULL }
   };
@@ -960,6 +1197,15 @@ luaopen_core_http(lua_State *L)
     lua_pushcfunction(L, req_close);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, req_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, URL_MT)) {
+    lua_pushcfunction(L, url_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, url_close);
     lua_setfield(L, -2, "__close");
     lua_pushliteral(L, "locked");
     lua_setfield(L, -2, "__metatable");

@@ -79,4 +79,46 @@ describe("Twilio requests upstream", function()
       end)
     end)
   end)
+
+  describe("next-page links", function()
+    it("follows no link off the API host: another listener gets no request and no credential", function()
+      with(function(c)
+        local seen = {}
+        local other = assert(httpd.listen({ host = "127.0.0.1", port = 0, handler = function(req)
+          seen[#seen + 1] = { path = req.path, authorization = req.headers.authorization }
+          return 200, { ["Content-Type"] = "application/json" }, '{"calls":[],"next_page_uri":null}'
+        end }))
+        local p2 = other:port()
+        local links = {
+          -- text appended to the base URL made the base host a user name
+          { ("@127.0.0.1:%d/x"):format(p2), "Twilio has no such resource" },
+          { ("http://127.0.0.1:%d/2010-04-01/Accounts/%s/Calls.json"):format(p2, S.ACCOUNT), "not followed" },
+          { ("//127.0.0.1:%d/x"):format(p2), "not followed" },
+          { ("http://127.0.0.1:%d@127.0.0.1:%d/x"):format(sim.port, p2), "not followed" },
+          { ("https://127.0.0.1:%d/x"):format(sim.port), "not followed" },
+          { ("http://user:pw@127.0.0.1:%d/2010-04-01/Accounts/%s/Calls.json"):format(sim.port, S.ACCOUNT),
+            "not followed" },
+        }
+        for _, link in ipairs(links) do
+          assert(sim.faults({ { action = "next_page", next_page_uri = link[1],
+                                match = { path_pattern = "/Calls%.json$" } } }) == 200)
+          local r, reqs = requests_of(function()
+            return TW.call(c, "twilio_manage_calls", { action = "list_recent", limit = 5 })
+          end)
+          is_error(r, link[2])
+          assert.equal(0, #seen, link[1] .. ": the other listener was called")
+          assert.truthy(#reqs >= 1)
+          assert.equal("2", reqs[1].params.PageSize)
+        end
+        other:close()
+        -- the refusals are in the server's log, with the link's origin
+        local logged = H.read(srv.dir .. "/server.log") or ""
+        assert.truthy(logged:find(("not following a api page link that leaves http://127.0.0.1:%d (http://127.0.0.1:%d)")
+          :format(sim.port, p2), 1, true), logged)
+        -- a link to the same host is followed as before
+        local d = ok(TW.call(c, "twilio_manage_calls", { action = "list_recent", limit = 5 }))
+        assert.equal(5, d.count)
+      end)
+    end)
+  end)
 end)

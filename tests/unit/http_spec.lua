@@ -590,6 +590,59 @@ describe("core.http", function()
     end)
   end)
 
+  describe("urls", function()
+    it("parses with libcurl: numeric hosts normalised, IP literals classified", function()
+      local cases = {
+        { "http://2130706433/", "127.0.0.1", "loopback" },
+        { "http://0x7f.1/", "127.0.0.1", "loopback" },
+        { "http://0177.0.0.1/", "127.0.0.1", "loopback" },
+        { "http://[::ffff:127.0.0.1]/", "[::ffff:127.0.0.1]", "loopback" },
+        { "http://[2002:7f00:1::]/", "[2002:7f00:1::]", "loopback" },
+        { "http://169.254.169.254/", "169.254.169.254", "link-local" },
+        { "http://[fe80::1%25eth0]/", "[fe80::1]", "link-local" },
+        { "http://10.2.3.4/", "10.2.3.4", "private" },
+        { "http://172.31.0.1/", "172.31.0.1", "private" },
+        { "http://100.64.0.1/", "100.64.0.1", "private" },
+        { "http://[fd00::1]/", "[fd00::1]", "private" },
+        { "http://[::]/", "[::]", "unspecified" },
+        { "http://0/", "0.0.0.0", "unspecified" },
+        { "http://224.0.0.1/", "224.0.0.1", "multicast" },
+        { "http://192.0.2.1/", "192.0.2.1", "reserved" },
+        { "http://172.32.0.1/", "172.32.0.1", "public" },
+        { "http://8.8.8.8/", "8.8.8.8", "public" },
+        { "http://[2606:4700::1111]/", "[2606:4700::1111]", "public" },
+        { "http://Example.COM/", "example.com", nil },
+      }
+      for _, c in ipairs(cases) do
+        local u = assert(http.parse(c[1]))
+        assert.are.equal(c[2], u.host, c[1])
+        assert.are.equal(c[3], u.ip, c[1])
+      end
+      local u = assert(http.parse("HTTPS://a:b@Example.com:8443/p/../q?x=1#f"))
+      assert.are.same({ "https", "example.com", 8443, "/q", "x=1", "f", true },
+        { u.scheme, u.host, u.port, u.path, u.query, u.fragment, u.userinfo })
+      assert.are.equal(80, http.parse("http://h.example/").port)
+      local _, err = http.parse("http://exa mple.com/")
+      assert.are.equal("invalid host", err)
+      _, err = http.parse("http://example.com:99999/")
+      assert.are.equal("invalid port", err)
+      assert.has_error(function() http.parse("http://a\0b/") end, "url: contains a zero byte")
+    end)
+
+    it("resolves a reference against a base (RFC 3986), so a link's host is the parser's", function()
+      local base = "http://127.0.0.1:5000/"
+      local r = assert(http.resolve(base, "/2010-04-01/Calls.json?Page=1"))
+      assert.are.same({ "127.0.0.1", 5000, "/2010-04-01/Calls.json", "Page=1" }, { r.host, r.port, r.path, r.query })
+      -- appended as text this made 127.0.0.1:5000 a user name: resolved, it is a path
+      r = assert(http.resolve(base, "@127.0.0.1:6000/x"))
+      assert.are.same({ "127.0.0.1", 5000, "/@127.0.0.1:6000/x" }, { r.host, r.port, r.path })
+      r = assert(http.resolve(base, "//evil.example/x"))
+      assert.are.same({ "http", "evil.example", 80 }, { r.scheme, r.host, r.port })
+      r = assert(http.resolve(base, "http://127.0.0.1:5000@127.0.0.1:6000/x"))
+      assert.are.same({ "127.0.0.1", 6000, true }, { r.host, r.port, r.userinfo })
+    end)
+  end)
+
   describe("lifetime", function()
     it("frees pending requests at exit (lua_close)", function()
       -- $SB_BIN, else this very binary (the shell's parent)

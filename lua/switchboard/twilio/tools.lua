@@ -411,6 +411,9 @@ function M.failure(err, over)
       .. " %s and refused each time."):format(M.plural(tries, "time"))
     e.hint = M.CODES[20429][2]
     e.data.rate_limited = true
+  elseif err.refused_link then
+    e.message = err.message .. "."
+    e.hint = "Do not retry; tell an operator (the server's log names the link's host)."
   elseif not err.status and err.transport then
     e.message = ("Twilio could not be reached: %s."):format(err.transport)
     e.hint = "Try again in a little while; if it keeps failing, tell an operator."
