@@ -121,4 +121,78 @@ describe("Twilio requests upstream", function()
       end)
     end)
   end)
+
+  describe("media_url", function()
+    local private = {
+      { "http://127.0.0.1/a.png", "a loopback address" },
+      { "http://2130706433/a.png", "a loopback address" },
+      { "http://0x7f.1/a.png", "a loopback address" },
+      { "http://0177.0.0.1/a.png", "a loopback address" },
+      { "http://127.1/a.png", "a loopback address" },
+      { "http://[::1]/a.png", "a loopback address" },
+      { "http://[::ffff:127.0.0.1]/a.png", "a loopback address" },
+      { "http://[::ffff:7f00:1]/a.png", "a loopback address" },
+      { "http://169.254.169.254/latest/meta-data/", "a link-local address" },
+      { "http://[fe80::1%25eth0]/a.png", "a link-local address" },
+      { "http://[::ffff:169.254.169.254]/", "a link-local address" },
+      { "http://10.0.0.1/a.png", "a private address" },
+      { "http://172.16.5.4/a.png", "a private address" },
+      { "http://192.168.1.1/a.png", "a private address" },
+      { "http://[fc00::1]/a.png", "a private address" },
+      { "http://[fd12:3456::1]/a.png", "a private address" },
+      { "http://0.0.0.0/a.png", "an unspecified address" },
+      { "http://0/a.png", "an unspecified address" },
+      { "http://[::]/a.png", "an unspecified address" },
+      { "http://localhost/a.png", "a local host name" },
+      { "http://LOCALHOST./a.png", "a local host name" },
+      { "http://media.localhost/a.png", "a local host name" },
+      { "http://printer.local/a.png", "a local host name" },
+      { "http://intranet/a.png", "a single-label host name" },
+      { "https://example.com@127.0.0.1/a.png", "a user name or password in the URL" },
+      { "http://%31%32%37.0.0.1/a.png", "a loopback address" },
+    }
+
+    local function refuses(c, tool, base, cases)
+      local before = sim.last()
+      for _, case in ipairs(cases) do
+        local args = {}
+        for k, v in pairs(base) do args[k] = v end
+        args.media_url = case[1]
+        local r = TW.call(c, tool, args)
+        is_error(r, "Invalid arguments: `media_url` must be a public http(s) URL (got " .. case[2] .. ")")
+      end
+      assert.equal(0, #sim.requests(before))
+    end
+
+    it("twilio_send_sms refuses loopback, link-local, private and local addresses in every form", function()
+      with(function(c)
+        refuses(c, "twilio_send_sms", { to = S.ANA, body = "The map" }, private)
+        -- a public URL goes to Twilio as MediaUrl
+        local r, reqs = requests_of(function()
+          return TW.call(c, "twilio_send_sms", { to = S.ANA, body = "The map", media_url = "https://example.com/map.png" })
+        end)
+        assert.equal(1, ok(r).num_media)
+        assert.equal("https://example.com/map.png", reqs[1].form.MediaUrl)
+      end)
+    end)
+
+    it("twilio_send_whatsapp refuses the same, and keeps to its media_domains allow-list", function()
+      with(function(c)
+        refuses(c, "twilio_send_whatsapp", { to = S.ANA, body = "The map" }, private)
+        local before = sim.last()
+        for _, url in ipairs({ "https://example.com/a.png", "https://media.example.com.evil.org/a.png",
+                               "https://8.8.8.8/a.png", "https://notmedia.example.com/a.png" }) do
+          is_error(TW.call(c, "twilio_send_whatsapp", { to = S.ANA, body = "The map", media_url = url }),
+            "Invalid arguments: `media_url` must be on one of the allowed media domains (media.example.com)")
+        end
+        assert.equal(0, #sim.requests(before))
+        local r, reqs = requests_of(function()
+          return TW.call(c, "twilio_send_whatsapp", { to = S.ANA, body = "The map",
+                                                       media_url = "https://cdn.media.example.com/map.png" })
+        end)
+        ok(r)
+        assert.equal("https://cdn.media.example.com/map.png", reqs[1].form.MediaUrl)
+      end)
+    end)
+  end)
 end)
