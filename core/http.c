@@ -512,19 +512,30 @@ key_cmp(const void *a, const void *b)
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* [-0, +1, e] curl_easy_escape of the string at idx, as a Lua string. */
+/* [-0, +1, e] curl_easy_escape of the string at idx, as a Lua string.
+** The Lua side is allocated first (at most 3 bytes per byte), so nothing
+** that can raise runs while curl's copy is held. */
 static void
 push_escaped(lua_State *L, CURL *e, int idx)
 {
+  idx = lua_absindex(L, idx);
   size_t len;
   const char *s = lua_tolstring(L, idx, &len);
-  if (len > (size_t)0x7fffffff)
+  if (len > (size_t)0x7fffffff / 3)
     luaL_error(L, "value too long");
+  luaL_Buffer b;
+  char *dst = luaL_buffinitsize(L, &b, 3 * len + 1);
   char *esc = curl_easy_escape(e, s, (int)len);
   if (esc == NULL)
     luaL_error(L, "not enough memory");
-  lua_pushstring(L, esc);               /* may raise: esc leaks only then */
+  size_t n = strlen(esc);
+  if (n > 3 * len) {                    /* cannot happen */
+    curl_free(esc);
+    luaL_error(L, "escape overflow");
+  }
+  memcpy(dst, esc, n);
   curl_free(esc);
+  luaL_pushresultsize(&b, n);
 }
 
 /* [-0, +1, e] "k=v&k=v…" from the table at idx (opts[opt]), every key

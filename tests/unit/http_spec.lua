@@ -643,6 +643,34 @@ describe("core.http", function()
     end)
   end)
 
+  describe("memory", function()
+    local function rss_kb()
+      return tonumber(read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
+    end
+
+    it("frees libcurl's escaped copy when the Lua string cannot be made", function()
+      local mem = require "core.mem"
+      async(function()
+        local value = ("\0"):rep(100000)        -- 300 kB once escaped
+        collectgarbage()
+        collectgarbage()
+        local before = rss_kb()
+        for _ = 1, 200 do
+          mem.limit(150000)
+          local ok, err = pcall(http.request, { url = up.url .. "/echo", query = { v = value } })
+          mem.limit()
+          assert.is_false(ok)
+          assert.matches("not enough memory", tostring(err))
+        end
+        collectgarbage()
+        collectgarbage()
+        local grown = rss_kb() - before
+        assert.is_true(grown < 20000, ("RSS grew by %d kB over 200 refused requests"):format(grown))
+        assert.are.equal(0, http.stats().active)
+      end)
+    end)
+  end)
+
   describe("lifetime", function()
     it("frees pending requests at exit (lua_close)", function()
       -- $SB_BIN, else this very binary (the shell's parent)
