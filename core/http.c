@@ -18,11 +18,18 @@
 */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "core.h"
 #include "netbuf.h"
@@ -38,6 +45,7 @@
 #define DEFAULT_CONNECT_TIMEOUT  10.0
 #define DEFAULT_MAX_BYTES        (8u * 1024u * 1024u)
 #define MAX_HEAD_BYTES           (256u * 1024u)
+#define MAX_CRED_BYTES           4096u       /* user + secret, for Basic */
 
 /* {====================================================================
 ** Module state
@@ -51,6 +59,7 @@ typedef struct Request {
   int oom;                      /* a callback ran out of memory */
   size_t max_bytes;
   struct curl_slist *headers;
+  struct AuthHeader *auth;      /* the Basic header, in locked memory */
   NbBuf body;                   /* response body */
   NbBuf head;                   /* header lines of the last response */
   /* outcome, filled when the transfer is done */
@@ -124,6 +133,164 @@ easy_put(CURL *e)
   }
 }
 
+/* {====================================================================
+** Memory that held a secret
+**
+** libcurl copies what it sends: the request head, with its Authorization
+** line, is built in a buffer of its own and freed after the send. So that
+** no freed block keeps a copy, libcurl allocates through the functions
+** below (curl_global_init_mem), which remember each block's size and wipe
+** it before giving it back. The Basic header itself is built from the
+** credential handle in a page of its own (mlock'd, MADV_DONTDUMP, wiped
+** and unmapped when the transfer ends) and handed to libcurl as a list
+** node that lives in that page, so libcurl holds no other copy of it.
+** ===================================================================== */
+
+typedef union {
+  max_align_t align;
+  size_t size;
+} BlockHead;
+
+static void *
+wipe_malloc(size_t n)
+{
+  if (n > SIZE_MAX - sizeof(BlockHead))
+    return NULL;
+  BlockHead *h = malloc(sizeof *h + n);
+  if (h == NULL)
+    return NULL;
+  h->size = n;
+  return h + 1;
+}
+
+static void
+wipe_free(void *p)
+{
+  if (p == NULL)
+    return;
+  BlockHead *h = (BlockHead *)p - 1;
+  OPENSSL_cleanse(h, sizeof *h + h->size);
+  free(h);
+}
+
+/* Never realloc in place: the old block is wiped before it is freed. */
+static void *
+wipe_realloc(void *p, size_t n)
+{
+  if (p == NULL)
+    return wipe_malloc(n);
+  BlockHead *h = (BlockHead *)p - 1;
+  if (n <= h->size) {
+    OPENSSL_cleanse((char *)p + n, h->size - n);
+    h->size = n;
+    return p;
+  }
+  void *q = wipe_malloc(n);
+  if (q == NULL)
+    return NULL;
+  memcpy(q, p, h->size);
+  wipe_free(p);
+  return q;
+}
+
+static char *
+wipe_strdup(const char *s)
+{
+  size_t n = strlen(s) + 1;
+  char *p = wipe_malloc(n);
+  if (p != NULL)
+    memcpy(p, s, n);
+  return p;
+}
+
+static void *
+wipe_calloc(size_t nmemb, size_t size)
+{
+  if (size != 0 && nmemb > SIZE_MAX / size)
+    return NULL;
+  void *p = wipe_malloc(nmemb * size);
+  if (p != NULL)
+    memset(p, 0, nmemb * size);
+  return p;
+}
+
+typedef struct AuthHeader {
+  struct curl_slist node;       /* node.data points at line */
+  size_t maplen;
+  char line[];                  /* "Authorization: Basic …" */
+} AuthHeader;
+
+#define AUTH_PREFIX "Authorization: Basic "
+
+/* The Basic header for user and secret, in a locked page of its own; NULL
+** when out of memory. */
+static AuthHeader *
+auth_new(const char *user, size_t ulen, const char *secret, size_t slen)
+{
+  size_t plain = ulen + 1 + slen;
+  size_t b64 = 4 * ((plain + 2) / 3);
+  size_t need = sizeof(AuthHeader) + sizeof AUTH_PREFIX + b64 + plain + 1;
+  long pg = sysconf(_SC_PAGESIZE);
+  size_t page = pg > 0 ? (size_t)pg : 4096;
+  size_t maplen = (need + page - 1) / page * page;
+  void *m = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return NULL;
+  (void)mlock(m, maplen);               /* best effort (RLIMIT_MEMLOCK) */
+  (void)madvise(m, maplen, MADV_DONTDUMP);
+  AuthHeader *a = (AuthHeader *)m;
+  a->maplen = maplen;
+  memcpy(a->line, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
+  /* "user:secret" goes after the line, in the same page, and is wiped
+  ** once encoded */
+  unsigned char *tmp = (unsigned char *)a->line + sizeof AUTH_PREFIX + b64;
+  memcpy(tmp, user, ulen);
+  tmp[ulen] = ':';
+  memcpy(tmp + ulen + 1, secret, slen);
+  EVP_EncodeBlock((unsigned char *)a->line + sizeof AUTH_PREFIX - 1, tmp,
+                  (int)plain);
+  OPENSSL_cleanse(tmp, plain);
+  a->node.data = a->line;
+  a->node.next = NULL;
+  return a;
+}
+
+static void
+auth_free(AuthHeader *a)
+{
+  if (a == NULL)
+    return;
+  size_t maplen = a->maplen;
+  OPENSSL_cleanse(a, maplen);
+  munlock(a, maplen);
+  munmap(a, maplen);
+}
+
+/* Free a header list, its strings wiped first (a caller's header may hold
+** a token). */
+static void
+slist_wipe_free(struct curl_slist *l)
+{
+  for (struct curl_slist *p = l; p != NULL; p = p->next)
+    OPENSSL_cleanse(p->data, strlen(p->data));
+  curl_slist_free_all(l);
+}
+
+/* The headers of r, once its easy handle no longer points at them. */
+static void
+req_drop_headers(Request *r)
+{
+  if (r->headers != NULL) {
+    slist_wipe_free(r->headers);
+    r->headers = NULL;
+  }
+  auth_free(r->auth);
+  r->auth = NULL;
+}
+
+/* }==================================================================== */
+
 /* Detach r from curl and free what it holds. Idempotent; the Lua side
 ** (the coroutine pin) is dropped by the caller when L is given. */
 static void
@@ -140,10 +307,7 @@ req_release(lua_State *L, Request *r)
     easy_put(r->easy);
     r->easy = NULL;
   }
-  if (r->headers != NULL) {
-    curl_slist_free_all(r->headers);
-    r->headers = NULL;
-  }
+  req_drop_headers(r);
   nb_free(&r->body);
   nb_free(&r->head);
   if (L != NULL && r->co_ref != LUA_NOREF) {
@@ -342,10 +506,7 @@ check_done(void)
     curl_multi_remove_handle(S.multi, e);
     r->easy = NULL;
     easy_put(e);
-    if (r->headers != NULL) {
-      curl_slist_free_all(r->headers);
-      r->headers = NULL;
-    }
+    req_drop_headers(r);
     int ref = r->co_ref;
     r->co_ref = LUA_NOREF;
     /* r stays valid during the resume: it is on the coroutine's stack,
@@ -657,15 +818,24 @@ opt_seconds(lua_State *L, const char *name, double def)
 
 /* Check opts.auth (at idx): an open core.vault.Credential. */
 static void
-set_auth(lua_State *L, CURL *e, int idx)
+check_auth(lua_State *L, int idx, const char **user, const char **secret)
 {
-  const char *user = NULL, *secret = NULL;
-  if (!sb_credential_basic(L, idx, &user, &secret))
+  if (!sb_credential_basic(L, idx, user, secret))
     luaL_error(L, "opts.auth: expected an open core.vault.Credential");
-  curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-  if (curl_easy_setopt(e, CURLOPT_USERNAME, user) != CURLE_OK
-      || curl_easy_setopt(e, CURLOPT_PASSWORD, secret) != CURLE_OK)
+  if (strlen(*user) + strlen(*secret) > MAX_CRED_BYTES)
+    luaL_error(L, "opts.auth: credential too long");
+}
+
+/* HTTP Basic from the credential: r's own Authorization line (see
+** auth_new), first in the header list. Nothing below raises but the
+** out-of-memory error, after which r's close frees what was made. */
+static void
+set_auth(lua_State *L, Request *r, const char *user, const char *secret)
+{
+  r->auth = auth_new(user, strlen(user), secret, strlen(secret));
+  if (r->auth == NULL)
     luaL_error(L, "not enough memory");
+  r->auth->node.next = r->headers;
 }
 
 /* }==================================================================== */
@@ -729,6 +899,9 @@ http_request(lua_State *L)
   if (ca && lua_type(L, ca) != LUA_TSTRING)
     luaL_error(L, "opts.ca_file: expected a string");
   int auth = lua_getfield(L, 1, "auth") == LUA_TNIL ? 0 : 9;   /* 9 */
+  const char *user = NULL, *secret = NULL;
+  if (auth)
+    check_auth(L, auth, &user, &secret);
   double timeout = opt_seconds(L, "timeout", DEFAULT_TIMEOUT);
   double ctimeout = opt_seconds(L, "connect_timeout",
                                 DEFAULT_CONNECT_TIMEOUT);
@@ -870,12 +1043,15 @@ http_request(lua_State *L)
       luaL_error(L, "not enough memory");
     r->headers = l;
   }
-  if (r->headers != NULL) {
+  if (auth) {
+    if (has_header(L, headers, "Authorization"))
+      luaL_error(L, "opts.headers: Authorization cannot be combined with "
+                 "opts.auth");
+    set_auth(L, r, user, secret);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, &r->auth->node);
+  } else if (r->headers != NULL) {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   }
-
-  if (auth)
-    set_auth(L, e, auth);
   if (ca && curl_easy_setopt(e, CURLOPT_CAINFO, lua_tostring(L, ca))
                 != CURLE_OK)
     luaL_error(L, "not enough memory");
@@ -1224,7 +1400,9 @@ luaopen_core_http(lua_State *L)
   lua_pop(L, 1);
 
   if (!S.alive) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
+                             wipe_realloc, wipe_strdup, wipe_calloc)
+        != CURLE_OK)
       return luaL_error(L, "cannot initialise libcurl");
     S.multi = curl_multi_init();
     if (S.multi == NULL) {

@@ -669,6 +669,89 @@ describe("core.http", function()
         assert.are.equal(0, http.stats().active)
       end)
     end)
+
+    -- The secret, "user:secret" and its Base64 (the Basic header) must be
+    -- nowhere in the process's writable memory once the transfer is over
+    -- and the credential closed. The test holds them only in pieces (a
+    -- whole one would be found in the Lua heap): SECRET = A .. B, and the
+    -- header's Base64 = b64(USER .. ":") .. B64A .. B64B (3-byte aligned).
+    local USER = "SKscanuser0"
+    local A, B = "Qz8rT1mWx4Kp", "Lc7vN2bHs9Yd3FgJ6e"
+    local B64A, B64B = "UXo4clQxbVd4NEtw", "TGM3dk4yYkhzOVlkM0ZnSjZl"
+
+    -- How many times first .. second occurs in writable memory.
+    local function scan(first, second)
+      local maps = read("/proc/self/maps")
+      local f = assert(io.open("/proc/self/mem", "rb"))
+      f:setvbuf("no")
+      local found, CHUNK = 0, 1 << 20
+      for lo, hi, perms in maps:gmatch("(%x+)%-(%x+) (%S+)[^\n]*") do
+        lo, hi = tonumber(lo, 16), tonumber(hi, 16)
+        -- skip huge reservations (sanitizer shadow memory)
+        if perms:sub(1, 2) == "rw" and hi - lo <= (1 << 30) then
+          local at = lo
+          while at < hi do
+            local n = math.min(CHUNK + 64, hi - at)
+            local data = f:seek("set", at) and f:read(n)
+            if not data then break end
+            local i = 1
+            while true do
+              local j = data:find(first, i, true)
+              if not j then break end
+              if data:sub(j + #first, j + #first + #second - 1) == second then found = found + 1 end
+              i = j + 1
+            end
+            at = at + CHUNK
+          end
+        end
+      end
+      f:close()
+      return found
+    end
+
+    it("keeps no copy of the secret or the Basic header after a transfer", function()
+      local vault = require "core.vault"
+      if not vault.load_master then pending("core.vault has not landed") return end
+      -- sealed in another process: this one never holds the whole secret
+      local kdir = tmpdir()
+      write(kdir .. "/seal.lua", ([[
+        local vault = require("core.vault")
+        local dir = %q
+        assert(vault.create_master(dir .. "/master.key"))
+        local m = assert(vault.load_master(dir .. "/master.key"))
+        local wk = m:new_data_key("t1")
+        local function put(name, s) local f = assert(io.open(dir .. "/" .. name, "wb")) f:write(s) f:close() end
+        put("wk", wk)
+        put("blob", m:seal(wk, "t1", "auth", %q .. %q))
+      ]]):format(kdir, A, B))
+      local bin = os.getenv("SB_BIN") or "./switchboard"
+      assert(os.execute(q(bin) .. " exec " .. q(kdir .. "/seal.lua")))
+      local m = assert(vault.load_master(kdir .. "/master.key"))
+      local cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      async(function()
+        for _ = 1, 3 do
+          local res = assert(http.request({ url = up.url .. "/status?code=200", auth = cred }))
+          assert.are.equal(200, res.status)
+          res = assert(http.request({ method = "POST", url = up.url .. "/status?code=201", auth = cred,
+                                      form = { Body = "hello" } }))
+          assert.are.equal(201, res.status)
+          res = assert(http.request({ url = tls.url .. "/status?code=200", auth = cred, ca_file = cert }))
+          assert.are.equal(200, res.status)
+        end
+      end)
+      cred:close()
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(0, scan(A, B), "copies of the secret")
+      assert.are.equal(0, scan(B64A, B64B), "copies of the Basic header")
+      -- the scan finds a secret where one is: an open credential's page
+      -- (last, as the scan's own reads copy what they find)
+      cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      assert.are.equal(1, scan(A, B))
+      cred:close()
+      m:close()
+      os.execute("rm -rf " .. q(kdir))
+    end)
   end)
 
   describe("lifetime", function()
