@@ -16,16 +16,26 @@
 ** module state is a userdata in the registry whose __gc tears down the
 ** multi handle, so lua_close leaves nothing behind.
 */
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "core.h"
 #include "netbuf.h"
 
 #define REQUEST_MT  "core.http.Request"
+#define URL_MT      "core.http.Url"
 #define STATE_MT    "core.http.State"
 #define STATE_KEY   "core.http.state"
 
@@ -35,6 +45,7 @@
 #define DEFAULT_CONNECT_TIMEOUT  10.0
 #define DEFAULT_MAX_BYTES        (8u * 1024u * 1024u)
 #define MAX_HEAD_BYTES           (256u * 1024u)
+#define MAX_CRED_BYTES           4096u       /* user + secret, for Basic */
 
 /* {====================================================================
 ** Module state
@@ -48,6 +59,7 @@ typedef struct Request {
   int oom;                      /* a callback ran out of memory */
   size_t max_bytes;
   struct curl_slist *headers;
+  struct AuthHeader *auth;      /* the Basic header, in locked memory */
   NbBuf body;                   /* response body */
   NbBuf head;                   /* header lines of the last response */
   /* outcome, filled when the transfer is done */
@@ -121,6 +133,164 @@ easy_put(CURL *e)
   }
 }
 
+/* {====================================================================
+** Memory that held a secret
+**
+** libcurl copies what it sends: the request head, with its Authorization
+** line, is built in a buffer of its own and freed after the send. So that
+** no freed block keeps a copy, libcurl allocates through the functions
+** below (curl_global_init_mem), which remember each block's size and wipe
+** it before giving it back. The Basic header itself is built from the
+** credential handle in a page of its own (mlock'd, MADV_DONTDUMP, wiped
+** and unmapped when the transfer ends) and handed to libcurl as a list
+** node that lives in that page, so libcurl holds no other copy of it.
+** ===================================================================== */
+
+typedef union {
+  max_align_t align;
+  size_t size;
+} BlockHead;
+
+static void *
+wipe_malloc(size_t n)
+{
+  if (n > SIZE_MAX - sizeof(BlockHead))
+    return NULL;
+  BlockHead *h = malloc(sizeof *h + n);
+  if (h == NULL)
+    return NULL;
+  h->size = n;
+  return h + 1;
+}
+
+static void
+wipe_free(void *p)
+{
+  if (p == NULL)
+    return;
+  BlockHead *h = (BlockHead *)p - 1;
+  OPENSSL_cleanse(h, sizeof *h + h->size);
+  free(h);
+}
+
+/* Never realloc in place: the old block is wiped before it is freed. */
+static void *
+wipe_realloc(void *p, size_t n)
+{
+  if (p == NULL)
+    return wipe_malloc(n);
+  BlockHead *h = (BlockHead *)p - 1;
+  if (n <= h->size) {
+    OPENSSL_cleanse((char *)p + n, h->size - n);
+    h->size = n;
+    return p;
+  }
+  void *q = wipe_malloc(n);
+  if (q == NULL)
+    return NULL;
+  memcpy(q, p, h->size);
+  wipe_free(p);
+  return q;
+}
+
+static char *
+wipe_strdup(const char *s)
+{
+  size_t n = strlen(s) + 1;
+  char *p = wipe_malloc(n);
+  if (p != NULL)
+    memcpy(p, s, n);
+  return p;
+}
+
+static void *
+wipe_calloc(size_t nmemb, size_t size)
+{
+  if (size != 0 && nmemb > SIZE_MAX / size)
+    return NULL;
+  void *p = wipe_malloc(nmemb * size);
+  if (p != NULL)
+    memset(p, 0, nmemb * size);
+  return p;
+}
+
+typedef struct AuthHeader {
+  struct curl_slist node;       /* node.data points at line */
+  size_t maplen;
+  char line[];                  /* "Authorization: Basic …" */
+} AuthHeader;
+
+#define AUTH_PREFIX "Authorization: Basic "
+
+/* The Basic header for user and secret, in a locked page of its own; NULL
+** when out of memory. */
+static AuthHeader *
+auth_new(const char *user, size_t ulen, const char *secret, size_t slen)
+{
+  size_t plain = ulen + 1 + slen;
+  size_t b64 = 4 * ((plain + 2) / 3);
+  size_t need = sizeof(AuthHeader) + sizeof AUTH_PREFIX + b64 + plain + 1;
+  long pg = sysconf(_SC_PAGESIZE);
+  size_t page = pg > 0 ? (size_t)pg : 4096;
+  size_t maplen = (need + page - 1) / page * page;
+  void *m = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return NULL;
+  (void)mlock(m, maplen);               /* best effort (RLIMIT_MEMLOCK) */
+  (void)madvise(m, maplen, MADV_DONTDUMP);
+  AuthHeader *a = (AuthHeader *)m;
+  a->maplen = maplen;
+  memcpy(a->line, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
+  /* "user:secret" goes after the line, in the same page, and is wiped
+  ** once encoded */
+  unsigned char *tmp = (unsigned char *)a->line + sizeof AUTH_PREFIX + b64;
+  memcpy(tmp, user, ulen);
+  tmp[ulen] = ':';
+  memcpy(tmp + ulen + 1, secret, slen);
+  EVP_EncodeBlock((unsigned char *)a->line + sizeof AUTH_PREFIX - 1, tmp,
+                  (int)plain);
+  OPENSSL_cleanse(tmp, plain);
+  a->node.data = a->line;
+  a->node.next = NULL;
+  return a;
+}
+
+static void
+auth_free(AuthHeader *a)
+{
+  if (a == NULL)
+    return;
+  size_t maplen = a->maplen;
+  OPENSSL_cleanse(a, maplen);
+  munlock(a, maplen);
+  munmap(a, maplen);
+}
+
+/* Free a header list, its strings wiped first (a caller's header may hold
+** a token). */
+static void
+slist_wipe_free(struct curl_slist *l)
+{
+  for (struct curl_slist *p = l; p != NULL; p = p->next)
+    OPENSSL_cleanse(p->data, strlen(p->data));
+  curl_slist_free_all(l);
+}
+
+/* The headers of r, once its easy handle no longer points at them. */
+static void
+req_drop_headers(Request *r)
+{
+  if (r->headers != NULL) {
+    slist_wipe_free(r->headers);
+    r->headers = NULL;
+  }
+  auth_free(r->auth);
+  r->auth = NULL;
+}
+
+/* }==================================================================== */
+
 /* Detach r from curl and free what it holds. Idempotent; the Lua side
 ** (the coroutine pin) is dropped by the caller when L is given. */
 static void
@@ -137,10 +307,7 @@ req_release(lua_State *L, Request *r)
     easy_put(r->easy);
     r->easy = NULL;
   }
-  if (r->headers != NULL) {
-    curl_slist_free_all(r->headers);
-    r->headers = NULL;
-  }
+  req_drop_headers(r);
   nb_free(&r->body);
   nb_free(&r->head);
   if (L != NULL && r->co_ref != LUA_NOREF) {
@@ -339,10 +506,7 @@ check_done(void)
     curl_multi_remove_handle(S.multi, e);
     r->easy = NULL;
     easy_put(e);
-    if (r->headers != NULL) {
-      curl_slist_free_all(r->headers);
-      r->headers = NULL;
-    }
+    req_drop_headers(r);
     int ref = r->co_ref;
     r->co_ref = LUA_NOREF;
     /* r stays valid during the resume: it is on the coroutine's stack,
@@ -473,9 +637,25 @@ value_string(lua_State *L, int idx, const char *opt, const char *key,
 {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING:
-    case LUA_TNUMBER:
       lua_pushvalue(L, idx);
       return lua_tolstring(L, -1, len);
+    case LUA_TNUMBER: {
+      /* an integral float is written as an integer: 5.0 is "5", never
+      ** "5.0" (JSON decoders give floats) */
+      lua_Integer i;
+      if (lua_isinteger(L, idx)) {
+        lua_pushvalue(L, idx);
+      } else {
+        lua_Number n = lua_tonumber(L, idx);
+        if (!isfinite(n))
+          luaL_error(L, "opts.%s.%s: not a finite number", opt, key);
+        if (floor(n) == n && lua_numbertointeger(n, &i))
+          lua_pushinteger(L, i);
+        else
+          lua_pushvalue(L, idx);
+      }
+      return lua_tolstring(L, -1, len);
+    }
     case LUA_TBOOLEAN:
       lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false");
       return lua_tolstring(L, -1, len);
@@ -493,19 +673,30 @@ key_cmp(const void *a, const void *b)
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* [-0, +1, e] curl_easy_escape of the string at idx, as a Lua string. */
+/* [-0, +1, e] curl_easy_escape of the string at idx, as a Lua string.
+** The Lua side is allocated first (at most 3 bytes per byte), so nothing
+** that can raise runs while curl's copy is held. */
 static void
 push_escaped(lua_State *L, CURL *e, int idx)
 {
+  idx = lua_absindex(L, idx);
   size_t len;
   const char *s = lua_tolstring(L, idx, &len);
-  if (len > (size_t)0x7fffffff)
+  if (len > (size_t)0x7fffffff / 3)
     luaL_error(L, "value too long");
+  luaL_Buffer b;
+  char *dst = luaL_buffinitsize(L, &b, 3 * len + 1);
   char *esc = curl_easy_escape(e, s, (int)len);
   if (esc == NULL)
     luaL_error(L, "not enough memory");
-  lua_pushstring(L, esc);               /* may raise: esc leaks only then */
+  size_t n = strlen(esc);
+  if (n > 3 * len) {                    /* cannot happen */
+    curl_free(esc);
+    luaL_error(L, "escape overflow");
+  }
+  memcpy(dst, esc, n);
   curl_free(esc);
+  luaL_pushresultsize(&b, n);
 }
 
 /* [-0, +1, e] "k=v&k=v…" from the table at idx (opts[opt]), every key
@@ -627,15 +818,24 @@ opt_seconds(lua_State *L, const char *name, double def)
 
 /* Check opts.auth (at idx): an open core.vault.Credential. */
 static void
-set_auth(lua_State *L, CURL *e, int idx)
+check_auth(lua_State *L, int idx, const char **user, const char **secret)
 {
-  const char *user = NULL, *secret = NULL;
-  if (!sb_credential_basic(L, idx, &user, &secret))
+  if (!sb_credential_basic(L, idx, user, secret))
     luaL_error(L, "opts.auth: expected an open core.vault.Credential");
-  curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-  if (curl_easy_setopt(e, CURLOPT_USERNAME, user) != CURLE_OK
-      || curl_easy_setopt(e, CURLOPT_PASSWORD, secret) != CURLE_OK)
+  if (strlen(*user) + strlen(*secret) > MAX_CRED_BYTES)
+    luaL_error(L, "opts.auth: credential too long");
+}
+
+/* HTTP Basic from the credential: r's own Authorization line (see
+** auth_new), first in the header list. Nothing below raises but the
+** out-of-memory error, after which r's close frees what was made. */
+static void
+set_auth(lua_State *L, Request *r, const char *user, const char *secret)
+{
+  r->auth = auth_new(user, strlen(user), secret, strlen(secret));
+  if (r->auth == NULL)
     luaL_error(L, "not enough memory");
+  r->auth->node.next = r->headers;
 }
 
 /* }==================================================================== */
@@ -699,6 +899,9 @@ http_request(lua_State *L)
   if (ca && lua_type(L, ca) != LUA_TSTRING)
     luaL_error(L, "opts.ca_file: expected a string");
   int auth = lua_getfield(L, 1, "auth") == LUA_TNIL ? 0 : 9;   /* 9 */
+  const char *user = NULL, *secret = NULL;
+  if (auth)
+    check_auth(L, auth, &user, &secret);
   double timeout = opt_seconds(L, "timeout", DEFAULT_TIMEOUT);
   double ctimeout = opt_seconds(L, "connect_timeout",
                                 DEFAULT_CONNECT_TIMEOUT);
@@ -840,12 +1043,15 @@ http_request(lua_State *L)
       luaL_error(L, "not enough memory");
     r->headers = l;
   }
-  if (r->headers != NULL) {
+  if (auth) {
+    if (has_header(L, headers, "Authorization"))
+      luaL_error(L, "opts.headers: Authorization cannot be combined with "
+                 "opts.auth");
+    set_auth(L, r, user, secret);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, &r->auth->node);
+  } else if (r->headers != NULL) {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   }
-
-  if (auth)
-    set_auth(L, e, auth);
   if (ca && curl_easy_setopt(e, CURLOPT_CAINFO, lua_tostring(L, ca))
                 != CURLE_OK)
     luaL_error(L, "not enough memory");
@@ -881,6 +1087,239 @@ http_request(lua_State *L)
   r->co_ref = sb_pin(L);
   return lua_yield(L, 0);
 }
+
+/* {====================================================================
+** http.parse, http.resolve: libcurl's URL parser (curl_url)
+** ===================================================================== */
+
+enum { U_URL, U_SCHEME, U_HOST, U_PORT, U_PATH, U_QUERY, U_FRAGMENT,
+       U_USER, U_PASSWORD, U_ZONEID, U_NPARTS };
+
+/* A URL handle and the strings read from it: a to-be-closed userdata,
+** so an error while the table is built frees them. */
+typedef struct UrlBox {
+  CURLU *u;
+  char *part[U_NPARTS];
+} UrlBox;
+
+static int
+url_close(lua_State *L)
+{
+  UrlBox *b = (UrlBox *)luaL_checkudata(L, 1, URL_MT);
+  for (int i = 0; i < U_NPARTS; i++) {
+    curl_free(b->part[i]);
+    b->part[i] = NULL;
+  }
+  if (b->u != NULL) {
+    curl_url_cleanup(b->u);
+    b->u = NULL;
+  }
+  return 0;
+}
+
+static UrlBox *
+url_box(lua_State *L)
+{
+  UrlBox *b = (UrlBox *)lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  luaL_setmetatable(L, URL_MT);
+  lua_toclose(L, -1);
+  b->u = curl_url();
+  if (b->u == NULL)
+    luaL_error(L, "not enough memory");
+  return b;
+}
+
+/* What an IPv4 address is, or NULL for a public one. */
+static const char *
+ipv4_kind(const unsigned char a[4])
+{
+  if (a[0] == 0)
+    return "unspecified";
+  if (a[0] == 127)
+    return "loopback";
+  if (a[0] == 169 && a[1] == 254)
+    return "link-local";
+  if (a[0] == 10 || (a[0] == 172 && (a[1] & 0xf0) == 16)
+      || (a[0] == 192 && a[1] == 168)
+      || (a[0] == 100 && (a[1] & 0xc0) == 64))          /* 100.64/10 */
+    return "private";
+  if (a[0] >= 224 && a[0] < 240)
+    return "multicast";
+  if (a[0] >= 240                                         /* 240/4, bcast */
+      || (a[0] == 192 && a[1] == 0 && (a[2] == 0 || a[2] == 2))
+      || (a[0] == 198 && (a[1] & 0xfe) == 18)             /* 198.18/15 */
+      || (a[0] == 198 && a[1] == 51 && a[2] == 100)
+      || (a[0] == 203 && a[1] == 0 && a[2] == 113))
+    return "reserved";
+  return NULL;
+}
+
+/* What an IPv6 address is (an embedded IPv4 address counts as itself),
+** or NULL for a public one. */
+static const char *
+ipv6_kind(const unsigned char a[16])
+{
+  static const unsigned char zero[16] = { 0 };
+  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0xff, 0xff };
+  static const unsigned char nat64[12] = { 0, 0x64, 0xff, 0x9b };
+  if (memcmp(a, zero, 15) == 0 && a[15] <= 1)
+    return a[15] == 0 ? "unspecified" : "loopback";
+  if (memcmp(a, mapped, 12) == 0 || memcmp(a, zero, 12) == 0
+      || memcmp(a, nat64, 12) == 0)         /* ::ffff:v4, ::v4, 64:ff9b::v4 */
+    return ipv4_kind(a + 12);
+  if (a[0] == 0x20 && a[1] == 0x02)         /* 6to4: 2002:v4::/48 */
+    return ipv4_kind(a + 2);
+  if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+    return "link-local";
+  if ((a[0] & 0xfe) == 0xfc || (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0))
+    return "private";                       /* fc00::/7, fec0::/10 */
+  if (a[0] == 0xff)
+    return "multicast";
+  if ((a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8)
+      || (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0)
+      || (a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b)
+      || (a[0] == 0x01 && memcmp(a + 1, zero, 7) == 0)   /* 100::/64 */
+      || (a[0] & 0xe0) != 0x20)             /* outside 2000::/3 */
+    return "reserved";
+  return NULL;
+}
+
+/* [-0, +1, m] The URL in b (its parts read) as a table. */
+static void
+push_url(lua_State *L, UrlBox *b)
+{
+  static const struct { CURLUPart part; unsigned flags; } parts[U_NPARTS] = {
+    { CURLUPART_URL, 0 }, { CURLUPART_SCHEME, 0 }, { CURLUPART_HOST, 0 },
+    { CURLUPART_PORT, CURLU_DEFAULT_PORT }, { CURLUPART_PATH, 0 },
+    { CURLUPART_QUERY, 0 }, { CURLUPART_FRAGMENT, 0 },
+    { CURLUPART_USER, 0 }, { CURLUPART_PASSWORD, 0 },
+    { CURLUPART_ZONEID, 0 },
+  };
+  for (int i = 0; i < U_NPARTS; i++) {
+    CURLUcode rc = curl_url_get(b->u, parts[i].part, &b->part[i],
+                                parts[i].flags);
+    if (rc == CURLUE_OUT_OF_MEMORY)
+      luaL_error(L, "not enough memory");
+    if (rc != CURLUE_OK)
+      b->part[i] = NULL;
+  }
+  lua_createtable(L, 0, 10);
+  static const char *const names[U_NPARTS] = {
+    "url", "scheme", "host", "port", "path", "query", "fragment",
+    NULL, NULL, NULL,
+  };
+  for (int i = 0; i < U_NPARTS; i++) {
+    if (names[i] == NULL || b->part[i] == NULL)
+      continue;
+    if (i == U_PORT) {
+      lua_pushinteger(L, (lua_Integer)strtol(b->part[i], NULL, 10));
+    } else if (i == U_SCHEME || i == U_HOST) {
+      luaL_Buffer lb;                       /* both compare as lowercase */
+      luaL_buffinit(L, &lb);
+      for (const char *c = b->part[i]; *c; c++)
+        luaL_addchar(&lb, (char)tolower((unsigned char)*c));
+      luaL_pushresult(&lb);
+    } else {
+      lua_pushstring(L, b->part[i]);
+    }
+    lua_setfield(L, -2, names[i]);
+  }
+  /* user info: only whether there is some (url still holds it) */
+  lua_pushboolean(L, b->part[U_USER] != NULL || b->part[U_PASSWORD] != NULL);
+  lua_setfield(L, -2, "userinfo");
+  /* an IP literal: what kind of address */
+  const char *host = b->part[U_HOST];
+  if (host != NULL) {
+    unsigned char addr[16];
+    char buf[64];
+    size_t hl = strlen(host);
+    const char *kind = NULL;
+    int literal = 0;
+    if (hl > 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof buf) {
+      memcpy(buf, host + 1, hl - 2);
+      buf[hl - 2] = '\0';
+      if (inet_pton(AF_INET6, buf, addr) == 1) {
+        literal = 1;
+        kind = ipv6_kind(addr);
+      }
+    } else if (inet_pton(AF_INET, host, addr) == 1) {
+      literal = 1;
+      kind = ipv4_kind(addr);
+    }
+    if (literal) {
+      lua_pushstring(L, kind != NULL ? kind : "public");
+      lua_setfield(L, -2, "ip");
+    }
+  }
+}
+
+static const char *
+url_error(CURLUcode rc)
+{
+  switch (rc) {
+    case CURLUE_UNSUPPORTED_SCHEME: return "unsupported url scheme";
+    case CURLUE_BAD_PORT_NUMBER: return "invalid port";
+    case CURLUE_NO_HOST: case CURLUE_BAD_HOSTNAME:
+    case CURLUE_BAD_IPV6: return "invalid host";
+    case CURLUE_OUT_OF_MEMORY: return "not enough memory";
+    default: return "invalid url";
+  }
+}
+
+static const char *
+check_url_arg(lua_State *L, int idx, const char *what)
+{
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "%s: contains a zero byte", what);
+  return s;
+}
+
+/* http.parse(url) -> { url, scheme, host, port, path, query, fragment,
+** userinfo, ip } | nil, err */
+static int
+http_parse(lua_State *L)
+{
+  const char *s = check_url_arg(L, 1, "url");
+  UrlBox *b = url_box(L);
+  CURLUcode rc = curl_url_set(b->u, CURLUPART_URL, s, 0);
+  if (rc == CURLUE_OUT_OF_MEMORY)
+    luaL_error(L, "not enough memory");
+  if (rc != CURLUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, url_error(rc));
+    return 2;
+  }
+  push_url(L, b);
+  return 1;
+}
+
+/* http.resolve(base, ref) -> the parts of ref resolved against base
+** (RFC 3986), as http.parse | nil, err */
+static int
+http_resolve(lua_State *L)
+{
+  const char *base = check_url_arg(L, 1, "base");
+  const char *ref = check_url_arg(L, 2, "ref");
+  UrlBox *b = url_box(L);
+  CURLUcode rc = curl_url_set(b->u, CURLUPART_URL, base, 0);
+  if (rc == CURLUE_OK)
+    rc = curl_url_set(b->u, CURLUPART_URL, ref, 0);
+  if (rc == CURLUE_OUT_OF_MEMORY)
+    luaL_error(L, "not enough memory");
+  if (rc != CURLUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, url_error(rc));
+    return 2;
+  }
+  push_url(L, b);
+  return 1;
+}
+
+/* }==================================================================== */
 
 static int
 http_stats(lua_State *L)
@@ -934,6 +1373,8 @@ luaopen_core_http(lua_State *L)
 {
   static const luaL_Reg funcs[] = {
     { "request", http_request },
+    { "parse", http_parse },
+    { "resolve", http_resolve },
     { "stats", http_stats },
     { NULL, NULL }
   };
@@ -948,9 +1389,20 @@ luaopen_core_http(lua_State *L)
     lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
+  if (luaL_newmetatable(L, URL_MT)) {
+    lua_pushcfunction(L, url_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, url_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
 
   if (!S.alive) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
+                             wipe_realloc, wipe_strdup, wipe_calloc)
+        != CURLE_OK)
       return luaL_error(L, "cannot initialise libcurl");
     S.multi = curl_multi_init();
     if (S.multi == NULL) {

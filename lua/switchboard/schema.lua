@@ -217,10 +217,30 @@ local function validate(s, v, path, errs)
   end
 end
 
+-- Integer-typed values given as integral floats (5.0, as some JSON
+-- decoders give them) become integers, in place, so that errors and what
+-- goes out (a query string, a message) say 5, not 5.0.
+local function integers(s, v)
+  if s.type == "integer" and math.type(v) == "float" then
+    return (v > -2^53 and v < 2^53 and math.tointeger(v)) or v
+  end
+  if type(v) == "table" and v ~= null then
+    for k, sub in pairs(s.properties or {}) do
+      local x = rawget(v, k)
+      if x ~= nil then v[k] = integers(sub, x) end
+    end
+    if s.items then
+      for i = 1, #v do v[i] = integers(s.items, v[i]) end
+    end
+  end
+  return v
+end
+
 -- Validate args against schema s. Returns args (with defaults applied to
 -- a copy of the top level) or nil, message, list of errors.
 function M.validate(s, args)
   if args == nil or args == null then args = {} end
+  args = integers(s, args)
   local errs = {}
   validate(s, args, "", errs)
   if #errs > 0 then

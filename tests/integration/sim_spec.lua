@@ -396,6 +396,31 @@ describe("Twilio simulator", function()
     end)
   end)
 
+  describe("paging parameters", function()
+    it("refuses a PageSize that is not a whole number from 1 to 1000, as Twilio does (400, 20001)", function()
+      H.async(function()
+        local lists = { api("/Messages.json"), api("/Calls.json"), api("/IncomingPhoneNumbers.json"),
+                        api("/Usage/Records.json"), "/v1/Content" }
+        for _, path in ipairs(lists) do
+          for _, bad in ipairs({ "5.0", "abc", "0", "1001", "", "-1", "5 ", "1e2" }) do
+            local r = req({ path = path .. "?PageSize=" .. bad:gsub(" ", "%%20") })
+            assert.equal(400, r.status, path .. " PageSize=" .. bad)
+            assert.equal(20001, r.json.code, path .. " PageSize=" .. bad)
+            assert.equal(400, r.json.status)
+            assert.truthy(r.json.message:find("PageSize", 1, true), r.json.message)
+          end
+          for _, good in ipairs({ "1", "5", "1000" }) do
+            local r = req({ path = path, query = { PageSize = good } })
+            assert.equal(200, r.status, path .. " PageSize=" .. good)
+          end
+          local r = req({ path = path, query = { PageSize = 2, Page = "1.0" } })
+          assert.equal(400, r.status, path .. " Page=1.0")
+          assert.equal(20001, r.json.code)
+        end
+      end)
+    end)
+  end)
+
   describe("calls, numbers, usage, content", function()
     it("lists calls with StartTime filters and paging, fetches one and its recordings", function()
       H.async(function()

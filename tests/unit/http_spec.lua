@@ -575,6 +575,185 @@ describe("core.http", function()
     end)
   end)
 
+  describe("numbers", function()
+    it("writes an integral float in a query or form as an integer, never 5.0", function()
+      async(function()
+        local body = get_json({ url = up.url .. "/echo", query = { PageSize = 5.0, a = 2.5, b = -3.0, c = 7 } })
+        assert.are.equal("PageSize=5&a=2.5&b=-3&c=7", body.query)
+        body = get_json({ method = "POST", url = up.url .. "/echo", form = { n = 101.0, list = { 1.0, 2 } } })
+        assert.are.equal("list=1&list=2&n=101", body.body)
+        assert.has_error(function() http.request({ url = up.url, query = { x = 1 / 0 } }) end,
+          "opts.query.x: not a finite number")
+        assert.has_error(function() http.request({ url = up.url, form = { x = 0 / 0 } }) end,
+          "opts.form.x: not a finite number")
+      end)
+    end)
+  end)
+
+  describe("urls", function()
+    it("parses with libcurl: numeric hosts normalised, IP literals classified", function()
+      local cases = {
+        { "http://2130706433/", "127.0.0.1", "loopback" },
+        { "http://0x7f.1/", "127.0.0.1", "loopback" },
+        { "http://0177.0.0.1/", "127.0.0.1", "loopback" },
+        { "http://[::ffff:127.0.0.1]/", "[::ffff:127.0.0.1]", "loopback" },
+        { "http://[2002:7f00:1::]/", "[2002:7f00:1::]", "loopback" },
+        { "http://169.254.169.254/", "169.254.169.254", "link-local" },
+        { "http://[fe80::1%25eth0]/", "[fe80::1]", "link-local" },
+        { "http://10.2.3.4/", "10.2.3.4", "private" },
+        { "http://172.31.0.1/", "172.31.0.1", "private" },
+        { "http://100.64.0.1/", "100.64.0.1", "private" },
+        { "http://[fd00::1]/", "[fd00::1]", "private" },
+        { "http://[::]/", "[::]", "unspecified" },
+        { "http://0/", "0.0.0.0", "unspecified" },
+        { "http://224.0.0.1/", "224.0.0.1", "multicast" },
+        { "http://192.0.2.1/", "192.0.2.1", "reserved" },
+        { "http://172.32.0.1/", "172.32.0.1", "public" },
+        { "http://8.8.8.8/", "8.8.8.8", "public" },
+        { "http://[2606:4700::1111]/", "[2606:4700::1111]", "public" },
+        { "http://Example.COM/", "example.com", nil },
+      }
+      for _, c in ipairs(cases) do
+        local u = assert(http.parse(c[1]))
+        assert.are.equal(c[2], u.host, c[1])
+        assert.are.equal(c[3], u.ip, c[1])
+      end
+      local u = assert(http.parse("HTTPS://a:b@Example.com:8443/p/../q?x=1#f"))
+      assert.are.same({ "https", "example.com", 8443, "/q", "x=1", "f", true },
+        { u.scheme, u.host, u.port, u.path, u.query, u.fragment, u.userinfo })
+      assert.are.equal(80, http.parse("http://h.example/").port)
+      local _, err = http.parse("http://exa mple.com/")
+      assert.are.equal("invalid host", err)
+      _, err = http.parse("http://example.com:99999/")
+      assert.are.equal("invalid port", err)
+      assert.has_error(function() http.parse("http://a\0b/") end, "url: contains a zero byte")
+    end)
+
+    it("resolves a reference against a base (RFC 3986), so a link's host is the parser's", function()
+      local base = "http://127.0.0.1:5000/"
+      local r = assert(http.resolve(base, "/2010-04-01/Calls.json?Page=1"))
+      assert.are.same({ "127.0.0.1", 5000, "/2010-04-01/Calls.json", "Page=1" }, { r.host, r.port, r.path, r.query })
+      -- appended as text this made 127.0.0.1:5000 a user name: resolved, it is a path
+      r = assert(http.resolve(base, "@127.0.0.1:6000/x"))
+      assert.are.same({ "127.0.0.1", 5000, "/@127.0.0.1:6000/x" }, { r.host, r.port, r.path })
+      r = assert(http.resolve(base, "//evil.example/x"))
+      assert.are.same({ "http", "evil.example", 80 }, { r.scheme, r.host, r.port })
+      r = assert(http.resolve(base, "http://127.0.0.1:5000@127.0.0.1:6000/x"))
+      assert.are.same({ "127.0.0.1", 6000, true }, { r.host, r.port, r.userinfo })
+    end)
+  end)
+
+  describe("memory", function()
+    local function rss_kb()
+      return tonumber(read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
+    end
+
+    it("frees libcurl's escaped copy when the Lua string cannot be made", function()
+      local mem = require "core.mem"
+      async(function()
+        local value = ("\0"):rep(100000)        -- 300 kB once escaped
+        collectgarbage()
+        collectgarbage()
+        local before = rss_kb()
+        for _ = 1, 200 do
+          mem.limit(150000)
+          local ok, err = pcall(http.request, { url = up.url .. "/echo", query = { v = value } })
+          mem.limit()
+          assert.is_false(ok)
+          assert.matches("not enough memory", tostring(err))
+        end
+        collectgarbage()
+        collectgarbage()
+        local grown = rss_kb() - before
+        assert.is_true(grown < 20000, ("RSS grew by %d kB over 200 refused requests"):format(grown))
+        assert.are.equal(0, http.stats().active)
+      end)
+    end)
+
+    -- The secret, "user:secret" and its Base64 (the Basic header) must be
+    -- nowhere in the process's writable memory once the transfer is over
+    -- and the credential closed. The test holds them only in pieces (a
+    -- whole one would be found in the Lua heap): SECRET = A .. B, and the
+    -- header's Base64 = b64(USER .. ":") .. B64A .. B64B (3-byte aligned).
+    local USER = "SKscanuser0"
+    local A, B = "Qz8rT1mWx4Kp", "Lc7vN2bHs9Yd3FgJ6e"
+    local B64A, B64B = "UXo4clQxbVd4NEtw", "TGM3dk4yYkhzOVlkM0ZnSjZl"
+
+    -- How many times first .. second occurs in writable memory.
+    local function scan(first, second)
+      local maps = read("/proc/self/maps")
+      local f = assert(io.open("/proc/self/mem", "rb"))
+      f:setvbuf("no")
+      local found, CHUNK = 0, 1 << 20
+      for lo, hi, perms in maps:gmatch("(%x+)%-(%x+) (%S+)[^\n]*") do
+        lo, hi = tonumber(lo, 16), tonumber(hi, 16)
+        -- skip huge reservations (sanitizer shadow memory)
+        if perms:sub(1, 2) == "rw" and hi - lo <= (1 << 30) then
+          local at = lo
+          while at < hi do
+            local n = math.min(CHUNK + 64, hi - at)
+            local data = f:seek("set", at) and f:read(n)
+            if not data then break end
+            local i = 1
+            while true do
+              local j = data:find(first, i, true)
+              if not j then break end
+              if data:sub(j + #first, j + #first + #second - 1) == second then found = found + 1 end
+              i = j + 1
+            end
+            at = at + CHUNK
+          end
+        end
+      end
+      f:close()
+      return found
+    end
+
+    it("keeps no copy of the secret or the Basic header after a transfer", function()
+      local vault = require "core.vault"
+      if not vault.load_master then pending("core.vault has not landed") return end
+      -- sealed in another process: this one never holds the whole secret
+      local kdir = tmpdir()
+      write(kdir .. "/seal.lua", ([[
+        local vault = require("core.vault")
+        local dir = %q
+        assert(vault.create_master(dir .. "/master.key"))
+        local m = assert(vault.load_master(dir .. "/master.key"))
+        local wk = m:new_data_key("t1")
+        local function put(name, s) local f = assert(io.open(dir .. "/" .. name, "wb")) f:write(s) f:close() end
+        put("wk", wk)
+        put("blob", m:seal(wk, "t1", "auth", %q .. %q))
+      ]]):format(kdir, A, B))
+      local bin = os.getenv("SB_BIN") or "./switchboard"
+      assert(os.execute(q(bin) .. " exec " .. q(kdir .. "/seal.lua")))
+      local m = assert(vault.load_master(kdir .. "/master.key"))
+      local cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      async(function()
+        for _ = 1, 3 do
+          local res = assert(http.request({ url = up.url .. "/status?code=200", auth = cred }))
+          assert.are.equal(200, res.status)
+          res = assert(http.request({ method = "POST", url = up.url .. "/status?code=201", auth = cred,
+                                      form = { Body = "hello" } }))
+          assert.are.equal(201, res.status)
+          res = assert(http.request({ url = tls.url .. "/status?code=200", auth = cred, ca_file = cert }))
+          assert.are.equal(200, res.status)
+        end
+      end)
+      cred:close()
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(0, scan(A, B), "copies of the secret")
+      assert.are.equal(0, scan(B64A, B64B), "copies of the Basic header")
+      -- the scan finds a secret where one is: an open credential's page
+      -- (last, as the scan's own reads copy what they find)
+      cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      assert.are.equal(1, scan(A, B))
+      cred:close()
+      m:close()
+      os.execute("rm -rf " .. q(kdir))
+    end)
+  end)
+
   describe("lifetime", function()
     it("frees pending requests at exit (lua_close)", function()
       -- $SB_BIN, else this very binary (the shell's parent)

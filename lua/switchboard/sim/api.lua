@@ -39,11 +39,10 @@ end
 -- fields; id(item) names an item in page tokens. Returns the response
 -- table or nil, err.
 function M.page(params, items, base, names, key, id, render)
-  local size = math.tointeger(tonumber(U.one(params.PageSize) or "50"))
-  if not size or size < 1 then return nil, "PageSize" end
-  if size > 1000 then size = 1000 end
-  local page = math.tointeger(tonumber(U.one(params.Page) or "0"))
-  if not page or page < 0 then return nil, "Page" end
+  local size = U.page_size(params)
+  if not size then return nil, "PageSize" end
+  local page = U.page_number(params)
+  if not page then return nil, "Page" end
   local token = U.one(params.PageToken)
   local start = page * size
   if token and token ~= "" then

@@ -57,10 +57,11 @@ function M.route(sim, req, params, _, who)
     for _, c in ipairs(st.content_order) do
       if c.account == who.account.sid then items[#items + 1] = c end
     end
-    local size = math.tointeger(tonumber(U.one(params.PageSize) or "50")) or 50
-    if size < 1 then size = 1 elseif size > 1000 then size = 1000 end
-    local page = math.tointeger(tonumber(U.one(params.Page) or "0")) or 0
-    if page < 0 then page = 0 end
+    local size, page = U.page_size(params), U.page_number(params)
+    if not size or not page then
+      local name = size and "Page" or "PageSize"
+      return U.error(400, 20001, ("Invalid parameter %s: %s"):format(name, tostring(U.one(params[name]))))
+    end
     local slice = {}
     for i = page * size + 1, math.min(#items, (page + 1) * size) do
       slice[#slice + 1] = content_json(items[i])

@@ -31,9 +31,13 @@ local function parse_faults(body)
   for i, f in ipairs(v) do
     if type(f) ~= "table" then return nil, ("fault %d: expected an object"):format(i) end
     local action = tostring(f.action or "")
-    if not (action == "delay" or action == "drop" or action == "timeout" or action:match("^[45]%d%d$")) then
-      return nil, ("fault %d: action must be \"429\", \"500\" (any 4xx/5xx), \"delay\", \"drop\" or \"timeout\"")
-        :format(i)
+    if not (action == "delay" or action == "drop" or action == "timeout" or action == "next_page"
+            or action:match("^[45]%d%d$")) then
+      return nil, ("fault %d: action must be \"429\", \"500\" (any 4xx/5xx), \"delay\", \"drop\", \"timeout\""
+        .. " or \"next_page\""):format(i)
+    end
+    if action == "next_page" and type(f.next_page_uri) ~= "string" then
+      return nil, ("fault %d: next_page needs next_page_uri, a string"):format(i)
     end
     local match = type(f.match) == "table" and f.match or {}
     if match.path_pattern ~= nil then
@@ -53,6 +57,7 @@ local function parse_faults(body)
       delay_ms = tonumber(f.delay_ms),
       count = count,
       process = f.process == true,
+      next_page_uri = action == "next_page" and f.next_page_uri or nil,
     }
   end
   return out

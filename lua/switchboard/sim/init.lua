@@ -7,6 +7,7 @@
 --   local s = assert(sim.start{ port = 0, fixture = "tests/fixtures/sim.lua" })
 --   s.port, s.url, s.state, s:reset(), s:close()
 local httpd = require("core.httpd")
+local json = require("switchboard.json")
 local loop = require("core.loop")
 local U = require("switchboard.sim.util")
 local S = require("switchboard.sim.state")
@@ -101,6 +102,16 @@ function Sim:handle(req)
     entry.fault = f.action
     if f.action == "delay" then
       loop.sleep((f.delay_ms or 1000) / 1000)
+    elseif f.action == "next_page" then
+      -- answer as usual, with the list's next-page link replaced
+      local status, headers, body = route(self, req, params, form, user, pass)
+      entry.status = status
+      local v = json.decode(body or "")
+      if type(v) == "table" then
+        if type(v.meta) == "table" then v.meta.next_page_url = f.next_page_uri else v.next_page_uri = f.next_page_uri end
+        body = json.encode(v)
+      end
+      return status, headers, body
     else
       if f.process then
         entry.status = (route(self, req, params, form, user, pass))

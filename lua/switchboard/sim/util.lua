@@ -43,6 +43,25 @@ function M.parse_form(s)
   return params, pairs_
 end
 
+-- Paging parameters as Twilio reads them: PageSize a whole number from 1
+-- to 1000 written in digits (default 50; "5.0", "abc", 0 and 1001 are
+-- refused), Page a whole number from 0. nil when invalid.
+local function digits(v, default)
+  if v == nil then return default end
+  if type(v) ~= "string" or not v:match("^%d+$") or #v > 9 then return nil end
+  return math.tointeger(tonumber(v))
+end
+
+function M.page_size(params)
+  local n = digits(M.one(params.PageSize), 50)
+  if not n or n < 1 or n > 1000 then return nil end
+  return n
+end
+
+function M.page_number(params)
+  return digits(M.one(params.Page), 0)
+end
+
 -- Every value of a parameter as an array.
 function M.list(v)
   if v == nil then return {} end

@@ -7,6 +7,7 @@
 local http = require("core.http")
 local loop = require("core.loop")
 local json = require("switchboard.json")
+local log = require("switchboard.log")
 
 local M = {}
 M.__index = M
@@ -38,6 +39,27 @@ function M:acct(rest)
   return ("/%s/Accounts/%s/%s"):format(M.API_VERSION, self.account_sid, rest)
 end
 
+local function origin(u)
+  return ("%s://%s:%d"):format(u.scheme, u.host, u.port)
+end
+
+-- A next-page link (next_page_uri, meta.next_page_url) resolved against the
+-- product's host by libcurl's URL parser. Only a link to that same origin
+-- (scheme, host, port) without user info is followed: the request carries
+-- the credential, which must never go elsewhere. Returns the URL or nil,
+-- err (logged).
+function M:page_link(product, link)
+  local base = self:base(product)
+  local b = http.parse(base)
+  local u, perr = http.resolve(base .. "/", link)
+  if b and u and origin(u) == origin(b) and not u.userinfo then return u.url end
+  local where = u and (u.userinfo and "user info in the link" or origin(u)) or perr
+  log.warn("twilio: not following a %s page link that leaves %s (%s)", product, b and origin(b) or base, where)
+  return nil, { retries = 0, unknown = false, refused_link = true,
+                message = ("Twilio's next-page link does not point to the %s host (%s); it was not followed"):format(
+                  product, where) }
+end
+
 local function twilio_error(res)
   local body = json.decode(res.body or "")
   local e = { status = res.status }
@@ -67,9 +89,9 @@ function M:request(req)
   local method = req.method or "GET"
   local url
   if req.url then
-    -- a next-page link: keep the path, never send credentials elsewhere
-    local path = req.url:gsub("^%a[%w+.-]*://[^/]+", "")
-    url = self:base(req.product) .. path
+    local lerr
+    url, lerr = self:page_link(req.product, req.url)
+    if not url then return nil, lerr end
   else
     url = self:base(req.product) .. req.path
   end

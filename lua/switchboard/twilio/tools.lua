@@ -239,6 +239,70 @@ function M.only(args, allowed, action, defaults)
     #extra == 1 and "is" or "are", action)
 end
 
+-- media_url: Twilio fetches it, so it must be a public http(s) URL. It is
+-- read by libcurl's URL parser (numeric forms such as 2130706433 or
+-- 0x7f.1 come out as 127.0.0.1); an IP literal must be a public address,
+-- and names that are local by definition are refused. A name is not
+-- resolved here (Twilio resolves it): a public name that points at a
+-- private address is only stopped by the allow-list (media_domains).
+local LOCAL_NAMES = { localhost = true, ["localhost.localdomain"] = true, ["ip6-localhost"] = true,
+                      ["ip6-loopback"] = true }
+local LOCAL_SUFFIXES = { "localhost", "local", "localdomain", "internal", "home.arpa", "arpa", "lan" }
+
+local function media_rule(what)
+  return ("`media_url` must be a public http(s) URL (got %s)"):format(what)
+end
+
+-- The URL to give Twilio (as libcurl wrote it back), or nil, message.
+function M.media_url(s)
+  if s:find("[%c\\]") then return nil, media_rule("a URL with control characters or backslashes") end
+  local u, err = require("core.http").parse(s)
+  if not u then return nil, media_rule(err == "unsupported url scheme" and "an unsupported scheme" or "an invalid URL") end
+  if u.scheme ~= "http" and u.scheme ~= "https" then return nil, media_rule("a " .. u.scheme .. " URL") end
+  if u.userinfo then return nil, media_rule("a user name or password in the URL") end
+  if u.ip then
+    if u.ip ~= "public" then
+      return nil, media_rule((u.ip:match("^[aeiou]") and "an " or "a ") .. u.ip .. " address")
+    end
+    return u.url
+  end
+  local host = u.host:gsub("%.$", "")
+  if not host:match("^[%w%-%.]+$") then
+    return nil, media_rule("a host name with characters other than letters, digits, hyphens and dots;"
+      .. " write an international name in its xn-- form")
+  end
+  if LOCAL_NAMES[host] then return nil, media_rule("a local host name") end
+  for _, suffix in ipairs(LOCAL_SUFFIXES) do
+    if host:sub(-#suffix - 1) == "." .. suffix then return nil, media_rule("a local host name") end
+  end
+  if not host:find(".", 1, true) then return nil, media_rule("a single-label host name") end
+  return u.url
+end
+
+-- With an allow-list (tool_settings.<tool>.media_domains, a list of domain
+-- names), the media host must be one of them or a subdomain of one.
+-- Returns true or nil, message.
+function M.media_allowed(s, domains)
+  if type(domains) ~= "table" or #domains == 0 then return true end
+  local u = require("core.http").parse(s)
+  local host = u and u.host:gsub("%.$", "") or ""
+  for _, d in ipairs(domains) do
+    d = tostring(d):lower():gsub("^%.", ""):gsub("%.$", "")
+    if host == d or host:sub(-#d - 1) == "." .. d then return true end
+  end
+  return nil, ("`media_url` must be on one of the allowed media domains (%s) (got %s)"):format(
+    table.concat(domains, ", "), host ~= "" and host or "no host")
+end
+
+-- The allow-list check of a send tool's media_url, as a tool error.
+function M.media_check(ctx, args)
+  if not args.media_url then return true end
+  local ok, err = M.media_allowed(args.media_url, ctx.settings.media_domains)
+  if ok then return true end
+  return nil, { message = "Invalid arguments: " .. err .. ".",
+                hint = "Use a URL on one of the allowed domains; do not retry unchanged." }
+end
+
 -- Percent-encode a path segment (E.164 "+" becomes %2B).
 function M.escape(s)
   return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
@@ -411,6 +475,9 @@ function M.failure(err, over)
       .. " %s and refused each time."):format(M.plural(tries, "time"))
     e.hint = M.CODES[20429][2]
     e.data.rate_limited = true
+  elseif err.refused_link then
+    e.message = err.message .. "."
+    e.hint = "Do not retry; tell an operator (the server's log names the link's host)."
   elseif not err.status and err.transport then
     e.message = ("Twilio could not be reached: %s."):format(err.transport)
     e.hint = "Try again in a little while; if it keeps failing, tell an operator."

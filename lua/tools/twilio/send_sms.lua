@@ -55,9 +55,16 @@ return {
   writes = true,
   check = function(args)
     if not args.body:find("%S") then return nil, "`body` must contain some text, not only spaces" end
+    if args.media_url then
+      local url, merr = T.media_url(args.media_url)
+      if not url then return nil, merr end
+      args.media_url = url
+    end
     return true
   end,
   handler = function(ctx, args)
+    local allowed, merr = T.media_check(ctx, args)
+    if not allowed then return nil, merr end
     local from = ctx.connection.default_number
     if not from then
       return nil, T.not_configured(ctx, "No phone number configured: the tenant's Twilio connection has no"

@@ -120,9 +120,16 @@ return {
     if args.media_url and args.template_sid then
       return nil, "`media_url` is only used with `body`: a template carries its own media"
     end
+    if args.media_url then
+      local url, merr = T.media_url(args.media_url)
+      if not url then return nil, merr end
+      args.media_url = url
+    end
     return true
   end,
   handler = function(ctx, args)
+    local allowed, merr = T.media_check(ctx, args)
+    if not allowed then return nil, merr end
     local number = ctx.connection.whatsapp_number
     if not number then
       return nil, T.not_configured(ctx, "No WhatsApp number configured: the tenant's Twilio connection has no"
