@@ -215,14 +215,19 @@ sealed_len(size_t ptlen)
   return HDR_LEN + IV_LEN + (ptlen / BLOCK_LEN + 1) * BLOCK_LEN + TAG_LEN;
 }
 
-/* Seal pt under key into out (sealed_len(ptlen) bytes). 0 or -1. */
+/* Seal pt under key into out (outcap >= sealed_len(ptlen) bytes). 0 or -1.
+** EVP_EncryptUpdate may write up to inl + block size - 1 bytes and
+** EVP_EncryptFinal_ex one more block: the ciphertext's room (up to the
+** end of out, tag included) is checked against that before either runs. */
 static int
 seal_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
          const char *field, size_t flen, const unsigned char *pt,
-         size_t ptlen, unsigned char *out)
+         size_t ptlen, unsigned char *out, size_t outcap)
 {
   unsigned char enc[KEY_LEN], mac[KEY_LEN];
-  if (ptlen > MAX_PLAIN || derive_keys(key, enc, mac) != 0)
+  if (ptlen > MAX_PLAIN || outcap < sealed_len(ptlen)
+      || outcap - HDR_LEN - IV_LEN < ptlen + 2 * BLOCK_LEN
+      || derive_keys(key, enc, mac) != 0)
     return -1;
   int rc = -1;
   unsigned char *iv = out + HDR_LEN;
@@ -251,16 +256,24 @@ done:
   return rc;
 }
 
-/* Verify and open blob under key into out (at least bloblen - MIN_BLOB +
-** BLOCK_LEN bytes). 0 and *outlen, or -1 for any failure, whatever it is. */
+/* The room EVP_DecryptUpdate + EVP_DecryptFinal_ex need for ctlen bytes
+** of ciphertext: OpenSSL documents inl + block size for the update. */
+#define OPEN_ROOM(ctlen) ((ctlen) + BLOCK_LEN)
+/* the ciphertext of a wrapped data key (32 bytes and a block of padding) */
+#define WRAPPED_CT_LEN ((KEY_LEN / BLOCK_LEN + 1) * BLOCK_LEN)
+
+/* Verify and open blob under key into out (outcap bytes, at least
+** OPEN_ROOM of the ciphertext's length, checked). 0 and *outlen, or -1
+** for any failure, whatever it is. */
 static int
 open_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
          const char *field, size_t flen, const unsigned char *blob,
-         size_t bloblen, unsigned char *out, size_t *outlen)
+         size_t bloblen, unsigned char *out, size_t outcap, size_t *outlen)
 {
   if (bloblen < MIN_BLOB || bloblen - MIN_BLOB > MAX_PLAIN
       || (bloblen - HDR_LEN - IV_LEN - TAG_LEN) % BLOCK_LEN != 0
-      || blob[0] != V1_VERSION || blob[1] != V1_ALG)
+      || blob[0] != V1_VERSION || blob[1] != V1_ALG
+      || outcap < OPEN_ROOM(bloblen - HDR_LEN - IV_LEN - TAG_LEN))
     return -1;
   unsigned char enc[KEY_LEN], mac[KEY_LEN], tag[TAG_LEN];
   if (derive_keys(key, enc, mac) != 0)
@@ -490,14 +503,15 @@ static int
 unwrap_dek(Master *m, const char *tenant, size_t tlen, const char *wrapped,
            size_t wlen, unsigned char dek[KEY_LEN])
 {
-  /* a wrapped key is a 32-byte plaintext: exactly one size is valid */
-  unsigned char buf[KEY_LEN + BLOCK_LEN];
+  /* a wrapped key is a 32-byte plaintext: exactly one size is valid, with
+  ** 48 bytes of ciphertext, decrypted into the room OpenSSL documents */
+  unsigned char buf[OPEN_ROOM(WRAPPED_CT_LEN)];
   size_t n = 0;
   if (wlen != sealed_len(KEY_LEN))
     return -1;
   if (open_raw(m->key, tenant, tlen, (const char *)field_data_key,
                sizeof field_data_key - 1, (const unsigned char *)wrapped,
-               wlen, buf, &n) != 0)
+               wlen, buf, sizeof buf, &n) != 0)
     return -1;
   int rc = -1;
   if (n == KEY_LEN) {
@@ -521,7 +535,7 @@ master_new_data_key(lua_State *L)
   int rc = -1;
   if (RAND_bytes(dek, KEY_LEN) == 1)
     rc = seal_raw(m->key, tenant, tlen, (const char *)field_data_key,
-                  sizeof field_data_key - 1, dek, KEY_LEN, out);
+                  sizeof field_data_key - 1, dek, KEY_LEN, out, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   if (rc != 0) {
     luaL_pushfail(L);
@@ -552,7 +566,7 @@ master_seal(lua_State *L)
     return 2;
   }
   int rc = seal_raw(dek, tenant, tlen, field, flen,
-                    (const unsigned char *)pt, ptlen, out);
+                    (const unsigned char *)pt, ptlen, out, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   if (rc != 0) {
     luaL_pushfail(L);
@@ -564,9 +578,10 @@ master_seal(lua_State *L)
 }
 
 /* Unwrap the data key and open the blob at stack index 5 into out
-** (capacity >= bloblen). 0 or -1. */
+** (outcap bytes; bloblen suffices). 0 or -1. */
 static int
-open_field(lua_State *L, Master *m, unsigned char *out, size_t *outlen)
+open_field(lua_State *L, Master *m, unsigned char *out, size_t outcap,
+           size_t *outlen)
 {
   size_t wlen, tlen, flen, blen;
   const char *wrapped = lua_tolstring(L, 2, &wlen);
@@ -577,7 +592,7 @@ open_field(lua_State *L, Master *m, unsigned char *out, size_t *outlen)
   if (unwrap_dek(m, tenant, tlen, wrapped, wlen, dek) != 0)
     return -1;
   int rc = open_raw(dek, tenant, tlen, field, flen,
-                    (const unsigned char *)blob, blen, out, outlen);
+                    (const unsigned char *)blob, blen, out, outcap, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   return rc;
 }
@@ -598,7 +613,7 @@ master_open(lua_State *L)
   size_t blen = lua_rawlen(L, 5);
   unsigned char *out = (unsigned char *)lua_newuserdatauv(L, blen + 1, 0);
   size_t n = 0;
-  if (open_field(L, m, out, &n) != 0) {
+  if (open_field(L, m, out, blen + 1, &n) != 0) {
     luaL_pushfail(L);
     lua_pushliteral(L, DECRYPT_FAILED);
     return 2;
@@ -729,7 +744,7 @@ master_credential(lua_State *L)
   c->secret = secret;
   c->maplen = maplen;
   size_t n = 0;
-  if (open_field(L, m, secret, &n) != 0) {
+  if (open_field(L, m, secret, maplen, &n) != 0) {
     cred_release(c);
     luaL_pushfail(L);
     lua_pushliteral(L, DECRYPT_FAILED);
