@@ -119,6 +119,7 @@ static char hkdf_digest[] = "SHA256";
 static unsigned char info_enc[] = "switchboard v1 enc";
 static unsigned char info_mac[] = "switchboard v1 mac";
 static unsigned char field_data_key[] = "data-key";
+static unsigned char info_audit[] = "switchboard v1 audit";
 
 /* Fetched once, kept for the life of the process. */
 static EVP_KDF *hkdf_alg = NULL;
@@ -317,9 +318,12 @@ done:
 ** =======================================================
 */
 
+/* key points to locked memory holding the master key (KEY_LEN bytes)
+** and, once audit_ready, the audit MAC key derived from it right after. */
 typedef struct Master {
-  unsigned char *key;       /* KEY_LEN bytes in locked memory; NULL: closed */
+  unsigned char *key;       /* NULL: closed */
   size_t maplen;
+  int audit_ready;
 } Master;
 
 static Master *
@@ -339,6 +343,7 @@ master_close(lua_State *L)
     sec_free(m->key, m->maplen);
     m->key = NULL;
     m->maplen = 0;
+    m->audit_ready = 0;
   }
   return 0;
 }
@@ -358,6 +363,7 @@ new_master(lua_State *L)
   Master *m = (Master *)lua_newuserdatauv(L, sizeof *m, 0);
   m->key = NULL;
   m->maplen = 0;
+  m->audit_ready = 0;
   luaL_setmetatable(L, MASTER_MT);
   return m;
 }
@@ -448,7 +454,7 @@ vault_load_master(lua_State *L)
     return master_fail(L, path, why);
   }
   size_t maplen = 0;
-  unsigned char *key = sec_alloc(KEY_LEN, &maplen);
+  unsigned char *key = sec_alloc(2 * KEY_LEN, &maplen);
   if (key == NULL) {
     close(fd);
     return master_fail(L, path, "cannot allocate locked memory");
@@ -494,6 +500,66 @@ vault_create_master(lua_State *L)
     unlink(path);
     return master_fail(L, path, strerror(e));
   }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* [-0, +2, m] nil, "<path>: <why>" */
+static int
+file_fail(lua_State *L, const char *path, int e)
+{
+  luaL_pushfail(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(e));
+  return 2;
+}
+
+/* vault.write_private(path, data) -> true | nil, err
+** Replaces path atomically: data goes to "<path>.tmp" (created anew, mode
+** 0600, never through a symlink), is fsynced, renamed over path, and the
+** directory is fsynced so the rename survives a crash. */
+static int
+vault_write_private(lua_State *L)
+{
+  size_t plen, len;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  const char *data = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1,
+                "a path without NUL bytes");
+  const char *tmp = lua_pushfstring(L, "%s.tmp", path);
+  const char *slash = strrchr(path, '/');
+  const char *dir = slash == NULL ? "."
+                    : slash == path ? "/"
+                    : lua_pushlstring(L, path, (size_t)(slash - path));
+  if (unlink(tmp) != 0 && errno != ENOENT)
+    return file_fail(L, tmp, errno);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                0600);
+  if (fd < 0)
+    return file_fail(L, tmp, errno);
+  int ok = fchmod(fd, 0600) == 0
+           && write_full(fd, (const unsigned char *)data, len) == 0
+           && fsync(fd) == 0;
+  int e = errno;
+  if (close(fd) != 0 && ok) {
+    ok = 0;
+    e = errno;
+  }
+  if (ok && rename(tmp, path) != 0) {
+    ok = 0;
+    e = errno;
+  }
+  if (!ok) {
+    unlink(tmp);
+    return file_fail(L, path, e != 0 ? e : EIO);
+  }
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return file_fail(L, dir, errno);
+  ok = fsync(dfd) == 0;
+  e = errno;
+  close(dfd);
+  if (!ok)
+    return file_fail(L, dir, e);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -620,6 +686,38 @@ master_open(lua_State *L)
   }
   lua_pushlstring(L, (const char *)out, n);
   OPENSSL_cleanse(out, blen + 1);
+  return 1;
+}
+
+/* master:audit_mac(data) -> 64 lowercase hex digits:
+** HMAC-SHA256(audit_key, data), audit_key = HKDF-SHA256(master key,
+** salt none, info "switchboard v1 audit"). The audit key is derived once
+** into the master's locked page and never leaves C. */
+static void push_hex(lua_State *L, const unsigned char *s, size_t len);
+
+static int
+master_audit_mac(lua_State *L)
+{
+  Master *m = check_master(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  unsigned char *akey = m->key + KEY_LEN;
+  if (!m->audit_ready) {
+    if (fetch_algs() != 0
+        || hkdf_one(m->key, info_audit, sizeof info_audit - 1, akey) != 0) {
+      OPENSSL_cleanse(akey, KEY_LEN);
+      return luaL_error(L, "audit key derivation failed");
+    }
+    m->audit_ready = 1;
+  }
+  unsigned char md[32];
+  size_t mdlen = 0;
+  if (EVP_Q_mac(NULL, OSSL_MAC_NAME_HMAC, NULL, hkdf_digest, NULL, akey,
+                KEY_LEN, (const unsigned char *)data, len, md, sizeof md,
+                &mdlen) == NULL
+      || mdlen != sizeof md)
+    return luaL_error(L, "audit mac failed");
+  push_hex(L, md, sizeof md);
   return 1;
 }
 
@@ -949,6 +1047,7 @@ static const luaL_Reg master_methods[] = {
   { "seal", master_seal },
   { "open", master_open },
   { "credential", master_credential },
+  { "audit_mac", master_audit_mac },
   { "close", master_close },
   { NULL, NULL }
 };
@@ -979,6 +1078,7 @@ static const luaL_Reg cred_meta[] = {
 static const luaL_Reg vault_funcs[] = {
   { "load_master", vault_load_master },
   { "create_master", vault_create_master },
+  { "write_private", vault_write_private },
   { "random", vault_random },
   { "token", vault_token },
   { "sha256", vault_sha256 },
