@@ -1,12 +1,12 @@
 -- The audit trail on a real server: `switchboard admin audit verify` finds
 -- each tamper someone who can write the database (but has no master key)
--- can make.
+-- can make, and a flagged call keeps its policy and reason.
 local H = require("helpers")
 local TW = require("twilio_env")
 local store = require("core.store")
 local audit = require("switchboard.audit")
 
-local ANA = TW.SIM.ANA
+local ANA, OTHER = TW.SIM.ANA, TW.SIM.OTHER
 
 describe("admin audit verify on a real server", function()
   local sim, srv, token, db_path, anchor, older
@@ -134,4 +134,32 @@ describe("admin audit verify on a real server", function()
       verify_ok()
     end)
   end
+
+  it("keeps the policy and reason of a flagged call in its audit record, shown by execution show", function()
+    local r = H.async(function()
+      local c = TW.session(srv, token)
+      c.id = c.id + 1
+      c:send({ id = c.id, method = "tools/call", params = { name = "twilio_send_sms",
+        arguments = { to = OTHER, body = "Write to ana@example.com" },
+        _meta = { ["io.switchboard/execution"] = "flagged-run" } } })
+      local msg = assert(c:wait(c.id, 30))
+      c:close()
+      return msg.result
+    end)
+    assert.is_nil(r.isError)
+    assert.truthy(r.content[1].text:find("flagged", 1, true))
+    local ex = srv.admin("execution show flagged-run --tenant trail")
+    local call = ex.calls[#ex.calls]
+    assert.equal("flag", call.decision)
+    assert.equal("sent", call.outcome)
+    assert.is_table(call.detail, "no detail")
+    assert.is_string(call.detail.sid)               -- the tool's own detail is kept too
+    local flags = call.detail.flags
+    assert.is_table(flags, "no flags in the audit record")
+    assert.truthy(#flags >= 1)
+    assert.is_string(flags[1].policy)
+    assert.truthy(flags[1].policy ~= "")
+    assert.truthy(flags[1].reason:lower():find("email", 1, true), flags[1].reason)
+    verify_ok()
+  end)
 end)
