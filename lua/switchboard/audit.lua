@@ -232,7 +232,9 @@ function M.for_db(db)
 end
 
 -- Write the anchor for the chain's head; on failure the records stay
--- unanchored (they still verify by MAC) and it is tried again.
+-- unanchored (they still verify by MAC) and it is tried again. A record
+-- claims only an anchor that was written (fsynced and renamed), so an
+-- anchor that lags never looks like an older copy.
 function M:write_anchor()
   if self.anchored_id == self.last_id and self.anchor_written then return true end
   local text = M.anchor_text(self.master, { id = self.last_id, count = self.last_id, head = self.last_hash,
@@ -248,13 +250,31 @@ function M:write_anchor()
   return true
 end
 
+-- The anchor of batches committed on a call's path is written on the next
+-- loop turn: the batches committed in one turn share one write (two
+-- fsyncs), and the call is answered without waiting for it.
+function M:schedule_anchor()
+  if self.anchor_scheduled then return end
+  self.anchor_scheduled = true
+  loop.spawn(function()
+    loop.sleep(0)
+    self.anchor_scheduled = false
+    self:write_anchor()
+  end)
+end
+
 local INSERT = "INSERT INTO audit_log (" .. table.concat(COLUMNS, ", ") .. ", chain, anchored, prev_hash, hash)"
   .. " VALUES (" .. string.rep("?, ", #COLUMNS + 3) .. "?)"
 
-function M:flush()
+-- Commit what is queued, then write the anchor (now, or on the next loop
+-- turn when defer_anchor).
+function M:flush(defer_anchor)
   local q = self.queue
   if #q == 0 then
-    if self.anchored_id ~= self.last_id then return self:write_anchor() end
+    if self.anchored_id ~= self.last_id then
+      if defer_anchor then self:schedule_anchor() return true end
+      return self:write_anchor()
+    end
     return true
   end
   self.queue = {}
@@ -285,7 +305,7 @@ function M:flush()
     return nil, err
   end
   self.last_id, self.last_hash = id, prev
-  self:write_anchor()
+  if defer_anchor then self:schedule_anchor() else self:write_anchor() end
   return true
 end
 
@@ -295,7 +315,7 @@ function M:schedule(delay_ms)
   loop.spawn(function()
     loop.sleep(delay_ms / 1000)
     self.scheduled = false
-    self:flush()
+    self:flush(true)
   end)
 end
 
@@ -319,7 +339,7 @@ function M:record(rec)
     retries = rec.retries or 0,
     duration_ms = math.floor((rec.duration_ms or 0) * 1000 + 0.5) / 1000,
   }
-  if self.flush_ms == 0 then return self:flush() end
+  if self.flush_ms == 0 then return self:flush(true) end
   self:schedule(self.flush_ms)
   return true
 end

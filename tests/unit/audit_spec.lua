@@ -30,6 +30,7 @@ local function trail(n)
   t.anchors = {}
   for i = 1, n do
     assert(t.w:record(call(i)))
+    assert(t.w:flush())             -- the anchor now, not on the next loop turn
     t.anchors[i] = H.read(t.anchor)
   end
   function t.verify() return audit.verify_trail(t.db, t.master, t.anchor) end
@@ -81,6 +82,7 @@ describe("audit", function()
     -- a second writer on the same file continues the chain
     local w2 = audit.new(t.db, t.master, { flush_ms = 0, anchor_file = t.anchor })
     w2:record(call(6))
+    w2:flush()
     v = t.verify()
     assert.is_true(v.ok, v.problem)
     assert.equal(6, v.records)
