@@ -119,6 +119,7 @@ static char hkdf_digest[] = "SHA256";
 static unsigned char info_enc[] = "switchboard v1 enc";
 static unsigned char info_mac[] = "switchboard v1 mac";
 static unsigned char field_data_key[] = "data-key";
+static unsigned char info_audit[] = "switchboard v1 audit";
 
 /* Fetched once, kept for the life of the process. */
 static EVP_KDF *hkdf_alg = NULL;
@@ -215,14 +216,19 @@ sealed_len(size_t ptlen)
   return HDR_LEN + IV_LEN + (ptlen / BLOCK_LEN + 1) * BLOCK_LEN + TAG_LEN;
 }
 
-/* Seal pt under key into out (sealed_len(ptlen) bytes). 0 or -1. */
+/* Seal pt under key into out (outcap >= sealed_len(ptlen) bytes). 0 or -1.
+** EVP_EncryptUpdate may write up to inl + block size - 1 bytes and
+** EVP_EncryptFinal_ex one more block: the ciphertext's room (up to the
+** end of out, tag included) is checked against that before either runs. */
 static int
 seal_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
          const char *field, size_t flen, const unsigned char *pt,
-         size_t ptlen, unsigned char *out)
+         size_t ptlen, unsigned char *out, size_t outcap)
 {
   unsigned char enc[KEY_LEN], mac[KEY_LEN];
-  if (ptlen > MAX_PLAIN || derive_keys(key, enc, mac) != 0)
+  if (ptlen > MAX_PLAIN || outcap < sealed_len(ptlen)
+      || outcap - HDR_LEN - IV_LEN < ptlen + 2 * BLOCK_LEN
+      || derive_keys(key, enc, mac) != 0)
     return -1;
   int rc = -1;
   unsigned char *iv = out + HDR_LEN;
@@ -251,16 +257,24 @@ done:
   return rc;
 }
 
-/* Verify and open blob under key into out (at least bloblen - MIN_BLOB +
-** BLOCK_LEN bytes). 0 and *outlen, or -1 for any failure, whatever it is. */
+/* The room EVP_DecryptUpdate + EVP_DecryptFinal_ex need for ctlen bytes
+** of ciphertext: OpenSSL documents inl + block size for the update. */
+#define OPEN_ROOM(ctlen) ((ctlen) + BLOCK_LEN)
+/* the ciphertext of a wrapped data key (32 bytes and a block of padding) */
+#define WRAPPED_CT_LEN ((KEY_LEN / BLOCK_LEN + 1) * BLOCK_LEN)
+
+/* Verify and open blob under key into out (outcap bytes, at least
+** OPEN_ROOM of the ciphertext's length, checked). 0 and *outlen, or -1
+** for any failure, whatever it is. */
 static int
 open_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
          const char *field, size_t flen, const unsigned char *blob,
-         size_t bloblen, unsigned char *out, size_t *outlen)
+         size_t bloblen, unsigned char *out, size_t outcap, size_t *outlen)
 {
   if (bloblen < MIN_BLOB || bloblen - MIN_BLOB > MAX_PLAIN
       || (bloblen - HDR_LEN - IV_LEN - TAG_LEN) % BLOCK_LEN != 0
-      || blob[0] != V1_VERSION || blob[1] != V1_ALG)
+      || blob[0] != V1_VERSION || blob[1] != V1_ALG
+      || outcap < OPEN_ROOM(bloblen - HDR_LEN - IV_LEN - TAG_LEN))
     return -1;
   unsigned char enc[KEY_LEN], mac[KEY_LEN], tag[TAG_LEN];
   if (derive_keys(key, enc, mac) != 0)
@@ -304,9 +318,12 @@ done:
 ** =======================================================
 */
 
+/* key points to locked memory holding the master key (KEY_LEN bytes)
+** and, once audit_ready, the audit MAC key derived from it right after. */
 typedef struct Master {
-  unsigned char *key;       /* KEY_LEN bytes in locked memory; NULL: closed */
+  unsigned char *key;       /* NULL: closed */
   size_t maplen;
+  int audit_ready;
 } Master;
 
 static Master *
@@ -326,6 +343,7 @@ master_close(lua_State *L)
     sec_free(m->key, m->maplen);
     m->key = NULL;
     m->maplen = 0;
+    m->audit_ready = 0;
   }
   return 0;
 }
@@ -345,6 +363,7 @@ new_master(lua_State *L)
   Master *m = (Master *)lua_newuserdatauv(L, sizeof *m, 0);
   m->key = NULL;
   m->maplen = 0;
+  m->audit_ready = 0;
   luaL_setmetatable(L, MASTER_MT);
   return m;
 }
@@ -435,7 +454,7 @@ vault_load_master(lua_State *L)
     return master_fail(L, path, why);
   }
   size_t maplen = 0;
-  unsigned char *key = sec_alloc(KEY_LEN, &maplen);
+  unsigned char *key = sec_alloc(2 * KEY_LEN, &maplen);
   if (key == NULL) {
     close(fd);
     return master_fail(L, path, "cannot allocate locked memory");
@@ -485,19 +504,80 @@ vault_create_master(lua_State *L)
   return 1;
 }
 
+/* [-0, +2, m] nil, "<path>: <why>" */
+static int
+file_fail(lua_State *L, const char *path, int e)
+{
+  luaL_pushfail(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(e));
+  return 2;
+}
+
+/* vault.write_private(path, data) -> true | nil, err
+** Replaces path atomically: data goes to "<path>.tmp" (created anew, mode
+** 0600, never through a symlink), is fsynced, renamed over path, and the
+** directory is fsynced so the rename survives a crash. */
+static int
+vault_write_private(lua_State *L)
+{
+  size_t plen, len;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  const char *data = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1,
+                "a path without NUL bytes");
+  const char *tmp = lua_pushfstring(L, "%s.tmp", path);
+  const char *slash = strrchr(path, '/');
+  const char *dir = slash == NULL ? "."
+                    : slash == path ? "/"
+                    : lua_pushlstring(L, path, (size_t)(slash - path));
+  if (unlink(tmp) != 0 && errno != ENOENT)
+    return file_fail(L, tmp, errno);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                0600);
+  if (fd < 0)
+    return file_fail(L, tmp, errno);
+  int ok = fchmod(fd, 0600) == 0
+           && write_full(fd, (const unsigned char *)data, len) == 0
+           && fsync(fd) == 0;
+  int e = errno;
+  if (close(fd) != 0 && ok) {
+    ok = 0;
+    e = errno;
+  }
+  if (ok && rename(tmp, path) != 0) {
+    ok = 0;
+    e = errno;
+  }
+  if (!ok) {
+    unlink(tmp);
+    return file_fail(L, path, e != 0 ? e : EIO);
+  }
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return file_fail(L, dir, errno);
+  ok = fsync(dfd) == 0;
+  e = errno;
+  close(dfd);
+  if (!ok)
+    return file_fail(L, dir, e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* Unwrap the data key of tenant into dek; 0 or -1. */
 static int
 unwrap_dek(Master *m, const char *tenant, size_t tlen, const char *wrapped,
            size_t wlen, unsigned char dek[KEY_LEN])
 {
-  /* a wrapped key is a 32-byte plaintext: exactly one size is valid */
-  unsigned char buf[KEY_LEN + BLOCK_LEN];
+  /* a wrapped key is a 32-byte plaintext: exactly one size is valid, with
+  ** 48 bytes of ciphertext, decrypted into the room OpenSSL documents */
+  unsigned char buf[OPEN_ROOM(WRAPPED_CT_LEN)];
   size_t n = 0;
   if (wlen != sealed_len(KEY_LEN))
     return -1;
   if (open_raw(m->key, tenant, tlen, (const char *)field_data_key,
                sizeof field_data_key - 1, (const unsigned char *)wrapped,
-               wlen, buf, &n) != 0)
+               wlen, buf, sizeof buf, &n) != 0)
     return -1;
   int rc = -1;
   if (n == KEY_LEN) {
@@ -521,7 +601,7 @@ master_new_data_key(lua_State *L)
   int rc = -1;
   if (RAND_bytes(dek, KEY_LEN) == 1)
     rc = seal_raw(m->key, tenant, tlen, (const char *)field_data_key,
-                  sizeof field_data_key - 1, dek, KEY_LEN, out);
+                  sizeof field_data_key - 1, dek, KEY_LEN, out, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   if (rc != 0) {
     luaL_pushfail(L);
@@ -552,7 +632,7 @@ master_seal(lua_State *L)
     return 2;
   }
   int rc = seal_raw(dek, tenant, tlen, field, flen,
-                    (const unsigned char *)pt, ptlen, out);
+                    (const unsigned char *)pt, ptlen, out, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   if (rc != 0) {
     luaL_pushfail(L);
@@ -564,9 +644,10 @@ master_seal(lua_State *L)
 }
 
 /* Unwrap the data key and open the blob at stack index 5 into out
-** (capacity >= bloblen). 0 or -1. */
+** (outcap bytes; bloblen suffices). 0 or -1. */
 static int
-open_field(lua_State *L, Master *m, unsigned char *out, size_t *outlen)
+open_field(lua_State *L, Master *m, unsigned char *out, size_t outcap,
+           size_t *outlen)
 {
   size_t wlen, tlen, flen, blen;
   const char *wrapped = lua_tolstring(L, 2, &wlen);
@@ -577,7 +658,7 @@ open_field(lua_State *L, Master *m, unsigned char *out, size_t *outlen)
   if (unwrap_dek(m, tenant, tlen, wrapped, wlen, dek) != 0)
     return -1;
   int rc = open_raw(dek, tenant, tlen, field, flen,
-                    (const unsigned char *)blob, blen, out, outlen);
+                    (const unsigned char *)blob, blen, out, outcap, outlen);
   OPENSSL_cleanse(dek, sizeof dek);
   return rc;
 }
@@ -598,13 +679,45 @@ master_open(lua_State *L)
   size_t blen = lua_rawlen(L, 5);
   unsigned char *out = (unsigned char *)lua_newuserdatauv(L, blen + 1, 0);
   size_t n = 0;
-  if (open_field(L, m, out, &n) != 0) {
+  if (open_field(L, m, out, blen + 1, &n) != 0) {
     luaL_pushfail(L);
     lua_pushliteral(L, DECRYPT_FAILED);
     return 2;
   }
   lua_pushlstring(L, (const char *)out, n);
   OPENSSL_cleanse(out, blen + 1);
+  return 1;
+}
+
+/* master:audit_mac(data) -> 64 lowercase hex digits:
+** HMAC-SHA256(audit_key, data), audit_key = HKDF-SHA256(master key,
+** salt none, info "switchboard v1 audit"). The audit key is derived once
+** into the master's locked page and never leaves C. */
+static void push_hex(lua_State *L, const unsigned char *s, size_t len);
+
+static int
+master_audit_mac(lua_State *L)
+{
+  Master *m = check_master(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  unsigned char *akey = m->key + KEY_LEN;
+  if (!m->audit_ready) {
+    if (fetch_algs() != 0
+        || hkdf_one(m->key, info_audit, sizeof info_audit - 1, akey) != 0) {
+      OPENSSL_cleanse(akey, KEY_LEN);
+      return luaL_error(L, "audit key derivation failed");
+    }
+    m->audit_ready = 1;
+  }
+  unsigned char md[32];
+  size_t mdlen = 0;
+  if (EVP_Q_mac(NULL, OSSL_MAC_NAME_HMAC, NULL, hkdf_digest, NULL, akey,
+                KEY_LEN, (const unsigned char *)data, len, md, sizeof md,
+                &mdlen) == NULL
+      || mdlen != sizeof md)
+    return luaL_error(L, "audit mac failed");
+  push_hex(L, md, sizeof md);
   return 1;
 }
 
@@ -729,7 +842,7 @@ master_credential(lua_State *L)
   c->secret = secret;
   c->maplen = maplen;
   size_t n = 0;
-  if (open_field(L, m, secret, &n) != 0) {
+  if (open_field(L, m, secret, maplen, &n) != 0) {
     cred_release(c);
     luaL_pushfail(L);
     lua_pushliteral(L, DECRYPT_FAILED);
@@ -934,6 +1047,7 @@ static const luaL_Reg master_methods[] = {
   { "seal", master_seal },
   { "open", master_open },
   { "credential", master_credential },
+  { "audit_mac", master_audit_mac },
   { "close", master_close },
   { NULL, NULL }
 };
@@ -964,6 +1078,7 @@ static const luaL_Reg cred_meta[] = {
 static const luaL_Reg vault_funcs[] = {
   { "load_master", vault_load_master },
   { "create_master", vault_create_master },
+  { "write_private", vault_write_private },
   { "random", vault_random },
   { "token", vault_token },
   { "sha256", vault_sha256 },

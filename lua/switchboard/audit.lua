@@ -1,6 +1,18 @@
 -- The audit trail: one record per tools/call, whatever its end, and one
--- per settings change, in one hash-chained table:
---   hash_n = SHA-256(hash_{n-1} "\n" canonical(record_n)).
+-- per settings change, in one chained table, keyed and anchored:
+--   mac_n = HMAC-SHA256(audit_key, "switchboard audit v1\n" mac_{n-1} "\n"
+--                       canonical(record_n))
+-- The audit key is derived from the master key in C (master:audit_mac) and
+-- never reaches Lua, so whoever can write the database but lacks the key
+-- cannot edit, insert, reorder or append a record that verifies. After
+-- each committed batch the chain's head (last id, count, MAC, MAC'd
+-- itself) is written to the anchor file, outside the database, so a
+-- deletion of the tail, or of everything, is found too.
+--
+-- Records written before the chain was keyed (chain = 0) keep their plain
+-- SHA-256 hash and are verified as before; the anchor says where they end
+-- and the first keyed record binds their last hash.
+--
 -- Call records are queued and committed together a few milliseconds
 -- later (group commit), so the fsync of synchronous=FULL is paid once per
 -- batch; shutdown flushes what is queued. There is one writer per
@@ -48,10 +60,13 @@ local COLUMNS = { "id", "at", "kind", "tenant_id", "agent_id", "actor", "executi
                   "tool", "action", "params", "decision", "policies", "outcome", "detail", "retries",
                   "duration_ms" }
 
--- The canonical form of a record: its columns in a fixed order, as a
--- JSON array (floats with three decimals, as stored).
+M.PLAIN, M.KEYED = 0, 1
+
+-- The canonical form of a record before the chain was keyed (chain 0):
+-- its columns in a fixed order, as a JSON array, floats with three
+-- decimals. Kept to verify those records as they were written.
 local canon_codec = require("cjson").new()
-function M.canonical(r)
+function M.plain_canonical(r)
   local parts = {}
   for i, c in ipairs(COLUMNS) do
     local v = r[c]
@@ -65,33 +80,203 @@ function M.canonical(r)
   return canon_codec.encode(parts)
 end
 
-function M.chain(prev, r)
-  return vault.sha256_hex(prev .. "\n" .. M.canonical(r))
+function M.plain_hash(prev, r)
+  return vault.sha256_hex(prev .. "\n" .. M.plain_canonical(r))
 end
+
+-- A value as it is MAC'd: typed and exact (an integer in decimal, a float
+-- in hex-float notation, every bit of it), so no change below a printed
+-- precision and no change of type goes unseen.
+local function exact(v)
+  if v == nil then return json.null end
+  local t = math.type(v)
+  if t == "integer" then return ("i:%d"):format(v) end
+  if t == "float" then return ("f:%a"):format(v) end
+  if type(v) == "string" then return "s:" .. v end
+  error("audit: a record cannot hold a " .. type(v))
+end
+
+-- The canonical form of a keyed record: every column, its chain version
+-- and its anchor claim, as a JSON array of exact values.
+function M.canonical(r)
+  local parts = {}
+  for i, c in ipairs(COLUMNS) do parts[i] = exact(r[c]) end
+  parts[#COLUMNS + 1] = exact(r.chain)
+  parts[#COLUMNS + 2] = exact(r.anchored)
+  return canon_codec.encode(parts)
+end
+
+function M.mac(master, prev, r)
+  return master:audit_mac("switchboard audit v1\n" .. prev .. "\n" .. M.canonical(r))
+end
+
+-- {======================================================
+-- The anchor file:
+--   switchboard audit anchor v1
+--   id <last id> / count <records> / head <its MAC> / legacy <last unkeyed id>
+--   mac <HMAC of the lines above>
+-- =======================================================
+
+local ANCHOR_HEAD = "switchboard audit anchor v1\n"
+
+local function anchor_body(a)
+  return ANCHOR_HEAD .. ("id %d\ncount %d\nhead %s\nlegacy %d\n"):format(a.id, a.count, a.head, a.legacy)
+end
+
+function M.anchor_text(master, a)
+  local body = anchor_body(a)
+  return body .. "mac " .. master:audit_mac(body) .. "\n"
+end
+
+local function whole(s)
+  return #s <= 18 and math.tointeger(tonumber(s)) or nil
+end
+
+-- The anchor at path: a table, or nil, "missing" | "invalid", why.
+function M.read_anchor(master, path)
+  local f, err, code = io.open(path, "rb")
+  if not f then
+    if code == 2 then return nil, "missing", "is missing" end
+    return nil, "invalid", ("cannot be read (%s)"):format(err)
+  end
+  local s = f:read(4096) or ""
+  f:close()
+  local id, count, head, legacy, mac = s:match("^switchboard audit anchor v1\nid (%d+)\ncount (%d+)\n"
+    .. "head (%x+)\nlegacy (%d+)\nmac (%x+)\n$")
+  local a = id and { id = whole(id), count = whole(count), head = head, legacy = whole(legacy) }
+  if not (a and a.id and a.count and a.legacy) then
+    return nil, "invalid", "is not an audit anchor"
+  end
+  if not vault.equal(master:audit_mac(anchor_body(a)), mac) then
+    return nil, "invalid", "does not verify: it was edited or written without the master key"
+  end
+  return a
+end
+
+-- }======================================================
 
 local writers = setmetatable({}, { __mode = "k" })
 
-function M.new(db, opts)
+-- Why the trail's tail does not match the anchor a, or nil.
+local function tail_problem(db, a, last)
+  local last_id = last and last.id or 0
+  if last_id < a.id then
+    return ("the trail ends at record %d but its anchor reached record %d"):format(last_id, a.id)
+  end
+  local at = a.id > 0 and db:row("SELECT hash FROM audit_log WHERE id = ?", a.id)
+  if (at and at.hash or M.GENESIS) ~= a.head then
+    return ("record %d is not the record the anchor holds"):format(a.id)
+  end
+  if last and last.chain == M.KEYED and (last.anchored or 0) > a.id then
+    return ("the anchor file is older than the trail: record %d was written when record %d was anchored,"
+      .. " but the anchor reaches only record %d"):format(last.id, last.anchored, a.id)
+  end
+end
+
+-- db: the store; master: core.vault.Master (the chain's key);
+-- opts: { anchor_file (required), flush_ms, bodies }.
+-- At start the anchor is checked against the trail's tail: records after it
+-- (the last batch before a crash) are anchored; a tail that does not match
+-- (deleted, rewritten, the anchor lost or replaced) is logged and
+-- recorded in the trail itself (action audit.reanchor) before the chain is
+-- anchored again from where it is.
+function M.new(db, master, opts)
   opts = opts or {}
-  local last = db:row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-  local self = setmetatable({ db = db, queue = {}, flush_ms = opts.flush_ms or 20,
-                              bodies = opts.bodies or "redacted", scheduled = false,
-                              last_id = last and last.id or 0, last_hash = last and last.hash or M.GENESIS }, M)
+  assert(master and master.audit_mac, "audit.new: the master key is required")
+  assert(type(opts.anchor_file) == "string", "audit.new: opts.anchor_file is required")
+  local self = setmetatable({ db = db, master = master, anchor_file = opts.anchor_file, queue = {},
+                              flush_ms = opts.flush_ms or 20, bodies = opts.bodies or "redacted",
+                              scheduled = false, anchored_id = 0, legacy = 0 }, M)
+  local last = db:row("SELECT id, hash, chain, anchored FROM audit_log ORDER BY id DESC LIMIT 1")
+  self.last_id, self.last_hash = last and last.id or 0, last and last.hash or M.GENESIS
+  local a, kind, why = M.read_anchor(master, self.anchor_file)
+  local problem
+  if a then
+    self.legacy, self.anchored_id = a.legacy, math.min(a.id, self.last_id)
+    problem = tail_problem(db, a, last)
+    if not problem and self.last_id > a.id then
+      log.info("audit: %d records after the anchor (the last batch before the previous stop) are anchored now",
+        self.last_id - a.id)
+    end
+  elseif kind == "missing" and not db:row("SELECT id FROM audit_log WHERE chain <> ? LIMIT 1", M.PLAIN) then
+    -- a new trail, or one written before the chain was keyed
+    self.legacy = self.last_id
+    if self.legacy > 0 then
+      log.warn("audit: the %d records written before the audit chain was keyed keep their plain SHA-256"
+        .. " chain; they are anchored now (%s) and verified as before", self.legacy, self.anchor_file)
+    end
+  else
+    problem = ("the anchor file %s %s"):format(self.anchor_file, why)
+    local row = db:row("SELECT max(id) AS id FROM audit_log WHERE chain = ?", M.PLAIN)
+    self.legacy = row and row.id or 0
+  end
   writers[db] = self
+  if problem then
+    log.error("audit: %s; the trail is anchored again from record %d and this is recorded in it"
+      .. " (audit verify lists it)", problem, self.last_id)
+    self.queue[1] = {
+      at = M.now(), kind = "setting", actor = "switchboard", action = "audit.reanchor", outcome = "ok",
+      params = json.encode({ old = a and { id = a.id, count = a.count, head = a.head } or json.null,
+                             new = { problem = problem, records = self.last_id } }),
+    }
+    self.anchored_id = 0
+  end
+  self:flush()
+  self:write_anchor()
   return self
 end
 
 -- The writer of a database (settings changes are written through it).
 function M.for_db(db)
-  return writers[db] or M.new(db)
+  return writers[db] or error("audit: no writer was opened for this database", 2)
 end
 
-local INSERT = "INSERT INTO audit_log (" .. table.concat(COLUMNS, ", ") .. ", prev_hash, hash) VALUES ("
-  .. string.rep("?, ", #COLUMNS + 1) .. "?)"
+-- Write the anchor for the chain's head; on failure the records stay
+-- unanchored (they still verify by MAC) and it is tried again. A record
+-- claims only an anchor that was written (fsynced and renamed), so an
+-- anchor that lags never looks like an older copy.
+function M:write_anchor()
+  if self.anchored_id == self.last_id and self.anchor_written then return true end
+  local text = M.anchor_text(self.master, { id = self.last_id, count = self.last_id, head = self.last_hash,
+                                            legacy = self.legacy })
+  local ok, err = vault.write_private(self.anchor_file, text)
+  if not ok then
+    log.error("audit: cannot write the anchor (records up to %d are committed but not anchored yet;"
+      .. " retrying): %s", self.last_id, err)
+    self:schedule(1000)
+    return nil, err
+  end
+  self.anchored_id, self.anchor_written = self.last_id, true
+  return true
+end
 
-function M:flush()
+-- The anchor of batches committed on a call's path is written on the next
+-- loop turn: the batches committed in one turn share one write (two
+-- fsyncs), and the call is answered without waiting for it.
+function M:schedule_anchor()
+  if self.anchor_scheduled then return end
+  self.anchor_scheduled = true
+  loop.spawn(function()
+    loop.sleep(0)
+    self.anchor_scheduled = false
+    self:write_anchor()
+  end)
+end
+
+local INSERT = "INSERT INTO audit_log (" .. table.concat(COLUMNS, ", ") .. ", chain, anchored, prev_hash, hash)"
+  .. " VALUES (" .. string.rep("?, ", #COLUMNS + 3) .. "?)"
+
+-- Commit what is queued, then write the anchor (now, or on the next loop
+-- turn when defer_anchor).
+function M:flush(defer_anchor)
   local q = self.queue
-  if #q == 0 then return true end
+  if #q == 0 then
+    if self.anchored_id ~= self.last_id then
+      if defer_anchor then self:schedule_anchor() return true end
+      return self:write_anchor()
+    end
+    return true
+  end
   self.queue = {}
   local db = self.db
   local ok, err = db:begin()
@@ -99,12 +284,13 @@ function M:flush()
   if ok then
     for _, r in ipairs(q) do
       id = id + 1
-      r.id = id
-      local h = M.chain(prev, r)
+      r.id, r.chain, r.anchored = id, M.KEYED, self.anchored_id
+      local h = M.mac(self.master, prev, r)
       local args = {}
       for i, c in ipairs(COLUMNS) do args[i] = r[c] end
-      args[#COLUMNS + 1], args[#COLUMNS + 2] = prev, h
-      ok, err = db:run(INSERT, table.unpack(args, 1, #COLUMNS + 2))
+      local n = #COLUMNS
+      args[n + 1], args[n + 2], args[n + 3], args[n + 4] = r.chain, r.anchored, prev, h
+      ok, err = db:run(INSERT, table.unpack(args, 1, n + 4))
       if not ok then break end
       prev = h
     end
@@ -119,6 +305,7 @@ function M:flush()
     return nil, err
   end
   self.last_id, self.last_hash = id, prev
+  if defer_anchor then self:schedule_anchor() else self:write_anchor() end
   return true
 end
 
@@ -128,13 +315,13 @@ function M:schedule(delay_ms)
   loop.spawn(function()
     loop.sleep(delay_ms / 1000)
     self.scheduled = false
-    self:flush()
+    self:flush(true)
   end)
 end
 
 -- The time stamp, formatted once a second.
 local last_sec, last_str = -1, nil
-local function now()
+function M.now()
   local t = os.time()
   if t ~= last_sec then last_sec, last_str = t, os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
   return last_str
@@ -144,7 +331,7 @@ end
 --        args, decision, policies = {…}, outcome, detail, retries, duration_ms }
 function M:record(rec)
   self.queue[#self.queue + 1] = {
-    at = now(), kind = "call", tenant_id = rec.tenant_id, agent_id = rec.agent_id,
+    at = M.now(), kind = "call", tenant_id = rec.tenant_id, agent_id = rec.agent_id,
     actor = rec.actor, execution_id = rec.execution_id, sender_tier = rec.sender_tier, tool = rec.tool,
     action = rec.action, params = next(rec.args or {}) == nil and "{}" or json.encode(M.scrub(rec.args, self.bodies)),
     decision = rec.decision, policies = #rec.policies == 0 and "[]" or json.encode(rec.policies),
@@ -152,7 +339,7 @@ function M:record(rec)
     retries = rec.retries or 0,
     duration_ms = math.floor((rec.duration_ms or 0) * 1000 + 0.5) / 1000,
   }
-  if self.flush_ms == 0 then return self:flush() end
+  if self.flush_ms == 0 then return self:flush(true) end
   self:schedule(self.flush_ms)
   return true
 end
@@ -161,7 +348,7 @@ end
 -- loop turn (after the caller's transaction, if any).
 function M:setting(tenant_id, actor, action, old, new)
   self.queue[#self.queue + 1] = {
-    at = now(), kind = "setting", tenant_id = tenant_id, actor = actor or "unknown", action = action,
+    at = M.now(), kind = "setting", tenant_id = tenant_id, actor = actor or "unknown", action = action,
     params = json.encode({ old = old == nil and json.null or old, new = new == nil and json.null or new }),
     outcome = "ok",
   }
@@ -169,29 +356,98 @@ function M:setting(tenant_id, actor, action, old, new)
   return true
 end
 
--- Walk the chain. Returns { ok = true, records = n } or
--- { ok = false, id = n, problem = "…" } for the first bad record.
-function M.verify(db)
-  local prev, expect_id, n = M.GENESIS, nil, 0
+local function broken(id, records, problem, ...)
+  return { ok = false, id = id, records = records, problem = problem:format(...) }
+end
+
+-- Walk the chain and hold it against the anchor. master: the chain's key;
+-- anchor_file: its anchor; written_id (optional): how far the running
+-- writer last anchored. Returns
+--   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…} }
+-- (unanchored: records after the anchor, which verify by MAC: the last
+-- batch before a crash) or { ok = false, id = n?, records = k, problem = "…" }
+-- for the first problem found.
+function M.verify_trail(db, master, anchor_file, written_id)
+  local a, _, why = M.read_anchor(master, anchor_file)
   local rows = assert(db:query("SELECT * FROM audit_log ORDER BY id"))
+  local prev, n, legacy, keyed, claim, claim_by, head_at = M.GENESIS, 0, 0, false, 0, nil, nil
+  local warnings = {}
   for _, r in ipairs(rows) do
     n = n + 1
-    if expect_id and r.id ~= expect_id then
-      return { ok = false, id = expect_id, records = n - 1,
-               problem = ("record %d is missing (deleted): the next record is %d"):format(expect_id, r.id) }
+    local k = n - 1
+    if r.id ~= n then
+      if r.id == n + 1 then
+        return broken(n, k, "record %d is missing (deleted): the next record is %d", n, r.id)
+      end
+      return broken(n, k, "records %d to %d are missing (deleted): the next record is %d", n, r.id - 1, r.id)
     end
     if r.prev_hash ~= prev then
-      return { ok = false, id = r.id, records = n - 1,
-               problem = ("record %d does not follow the record before it (a record was deleted, inserted"
-                 .. " or reordered)"):format(r.id) }
+      return broken(r.id, k, "record %d does not follow the record before it (a record was deleted, inserted"
+        .. " or reordered)", r.id)
     end
-    if M.chain(prev, r) ~= r.hash then
-      return { ok = false, id = r.id, records = n - 1,
-               problem = ("record %d was changed after it was written"):format(r.id) }
+    if r.chain == M.PLAIN then
+      if keyed or (a and r.id > a.legacy) then
+        return broken(r.id, k, "record %d carries the unkeyed hash of earlier versions where the chain is keyed"
+          .. " (%s): it was rewritten without the key", r.id,
+          keyed and "after keyed records" or ("the unkeyed part ends at record " .. a.legacy))
+      end
+      if M.plain_hash(prev, r) ~= r.hash then
+        return broken(r.id, k, "record %d was changed after it was written", r.id)
+      end
+      legacy = legacy + 1
+    elseif r.chain == M.KEYED then
+      keyed = true
+      if type(r.hash) ~= "string" or not vault.equal(M.mac(master, prev, r), r.hash)
+          or math.type(r.anchored) ~= "integer" or r.anchored < 0 or r.anchored >= r.id then
+        return broken(r.id, k, "record %d was changed after it was written, or written without the key"
+          .. " (its MAC does not match)", r.id)
+      end
+      if r.anchored > claim then claim, claim_by = r.anchored, r.id end
+      if r.kind == "setting" and r.action == "audit.reanchor" then
+        local p = json.decode(r.params or "") or {}
+        warnings[#warnings + 1] = ("record %d (%s): at start the trail did not match its anchor: %s;"
+          .. " it was anchored again from there"):format(r.id, tostring(r.at),
+          tostring(type(p.new) == "table" and p.new.problem))
+      end
+    else
+      return broken(r.id, k, "record %d has an unknown chain version (%s)", r.id, tostring(r.chain))
     end
-    prev, expect_id = r.hash, r.id + 1
+    if a and r.id == a.id then head_at = r.hash end
+    prev = r.hash
   end
-  return { ok = true, records = n, last_hash = prev }
+  if not a then
+    return broken(nil, n, "the anchor file %s %s, so the trail cannot be shown complete (its tail, or all of"
+      .. " it, may have been deleted)", anchor_file, why)
+  end
+  if n < a.id then
+    return broken(n + 1, n, "the trail ends at record %d but its anchor reached record %d: records %d to %d"
+      .. " were deleted", n, a.id, n + 1, a.id)
+  end
+  if (head_at or M.GENESIS) ~= a.head or a.count ~= a.id then
+    return broken(a.id, n, "record %d is not the record the anchor holds: the trail was rewritten from there",
+      a.id)
+  end
+  if legacy ~= a.legacy then
+    return broken(nil, n, "the anchor marks records 1 to %d as written before the chain was keyed, but the"
+      .. " trail has %d such records", a.legacy, legacy)
+  end
+  if claim > a.id then
+    return broken(nil, n, "the anchor file is older than the trail: record %d was written when record %d was"
+      .. " anchored, but the anchor reaches only record %d (it was replaced by an older copy)",
+      claim_by, claim, a.id)
+  end
+  if written_id and written_id > a.id then
+    return broken(nil, n, "the anchor file is older than what this server last wrote (record %d): it reaches"
+      .. " only record %d (it was replaced by an older copy)", written_id, a.id)
+  end
+  return { ok = true, records = n, anchored = a.id, unanchored = n - a.id, legacy = legacy,
+           warnings = warnings, last_hash = prev }
+end
+
+-- Verify this writer's trail (after committing what is queued).
+function M:verify()
+  self:flush()
+  return M.verify_trail(self.db, self.master, self.anchor_file, self.anchor_written and self.anchored_id or nil)
 end
 
 return M

@@ -348,8 +348,15 @@ admin.execution = {
 
 admin.audit = {
   verify = function() return "audit.verify", {}, function(r)
-    if r.ok then return ("audit trail intact: %d records\n"):format(r.records) end
-    return ("AUDIT TRAIL BROKEN at record %d: %s\n"):format(r.id, r.problem)
+    if not r.ok then
+      return ("AUDIT TRAIL BROKEN%s: %s\n"):format(r.id and (" at record " .. r.id) or "", r.problem)
+    end
+    local out = { ("audit trail intact: %d records%s%s\n"):format(r.records,
+      (r.legacy or 0) > 0 and (", %d from before the chain was keyed (plain SHA-256)"):format(r.legacy) or "",
+      (r.unanchored or 0) > 0 and ("; the last %d not yet anchored (written just before a crash)"):format(r.unanchored)
+        or "") }
+    for _, w in ipairs(r.warnings or {}) do out[#out + 1] = "warning: " .. w .. "\n" end
+    return table.concat(out)
   end end,
   settings = function(c) return "audit.settings", { tenant = c.opts.tenant }, function(r)
     local rows = {}

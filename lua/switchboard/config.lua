@@ -36,6 +36,7 @@ local spec = {
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
     flush_ms = { type = "integer", default = 20, min = 0 },
+    anchor_file = { type = "string", default = "@data/audit.head" },
   } },
   tool_settings = { type = "map", item = "table", default = {} },
   policy_settings = { type = "map", item = "table", default = {} },
@@ -135,6 +136,7 @@ function M.build(given, root)
   end
   cfg.policy_dir = expand(cfg.policy_dir)
   cfg.database = expand(cfg.database)
+  cfg.audit.anchor_file = expand(cfg.audit.anchor_file)
   for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end
   cfg.agent_socket_mode = tonumber(cfg.agent_socket_mode, 8)
   return cfg

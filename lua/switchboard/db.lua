@@ -135,6 +135,14 @@ M.migrations = {
   ALTER TABLE escalations ADD COLUMN execution_id TEXT;
   ALTER TABLE escalations ADD COLUMN result TEXT;
   ]],
+  [[
+  -- The audit chain's version: 0 for the records hashed with plain SHA-256
+  -- before the chain was keyed, 1 for HMAC-SHA256 under a key derived from
+  -- the master key. anchored: how far the anchor file reached when the
+  -- record was written.
+  ALTER TABLE audit_log ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE audit_log ADD COLUMN anchored INTEGER;
+  ]],
 }
 
 function M.now()

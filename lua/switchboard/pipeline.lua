@@ -62,11 +62,18 @@ function M.run(rt, call)
                 sender_tier = call.sender, tool = tool.name, args = call.args, policies = {},
                 actor = call.approved_by }
   local function finish(res, decision, outcome, detail)
+    if rec.approved_past or rec.flags then
+      -- a copy: the tool's own detail table (ctx.audit_detail) is left as it is
+      local d = {}
+      for k, v in pairs(detail or {}) do d[k] = v end
+      detail = d
+    end
     if rec.approved_past then
-      detail = detail or {}
       detail.approved_past = rec.approved_past
       detail.escalation_id = call.escalation_id
     end
+    -- a flagged call keeps each flag's policy and reason, whatever the end
+    if rec.flags then detail.flags = rec.flags end
     rec.decision, rec.outcome, rec.detail = decision, outcome, detail
     rec.duration_ms = (loop.time() - t0) * 1000
     rt.audit:record(rec)
@@ -110,6 +117,10 @@ function M.run(rt, call)
   end
   local flagged = {}
   for _, f in ipairs(d.flags or {}) do flagged[#flagged + 1] = f.policy .. ": " .. f.reason end
+  if #flagged > 0 then
+    rec.flags = {}
+    for i, f in ipairs(d.flags) do rec.flags[i] = { policy = f.policy, reason = f.reason } end
+  end
   -- an approved escalation ran past the holds and escalations (evaluate
   -- went on through the whole chain: a deny still refuses)
   if d.passed and #d.passed > 0 then rec.approved_past = d.passed end
@@ -183,8 +194,7 @@ function M.run(rt, call)
   if #flagged > 0 and res.notice ~= false then
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
-  return finish(result(text, res.data), d.decision, ctx.outcome or "ok",
-    outcome_detail or (#flagged > 0 and { flags = flagged } or nil))
+  return finish(result(text, res.data), d.decision, ctx.outcome or "ok", outcome_detail)
 end
 
 return M

@@ -202,7 +202,7 @@ function M.start(cfg)
                               listeners = {}, signals = {} }, M)
   local ok, err = mkdir_p(cfg.data_dir)
   if not ok then return nil, err end
-  for _, p in ipairs({ cfg.agent_socket, cfg.admin_socket, cfg.database }) do
+  for _, p in ipairs({ cfg.agent_socket, cfg.admin_socket, cfg.database, cfg.audit.anchor_file }) do
     ok, err = mkdir_p(dirname(p))
     if not ok then return nil, err end
   end
@@ -212,7 +212,7 @@ function M.start(cfg)
   if not self.db then return nil, err end
   ok, err = self:load_code()
   if not ok then return nil, err end
-  self.audit = audit.new(self.db, cfg.audit)
+  self.audit = audit.new(self.db, self.master, cfg.audit)
   self.admin = require("switchboard.admin").new(self)
   require("switchboard.sends").recover(self)
 
