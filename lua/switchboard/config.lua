@@ -24,7 +24,7 @@ local spec = {
     line_bytes = { type = "integer", default = 1048576, min = 1024 },
     idle_seconds = { type = "number", default = 300, min = 1 },
     call_seconds = { type = "number", default = 120, min = 1 },
-    calls_per_connection = { type = "integer", default = 32, min = 1 },
+    calls_per_connection = { type = "integer", default = 256, min = 1 },
     policy_instructions = { type = "integer", default = 1000000, min = 1000 },
     policy_memory = { type = "integer", default = 8388608, min = 65536 },
     result_bytes = { type = "integer", default = 4194304, min = 1024 },
