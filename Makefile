@@ -11,7 +11,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I$(LUA_INC) -Icore $(WARN) $(CFLAGS)
 LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lm -ldl
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c
+       core/mem.c core/fs.c
 HDRS = core/core.h core/netbuf.h
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \

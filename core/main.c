@@ -93,6 +93,7 @@ main(int argc, char **argv)
   preload(L, "core.store", luaopen_core_store);
   preload(L, "core.httpd", luaopen_core_httpd);
   preload(L, "core.mem", luaopen_core_mem);
+  preload(L, "core.fs", luaopen_core_fs);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");
