@@ -16,7 +16,7 @@ HDRS = core/core.h core/netbuf.h
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
-           libhttp-parser-dev sqlite3 valgrind python3 curl
+           libhttp-parser-dev sqlite3 valgrind python3 curl lua-argparse
 BENCH_PKGS = nginx-light
 
 .PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
