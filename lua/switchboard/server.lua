@@ -53,20 +53,19 @@ function M.private_dir(path)
 end
 
 -- The database and its -wal and -shm files must be the server's alone:
--- refuse to start on one that group or others may open.
-function M.check_private_file(what, path)
-  local mode = fs.mode(path)
-  if mode and mode & PRIVATE ~= 0 then
-    return nil, ("%s %s has mode %04o, which lets group or others open it: run chmod 600 %s")
-      :format(what, path, mode, path)
-  end
-  return true
-end
-
+-- refuse to start on one that group or others may open, naming each.
 local function check_database(path)
+  local wide, modes = {}, {}
   for _, p in ipairs({ path, path .. "-wal", path .. "-shm" }) do
-    local ok, err = M.check_private_file("database", p)
-    if not ok then return nil, err end
+    local mode = fs.mode(p)
+    if mode and mode & PRIVATE ~= 0 then
+      wide[#wide + 1] = p
+      modes[#modes + 1] = ("%s has mode %04o"):format(p, mode)
+    end
+  end
+  if #wide > 0 then
+    return nil, ("database: %s, which lets group or others open it: run chmod 600 %s")
+      :format(table.concat(modes, ", "), table.concat(wide, " "))
   end
   return true
 end

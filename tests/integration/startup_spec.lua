@@ -39,18 +39,27 @@ describe("files the server creates", function()
       assert(os.execute("chmod " .. m .. " " .. H.q(db)))
       local ok, err = pcall(srv.start)
       assert.is_false(ok)
-      assert.truthy(err:find(("database %s has mode 0%s, which lets group or others open it: run chmod 600 %s")
+      assert.truthy(err:find(("database: %s has mode 0%s, which lets group or others open it: run chmod 600 %s\n")
         :format(db, m, db), 1, true), err)
     end
-    -- a -wal file left wider than the database is refused too
-    assert(os.execute("chmod 600 " .. H.q(db)))
+    -- a -wal file left wider is named too, with the database in one message
     H.write(db .. "-wal", "")
     assert(os.execute("chmod 644 " .. H.q(db .. "-wal")))
     local ok, err = pcall(srv.start)
     assert.is_false(ok)
-    assert.truthy(err:find("run chmod 600 " .. db .. "-wal", 1, true), err)
+    assert.truthy(err:find(("%s has mode 0604, %s-wal has mode 0644, which lets group or others open it: "
+      .. "run chmod 600 %s %s-wal\n"):format(db, db, db, db), 1, true), err)
+    assert(os.execute("chmod 600 " .. H.q(db)))
+    ok, err = pcall(srv.start)
+    assert.is_false(ok)
+    assert.truthy(err:find("run chmod 600 " .. db .. "-wal\n", 1, true), err)
     os.remove(db .. "-wal")
+    -- an existing log file others can read is kept, with a warning
+    assert(os.execute("chmod 644 " .. H.q(srv.log)))
     srv.start()
+    -- (written before the sockets listen, so it is there once start returns)
+    assert.truthy(H.read(srv.log):find(("warn log.file %s has mode 0644: others can read what is in it; "
+      .. "run chmod 600 %s"):format(srv.log, srv.log), 1, true))
     local r, code = srv.admin("agent list --tenant wide")
     assert.equal(0, code)
     assert.equal("a", r.agents[1].name)
