@@ -402,6 +402,8 @@ l_timer(lua_State *L)
   Timer *t = lua_newuserdatauv(L, sizeof *t, 0);
   t->fn_ref = t->self_ref = LUA_NOREF;
   t->open = 0;
+  ev_now_update(sb_loop());     /* as loop.sleep: from now, not from the
+                                   time cached when the loop last ran */
   ev_timer_init(&t->w, timer_cb, after, repeat);
   t->w.data = t;
   luaL_setmetatable(L, TIMER_MT);

@@ -26,6 +26,18 @@ describe("socket paths", function()
   end)
 end)
 
+describe("loop.timer after the loop sat idle", function()
+  it("measures from now, not from the time cached when the loop last ran", function()
+    H.async(function() loop.sleep(0.01) end)
+    os.execute("sleep 4") -- blocking, outside the loop (as a spec's setup is)
+    local fired = false
+    local t = loop.timer(3, 0, function() fired = true end)
+    H.async(function() loop.sleep(0.1) end)
+    t:close()
+    assert.is_false(fired)
+  end)
+end)
+
 describe("core.fs", function()
   it("sets and restores the file-creation mask and reads permission bits", function()
     local dir = H.tmpdir("fs")
