@@ -69,7 +69,15 @@ describe("command line parsing", function()
     local lines = { "", "serve", "admin", "connect", "version" }
     for _, n in ipairs(cli.ADMIN_SPEC) do
       lines[#lines + 1] = "admin " .. n[1]
-      for _, v in ipairs(n[3] or {}) do lines[#lines + 1] = "admin " .. n[1] .. " " .. v[1] end
+      -- every command the parser knows has its request
+      if n[3] then
+        for _, v in ipairs(n[3]) do
+          lines[#lines + 1] = "admin " .. n[1] .. " " .. v[1]
+          assert.is_function(cli.admin[n[1]][v[1]], n[1] .. " " .. v[1])
+        end
+      else
+        assert.is_function(cli.admin[n[1]], n[1])
+      end
     end
     for _, l in ipairs(lines) do
       local out, code, err = run(l .. " --help")
