@@ -402,6 +402,8 @@ l_timer(lua_State *L)
   Timer *t = lua_newuserdatauv(L, sizeof *t, 0);
   t->fn_ref = t->self_ref = LUA_NOREF;
   t->open = 0;
+  ev_now_update(sb_loop());     /* as loop.sleep: from now, not from the
+                                   time cached when the loop last ran */
   ev_timer_init(&t->w, timer_cb, after, repeat);
   t->w.data = t;
   luaL_setmetatable(L, TIMER_MT);
@@ -1076,6 +1078,8 @@ l_connect(lua_State *L)
   size_t plen;
   const char *path = luaL_checklstring(L, 1, &plen);
   struct sockaddr_un probe;
+  if (strlen(path) != plen)
+    return push_fail(L, "invalid socket path: it contains a NUL byte");
   if (plen == 0 || plen >= sizeof probe.sun_path)
     return push_fail(L, "invalid socket path");
   Stream *s = stream_new(L);
@@ -1261,7 +1265,9 @@ l_listen(lua_State *L)
 
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof addr);
-  if (plen == 0 || plen >= sizeof addr.sun_path || strlen(path) != plen)
+  if (strlen(path) != plen)
+    return push_fail(L, "invalid socket path: it contains a NUL byte");
+  if (plen == 0 || plen >= sizeof addr.sun_path)
     return push_fail(L, "invalid socket path");
   addr.sun_family = AF_UNIX;
   memcpy(addr.sun_path, path, plen);

@@ -94,6 +94,7 @@ main(int argc, char **argv)
   preload(L, "core.httpd", luaopen_core_httpd);
   preload(L, "core.mem", luaopen_core_mem);
   preload(L, "core.phone", luaopen_core_phone);
+  preload(L, "core.fs", luaopen_core_fs);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");

@@ -1,41 +1,48 @@
--- The command line: `switchboard serve | admin | connect`. The admin
--- commands talk JSON-RPC to the admin socket and print tables for people
--- or JSON with --json.
+-- The command line: `switchboard serve | admin | connect | sim | exec |
+-- version`, parsed with lua-argparse (unknown options and extra arguments
+-- are refused with exit 2; --help on every command). The admin commands
+-- talk JSON-RPC to the admin socket and print tables for people or JSON
+-- with --json.
+local argparse = require("argparse")
 local loop = require("core.loop")
 local json = require("switchboard.json")
 local config = require("switchboard.config")
 
-local M = { commands = {} }
+local M = { commands = {}, VERSION = "0.1.0" }
 
--- Parse argv into options and positionals. flags: names that take no value.
-local function parse(args, flags)
-  local opts, pos = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, value = a:match("^%-%-([%w%-]+)=(.*)$")
-    if name then
-      opts[name] = value
-    elseif a:match("^%-%-[%w%-]+$") then
-      name = a:sub(3)
-      if flags[name] then
-        opts[name] = true
-      else
-        i = i + 1
-        if args[i] == nil then return nil, ("option --%s needs a value"):format(name) end
-        opts[name] = args[i]
+-- Text from outside (an SMS body, an id an agent chose, a server message)
+-- shown on a terminal: C0 controls, DEL, C1 controls and bytes that are
+-- not UTF-8 are shown escaped ("\x1b", "\u009b"), as git and journalctl
+-- do, so that they never reach the terminal raw. keep_newlines: "\n" stays.
+local C_ESCAPES = { [9] = "\\t", [10] = "\\n", [13] = "\\r" }
+local function printable(s, keep_newlines)
+  s = tostring(s)
+  if not s:find("[%z\1-\31\127-\255]") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local b = s:byte(i)
+    local len = b < 0x80 and 1 or b >= 0xC2 and b <= 0xDF and 2 or b >= 0xE0 and b <= 0xEF and 3
+      or b >= 0xF0 and b <= 0xF4 and 4 or 0
+    local ch = s:sub(i, i + math.max(len, 1) - 1)
+    if len == 1 then
+      if (b < 0x20 and not (keep_newlines and b == 10)) or b == 0x7F then
+        ch = C_ESCAPES[b] or ("\\x%02x"):format(b)
       end
+    elseif len > 1 and utf8.len(ch) == 1 then
+      local cp = utf8.codepoint(ch)
+      if cp <= 0x9F then ch = ("\\u%04x"):format(cp) end
     else
-      pos[#pos + 1] = a
+      ch, len = ("\\x%02x"):format(b), 1
     end
-    i = i + 1
+    out[#out + 1] = ch
+    i = i + len
   end
-  return opts, pos
+  return table.concat(out)
 end
-M.parse = parse
+M.printable = printable
 
 local function die(msg, code)
-  io.stderr:write("switchboard: ", msg, "\n")
+  io.stderr:write("switchboard: ", printable(msg, true), "\n")
   return code or 1
 end
 
@@ -45,11 +52,8 @@ local function load_config(opts, root)
   return cfg
 end
 
-function M.commands.serve(args, root)
-  local opts, err = parse(args, {})
-  if not opts then return die(err, 2) end
-  local cfg
-  cfg, err = load_config(opts, root)
+function M.commands.serve(opts, root)
+  local cfg, err = load_config(opts, root)
   if not cfg then return die(err, 2) end
   local ok, serr = require("switchboard.server").serve(cfg)
   if not ok then return die(serr, 1) end
@@ -94,10 +98,10 @@ local function cell(v)
   if type(v) == "boolean" then return v and "yes" or "no" end
   if type(v) == "table" then
     local parts = {}
-    for _, x in ipairs(v) do parts[#parts + 1] = tostring(x) end
+    for _, x in ipairs(v) do parts[#parts + 1] = printable(x) end
     return #parts > 0 and table.concat(parts, ", ") or "-"
   end
-  return tostring(v)
+  return printable(v)
 end
 
 function M.table(rows, cols)
@@ -230,7 +234,7 @@ local function twilio_settings(c, params)
 end
 
 local function cut(s, width)
-  s = tostring(s or ""):gsub("%s+", " ")
+  s = printable((tostring(s or ""):gsub("%s+", " ")))
   if (utf8.len(s) or #s) <= width then return s end
   return s:sub(1, utf8.offset(s, width - 1) - 1) .. "…"
 end
@@ -369,60 +373,276 @@ admin.audit = {
   end end,
 }
 
+-- The admin commands for the parser: noun, summary, and its verbs (or,
+-- for a noun without verbs, its own arguments). args: positional names,
+-- "NAME?" optional, "EDITS*" any number; opts: option names (OPTS).
+local OPTS = {
+  tenant = { "T", "The tenant." },
+  name = { "N", "The agent's name." },
+  type = { "TYPE", "caioo or personal_assistant." },
+  groups = { '"G1,G2"', "Tool groups, comma-separated." },
+  tier = { "TIER", "Default sender tier: owner, admin, vip, internal or external (default external)." },
+  ["trusted-sender"] = { false, "The agent may state the sender tier per call." },
+  ["account-sid"] = { "AC…", "The Twilio account SID." },
+  ["api-key-sid"] = { "SK…", "The API key SID; its secret is read from standard input." },
+  ["default-number"] = { "+E164", "The default sender number." },
+  ["whatsapp-number"] = { "+E164", "The WhatsApp sender number." },
+  ["verify-service-sid"] = { "VA…", "The Verify service." },
+  hosts = { "URL|api=URL,…", "Twilio hosts for this connection (a stand-in, for tests)." },
+  confirm = { false, "Confirm turning autonomous sends on without a prompt." },
+  page = { "N", "The page (from 1)." },
+  ["page-size"] = { "N", "Messages per page." },
+  status = { "STATUS", "open, approved, rejected or all." },
+  reason = { "TEXT", "Why (kept with the decision)." },
+  days = { "N", "Lookback in days (default 7, at most 30)." },
+  agent = { "A", "The agent whose execution it is (when two agents chose the same id)." },
+}
 local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true }
 M.ADMIN_FLAGS = ADMIN_FLAGS
 
-local ADMIN_USAGE = [[
-usage: switchboard admin [--config FILE] [--json] COMMAND
-  tenant add NAME | tenant list | tenant features NAME [+code|-code ...]
-  agent add --tenant T --name N --type caioo|personal_assistant [--groups "G1,G2"]
-            [--tier owner|admin|vip|internal|external] [--trusted-sender]
-  agent list [--tenant T] | agent revoke NAME [--tenant T]
-  agent groups NAME [--tenant T] [+"Group" | -"Group" ...]
-  reload | status
-  twilio connect --tenant T --account-sid AC… --api-key-sid SK… [--default-number +E164]
-                 [--whatsapp-number +E164] [--verify-service-sid VA…] [--hosts URL|api=URL,…]
-                 (the API key secret is read from standard input)
-  twilio show|test|disconnect|numbers --tenant T
-  twilio update --tenant T [--api-key-sid SK… (secret on stdin)] [--default-number …]
-                [--whatsapp-number …] [--verify-service-sid …] [--hosts …]
-  twilio autonomous-sends on|off --tenant T [--confirm]
-  twilio messages --tenant T [--page N] [--page-size N]
-  escalations --tenant T [--status open|approved|rejected|all]
-  escalation show|approve ID --tenant T | escalation reject ID --tenant T --reason TEXT
-  executions --tenant T [--days N (default 7, at most 30)] | execution show ID --tenant T
-  audit verify | audit settings --tenant T
-]]
+local TWILIO_SETTINGS = { "default-number", "whatsapp-number", "verify-service-sid", "hosts" }
+local function with(list, ...)
+  local out = { ... }
+  for _, x in ipairs(list) do out[#out + 1] = x end
+  return out
+end
 
-function M.commands.admin(args, root)
-  local opts, pos = parse(args, ADMIN_FLAGS)
-  if not opts then return die(pos, 2) end
-  local noun = table.remove(pos, 1)
-  local entry = admin[noun]
-  if type(entry) == "table" then
-    local verb = table.remove(pos, 1)
-    entry = entry[verb]
+local ADMIN_SPEC = {
+  { "tenant", "Tenants and their features.", {
+    { "add", "Add a tenant.", args = { "NAME" } },
+    { "list", "List the tenants." },
+    { "features", "Show or edit a tenant's features: +code adds, -code removes.",
+      args = { "NAME?", "EDITS*" }, opts = { "tenant" } },
+  } },
+  { "agent", "Agents and their tokens.", {
+    { "add", "Add an agent; prints its token once.", args = { "NAME?" },
+      opts = { "tenant", "name", "type", "groups", "tier", "trusted-sender" } },
+    { "list", "List agents (of one tenant with --tenant).", opts = { "tenant" } },
+    { "revoke", "Revoke an agent; closes its connections.", args = { "NAME" }, opts = { "tenant" } },
+    { "groups", 'Show or edit an agent\'s tool groups: +"Group" adds, -"Group" removes.',
+      args = { "NAME", "EDITS*" }, opts = { "tenant" } },
+  } },
+  { "reload", "Reload tools and policies." },
+  { "status", "Connections, calls in flight, tools and policies." },
+  { "twilio", "A tenant's Twilio connection.", {
+    { "connect", "Connect a tenant to Twilio; the API key secret is read from standard input.",
+      opts = with(TWILIO_SETTINGS, "tenant", "account-sid", "api-key-sid") },
+    { "show", "Show the connection.", args = { "TENANT?" }, opts = { "tenant" } },
+    { "test", "Test the connection against Twilio.", args = { "TENANT?" }, opts = { "tenant" } },
+    { "update", "Change settings, or the API key (its secret from standard input).",
+      opts = with(TWILIO_SETTINGS, "tenant", "api-key-sid") },
+    { "autonomous-sends", "Turn sends without a human's confirmation on or off.", args = { "VALUE" },
+      opts = { "tenant", "confirm" } },
+    { "disconnect", "Remove the sealed key and the tool group.", args = { "TENANT?" }, opts = { "tenant" } },
+    { "numbers", "The account's phone numbers.", args = { "TENANT?" }, opts = { "tenant" } },
+    { "messages", "A preview of the account's messages.", args = { "TENANT?" },
+      opts = { "tenant", "page", "page-size" } },
+  } },
+  { "escalations", "List escalations.", opts = { "tenant", "status" } },
+  { "escalation", "One escalation.", {
+    { "show", "Show an escalation.", args = { "ID" }, opts = { "tenant" } },
+    { "approve", "Approve an escalation and run the call once.", args = { "ID" }, opts = { "tenant" } },
+    { "reject", "Reject an escalation.", args = { "ID" }, opts = { "tenant", "reason" } },
+  } },
+  { "executions", "Executions and their calls.", opts = { "tenant", "days" } },
+  { "execution", "One execution.", {
+    { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent" } },
+  } },
+  { "audit", "The audit trail.", {
+    { "verify", "Verify the audit trail." },
+    { "settings", "Changes of settings.", opts = { "tenant" } },
+  } },
+}
+
+M.ADMIN_SPEC = ADMIN_SPEC
+
+-- Early exits of a parse (help, version) and its errors, raised as
+-- tables so that nothing calls os.exit.
+local Stop = {}
+local function stop(t) error(setmetatable(t, Stop), 0) end
+
+local function help_of(parser)
+  parser:add_help({ action = function() stop({ help = parser:get_help() }) end })
+  return parser
+end
+
+local function command(parent, name, summary)
+  local c = parent:command(name):summary(summary):description(summary):target("cmd " .. name)
+  return help_of(c)
+end
+
+local function config_option(c)
+  c:option("--config", "The configuration file (default $SWITCHBOARD_CONFIG, else the defaults)."):argname("FILE")
+end
+
+local function add_verb(c, spec)
+  for _, a in ipairs(spec.args or {}) do
+    local name, count = a:match("^(%u+)([?*]?)$")
+    local arg = c:argument(name):target("arg " .. name:lower())
+    if count ~= "" then arg:args(count) end
   end
-  if type(entry) ~= "function" then
-    io.stderr:write(ADMIN_USAGE)
-    return 2
+  for _, o in ipairs(spec.opts or {}) do
+    local info = OPTS[o]
+    if info[1] then
+      c:option("--" .. o, info[2]):argname(info[1]):target(o)
+    else
+      c:flag("--" .. o, info[2]):target(o)
+    end
   end
+  c.sb_args = spec.args or {}
+end
+
+local function build_parser()
+  local p = help_of(argparse("switchboard", "Switchboard: safe tools for AI agents over MCP."))
+  p:flag("--version", "Print the version and exit."):action(function() stop({ version = true }) end)
+  p:command_target("command")
+  p:require_command(false)
+
+  local serve = command(p, "serve", "Run the server: the agent and admin sockets.")
+  config_option(serve)
+
+  local admin_cmd = command(p, "admin", "Administer a running server over its admin socket.")
+  config_option(admin_cmd)
+  admin_cmd:flag("--json", "Print the answer as JSON."):target("json")
+  admin_cmd:command_target("noun")
+  for _, n in ipairs(ADMIN_SPEC) do
+    local nc = command(admin_cmd, n[1], n[2])
+    if n[3] then
+      nc:command_target("verb")
+      for _, v in ipairs(n[3]) do add_verb(command(nc, v[1], v[2]), v) end
+    else
+      add_verb(nc, n)
+    end
+  end
+
+  local connect = command(p, "connect",
+    "A stdio bridge for MCP clients: adds $SWITCHBOARD_TOKEN to initialize and relays both ways.")
+  config_option(connect)
+  connect:option("--socket", "The agent socket (default: the configuration's agent_socket)."):argname("PATH")
+
+  -- these parse their own arguments
+  local sim = command(p, "sim", "Run the Twilio simulator (switchboard sim --help for its options).")
+  sim:add_help(false):handle_options(false)
+  sim:argument("args"):args("*"):target("arg args")
+  local exec = command(p, "exec", "Run a Lua file with the core modules (tests, benches).")
+  exec:add_help(false):handle_options(false)
+  exec:argument("file"):target("arg file")
+  exec:argument("args"):args("*"):target("arg args")
+
+  command(p, "version", "Print the version.")
+  return p
+end
+M.build_parser = build_parser
+
+-- The value-taking options, to find the words of a command line.
+local VALUED = { ["--config"] = true, ["--socket"] = true }
+for name, info in pairs(OPTS) do
+  if info[1] then VALUED["--" .. name] = true end
+end
+
+-- `tenant features T -code` and `agent groups A -"Group"`: an edit that
+-- starts with "-" is not an option; it moves behind "--".
+local function edits_last(argv)
+  local words, i = {}, 1
+  while i <= #argv and #words < 3 do
+    local a = argv[i]
+    if a == "--" then return argv end
+    if a:sub(1, 1) == "-" then
+      if VALUED[a] then i = i + 1 end
+    else
+      words[#words + 1] = a
+    end
+    i = i + 1
+  end
+  if not (words[1] == "admin" and ((words[2] == "tenant" and words[3] == "features")
+      or (words[2] == "agent" and words[3] == "groups"))) then
+    return argv
+  end
+  local out, edits = table.move(argv, 1, i - 1, 1, {}), {}
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--" then
+      table.move(argv, i + 1, #argv, #edits + 1, edits)
+      break
+    elseif a:match("^%-[^%-]") and a ~= "-h" then
+      edits[#edits + 1] = a
+    else
+      out[#out + 1] = a
+      if VALUED[a] and argv[i + 1] then
+        i = i + 1
+        out[#out + 1] = argv[i]
+      end
+    end
+    i = i + 1
+  end
+  if #edits == 0 then return out end
+  out[#out + 1] = "--"
+  return table.move(edits, 1, #edits, #out + 1, out)
+end
+M.edits_last = edits_last
+
+-- Parse argv. Returns the result table, or nil and { help = text } /
+-- { version = true } / { error = message, usage = text }.
+function M.parse(argv)
+  local p = build_parser()
+  p.error = function(parser, msg) stop({ error = msg, usage = parser:get_usage() }) end
+  local ok, res = pcall(p.parse, p, edits_last(argv))
+  if ok then return res end
+  if getmetatable(res) == Stop then return nil, res end
+  error(res, 0)
+end
+
+-- The admin options and positionals of a parse, in the shape the verbs use.
+local function admin_args(res, spec_args)
+  local opts, pos = {}, {}
+  for k, v in pairs(res) do
+    if type(k) == "string" and not k:find(" ", 1, true) and k ~= "noun" and k ~= "verb" and k ~= "command" then
+      opts[k] = v
+    end
+  end
+  for _, a in ipairs(spec_args) do
+    local v = res["arg " .. a:match("^%u+"):lower()]
+    if type(v) == "table" then
+      table.move(v, 1, #v, #pos + 1, pos)
+    elseif v ~= nil then
+      pos[#pos + 1] = v
+    end
+  end
+  return opts, pos
+end
+
+local function admin_spec_args(noun, verb)
+  for _, n in ipairs(ADMIN_SPEC) do
+    if n[1] == noun then
+      if not n[3] then return n.args or {} end
+      for _, v in ipairs(n[3]) do
+        if v[1] == verb then return v.args or {} end
+      end
+    end
+  end
+  return {}
+end
+
+function M.commands.admin(res, root)
+  local opts, pos = admin_args(res, admin_spec_args(res.noun, res.verb))
+  local entry = admin[res.noun]
+  if type(entry) == "table" then entry = entry[res.verb] end
   local cfg, err = load_config(opts, root)
   if not cfg then return die(err, 2) end
   local c = { opts = opts, pos = pos, cfg = cfg }
   local method, params, printer = entry(c)
   if not method then return die(params, 2) end
-  local res, rerr = run_async(function() return M.admin_call(cfg.admin_socket, method, params) end)
-  if not res then
+  local result, rerr = run_async(function() return M.admin_call(cfg.admin_socket, method, params) end)
+  if not result then
     if opts.json then io.stdout:write(json.encode({ error = rerr }), "\n") end
     return die(rerr, 1)
   end
   if opts.json then
-    io.stdout:write(json.encode(res), "\n")
+    io.stdout:write(json.encode(result), "\n")
   else
-    io.stdout:write(printer(res))
+    io.stdout:write(printable(printer(result), true))
   end
-  return res.ok == false and 1 or 0
+  return result.ok == false and 1 or 0
 end
 
 -- `switchboard sim`: the Twilio simulator (lua/switchboard/sim/).
@@ -430,12 +650,32 @@ function M.commands.sim(args, root)
   return require("switchboard.sim.cli").commands.sim(args, root)
 end
 
+-- `switchboard exec FILE [ARGS...]`: runs a Lua file with the core modules
+-- available (tests, benches, busted), with arg as the standalone
+-- interpreter sets it.
+function M.commands.exec(args)
+  local file = args[1]
+  local script_arg = { [0] = file }
+  for i = 2, #args do script_arg[i - 1] = args[i] end
+  _G.arg = script_arg -- luacheck: ignore 122
+  local chunk, err = loadfile(file)
+  if not chunk then
+    io.stderr:write(err, "\n")
+    return 1
+  end
+  local rc = chunk(table.unpack(script_arg))
+  return math.type(rc) == "integer" and rc or 0
+end
+
+function M.commands.version()
+  io.stdout:write("switchboard ", M.VERSION, " (", _VERSION, ")\n")
+  return 0
+end
+
 -- `switchboard connect`: a stdio bridge for MCP clients that launch a
 -- command. Adds the agent token from SWITCHBOARD_TOKEN to initialize and
 -- relays bytes both ways.
-function M.commands.connect(args, root)
-  local opts, err = parse(args, {})
-  if not opts then return die(err, 2) end
+function M.commands.connect(opts, root)
   local path = opts.socket
   if not path then
     local cfg, cerr = load_config(opts, root)
@@ -495,6 +735,38 @@ function M.commands.connect(args, root)
   end)
   loop.run()
   return rc
+end
+
+-- The entry point (runtime.lua): argv without the program name. Returns
+-- the exit status: 2 for a command line the parser refuses.
+function M.main(argv, root)
+  argv = argv or {}
+  if argv[1] == "help" then
+    -- `switchboard help [COMMAND...]` is `switchboard [COMMAND...] --help`
+    argv = table.move(argv, 2, #argv, 1, {})
+    argv[#argv + 1] = "--help"
+  end
+  local res, early = M.parse(argv)
+  if not res then
+    if early.help then
+      io.stdout:write(early.help, "\n")
+      return 0
+    elseif early.version then
+      return M.commands.version()
+    end
+    io.stderr:write(early.usage, "\n\nswitchboard: ", printable(early.error, true), "\n")
+    return 2
+  end
+  local cmd = res.command
+  if cmd == nil then
+    io.stdout:write(build_parser():get_help(), "\n")
+    return 0
+  end
+  if cmd == "sim" or cmd == "exec" then
+    -- their own arguments, verbatim
+    return M.commands[cmd](table.move(argv, 2, #argv, 1, {}), root)
+  end
+  return M.commands[cmd](res, root)
 end
 
 return M

@@ -1,5 +1,7 @@
 -- Leveled logging to a file or standard error, one line per event.
 -- Callers never pass secrets: the vault keeps them out of Lua altogether.
+local fs = require("core.fs")
+
 local M = {}
 
 local levels = { debug = 1, info = 2, warn = 3, error = 4 }
@@ -15,7 +17,10 @@ function M.setup(opts)
   if not lvl then return nil, "log.level must be one of debug, info, warn, error" end
   threshold = lvl
   if opts.file then
+    -- a new log file is for the server's user only (0600)
+    local old = fs.umask(tonumber("077", 8))
     local f, err = io.open(opts.file, "a")
+    fs.umask(old)
     if not f then return nil, "log.file: " .. err end
     f:setvbuf("line")
     if out ~= io.stderr then out:close() end

@@ -149,27 +149,36 @@ local function load_tool(path)
   return tool
 end
 
--- Build a registry from directories. Returns it or nil, err (file and field).
-function M.load(dirs)
+-- Build a registry from directories. Returns it or nil, err (file and
+-- field). With opts.skip_broken (at start), a file that does not load or
+-- check is left out instead: the registry of the others is returned with
+-- the list of the files left out, each "path: error".
+function M.load(dirs, opts)
+  local skip = opts and opts.skip_broken
   local self = setmetatable({ tools = {}, order = {}, gated = {} }, M)
+  local broken = {}
   for _, dir in ipairs(dirs) do
     local files = {}
     local ok, err = lua_files(dir, files)
     if not ok then return nil, err end
     for _, path in ipairs(files) do
       local tool, terr = load_tool(path)
-      if not tool then return nil, terr end
-      local prev = self.tools[tool.name]
+      local prev = tool and self.tools[tool.name]
       if prev then
-        return nil, ("%s: name: '%s' is already defined by %s"):format(path, tool.name, prev.file)
+        tool, terr = nil, ("%s: name: '%s' is already defined by %s"):format(path, tool.name, prev.file)
       end
-      self.tools[tool.name] = tool
-      self.order[#self.order + 1] = tool.name
-      if tool.connection then self.gated[tool.group] = M.required_feature(tool.connection) end
+      if not tool then
+        if not skip then return nil, terr end
+        broken[#broken + 1] = terr
+      else
+        self.tools[tool.name] = tool
+        self.order[#self.order + 1] = tool.name
+        if tool.connection then self.gated[tool.group] = M.required_feature(tool.connection) end
+      end
     end
   end
   table.sort(self.order)
-  return self
+  return self, broken
 end
 
 -- The tenant feature a connection's tools need (its provider's FEATURE,

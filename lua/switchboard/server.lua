@@ -4,6 +4,7 @@
 local loop = require("core.loop")
 local vault = require("core.vault")
 local lfs = require("lfs")
+local fs = require("core.fs")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local registry = require("switchboard.registry")
@@ -33,11 +34,56 @@ local function dirname(p)
   return p:match("^(.*)/[^/]*$") or "."
 end
 
+local PRIVATE = tonumber("077", 8)
+
+-- Run fn(...) with the file-creation mask 077: what it creates is for the
+-- server's user only (directories 0700, files 0600). The mask is restored
+-- whatever fn does.
+local function private(fn, ...)
+  local old = fs.umask(PRIVATE)
+  local out = table.pack(pcall(fn, ...))
+  fs.umask(old)
+  if not out[1] then error(out[2], 0) end
+  return table.unpack(out, 2, out.n)
+end
+M.private = private
+
+-- Create the directories of path that are missing, mode 0700.
+function M.private_dir(path)
+  return private(mkdir_p, path)
+end
+
+-- The database and its -wal and -shm files must be the server's alone:
+-- refuse to start on one that group or others may open, naming each.
+local function check_database(path)
+  local wide, modes = {}, {}
+  for _, p in ipairs({ path, path .. "-wal", path .. "-shm" }) do
+    local mode = fs.mode(p)
+    if mode and mode & PRIVATE ~= 0 then
+      wide[#wide + 1] = p
+      modes[#modes + 1] = ("%s has mode %04o"):format(p, mode)
+    end
+  end
+  if #wide > 0 then
+    return nil, ("database: %s, which lets group or others open it: run chmod 600 %s")
+      :format(table.concat(modes, ", "), table.concat(wide, " "))
+  end
+  return true
+end
+
+-- Warn about an existing directory or log file wider than it would be created.
+local function warn_wide(what, path, mask, fix)
+  local mode = fs.mode(path)
+  if mode and mode & mask ~= 0 then
+    log.warn("%s %s has mode %04o: others can read what is in it; run chmod %s %s", what, path, mode, fix, path)
+  end
+end
+
 -- Open the vault's master key, creating it on first start when allowed.
 function M.open_master(cfg)
   local path = cfg.master_key_file
   if not lfs.attributes(path) and cfg.create_master_key then
-    local ok, err = mkdir_p(dirname(path))
+    local ok, err = M.private_dir(dirname(path))
     if not ok then return nil, err end
     ok, err = vault.create_master(path)
     if not ok then return nil, err end
@@ -54,11 +100,17 @@ function M:tool_dirs()
   return dirs
 end
 
--- Load tools and policies; on failure keep what is in force.
-function M:load_code()
+-- Load tools and policies; on failure keep what is in force. At start
+-- (at_start true) a broken tool file is left out, logged with its error,
+-- and the other tools are served; a reload that meets one is refused as
+-- a whole. A broken policy always refuses: the policy set fails closed.
+function M:load_code(at_start)
   policy.set_memory_ceiling(self.cfg.limits.policy_memory)
-  local reg, err = registry.load(self:tool_dirs())
+  local reg, err = registry.load(self:tool_dirs(), { skip_broken = at_start })
   if not reg then return nil, "tools: " .. err end
+  for _, problem in ipairs(at_start and err or {}) do
+    log.error("tools: left out %s", problem)
+  end
   local pol, perr = policy.load(self.cfg.policy_dir, self.cfg.policy_settings,
     self.cfg.limits.policy_instructions)
   if not pol then return nil, "policies: " .. perr end
@@ -200,17 +252,28 @@ end
 function M.start(cfg)
   local self = setmetatable({ cfg = cfg, sessions = {}, nsessions = 0, nconn = 0, inflight = 0, per_uid = {},
                               listeners = {}, signals = {} }, M)
-  local ok, err = mkdir_p(cfg.data_dir)
+  -- the data directory and the database's are the server's alone (0700);
+  -- the socket directories keep the usual mode, for agent_socket_mode
+  local ok, err = M.private_dir(cfg.data_dir)
   if not ok then return nil, err end
-  for _, p in ipairs({ cfg.agent_socket, cfg.admin_socket, cfg.database, cfg.audit.anchor_file }) do
+  warn_wide("data_dir", cfg.data_dir, tonumber("007", 8), "700")
+  for _, p in ipairs({ cfg.database, cfg.audit.anchor_file }) do
+    ok, err = M.private_dir(dirname(p))
+    if not ok then return nil, err end
+  end
+  for _, p in ipairs({ cfg.agent_socket, cfg.admin_socket }) do
     ok, err = mkdir_p(dirname(p))
     if not ok then return nil, err end
   end
+  ok, err = check_database(cfg.database)
+  if not ok then return nil, err end
   self.master, err = M.open_master(cfg)
   if not self.master then return nil, err end
-  self.db, err = db_mod.open(cfg.database)
+  -- a new database is created 0600; SQLite gives its -wal and -shm files
+  -- the database file's mode
+  self.db, err = private(db_mod.open, cfg.database)
   if not self.db then return nil, err end
-  ok, err = self:load_code()
+  ok, err = self:load_code(true)
   if not ok then return nil, err end
   self.audit = audit.new(self.db, self.master, cfg.audit)
   self.admin = require("switchboard.admin").new(self)
@@ -238,8 +301,16 @@ function M.serve(cfg)
   -- most of what a call allocates dies young: the generational collector
   -- spends less time on it than the incremental one
   collectgarbage("generational")
-  local ok, lerr = log.setup(cfg.log)
+  -- the data directory first: log.file may lie inside it
+  local ok, lerr = M.private_dir(cfg.data_dir)
   if not ok then return nil, lerr end
+  if cfg.log.file then
+    ok, lerr = M.private_dir(dirname(cfg.log.file))
+    if not ok then return nil, "log.file: " .. lerr end
+  end
+  ok, lerr = log.setup(cfg.log)
+  if not ok then return nil, lerr end
+  if cfg.log.file then warn_wide("log.file", cfg.log.file, tonumber("037", 8), "600") end
   loop.set_error_handler(function(msg) log.error("%s", msg) end)
   local self, err = M.start(cfg)
   if not self then return nil, err end
