@@ -135,6 +135,13 @@ M.migrations = {
   ALTER TABLE escalations ADD COLUMN execution_id TEXT;
   ALTER TABLE escalations ADD COLUMN result TEXT;
   ]],
+  [[
+  -- Recovery finds the send records whose call left no audit record, and
+  -- the send record of an approved escalation.
+  CREATE INDEX audit_send_id ON audit_log
+    ((CASE WHEN json_valid(detail) THEN json_extract(detail, '$.send_id') END));
+  CREATE INDEX sends_escalation ON sends (escalation_id);
+  ]],
 }
 
 function M.now()
