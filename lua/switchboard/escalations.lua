@@ -21,11 +21,15 @@ M.REOPENED = "the approval by %s was interrupted by a restart before anything wa
 
 -- The result of an approved escalation whose run was interrupted, from
 -- its send record; at_start leaves an unknown send to reconciliation.
+-- A result whose outcome was unknown is replaced once reconciliation
+-- finds the message.
 function M.settle_from_send(rt, esc_id, at_start)
   local db = rt.db
-  local e = db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND result IS NULL", esc_id)
+  local e = db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))", esc_id)
   if not e then return end
   local s = db:row("SELECT * FROM sends WHERE escalation_id = ? ORDER BY id DESC LIMIT 1", esc_id)
+  if e.result and (not s or s.status == "unknown") then return end
   if not s or (s.status == "failed" and s.error_message == sends.NOT_SENT) then
     local note = M.REOPENED:format(tostring(e.decided_by))
     local n, err = db:run("UPDATE escalations SET status = 'open', decided_by = NULL, decided_at = NULL,"
@@ -54,8 +58,7 @@ function M.settle_from_send(rt, esc_id, at_start)
       .. " sending it again."):format(who, s.recipient) }
   end
   summary.data = { outcome = s.status, send_id = s.id, sid = s.sid, recovered = true }
-  local n, err = db:run("UPDATE escalations SET result = ? WHERE id = ? AND result IS NULL", json.encode(summary),
-    esc_id)
+  local n, err = db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), esc_id)
   if not n then
     log.error("escalations: the result of escalation %d could not be stored: %s", esc_id, tostring(err))
   else

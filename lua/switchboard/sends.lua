@@ -264,6 +264,7 @@ local function reconcile_one(rt, row)
         local ok, err = set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
         if not ok then return nil, "the match could not be stored: " .. tostring(err) end
         audit(rt, row, "sent", { sid = m.sid, reconciled = "found in the message list" })
+        if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
         return true
       end
     end
@@ -315,8 +316,13 @@ function M.recover(rt)
     local found = 0
     for _, row in ipairs(unknown) do
       local ok, res = pcall(reconcile_one, rt, row)
-      if ok and res then found = found + 1 end
-      if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
+      if ok and res then
+        found = found + 1
+      else
+        if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
+        -- Twilio lists a message once it is created: look once more later
+        M.reconcile_later(rt, row.id)
+      end
       if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
     end
     log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
