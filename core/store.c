@@ -12,7 +12,9 @@
 ** boolean -> 0/1, integer -> INTEGER, float -> REAL, string -> TEXT,
 ** store.blob(s) -> BLOB. Columns come back as integer, float, string or
 ** nil. Errors return nil and SQLite's message (never the SQL text);
-** misuse (bad parameter types or counts, use after close) raises.
+** misuse (bad parameter types or counts, SQL text with a NUL byte, use
+** after close) raises. db:run returns only the change count, db:insert
+** only the new rowid: a failed statement cannot be taken for an id.
 */
 #include <stdio.h>
 #include <string.h>
