@@ -43,7 +43,12 @@ function M.settle_from_send(rt, esc_id, at_start)
       { id = esc_id, status = "approved", decided_by = e.decided_by }, { id = esc_id, status = "open", note = note })
     return
   end
-  if s.status == "pending" or s.status == "in_flight" or (at_start and s.status == "unknown") then return end
+  -- an unknown send from the last day is reconciled first (the start
+  -- looks for it, then calls again)
+  if s.status == "pending" or s.status == "in_flight"
+    or (at_start and s.status == "unknown" and s.created_unix >= os.time() - 86400) then
+    return
+  end
   local who = tostring(e.decided_by)
   local summary
   if s.status == "sent" then

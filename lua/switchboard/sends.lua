@@ -271,13 +271,17 @@ local function reconcile_one(rt, row)
     return false
   end)
 end
-M.reconcile_one = reconcile_one
 
 -- Send records whose call left no audit record (the process died between
 -- the send's end and the audit commit): they get one now.
 local UNAUDITED = "SELECT s.* FROM sends s WHERE s.created_unix >= ? AND s.status IN ('sent', 'failed', 'unknown')"
   .. " AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE " .. "(CASE WHEN json_valid(a.detail) THEN"
   .. " json_extract(a.detail, '$.send_id') END) = +s.id) ORDER BY s.id"  -- +: no affinity, so the index serves
+
+local function stored(ok, row)
+  if not ok then log.error("sends: recovery could not update send %d; it is left for the next start", row.id) end
+  return ok
+end
 
 -- At start: in_flight → unknown; pending → failed (never sent);
 -- approved escalations settled from their send; unknown → reconciled.
@@ -293,15 +297,18 @@ function M.recover(rt)
   local interrupted = assert(db:query("SELECT * FROM sends WHERE status = 'in_flight' ORDER BY id"))
   local why = "interrupted: the request may have gone out"
   for _, row in ipairs(interrupted) do
-    assert(set_status(db, row.id, "unknown", nil, nil, why))
-    row.status = "unknown"
-    audit(rt, row, "unknown", { error = why, recovered = "in_flight at start" })
+    -- a record that cannot be changed now stays as it is for the next start
+    if stored(set_status(db, row.id, "unknown", nil, nil, why), row) then
+      row.status = "unknown"
+      audit(rt, row, "unknown", { error = why, recovered = "in_flight at start" })
+    end
   end
   if #interrupted > 0 then log.warn("sends: %d interrupted sends marked unknown", #interrupted) end
   local pending = assert(db:query("SELECT * FROM sends WHERE status = 'pending' ORDER BY id"))
   for _, row in ipairs(pending) do
-    assert(set_status(db, row.id, "failed", nil, nil, M.NOT_SENT))
-    audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending at start" })
+    if stored(set_status(db, row.id, "failed", nil, nil, M.NOT_SENT), row) then
+      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending at start" })
+    end
   end
   if #pending > 0 then
     log.warn("sends: %d sends recorded but never started before the restart were marked failed (not sent)",
@@ -315,13 +322,15 @@ function M.recover(rt)
   loop.spawn(function()
     local found = 0
     for _, row in ipairs(unknown) do
-      local ok, res = pcall(reconcile_one, rt, row)
+      local ok, res, err = pcall(reconcile_one, rt, row)
       if ok and res then
         found = found + 1
-      else
+      elseif not ok or res == false then
         if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
         -- Twilio lists a message once it is created: look once more later
         M.reconcile_later(rt, row.id)
+      elseif err ~= "not a message" then
+        log.warn("sends: send %d cannot be reconciled: %s", row.id, tostring(err))
       end
       if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
     end
