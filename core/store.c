@@ -12,7 +12,9 @@
 ** boolean -> 0/1, integer -> INTEGER, float -> REAL, string -> TEXT,
 ** store.blob(s) -> BLOB. Columns come back as integer, float, string or
 ** nil. Errors return nil and SQLite's message (never the SQL text);
-** misuse (bad parameter types or counts, use after close) raises.
+** misuse (bad parameter types or counts, SQL text with a NUL byte, use
+** after close) raises. db:run returns only the change count, db:insert
+** only the new rowid: a failed statement cannot be taken for an id.
 */
 #include <stdio.h>
 #include <string.h>
@@ -192,6 +194,8 @@ get_stmt(lua_State *L, Db *d, int sqlidx)
 {
   size_t len;
   const char *sql = luaL_checklstring(L, sqlidx, &len);
+  if (memchr(sql, '\0', len) != NULL)
+    luaL_argerror(L, sqlidx, "SQL text contains a NUL byte");
   lua_getiuservalue(L, 1, 1);                         /* cache */
   lua_pushvalue(L, sqlidx);
   lua_rawget(L, -2);
@@ -377,7 +381,12 @@ static int
 db_exec(lua_State *L)
 {
   Db *d = check_db(L);
-  return exec_result(L, d, luaL_checkstring(L, 2));
+  size_t len;
+  const char *sql = luaL_checklstring(L, 2, &len);
+  /* sqlite3_exec reads up to the first NUL: refuse text it would cut */
+  if (memchr(sql, '\0', len) != NULL)
+    luaL_argerror(L, 2, "SQL text contains a NUL byte");
+  return exec_result(L, d, sql);
 }
 
 /* db:query(sql, ...) -> array of rows | nil, err */
@@ -423,11 +432,11 @@ db_row(lua_State *L)
   return 1;
 }
 
-/* db:run(sql, ...) -> changes, last_insert_rowid | nil, err */
+/* [-0, +0|2, e] Prepare, bind and step sql (index 2) to its end. Returns
+** 0 when it ran, or the number of values pushed (nil, err) when it failed. */
 static int
-db_run(lua_State *L)
+run_stmt(lua_State *L, Db *d)
 {
-  Db *d = check_db(L);
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
     return fail(L, lua_tostring(L, -1));
@@ -438,9 +447,46 @@ db_run(lua_State *L)
   if (rc != SQLITE_DONE)
     return step_fail(L, d, st);
   done(st);
+  return 0;
+}
+
+/* db:run(sql, ...) -> changes (an integer, 0 included) | nil, err */
+static int
+db_run(lua_State *L)
+{
+  Db *d = check_db(L);
+  int nret = run_stmt(L, d);
+  if (nret != 0)
+    return nret;
   lua_pushinteger(L, (lua_Integer)sqlite3_changes64(d->db));
+  return 1;
+}
+
+/* db:insert(sql, ...) -> rowid of the new row | nil, err. A statement
+** that inserted no row (INSERT OR IGNORE of a duplicate, a SELECT) is an
+** error: the connection's last rowid would be another statement's. */
+static int
+db_insert(lua_State *L)
+{
+  Db *d = check_db(L);
+  sqlite3_int64 before = sqlite3_total_changes64(d->db);
+  int nret = run_stmt(L, d);
+  if (nret != 0)
+    return nret;
+  if (sqlite3_total_changes64(d->db) == before || sqlite3_changes64(d->db) < 1)
+    return fail(L, "no row was inserted");
   lua_pushinteger(L, (lua_Integer)sqlite3_last_insert_rowid(d->db));
-  return 2;
+  return 1;
+}
+
+/* db:in_transaction() -> boolean: a transaction is open (nothing written
+** now is durable before its COMMIT) */
+static int
+db_in_transaction(lua_State *L)
+{
+  Db *d = check_db(L);
+  lua_pushboolean(L, !sqlite3_get_autocommit(d->db));
+  return 1;
 }
 
 /* [-0, +1|2, e] run a fixed, parameterless statement: true | nil, err */
@@ -540,6 +586,8 @@ static const luaL_Reg db_methods[] = {
   { "query", db_query },
   { "row", db_row },
   { "run", db_run },
+  { "insert", db_insert },
+  { "in_transaction", db_in_transaction },
   { "begin", db_begin },
   { "commit", db_commit },
   { "rollback", db_rollback },

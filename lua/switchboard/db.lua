@@ -143,6 +143,13 @@ M.migrations = {
   ALTER TABLE audit_log ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE audit_log ADD COLUMN anchored INTEGER;
   ]],
+  [[
+  -- Recovery finds the send records whose call left no audit record, and
+  -- the send record of an approved escalation.
+  CREATE INDEX audit_send_id ON audit_log
+    ((CASE WHEN json_valid(detail) THEN json_extract(detail, '$.send_id') END));
+  CREATE INDEX sends_escalation ON sends (escalation_id);
+  ]],
 }
 
 function M.now()

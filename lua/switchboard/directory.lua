@@ -45,16 +45,20 @@ function M.add_tenant(db, master, name)
     return nil, "tenant name: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
   end
   if M.tenant(db, name) then return nil, ("tenant '%s' already exists"):format(name) end
-  assert(db:begin())
-  local _, id = db:run("INSERT INTO tenants (name, data_key, created_at) VALUES (?, ?, ?)",
-    name, require("core.store").blob(""), db_mod.now())
-  if not id then
-    db:rollback()
-    return nil, "could not add the tenant"
+  local blob = require("core.store").blob
+  local ok, err = db:begin()
+  if not ok then return nil, "could not add the tenant: " .. tostring(err) end
+  local id
+  id, err = db:insert("INSERT INTO tenants (name, data_key, created_at) VALUES (?, ?, ?)",
+    name, blob(""), db_mod.now())
+  if id then
+    ok, err = db:run("UPDATE tenants SET data_key = ? WHERE id = ?", blob(master:new_data_key(M.key_context(id))), id)
+    if ok then ok, err = db:commit() end
   end
-  local key = master:new_data_key(M.key_context(id))
-  assert(db:run("UPDATE tenants SET data_key = ? WHERE id = ?", require("core.store").blob(key), id))
-  assert(db:commit())
+  if not (id and ok) then
+    if db:in_transaction() then db:rollback() end
+    return nil, "could not add the tenant: " .. tostring(err)
+  end
   return M.tenant_by_id(db, id)
 end
 
@@ -123,11 +127,11 @@ function M.add_agent(db, tenant, opts)
     return nil, ("agent '%s' already exists in tenant '%s'"):format(opts.name, tenant.name)
   end
   local token = vault.token("sbt_")
-  local _, id = db:run("INSERT INTO agents (tenant_id, name, type, groups, default_tier, trusted_sender,"
+  local id, err = db:insert("INSERT INTO agents (tenant_id, name, type, groups, default_tier, trusted_sender,"
     .. " token_hash, token_hint, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     tenant.id, opts.name, opts.type, json.encode(json.array(opts.groups or {})), tier,
     opts.trusted_sender and 1 or 0, M.hash_token(token), token:sub(1, 8) .. "…", db_mod.now())
-  if not id then return nil, "could not add the agent" end
+  if not id then return nil, "could not add the agent: " .. tostring(err) end
   return agent_row(db:row("SELECT * FROM agents WHERE id = ?", id)), token
 end
 
@@ -148,7 +152,8 @@ function M.revoke_agent(db, tenant, name)
   local a = M.agent(db, tenant.id, name)
   if not a then return nil, ("no agent '%s' in tenant '%s'"):format(name, tenant.name) end
   if a.revoked_at then return nil, ("agent '%s' is already revoked"):format(name) end
-  assert(db:run("UPDATE agents SET revoked_at = ? WHERE id = ?", db_mod.now(), a.id))
+  local ok, err = db:run("UPDATE agents SET revoked_at = ? WHERE id = ?", db_mod.now(), a.id)
+  if not ok then return nil, ("could not revoke agent '%s': %s"):format(name, tostring(err)) end
   return M.agent(db, tenant.id, name)
 end
 

@@ -2,12 +2,82 @@
 -- An escalation is decided once: approve runs the original call exactly
 -- once through the rest of the pipeline (the approver is recorded);
 -- reject closes it with a reason.
+--
+-- An approval and the send it runs are one recoverable unit: the send's
+-- write-ahead record names its escalation, so after a crash during the
+-- run the start settles each approved escalation that has no result from
+-- its send record (sent, failed, or unknown once reconciliation had its
+-- look); one with no send record sent nothing and is opened again.
 local json = require("switchboard.json")
+local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local pipeline = require("switchboard.pipeline")
+local sends = require("switchboard.sends")
 
 local M = {}
+
+M.REOPENED = "the approval by %s was interrupted by a restart before anything was sent; approve it again to run it"
+
+-- The result of an approved escalation whose run was interrupted, from
+-- its send record; at_start leaves an unknown send to reconciliation.
+-- A result whose outcome was unknown is replaced once reconciliation
+-- finds the message.
+function M.settle_from_send(rt, esc_id, at_start)
+  local db = rt.db
+  local e = db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))", esc_id)
+  if not e then return end
+  local s = db:row("SELECT * FROM sends WHERE escalation_id = ? ORDER BY id DESC LIMIT 1", esc_id)
+  if e.result and (not s or s.status == "unknown") then return end
+  if not s or (s.status == "failed" and s.error_message == sends.NOT_SENT) then
+    local note = M.REOPENED:format(tostring(e.decided_by))
+    local n, err = db:run("UPDATE escalations SET status = 'open', decided_by = NULL, decided_at = NULL,"
+      .. " decision_note = ? WHERE id = ? AND status = 'approved' AND result IS NULL", note, esc_id)
+    if not n then
+      log.error("escalations: escalation %d could not be opened again: %s", esc_id, tostring(err))
+      return
+    end
+    log.warn("escalations: escalation %d: %s", esc_id, note)
+    directory.settings_audit(db, e.tenant_id, "recovery", "escalation.reopen",
+      { id = esc_id, status = "approved", decided_by = e.decided_by }, { id = esc_id, status = "open", note = note })
+    return
+  end
+  -- an unknown send from the last day is reconciled first (the start
+  -- looks for it, then calls again)
+  if s.status == "pending" or s.status == "in_flight"
+    or (at_start and s.status == "unknown" and s.created_unix >= os.time() - 86400) then
+    return
+  end
+  local who = tostring(e.decided_by)
+  local summary
+  if s.status == "sent" then
+    summary = { is_error = false, text = ("Approved by %s and sent (the run was interrupted by a restart):"
+      .. " %s to %s, Twilio SID %s."):format(who, s.tool, s.recipient, tostring(s.sid)) }
+  elseif s.status == "failed" then
+    summary = { is_error = true, text = ("Approved by %s; the send to %s failed: %s%s."):format(who, s.recipient,
+      tostring(s.error_message), s.error_code and (" (error " .. s.error_code .. ")") or "") }
+  else
+    summary = { is_error = true, text = ("Approved by %s; the outcome of the send to %s is unknown: the request"
+      .. " may have gone out before a restart and was not found in the message list. Check with a search before"
+      .. " sending it again."):format(who, s.recipient) }
+  end
+  summary.data = { outcome = s.status, send_id = s.id, sid = s.sid, recovered = true }
+  local n, err = db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), esc_id)
+  if not n then
+    log.error("escalations: the result of escalation %d could not be stored: %s", esc_id, tostring(err))
+  else
+    log.info("escalations: escalation %d settled from its send record: %s", esc_id, s.status)
+  end
+end
+
+-- At start: each approved escalation without a result.
+function M.recover(rt)
+  for _, e in ipairs(assert(rt.db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL"
+      .. " ORDER BY id"))) do
+    M.settle_from_send(rt, e.id, true)
+  end
+end
 
 -- The sealed arguments, opened (nil when they do not open).
 local function arguments(server, r)
@@ -62,8 +132,9 @@ function M.install(admin)
     local r, t = find(self, p, "escalation reject")
     local reason = type(p.reason) == "string" and p.reason ~= "" and p.reason or nil
     if not reason then refuse("escalation reject: --reason is required", -32602) end
-    local n = self.db:run("UPDATE escalations SET status = 'rejected', decided_by = ?, decided_at = ?,"
+    local n, err = self.db:run("UPDATE escalations SET status = 'rejected', decided_by = ?, decided_at = ?,"
       .. " decision_note = ? WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), reason, r.id)
+    if not n then refuse(("escalation %d: the decision could not be stored (%s)"):format(r.id, tostring(err))) end
     if n ~= 1 then
       refuse(("escalation %d was already decided (%s by %s); nothing was done"):format(r.id, r.status,
         tostring(r.decided_by)))
@@ -98,8 +169,11 @@ function M.install(admin)
     local args = arguments(server, r)
     if not args then refuse(("escalation %d: its arguments could not be opened"):format(r.id)) end
     -- decide first, atomically: a second approve finds it decided
-    local n = self.db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
+    local n, err = self.db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
       .. " WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), r.id)
+    if not n then
+      refuse(("escalation %d: the approval could not be stored (%s); nothing was run"):format(r.id, tostring(err)))
+    end
     if n ~= 1 then refuse(("escalation %d was already decided; nothing was done"):format(r.id)) end
     directory.settings_audit(self.db, t.id, p.actor, "escalation.approve", { status = "open" },
       { id = r.id, status = "approved" })
@@ -113,7 +187,11 @@ function M.install(admin)
     })
     if not ok then res = pipeline.result("internal error: " .. tostring(res), nil, true) end
     local summary = { is_error = res.isError == true, text = res.content[1].text, data = res.structuredContent }
-    self.db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), r.id)
+    local stored, serr = self.db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), r.id)
+    if not stored then
+      -- the next start settles it from its send record
+      log.error("escalations: the result of escalation %d could not be stored: %s", r.id, tostring(serr))
+    end
     return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
   end
 end

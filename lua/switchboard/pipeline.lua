@@ -42,14 +42,19 @@ local function seal_arguments(rt, tenant_id, args)
 end
 M.ARGUMENTS_FIELD = "escalation.arguments"
 
+-- The escalation's id, or nil, err when it could not be stored.
 local function escalate(rt, call, d)
   local db = rt.db
-  local _, id = db:run("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
+  local id, err = db:insert("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
     .. " arguments, kind, reason, policy, created_at, execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     call.tenant.id, call.agent.id, call.sender, call.tool, call.action,
     seal_arguments(rt, call.tenant.id, call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
     db_mod.now(), call.execution_id)
-  return id
+  if not id then
+    log.error("pipeline: the escalation of a %s call (policy %s) could not be stored: %s", call.tool, d.policy,
+      tostring(err))
+  end
+  return id, err
 end
 
 -- call: { session, tool (definition), args, execution_id, progress(p, total, msg),
@@ -130,6 +135,13 @@ function M.run(rt, call)
   elseif d.decision == "hold" or d.decision == "escalate" then
     local id = escalate(rt, { tenant = s.tenant, agent = s.agent, sender = call.sender,
       tool = tool.name, action = args.action, args = args, execution_id = call.execution_id }, d)
+    if not id then
+      return finish(result(("%s by policy %s: %s. The escalation could not be stored (storage unavailable), so"
+        .. " nothing was sent and no person was asked to review it. Try again later; if it keeps failing, tell an"
+        .. " operator."):format(d.decision == "hold" and "Held for human review" or "Escalated to a human",
+        d.policy, d.reason), { status = "not_stored" }, true),
+        d.decision, "error", { policy = d.policy, reason = d.reason, error = "escalation not stored" })
+    end
     local text
     if d.decision == "hold" then
       text = ("Held for human review by policy %s: %s. Escalation %s was opened; the call will run"

@@ -1,10 +1,12 @@
 -- Write-ahead sends: before a message or a verification code goes out,
 -- its record is committed (pending), then marked in_flight right before
 -- the request; it ends sent (with Twilio's SID), failed (with Twilio's
--- error) or unknown (the request went out and no answer came back). On
--- start, pending records are sent once and in_flight ones become unknown;
--- unknown messages are reconciled by listing the recipient's messages.
--- Nothing is ever sent twice.
+-- error) or unknown (the request went out and no answer came back). A
+-- send whose record cannot be committed is not sent. On start, pending
+-- records (which never went out) become failed, in_flight ones unknown;
+-- unknown messages are reconciled by listing the recipient's messages;
+-- every change recovery makes is written to the audit trail. Nothing is
+-- ever sent twice.
 local loop = require("core.loop")
 local vault = require("core.vault")
 local store = require("core.store")
@@ -18,26 +20,47 @@ local M = {}
 
 local FIELD = "send.request"
 
+-- What a pending record becomes at start: it never went out.
+M.NOT_SENT = "not sent: interrupted before the request"
+
+-- true, or nil, err (the caller decides what a failed write means).
 local function set_status(db, id, status, sid, code, message)
-  assert(db:run("UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ?"
-    .. " WHERE id = ?", status, sid, code, message, db_mod.now(), id))
+  return db:run("UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ?"
+    .. " WHERE id = ?", status, sid, code, message, db_mod.now(), id)
+end
+
+-- A settle after the request went out: a failed write is logged, the
+-- record then stays in_flight and becomes unknown at the next start.
+local function settle_status(db, id, status, sid, code, message)
+  local ok, err = set_status(db, id, status, sid, code, message)
+  if not ok then
+    log.error("sends: send %d ended %s but that could not be stored (%s); it stays in_flight and is"
+      .. " marked unknown at the next start", id, status, tostring(err))
+  end
+  return ok
 end
 
 function M.body_hash(text)
   return text and vault.sha256_hex(text) or nil
 end
 
+-- What a template send is matched by: its SID and variables (the listed
+-- message shows the rendered text, computed again at reconciliation).
+function M.template_hash(sid, variables)
+  return "template:" .. vault.sha256_hex(sid .. "\n" .. (variables or ""))
+end
+
 -- After the POST: record the end and the opt-out, if any.
 local function settle(db, row, body, err)
   if body then
-    set_status(db, row.id, "sent", type(body.sid) == "string" and body.sid or nil, nil, nil)
+    settle_status(db, row.id, "sent", type(body.sid) == "string" and body.sid or nil, nil, nil)
     return "sent"
   end
   if err.unknown then
-    set_status(db, row.id, "unknown", nil, nil, err.message)
+    settle_status(db, row.id, "unknown", nil, nil, err.message)
     return "unknown"
   end
-  set_status(db, row.id, "failed", nil, err.code, err.message)
+  settle_status(db, row.id, "failed", nil, err.code, err.message)
   if err.code == 21610 then
     db:run("INSERT OR IGNORE INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)",
       row.tenant_id, row.recipient, db_mod.now())
@@ -45,31 +68,68 @@ local function settle(db, row, body, err)
   return "failed"
 end
 
+local function not_sent(ctx, outcome, message, detail)
+  if ctx.send_claim then ctx.send_claim() end
+  ctx.outcome = outcome
+  detail = detail or {}
+  detail.outcome, detail.error = outcome, message
+  ctx.audit_detail = detail
+  return nil, { message = message, unknown = false, not_sent = true, cancelled = outcome == "cancelled" }
+end
+
+M.STORAGE_UNAVAILABLE = "Not sent: storage unavailable. The send could not be recorded before going out, so"
+  .. " nothing was sent to Twilio"
+M.CANCELLED = "Not sent: the call was cancelled or passed its deadline before the request went out"
+
 -- Send through ctx.twilio with a write-ahead record.
 -- spec: { recipient, product, path, form, text (the body, for matching) }
 -- Returns what client:post returns; sets ctx.outcome and ctx.audit_detail.
 function M.post(ctx, spec)
   local rt, db = ctx.rt, ctx.rt.db
   local tenant = ctx.tenant_row
+  -- the agent was answered already (deadline or cancel): nothing goes out
+  if ctx.cancelled and ctx.cancelled() then
+    log.info("sends: %s call %s cancelled before its send: not sent", ctx.tool_name, tostring(ctx.call_id))
+    return not_sent(ctx, "cancelled", M.CANCELLED)
+  end
+  -- a record written inside an open transaction is not durable until
+  -- someone commits it: never send on one
+  if db:in_transaction() then
+    log.error("sends: a %s send was refused: a database transaction is open, so its record would not be"
+      .. " durable", ctx.tool_name)
+    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { storage = "transaction open" })
+  end
   local request = json.encode({ product = spec.product, path = spec.path, form = spec.form })
   local sealed = directory.seal(rt.master, tenant, FIELD, request)
   local now = db_mod.now()
-  local _, id = db:run("INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request,"
+  local hash = M.body_hash(spec.text)
+  if not hash and spec.form and spec.form.ContentSid then
+    hash = M.template_hash(spec.form.ContentSid, spec.form.ContentVariables)
+  end
+  local id, err = db:insert("INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request,"
     .. " body_hash, status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
     tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action, spec.recipient,
-    store.blob(sealed), M.body_hash(spec.text), now, os.time(), now)
+    store.blob(sealed), hash, now, os.time(), now)
+  -- the claim ends in the same step that writes the record (or fails to)
   if ctx.send_claim then ctx.send_claim() end
   if not id then
-    return nil, { message = "the send could not be recorded, so it was not sent", unknown = false }
+    log.error("sends: the write-ahead record of a %s send for tenant %d could not be stored, so it was not"
+      .. " sent: %s", ctx.tool_name, tenant.id, tostring(err))
+    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { storage = tostring(err) })
   end
-  set_status(db, id, "in_flight")
-  local body, err = ctx.twilio:post(spec.product, spec.path, spec.form)
-  local outcome = settle(db, { id = id, tenant_id = tenant.id, recipient = spec.recipient }, body, err)
+  local ok, uerr = set_status(db, id, "in_flight")
+  if not ok then
+    -- still pending: it never went out, and the next start says so
+    log.error("sends: send %d could not be marked in_flight, so it was not sent: %s", id, tostring(uerr))
+    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { send_id = id, storage = tostring(uerr) })
+  end
+  local body, perr = ctx.twilio:post(spec.product, spec.path, spec.form, { cancelled = ctx.cancelled })
+  local outcome = settle(db, { id = id, tenant_id = tenant.id, recipient = spec.recipient }, body, perr)
   if outcome == "unknown" then M.reconcile_later(rt, id) end
   ctx.outcome = outcome
   ctx.audit_detail = { send_id = id, sid = body and body.sid or nil, status = body and body.status or nil,
-                       error_code = err and err.code or nil, outcome = outcome }
-  return body, err
+                       error_code = perr and perr.code or nil, outcome = outcome }
+  return body, perr
 end
 
 -- Write calls that passed the policies and have no send record yet (their
@@ -95,22 +155,30 @@ function M.claim(tenant_id, recipient)
 end
 
 -- What recipient and volume policies may ask (all scoped to the tenant).
+-- A count that cannot be read raises: the policy then fails, and a
+-- failing policy denies (a limit never passes for want of a count).
 function M.policy_helpers(db, tenant_id)
   local c = claims[tenant_id] or { total = 0, by = {} }
+  local function count(sql, ...)
+    local r, err = db:row(sql, ...)
+    if not r then error("the send records could not be read: " .. tostring(err), 0) end
+    return r.n
+  end
   return {
     recent_sends = function(recipient, seconds)
-      local r = db:row("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ?"
+      return count("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ?"
         .. " AND created_unix >= ? AND status != 'failed'", tenant_id, recipient, os.time() - (seconds or 600))
-      return (r and r.n or 0) + (c.by[recipient] or 0)
+        + (c.by[recipient] or 0)
     end,
     sends_today = function()
       local midnight = os.time() - os.time() % 86400
-      local r = db:row("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ?"
-        .. " AND status != 'failed'", tenant_id, midnight)
-      return (r and r.n or 0) + c.total
+      return count("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ?"
+        .. " AND status != 'failed'", tenant_id, midnight) + c.total
     end,
     opted_out = function(recipient)
-      return db:row("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?", tenant_id, recipient) ~= nil
+      local r, err = db:row("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?", tenant_id, recipient)
+      if r == nil and err then error("the opt-outs could not be read: " .. tostring(err), 0) end
+      return r ~= nil
     end,
   }
 end
@@ -133,7 +201,38 @@ local function day_of(created_unix)
   return T.date(created_unix - 60)
 end
 
+-- The text a template send shows in the message list: the template's
+-- text with its {{n}} placeholders filled (nil when it has no text).
+local function template_text(c, sid, variables)
+  local body = c:get("content", ("/v1/Content/%s"):format(sid))
+  local types = type(body) == "table" and type(body.types) == "table" and body.types or nil
+  local text
+  for _, kind in ipairs({ "twilio/text", "twilio/media", "twilio/quick-reply", "twilio/call-to-action" }) do
+    local t = types and types[kind]
+    if type(t) == "table" and type(t.body) == "string" then text = t.body break end
+  end
+  if not text then return nil end
+  local vars = type(variables) == "string" and json.decode(variables) or {}
+  if type(vars) ~= "table" then vars = {} end
+  return (text:gsub("{{%s*([%w_]+)%s*}}", function(k)
+    local v = vars[k]
+    if v == nil then return nil end
+    return tostring(v)
+  end))
+end
+
+-- An audit record of what recovery or reconciliation did to a send: each
+-- send that may have reached Twilio has one, whatever happened to the
+-- record of its call.
+local function audit(rt, row, outcome, detail)
+  detail.send_id, detail.outcome = row.id, outcome
+  rt.audit:record({ tenant_id = row.tenant_id, agent_id = row.agent_id, execution_id = "recovery",
+                    tool = row.tool, action = row.action, args = { to = row.recipient }, decision = "recovery",
+                    policies = {}, outcome = outcome, detail = detail, actor = "recovery" })
+end
+
 -- Match an unknown message send against the recipient's messages.
+-- Returns true (now sent), false (not found) or nil, err.
 local function reconcile_one(rt, row)
   local req = directory.open(rt.master, directory.tenant_by_id(rt.db, row.tenant_id), FIELD, row.request)
   if not req then return nil, "the record could not be opened" end
@@ -141,18 +240,31 @@ local function reconcile_one(rt, row)
   if type(req) ~= "table" or not req.path or not req.path:find("/Messages.json", 1, true) then
     return nil, "not a message"
   end
+  if not row.body_hash then return nil, "nothing to match it by" end
   return with_client(rt, row.tenant_id, function(c)
-    local to = req.form and req.form.To
-    local items = c:list("api", c:acct("Messages.json"), { To = to, ["DateSent>"] = day_of(row.created_unix),
+    local form = req.form or {}
+    local want = row.body_hash
+    if want:find("^template:") then
+      local text = template_text(c, form.ContentSid, form.ContentVariables)
+      if not text then return nil, "its template's text could not be read" end
+      want = M.body_hash(text)
+    end
+    local items = c:list("api", c:acct("Messages.json"), { To = form.To, ["DateSent>"] = day_of(row.created_unix),
       PageSize = 100 }, "messages", 500)
-    for _, m in ipairs(items or {}) do
-      -- the same text, created after this record was (a minute of clock
-      -- skew allowed), and not already another record's message
+    -- oldest first: the earliest unclaimed match is this record's message
+    for i = #(items or {}), 1, -1 do
+      local m = items[i]
+      -- the same text from the same sender, created after this record was
+      -- (a minute of clock skew allowed), and not already another record's
       local created = T.parse_rfc2822(m.date_created)
-      if type(m.body) == "string" and M.body_hash(m.body) == row.body_hash
+      if type(m.body) == "string" and M.body_hash(m.body) == want
+        and (form.From == nil or m.from == nil or m.from == form.From)
         and created and created >= row.created_unix - 60
         and not rt.db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?", row.tenant_id, m.sid) then
-        set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
+        local ok, err = set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
+        if not ok then return nil, "the match could not be stored: " .. tostring(err) end
+        audit(rt, row, "sent", { sid = m.sid, reconciled = "found in the message list" })
+        if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
         return true
       end
     end
@@ -160,45 +272,69 @@ local function reconcile_one(rt, row)
   end)
 end
 
--- Resend a pending record once (it never went out).
-local function resend(rt, row)
-  local tenant = directory.tenant_by_id(rt.db, row.tenant_id)
-  local req = directory.open(rt.master, tenant, FIELD, row.request)
-  req = req and json.decode(req)
-  if type(req) ~= "table" then
-    set_status(rt.db, row.id, "failed", nil, nil, "the record could not be opened")
-    return
-  end
-  local ok, err = with_client(rt, row.tenant_id, function(c)
-    set_status(rt.db, row.id, "in_flight")
-    local body, perr = c:post(req.product, req.path, req.form)
-    settle(rt.db, row, body, perr)
-    return true
-  end)
-  if not ok then set_status(rt.db, row.id, "failed", nil, nil, "not sent after restart: " .. tostring(err)) end
+-- Send records whose call left no audit record (the process died between
+-- the send's end and the audit commit): they get one now.
+local UNAUDITED = "SELECT s.* FROM sends s WHERE s.created_unix >= ? AND s.status IN ('sent', 'failed', 'unknown')"
+  .. " AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE " .. "(CASE WHEN json_valid(a.detail) THEN"
+  .. " json_extract(a.detail, '$.send_id') END) = +s.id) ORDER BY s.id"  -- +: no affinity, so the index serves
+
+local function stored(ok, row)
+  if not ok then log.error("sends: recovery could not update send %d; it is left for the next start", row.id) end
+  return ok
 end
 
--- At start: in_flight → unknown; pending → sent once; unknown → reconciled.
+-- At start: in_flight → unknown; pending → failed (never sent);
+-- approved escalations settled from their send; unknown → reconciled.
 function M.recover(rt)
   local db = rt.db
-  local n = db:run("UPDATE sends SET status = 'unknown', error_message = 'interrupted: the request may have"
-    .. " gone out', updated_at = ? WHERE status = 'in_flight'", db_mod.now())
-  if n and n > 0 then log.warn("sends: %d interrupted sends marked unknown", n) end
+  local since = os.time() - 2 * 86400
+  local last = db:row("SELECT max(created_unix) AS t FROM sends")
+  if last and last.t then since = math.min(since, last.t - 86400) end
+  for _, row in ipairs(assert(db:query(UNAUDITED, since))) do
+    audit(rt, row, row.status, { sid = row.sid, error_code = row.error_code, error = row.error_message,
+                                 recovered = "its call's audit record was lost in a restart" })
+  end
+  local interrupted = assert(db:query("SELECT * FROM sends WHERE status = 'in_flight' ORDER BY id"))
+  local why = "interrupted: the request may have gone out"
+  for _, row in ipairs(interrupted) do
+    -- a record that cannot be changed now stays as it is for the next start
+    if stored(set_status(db, row.id, "unknown", nil, nil, why), row) then
+      row.status = "unknown"
+      audit(rt, row, "unknown", { error = why, recovered = "in_flight at start" })
+    end
+  end
+  if #interrupted > 0 then log.warn("sends: %d interrupted sends marked unknown", #interrupted) end
   local pending = assert(db:query("SELECT * FROM sends WHERE status = 'pending' ORDER BY id"))
+  for _, row in ipairs(pending) do
+    if stored(set_status(db, row.id, "failed", nil, nil, M.NOT_SENT), row) then
+      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending at start" })
+    end
+  end
+  if #pending > 0 then
+    log.warn("sends: %d sends recorded but never started before the restart were marked failed (not sent)",
+      #pending)
+  end
+  local escalations = require("switchboard.escalations")
+  escalations.recover(rt)
   local unknown = assert(db:query("SELECT * FROM sends WHERE status = 'unknown' AND created_unix >= ? ORDER BY id",
     os.time() - 86400))
-  if #pending == 0 and #unknown == 0 then return end
+  if #unknown == 0 then return end
   loop.spawn(function()
-    for _, row in ipairs(pending) do resend(rt, row) end
-    if #pending > 0 then log.info("sends: %d pending sends from before the restart were sent once", #pending) end
     local found = 0
     for _, row in ipairs(unknown) do
-      local ok = reconcile_one(rt, row)
-      if ok then found = found + 1 end
+      local ok, res, err = pcall(reconcile_one, rt, row)
+      if ok and res then
+        found = found + 1
+      elseif not ok or res == false then
+        if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
+        -- Twilio lists a message once it is created: look once more later
+        M.reconcile_later(rt, row.id)
+      elseif err ~= "not a message" then
+        log.warn("sends: send %d cannot be reconciled: %s", row.id, tostring(err))
+      end
+      if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
     end
-    if #unknown > 0 then
-      log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
-    end
+    log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
   end)
 end
 

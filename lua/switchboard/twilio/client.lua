@@ -138,6 +138,12 @@ function M:request(req)
       attempt = attempt + 1
       self.retries = self.retries + 1
       if wait > 0 then self.sleep(wait) end
+      -- the call was given up while it waited (deadline, cancel): the
+      -- refused request was not processed, and it is not tried again
+      if req.cancelled and req.cancelled() then
+        return nil, { cancelled = true, unknown = false, retries = attempt,
+                      message = "not sent: the call was cancelled while waiting to retry after a 429" }
+      end
     else
       return nil, e
     end
@@ -148,8 +154,10 @@ function M:get(product, path, query)
   return self:request({ method = "GET", product = product, path = path, query = query })
 end
 
-function M:post(product, path, form)
-  return self:request({ method = "POST", product = product, path = path, form = form })
+-- opts.cancelled: a predicate checked after each wait, before a retry
+function M:post(product, path, form, opts)
+  return self:request({ method = "POST", product = product, path = path, form = form,
+                        cancelled = opts and opts.cancelled })
 end
 
 -- Follow pages until `limit` items were collected (v2010: next_page_uri,

@@ -293,8 +293,9 @@ function M.install(admin)
     local settings = check_settings(refuse, p, info.numbers)
     local default = settings.default_number or first_sms(info.numbers)
     local now = db_mod.now()
-    assert(self.db:begin())
-    local ok, err = self.db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret,"
+    local ok, err = self.db:begin()
+    if not ok then refuse("could not store the connection: " .. tostring(err)) end
+    ok, err = self.db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret,"
       .. " default_number, whatsapp_number, verify_service_sid, autonomous_sends, status, account_name,"
       .. " account_status, account_type, numbers, hosts, last_tested_at, created_at, updated_at)"
       .. " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -305,15 +306,15 @@ function M.install(admin)
       ok, err = self.db:run("INSERT OR IGNORE INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)",
         t.id, M.GROUP, now)
     end
+    if ok then ok, err = self.db:commit() end
     if not ok then
-      self.db:rollback()
+      if self.db:in_transaction() then self.db:rollback() end
       refuse("could not store the connection: " .. tostring(err))
     end
     directory.settings_audit(self.db, t.id, p.actor, "twilio.connect", nil,
       { account_sid = cr.account_sid, api_key_sid = cr.api_key_sid, default_number = default,
         whatsapp_number = pre.whatsapp_number, verify_service_sid = pre.verify_service_sid,
         autonomous_sends = false })
-    assert(self.db:commit())
     self.server:refresh_agents(t.id)
     local v = view(t, M.get(self.db, t.id))
     v.warnings = {}
@@ -335,8 +336,9 @@ function M.install(admin)
   end
 
   local function set_status(self, t, status, reason)
-    self.db:run("UPDATE connections SET status = ?, status_reason = ?, last_tested_at = ?, updated_at = ?"
-      .. " WHERE tenant_id = ?", status, reason, db_mod.now(), db_mod.now(), t.id)
+    local ok, err = self.db:run("UPDATE connections SET status = ?, status_reason = ?, last_tested_at = ?,"
+      .. " updated_at = ? WHERE tenant_id = ?", status, reason, db_mod.now(), db_mod.now(), t.id)
+    if not ok then refuse("could not store the connection's status: " .. tostring(err)) end
   end
 
   methods["twilio.test"] = function(self, p)
@@ -362,10 +364,12 @@ function M.install(admin)
       v.ok = false
       return v
     end
-    self.db:run("UPDATE connections SET status = 'active', status_reason = NULL, numbers = ?, account_name = ?,"
-      .. " account_status = ?, account_type = ?, last_tested_at = ?, updated_at = ? WHERE tenant_id = ?",
+    local stored, serr = self.db:run("UPDATE connections SET status = 'active', status_reason = NULL, numbers = ?,"
+      .. " account_name = ?, account_status = ?, account_type = ?, last_tested_at = ?, updated_at = ?"
+      .. " WHERE tenant_id = ?",
       json.encode(json.array(info.numbers)), info.account_name, info.account_status, info.account_type,
       db_mod.now(), db_mod.now(), t.id)
+    if not stored then refuse("the key works, but the result could not be stored: " .. tostring(serr)) end
     if conn.status ~= "active" then
       directory.settings_audit(self.db, t.id, p.actor, "twilio.status", { status = conn.status }, { status = "active" })
     end
@@ -414,8 +418,11 @@ function M.install(admin)
     set("last_tested_at", db_mod.now(), false)
     set("updated_at", db_mod.now(), false)
     args[#sets + 1] = t.id
-    assert(self.db:run("UPDATE connections SET " .. table.concat(sets, ", ") .. " WHERE tenant_id = ?",
-      table.unpack(args, 1, #sets + 1)))
+    local stored, serr = self.db:run("UPDATE connections SET " .. table.concat(sets, ", ") .. " WHERE tenant_id = ?",
+      table.unpack(args, 1, #sets + 1))
+    if not stored then
+      refuse("could not store the update; the previous settings stay in force: " .. tostring(serr))
+    end
     if conn.status ~= "active" then changes.status = "active"; old.status = conn.status end
     directory.settings_audit(self.db, t.id, p.actor, "twilio.update", old, changes)
     local v = view(t, M.get(self.db, t.id))
@@ -433,8 +440,12 @@ function M.install(admin)
         .. " that cost money without a human confirming each one")
     end
     if want ~= conn.autonomous_sends then
-      self.db:run("UPDATE connections SET autonomous_sends = ?, updated_at = ? WHERE tenant_id = ?",
+      local stored, serr = self.db:run("UPDATE connections SET autonomous_sends = ?, updated_at = ? WHERE tenant_id = ?",
         want and 1 or 0, db_mod.now(), t.id)
+      if not stored then
+        refuse("could not store the setting; autonomous sends stay " .. (conn.autonomous_sends and "on" or "off")
+          .. ": " .. tostring(serr))
+      end
       directory.settings_audit(self.db, t.id, p.actor, "twilio.autonomous_sends",
         { autonomous_sends = conn.autonomous_sends }, { autonomous_sends = want })
     end
@@ -443,12 +454,16 @@ function M.install(admin)
 
   methods["twilio.disconnect"] = function(self, p)
     local t, conn = connected(self, p, "twilio disconnect")
-    assert(self.db:begin())
-    assert(self.db:run("DELETE FROM connections WHERE tenant_id = ?", t.id))
-    assert(self.db:run("DELETE FROM tenant_groups WHERE tenant_id = ? AND name = ?", t.id, M.GROUP))
+    local ok, err = self.db:begin()
+    if ok then ok, err = self.db:run("DELETE FROM connections WHERE tenant_id = ?", t.id) end
+    if ok then ok, err = self.db:run("DELETE FROM tenant_groups WHERE tenant_id = ? AND name = ?", t.id, M.GROUP) end
+    if ok then ok, err = self.db:commit() end
+    if not ok then
+      if self.db:in_transaction() then self.db:rollback() end
+      refuse("could not remove the connection; it stays in force: " .. tostring(err))
+    end
     directory.settings_audit(self.db, t.id, p.actor, "twilio.disconnect",
       { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }, nil)
-    assert(self.db:commit())
     self.server:refresh_agents(t.id)
     return { tenant = t.name, disconnected = true }
   end
