@@ -47,7 +47,7 @@ local function class_set(text)
   local s = set_cache[text]
   if s then return s end
   s = { 0, 0, 0, 0 }
-  local anchored = "^" .. text
+  local anchored = text == "$" and "^%$" or "^" .. text -- a '$' inside a pattern is a character
   for b = 0, 255 do
     if find(CHARS[b], anchored) then
       local w = (b >> 6) + 1
@@ -258,8 +258,10 @@ function M.cost(how, n, p, plain)
       end
     end
     if how == "gsub" then poly = add(poly, 1, 1) end    -- the replacements
-    if poly_cached >= 256 then poly_cache, poly_cached = {}, 0 end
-    poly_cache[key], poly_cached = poly, poly_cached + 1
+    if #p <= 256 then
+      if poly_cached >= 256 then poly_cache, poly_cached = {}, 0 end
+      poly_cache[key], poly_cached = poly, poly_cached + 1
+    end
   end
   return at(poly, N)
 end
@@ -288,10 +290,11 @@ local function charge(name, s, p, plain)
   local steps, err = M.cost(name, #s, p, plain)
   if not steps then error(format("string.%s: malformed pattern %s (%s)", name, shown(p), err), 3) end
   if steps > left then
+    local limit = steps > budget and ("the %d a policy check may spend"):format(budget)
+      or ("the %d left of the %d a policy check may spend"):format(left, budget)
     error(format("string.%s: the pattern %s on %d bytes could take %.3g matching steps, more than"
-      .. " the %d a policy check may spend; anchor it with '^', search plain text"
-      .. " (find(s, text, 1, true)), or make its repetitions unable to overlap", name, shown(p), #s,
-      steps, budget), 3)
+      .. " %s; anchor it with '^', search plain text (find(s, text, 1, true)), or make its"
+      .. " repetitions unable to overlap", name, shown(p), #s, steps, limit), 3)
   end
   left = left - steps
 end

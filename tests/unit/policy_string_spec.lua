@@ -60,6 +60,7 @@ describe("bounded pattern matching in policies", function()
     local d, secs = timed(load(src), body)
     assert.is_true(d.failed)
     assert.truthy(d.error:find("matching steps", 1, true), d.error)
+    assert.truthy(d.error:find("left of the 10000000 a policy check may spend", 1, true), d.error)
     assert.truthy(secs < 1, ("took %.2f s"):format(secs))
     -- the budget starts afresh for the next check
     assert.equal("allow", one:evaluate(body).decision)
@@ -126,6 +127,8 @@ describe("bounded pattern matching in policies", function()
     assert.truthy(ps.cost("find", 300, ".-.-.-.-b") > 300 ^ 5 / 120)      -- the real worst case
     assert.truthy(ps.cost("find", 20, ("a?"):rep(20) .. ("a"):rep(20)) > 2 ^ 20)
     assert.is_nil((ps.cost("find", 10, "%")))
+    -- a '$' that does not end the pattern is a character a repetition can give back
+    assert.truthy(ps.cost("find", 1000, "$*$*$") > ps.cost("find", 1000, "a*b*$") * 100)
   end)
 
   it("loads and runs the shipped policies and the example", function()
