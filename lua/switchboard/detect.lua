@@ -358,12 +358,14 @@ local function scan_ibans(text, out, claims)
         end
         local compact = table.concat(parts)
         local want = IBAN_LENGTH[sub(compact, 1, 2)]
-        for k = #ends, 1, -1 do
+        -- the longest valid one; the remainder of compact[5..n] carries
+        -- from one end to the next (iban_valid in one pass)
+        local r, upto = 0, 4
+        for k = 1, #ends do
           local n, stop = ends[k][1], ends[k][2]
-          if (n == want or not want and n >= 15) and n <= 34 and M.iban_valid(sub(compact, 1, n)) then
-            found = stop
-            break
-          end
+          if n > 34 then break end
+          r, upto = mod97(compact, upto + 1, n, r), n
+          if (n == want or not want and n >= 15) and mod97(compact, 1, 4, r) == 1 then found = stop end
         end
       end
     end
