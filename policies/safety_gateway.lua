@@ -2,7 +2,9 @@
 -- goes out, look through everything that would be sent (the body, each
 -- template variable, the media URL, the recipient) for secrets, payment
 -- card numbers, IBANs, US Social Security numbers, email addresses and phone
--- numbers (the detectors are in lua/switchboard/detect.lua).
+-- numbers (the detectors are in lua/switchboard/detect.lua). Secrets are
+-- well-known key formats and any secret given with its name ("the API key
+-- is …", "token=…" followed by a high-entropy token).
 --
 -- What happens for each kind of finding is set in the config:
 --   policy_settings = { safety_gateway = { email = "allow", card = "block" } }

@@ -78,22 +78,25 @@ local IBAN_LENGTH = {
   SA = 24, SC = 31, SD = 18, SE = 24, SI = 19, SK = 24, SM = 27, SO = 23, ST = 25, SV = 28,
   TL = 23, TN = 24, TR = 26, UA = 29, VA = 22, VG = 24, XK = 20, YE = 30,
 }
-local LETTER_VALUE = {}
-for b = 65, 90 do LETTER_VALUE[char(b)] = tostring(b - 55) end -- A = 10 … Z = 35
+-- The remainder mod 97 of r followed by the digits of s[i..j], where a
+-- letter stands for two digits (A = 10 … Z = 35).
+local function mod97(s, i, j, r)
+  for k = i, j do
+    local b = byte(s, k)
+    if b >= 65 then r = (r * 100 + b - 55) % 97 else r = (r * 10 + b - 48) % 97 end
+  end
+  return r
+end
 
 -- An IBAN without spaces, upper case: the country's length (when the
--- country is known) and mod-97 == 1, in 7-digit chunks on integers.
+-- country is known) and mod-97 == 1 (the first four characters moved to
+-- the end).
 function M.iban_valid(s)
   local n = #s
   if n < 15 or n > 34 or not find(s, "^%u%u%d%d[%u%d]+$") then return false end
   local want = IBAN_LENGTH[sub(s, 1, 2)]
   if want and want ~= n then return false end
-  local digits = gsub(sub(s, 5) .. sub(s, 1, 4), "%u", LETTER_VALUE)
-  local r = 0
-  for i = 1, #digits, 7 do
-    r = tonumber(r .. sub(digits, i, i + 6)) % 97
-  end
-  return r == 1
+  return mod97(s, 1, 4, mod97(s, 5, n, 0)) == 1
 end
 
 -- Nine digits of a US SSN: the format rules (there is no checksum).
@@ -164,12 +167,85 @@ local SECRET_PATTERNS = {
   { kind = "stripe_secret_key", pattern = "%f[%w][sr]k_live_" .. rep("%w", 16) .. "%w*%f[%W]" },
   { kind = "google_api_key", pattern = "%f[%w]AIza" .. rep("[%w_%-]", 35) .. "%f[^%w_%-]" },
 }
-local PEM_BEGIN = "%-%-%-%-%-BEGIN[ %u%d]*PRIVATE KEY[ %u]*%-%-%-%-%-"
-local PEM_END = "%-%-%-%-%-END[ %u%d]*PRIVATE KEY[ %u]*%-%-%-%-%-"
+-- A PEM private key: "-----BEGIN … PRIVATE KEY-----" up to the matching
+-- END line. Each marker's label is read up to the next "-----" and checked
+-- on its own, so text full of markers or labels costs one pass.
+local PEM_LABEL = "^[ %u%d]*PRIVATE KEY[ %u]*$"
+
+-- The next marker ("-----BEGIN" or "-----END") at or after init whose
+-- label names a private key: its start and the end of its closing dashes.
+local function pem_marker(text, word, init)
+  local open = "-----" .. word
+  while true do
+    local s = find(text, open, init, true)
+    if not s then return nil end
+    local from = s + #open
+    local close = find(text, "-----", from, true)
+    if not close then return nil end
+    if close - from <= 64 and find(sub(text, from, close - 1), PEM_LABEL) then return s, close + 4 end
+    init = from
+  end
+end
 local JWT = "%f[%w_%-]eyJ[%w_%-]*%.[%w_%-]+%.[%w_%-]+"
 
 local function add(out, category, kind, s, e)
   out[#out + 1] = { category = category, kind = kind, start = s, stop = e }
+end
+
+-- A secret named by its context, as secret scanners' generic rules find
+-- one (gitleaks' generic-api-key): a keyword (any case, also inside
+-- api_key, AUTH_TOKEN, clientSecret), at most 20 letters, digits, spaces or
+-- "_.-" after it (" secret", " for the wifi"), then ":", "=", "=>" (quotes
+-- around either side allowed) or " is "/" was ", then a token: 16 to 200
+-- of letters, digits and "-_.=+/", with letters and digits both and a
+-- Shannon entropy of at least 3.5 bits a character. Words ("my password is
+-- in the drawer"), numbers and Twilio SIDs (identifiers, not secrets; an
+-- Account SID next to its auth token is found above) are not tokens.
+local function nocase(word)
+  return (gsub(word, "%a", function(c) return "[" .. c .. c:upper() .. "]" end))
+end
+local KEYWORDS = {}
+for _, w in ipairs({ "secret", "passw", "token", "auth", "credential", "bearer" }) do KEYWORDS[#KEYWORDS + 1] = nocase(w) end
+for _, w in ipairs({ "api", "private", "access" }) do KEYWORDS[#KEYWORDS + 1] = nocase(w) .. "[ _%-]?" .. nocase("key") end
+local ASSIGN = { "^[%w_%.%- ]-()[\"']?%s*[:=]+>?%s*[\"'`]?", "^[%w_%.%- ]-()%s+[iI][sS]%s+[\"'`]?",
+                 "^[%w_%.%- ]-()%s+[wW][aA][sS]%s+[\"'`]?" }
+local BEARER = "^(" .. nocase("bearer") .. ")%s+"
+local TOKEN = "^[%w%-_%.=+/]+"
+local SID = "^%u%u" .. rep("%x", 32) .. "$"
+
+local function scan_assigned(text, out, claims)
+  local seen = {}
+  for _, kw in ipairs(KEYWORDS) do
+    local init = 1
+    while true do
+      local ks, ke = find(text, kw, init)
+      if not ks then break end
+      init = ke + 1
+      local after = sub(text, ke + 1, ke + 40)
+      local best
+      for _, a in ipairs(ASSIGN) do
+        local _, e, fill = find(after, a)
+        if e and fill <= 21 and (not best or e < best) then best = e end
+      end
+      if best then
+        local ts = ke + best + 1
+        local _, be = find(text, BEARER, ts)
+        if be then ts = be + 1 end
+        local window = sub(text, ts, ts + 200)
+        local _, te = find(window, TOKEN)
+        if te and te <= 200 then
+          while te > 0 and byte(window, te) == 46 do te = te - 1 end -- a full stop ends a sentence
+          local tok = sub(window, 1, te)
+          if #tok >= 16 and not seen[ts] and find(tok, "%d") and find(tok, "%a") and not find(tok, SID)
+             and entropy(tok) >= 3.5 then
+            seen[ts] = true
+            add(out, "secret", "assigned_secret", ts, ts + te - 1)
+            claims[#claims + 1] = { ts, ts + te - 1, "h" }
+          end
+        end
+      end
+    end
+  end
 end
 
 local function scan_secrets(text, out, claims)
@@ -203,11 +279,12 @@ local function scan_secrets(text, out, claims)
     init = e + 1
   end
   init = 1
+  local end_s, end_e = 0, 0 -- the first END marker after the last BEGIN looked at
   while true do
-    local s, e = find(text, PEM_BEGIN, init)
+    local s, e = pem_marker(text, "BEGIN", init)
     if not s then break end
-    local _, e2 = find(text, PEM_END, e + 1)
-    e = e2 or e
+    if end_s and end_s <= e then end_s, end_e = pem_marker(text, "END", e + 1) end
+    if end_s then e = end_e end
     add(out, "secret", "pem_private_key", s, e)
     claims[#claims + 1] = { s, e, "h" }
     init = e + 1
@@ -224,6 +301,7 @@ local function scan_secrets(text, out, claims)
     end
     init = e + 1
   end
+  scan_assigned(text, out, claims)
 end
 
 -- local@domain.tld: found from each '@' between a local-part character and
@@ -240,8 +318,9 @@ local function scan_emails(text, out, claims)
     local s = from + find(sub(text, from, at - 1), "[%w%.%+%-_]+$") - 1
     while byte(text, s) == 46 do s = s + 1 end -- no leading dot
     local _, de = find(text, "^[%w%-%.]+", at + 1)
-    local dom = gsub(sub(text, at + 1, de), "[%.%-]+$", "")
-    local e = at + #dom
+    while de > at and (byte(text, de) == 46 or byte(text, de) == 45) do de = de - 1 end -- no trailing . or -
+    local dom = sub(text, at + 1, de)
+    local e = de
     if s < at and byte(text, at - 1) ~= 46 and not find(sub(text, s, at - 1), "..", 1, true)
        and find(dom, "%.%a%a+$") and not find(dom, "..", 1, true)
        and not find(dom, "%-%.") and not find(dom, "%.%-") then
@@ -279,12 +358,14 @@ local function scan_ibans(text, out, claims)
         end
         local compact = table.concat(parts)
         local want = IBAN_LENGTH[sub(compact, 1, 2)]
-        for k = #ends, 1, -1 do
+        -- the longest valid one; the remainder of compact[5..n] carries
+        -- from one end to the next (iban_valid in one pass)
+        local r, upto = 0, 4
+        for k = 1, #ends do
           local n, stop = ends[k][1], ends[k][2]
-          if (n == want or not want and n >= 15) and n <= 34 and M.iban_valid(sub(compact, 1, n)) then
-            found = stop
-            break
-          end
+          if n > 34 then break end
+          r, upto = mod97(compact, upto + 1, n, r), n
+          if (n == want or not want and n >= 15) and mod97(compact, 1, 4, r) == 1 then found = stop end
         end
       end
     end

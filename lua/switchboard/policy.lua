@@ -5,6 +5,7 @@
 -- escalate, deny. A set that fails to load never replaces the one in force.
 local lfs = require("lfs")
 local mem = require("core.mem")
+local pstring = require("switchboard.policy_string")
 
 local M = {}
 M.__index = M
@@ -64,8 +65,7 @@ local function sandbox_env(settings)
   local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     select = select, tonumber = tonumber, tostring = tostring, type = type,
-    string = copy_lib(string, { "byte", "char", "find", "format", "gmatch", "gsub", "len",
-                                "lower", "match", "rep", "reverse", "sub", "upper" }),
+    string = pstring.lib,
     table = copy_lib(table, { "concat", "insert", "remove", "sort", "unpack" }),
     math = copy_lib(math, { "abs", "ceil", "floor", "fmod", "huge", "max", "maxinteger",
                             "min", "mininteger", "modf", "tointeger", "type", "ult" }),
@@ -97,20 +97,28 @@ local function sandbox_env(settings)
   })
 end
 
--- Run fn(...) under an instruction budget on the running coroutine.
 -- Run fn(arg) under an instruction budget (a count hook on the running
--- coroutine) and a memory ceiling (core.mem: at most `memory` more bytes
--- while it runs). Returns pcall's results.
+-- coroutine), a matching budget (policy_string: the string matching
+-- functions may spend MATCH_STEPS matching steps per instruction of the
+-- budget, in all) and a memory ceiling (core.mem: at most `memory` more
+-- bytes while it runs). While it runs, methods on strings (s:find(…)) are
+-- the bounded ones too. Returns pcall's results.
+local MATCH_STEPS = 10
 local memory_ceiling = 8 * 1048576
+local string_mt = getmetatable("")
 local function budgeted(budget, what, fn, arg)
   local co = coroutine.running()
   debug.sethook(co, function()
     debug.sethook(co)
     error(("%s exceeded its budget of %d instructions"):format(what, budget), 2)
   end, "", budget)
+  pstring.reset(budget * MATCH_STEPS)
+  local methods = string_mt.__index
+  string_mt.__index = pstring.lib
   mem.limit(memory_ceiling)
   local ok, res = pcall(fn, arg)
   mem.limit()
+  string_mt.__index = methods
   debug.sethook(co)
   if not ok and res == "not enough memory" then
     res = ("%s exceeded its memory ceiling of %d bytes"):format(what, memory_ceiling)

@@ -349,6 +349,72 @@ describe("secrets", function()
     assert.equal("secret/pem_private_key",
       kinds("-----BEGIN PRIVATE KEY-----\n/4111111111111111+\n-----END PRIVATE KEY-----"))
   end)
+
+  local RANDOM = "Zk8qP2vR7xL4mN9tB3wY6cD1fH5jK0sA" -- 32 random characters
+
+  it("finds a secret named by a keyword and given as a high-entropy token", function()
+    local cases = {
+      "the API key secret is " .. RANDOM,
+      "api_key=" .. RANDOM,
+      "apiKey: '" .. RANDOM .. "'",
+      '{"client_secret": "' .. RANDOM .. '"}',
+      "AUTH_TOKEN: 9f86d081884c7d659a2feaa0c55ad015",
+      "Authorization: Bearer " .. RANDOM,
+      "the password for the wifi is Xy7kLm2pQr9sT4vW.",
+      "DB_PASSWORD => " .. RANDOM,
+      "private key: " .. RANDOM .. "==",
+      "access key was " .. RANDOM,
+      "reset link https://example.com/r?token=" .. RANDOM,
+    }
+    for _, text in ipairs(cases) do
+      assert.equal("secret/assigned_secret", kinds(text), text)
+    end
+    -- the finding is the token, and it hides the digits inside it
+    assert.same({ "Xy7kLm2pQr9sT4vW" }, matched("the password for the wifi is Xy7kLm2pQr9sT4vW."))
+    assert.equal("secret/assigned_secret", kinds("secret: Zk8qP2vR7xL4mN9tB3wY-4155550123-4111111111111111"))
+  end)
+
+  it("does not take ordinary English, numbers or identifiers for a secret", function()
+    local cases = {
+      "my password is in the drawer",
+      "a token of appreciation for your help",
+      "The secret is that we care about you, always and truly",
+      "Your verification token is 482913",
+      "Your auth code: 4829 1234 5678",
+      "password is Supercalifragilisticexpialidocious",
+      "secretary: Janet Smith-Jones",
+      "token: SM0123456789abcdef0123456789abcdef",
+      "the API key is stored in the vault",
+      "token = aaaaaaaaaaaaaaaaaaaaaaaa1",
+      "api key " .. RANDOM,                          -- no ':', '=' or ' is '
+      "the password, as we said on the phone yesterday, is " .. RANDOM, -- too far from the keyword
+      "token: " .. RANDOM:rep(7),                    -- longer than 200 characters
+      "password: " .. RANDOM:sub(1, 15),             -- shorter than 16
+    }
+    for _, text in ipairs(cases) do
+      assert.equal("", cats(text), text)
+    end
+  end)
+
+  it("stays close to linear on long adversarial input", function()
+    -- each text is 256 KiB of one repeated piece (with what the detectors
+    -- look for around it); no detector may take more than a few ms per KiB
+    -- (the first four took seconds per KiB here when they were quadratic)
+    local size = 262144
+    local cases = {
+      { "x@a", "-.", "a" }, { "", "-----BEGIN PRIVATE KEY-----", "" }, { "-----BEGIN ", "PRIVATE KEY ", "" },
+      { "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY ", "" }, { "", "a@a.", "" },
+      { "", "token=", "" }, { "", "secret: ", "" }, { "", "1-", "" }, { "", "eyJ.", "" }, { "eyJ", "a", "" },
+      { "", "AB12 ", "" }, { "", "123-45-6789 ", "" }, { "", "4111 ", "" },
+    }
+    for _, c in ipairs(cases) do
+      local text = c[1] .. c[2]:rep((size - #c[1] - #c[3]) // #c[2]) .. c[3]
+      local t0 = os.clock()
+      detect.scan(text)
+      local ms_per_kib = (os.clock() - t0) * 1000 / (#text / 1024)
+      assert.truthy(ms_per_kib < 20, ("%q: %.1f ms per KiB"):format(c[2], ms_per_kib))
+    end
+  end)
 end)
 
 ---------------------------------------------------------------------------
