@@ -1293,9 +1293,19 @@ l_listen(lua_State *L)
     return sb_push_errno(L, "socket", errno);
   }
   li->ln.fd = fd;
-  /* bind with no permission at all, then chmod: never wider than mode */
+  /* Bind a temporary name with no permission at all, chmod it, listen,
+  ** then rename it into place: the socket never has a wider mode than
+  ** asked, and it appears at its path only once it has its mode and
+  ** accepts. A path too long for the temporary name is bound in place. */
+  struct sockaddr_un tmp = addr;
+  int n = snprintf(tmp.sun_path, sizeof tmp.sun_path, "%s.%ld~", path, (long)getpid());
+  int staged = n > 0 && (size_t)n < sizeof tmp.sun_path;
+  if (!staged)
+    tmp = addr;
+  else
+    unlink(tmp.sun_path);     /* a stale one of ours, from a reused pid */
   mode_t old = umask(0777);
-  int r = bind(fd, (struct sockaddr *)&addr, sizeof addr);
+  int r = bind(fd, (struct sockaddr *)&tmp, sizeof tmp);
   int err = errno;
   umask(old);
   if (r != 0) {
@@ -1303,20 +1313,24 @@ l_listen(lua_State *L)
     listener_release(li);
     return sb_push_errno(L, "bind", err);
   }
+  const char *step = NULL;
+  if (chmod(tmp.sun_path, (mode_t)mode) != 0)
+    step = "chmod";
+  else if (listen(fd, (int)backlog) != 0)
+    step = "listen";
+  else if (staged && rename(tmp.sun_path, path) != 0)
+    step = "rename";
+  if (step != NULL) {
+    err = errno;
+    unlink(tmp.sun_path);
+    free(pcopy);
+    listener_release(li);
+    return sb_push_errno(L, step, err);
+  }
   li->path = pcopy;
   if (lstat(path, &st) == 0) {
     li->dev = st.st_dev;
     li->ino = st.st_ino;
-  }
-  if (chmod(path, (mode_t)mode) != 0) {
-    err = errno;
-    listener_release(li);
-    return sb_push_errno(L, "chmod", err);
-  }
-  if (listen(fd, (int)backlog) != 0) {
-    err = errno;
-    listener_release(li);
-    return sb_push_errno(L, "listen", err);
   }
   pin_value(L, 3, &li->fn_ref);
   pin_value(L, -1, &li->self_ref);
