@@ -13,6 +13,7 @@ LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lm -ldl
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
        core/mem.c
 HDRS = core/core.h core/netbuf.h
+SRCS += core/init.c
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
