@@ -21,6 +21,7 @@ DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
 BENCH_PKGS = nginx-light
 
 .PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
+.PHONY: fuzz fuzz-build
 
 all: switchboard
 
@@ -31,6 +32,26 @@ build/asan/switchboard: $(SRCS) $(HDRS)
 	@mkdir -p build/asan
 	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 	  -fno-sanitize-recover=undefined -o $@ $(SRCS) $(LIBS)
+
+# The libFuzzer harness (clang, ASan+UBSan): one binary, the target named by
+# $SB_FUZZ_TARGET. `make fuzz` runs every target FUZZ_SECONDS (2 at a time),
+# adds what it finds to fuzz/corpus/<target>/ and fails on any crash, saved
+# in build/fuzz/crashes/<target>/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/targets/*.lua)))
+FUZZ_JOBS    ?= 2
+FUZZ_SRCS = $(filter-out core/main.c,$(SRCS)) fuzz/harness.c
+
+build/fuzz/harness: $(FUZZ_SRCS) $(HDRS)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -DSB_FUZZ_ROOT='"$(CURDIR)"' -o $@ $(FUZZ_SRCS) $(LIBS)
+
+fuzz-build: build/fuzz/harness
+
+fuzz: build/fuzz/harness
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_TARGETS)
 
 # Installs only what is missing; needs root (or sudo) the first time.
 deps:
