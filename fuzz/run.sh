@@ -36,7 +36,7 @@ run_one() {
   local n
   n=$(find "$crashes" -type f | wc -l)
   local stats
-  stats=$(grep -E '^#[0-9]+: cov|^#[0-9]+.*DONE' "$ROOT/build/fuzz/$t.log" | tail -1)
+  stats=$(grep -E '^#[0-9]+: cov' "$ROOT/build/fuzz/$t.log" | tail -1)
   echo "$t: $n crash/timeout/oom inputs in $crashes; $stats"
 }
 export -f run_one

@@ -17,6 +17,14 @@ local vault = require("core.vault")
 local json = require("switchboard.json")
 local mcp = require("switchboard.mcp")
 
+-- Open defects a long fuzz run may set aside to look for others
+-- (SB_FUZZ_TOLERATE=utf8,encode; never in the corpus replay):
+--   utf8: input that is not valid UTF-8 is rejected before the session
+--         (the session echoes it back today);
+--   encode: a reply that cannot be encoded (an id of 1e400) is not counted.
+local tolerate = {}
+for w in (os.getenv("SB_FUZZ_TOLERATE") or ""):gmatch("[%w_]+") do tolerate[w] = true end
+
 local rt = rtmod.new("mcp", root)
 local srv = rt.server
 local FINAL = "fuzz-final-" .. vault.hex(vault.random(8))
@@ -51,6 +59,7 @@ return function(bytes)
   if calls % 500 == 0 then rt:restore() end
   srv.sessions, srv.nsessions, srv.inflight = {}, 0, 0
   logged()
+  if tolerate.utf8 and not runner.utf8_ok(bytes) then runner.reject("invalid UTF-8 (tolerated)") end
   local mode = bytes:byte(1) or 0
   local lines = rtmod.split((bytes:sub(2):gsub("%$TOKEN", rt.token)))
   local start = {}
@@ -70,10 +79,18 @@ return function(bytes)
   srv.nsessions = srv.nsessions + 1
   local co = coroutine.create(function() s:run() end)
   local ok, err = coroutine.resume(co)
+  if not ok and tolerate.encode and tostring(err):find("Cannot serialise", 1, true) then
+    runner.reject("an unencodable reply (tolerated)")
+  end
   assert(ok, err)
   rt.drain()
   assert(coroutine.status(co) == "dead", "the read loop waited on the event loop")
   local errs = logged()
+  if tolerate.encode then
+    for i = #errs, 1, -1 do
+      if errs[i]:find("could not encode a message", 1, true) then table.remove(errs, i) end
+    end
+  end
   assert(#errs == 0, "logged as an error: " .. table.concat(errs, " / "))
   assert(srv.nsessions == 0 and next(srv.sessions) == nil, "the connection's slot was not freed")
   assert(srv.inflight == 0, "a call is still in flight after the connection ended")
