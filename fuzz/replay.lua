@@ -3,11 +3,13 @@
 -- Prints one TAP line per target ("ok - …" / "not ok - …") and the
 -- failing inputs; exit 1 when one failed. With --crashes first, replays
 -- the saved reproducers of open defects (fuzz/crashes/<target>/*) instead:
--- each fails until its defect is fixed.
+-- each fails until its defect is fixed. $SB_FUZZ_DIR replaces fuzz/ as
+-- the place of targets/, corpus/ and crashes/.
 local lfs = require("lfs")
 local root = os.getenv("SWITCHBOARD_HOME") or os.getenv("SB_ROOT") or "."
 package.path = root .. "/?.lua;" .. package.path
 local runner = require("fuzz.runner")
+local fuzz_dir = os.getenv("SB_FUZZ_DIR") or (root .. "/fuzz")
 
 local targets = { ... }
 local set = "corpus"
@@ -16,7 +18,7 @@ if targets[1] == "--crashes" then
   table.remove(targets, 1)
 end
 if #targets == 0 then
-  for f in lfs.dir(root .. "/fuzz/targets") do
+  for f in lfs.dir(fuzz_dir .. "/targets") do
     local name = f:match("^(.+)%.lua$")
     if name then targets[#targets + 1] = name end
   end
@@ -32,7 +34,7 @@ end
 
 local failed = 0
 for _, name in ipairs(targets) do
-  local dir = ("%s/fuzz/%s/%s"):format(root, set, name)
+  local dir = ("%s/%s/%s"):format(fuzz_dir, set, name)
   local files = {}
   if lfs.attributes(dir, "mode") == "directory" then
     for f in lfs.dir(dir) do
@@ -40,7 +42,7 @@ for _, name in ipairs(targets) do
     end
   end
   table.sort(files)
-  local ok, check = pcall(runner.load, name, root)
+  local ok, check = pcall(runner.load, name, root, fuzz_dir)
   if not ok then
     failed = failed + 1
     print(("not ok - fuzz target %s does not load: %s"):format(name, tostring(check)))

@@ -24,11 +24,13 @@ local function handler(e)
   return debug.traceback(tostring(e), 2)
 end
 
--- The check function of target `name`: check(bytes) -> true, or false and
--- what failed.
-function M.load(name, root)
+-- The check function of target `name` (<dir>/targets/<name>.lua; dir is
+-- $SB_FUZZ_DIR or root/fuzz by default): check(bytes) -> true, or false and
+-- what failed. The target's chunk receives root (the project root).
+function M.load(name, root, dir)
   root = root or os.getenv("SWITCHBOARD_HOME") or "."
-  local path = ("%s/fuzz/targets/%s.lua"):format(root, name)
+  dir = dir or os.getenv("SB_FUZZ_DIR") or (root .. "/fuzz")
+  local path = ("%s/targets/%s.lua"):format(dir, name)
   local chunk = assert(loadfile(path))
   local target = chunk(root)
   assert(type(target) == "function", path .. " must return function(bytes)")
