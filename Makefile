@@ -19,6 +19,7 @@ DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
            libhttp-parser-dev sqlite3 valgrind python3 curl
 BENCH_PKGS = nginx-light
+FUZZ_PKGS = clang libclang-rt-14-dev
 
 .PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
 .PHONY: fuzz fuzz-build
@@ -50,7 +51,9 @@ build/fuzz/harness: $(FUZZ_SRCS) $(HDRS)
 
 fuzz-build: build/fuzz/harness
 
-fuzz: build/fuzz/harness
+fuzz:
+	@$(MAKE) --no-print-directory PKGS="$(FUZZ_PKGS)" deb-pkgs
+	@$(MAKE) --no-print-directory build/fuzz/harness
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_TARGETS)
 
 # Installs only what is missing; needs root (or sudo) the first time.

@@ -27,6 +27,7 @@ M.KEY = "SK" .. ("fedcba9876543210"):rep(2)
 M.NUMBER = "+14155550100"
 M.WHATSAPP = "+14155550101"
 M.VERIFY = "VA" .. ("00112233445566778899aabbccddeeff")
+M.SECRET = "fuzz-api-key-secret-0123456789abcdef"
 
 -- Twilio is never reached: every request fails as a refused connection
 -- unless the target sets its own responder.
@@ -97,7 +98,7 @@ function M.new(tag, root)
   local agent, token = assert(directory.add_agent(db, t, { name = "bot", type = "caioo", groups = { conn_mod.GROUP },
     default_tier = "owner", trusted_sender = true }))
   t = directory.tenant_by_id(db, t.id)
-  local blob = directory.seal(srv.master, t, conn_mod.FIELD, "fuzz-api-key-secret-0123456789abcdef")
+  local blob = directory.seal(srv.master, t, conn_mod.FIELD, M.SECRET)
   local now = db_mod.now()
   assert(db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret, default_number,"
     .. " whatsapp_number, verify_service_sid, autonomous_sends, status, account_name, account_status,"

@@ -14,6 +14,7 @@ local rtmod = require("fuzz.rt")
 local json = require("switchboard.json")
 
 local rt = rtmod.new("admin", root)
+local SECRET = rtmod.SECRET
 local srv = rt.server
 
 return function(bytes)
@@ -39,8 +40,13 @@ return function(bytes)
   for i, line in ipairs(out) do
     local where = ("answer %d"):format(i)
     if runner.utf8_ok(asked[i]) then assert(runner.utf8_ok(line), where .. ": invalid UTF-8") end
-    assert(not line:find("fuzz-api-key-secret", 1, true), where .. ": the stored API key secret")
-    assert(not line:find(rt.token, 1, true), where .. ": the agent's token")
+    -- (an answer may repeat what the request itself said)
+    if not bytes:find(SECRET, 1, true) then
+      assert(not line:find(SECRET, 1, true), where .. ": the stored API key secret")
+    end
+    if not bytes:find(rt.token, 1, true) then
+      assert(not line:find(rt.token, 1, true), where .. ": the agent's token")
+    end
     local m, derr = json.decode(line)
     assert(type(m) == "table", where .. ": not a JSON object: " .. tostring(derr))
     assert(m.jsonrpc == "2.0", where .. ": jsonrpc is not \"2.0\"")
