@@ -22,13 +22,16 @@ SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault
        core/mem.c core/phone.c core/fs.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
+SRCS += core/init.c
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
            libhttp-parser-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl
 BENCH_PKGS = nginx-light
+FUZZ_PKGS = clang libclang-rt-14-dev
 
 .PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
+.PHONY: fuzz fuzz-build
 
 all: switchboard
 
@@ -45,6 +48,33 @@ build/asan/switchboard: $(SRCS) $(HDRS) build/asan/phonenumber.o
 build/asan/phonenumber.o: $(CXXSRCS) core/phonenumber.h
 	@mkdir -p build/asan
 	$(CXX) $(ALL_CXXFLAGS) -O1 $(ASAN) -c -o $@ $(CXXSRCS)
+
+# The libFuzzer harness (clang, ASan+UBSan): one binary, the target named by
+# $SB_FUZZ_TARGET. `make fuzz` runs every target FUZZ_SECONDS (2 at a time),
+# adds what it finds to fuzz/corpus/<target>/ and fails on any crash, saved
+# in build/fuzz/crashes/<target>/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/targets/*.lua)))
+FUZZ_JOBS    ?= 2
+FUZZ_SRCS = $(filter-out core/main.c,$(SRCS)) fuzz/harness.c
+
+build/fuzz/harness: $(FUZZ_SRCS) $(HDRS) build/fuzz/phonenumber.o
+	@mkdir -p build/fuzz
+	$(FUZZ_CC)++ -x c $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -DSB_FUZZ_ROOT='"$(CURDIR)"' -o $@ $(FUZZ_SRCS) \
+	  -x none build/fuzz/phonenumber.o $(LIBS)
+
+build/fuzz/phonenumber.o: $(CXXSRCS) core/phonenumber.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC)++ $(ALL_CXXFLAGS) -O1 $(ASAN) -c -o $@ $(CXXSRCS)
+
+fuzz-build: build/fuzz/harness
+
+fuzz:
+	@$(MAKE) --no-print-directory PKGS="$(FUZZ_PKGS)" deb-pkgs
+	@$(MAKE) --no-print-directory build/fuzz/harness
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_TARGETS)
 
 # Installs only what is missing; needs root (or sudo) the first time.
 deps:

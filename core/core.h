@@ -16,7 +16,7 @@
 /* The one libev loop of the process (EV_DEFAULT). */
 struct ev_loop *sb_loop(void);
 
-/* The main Lua state; set once by main.c. Callbacks never keep a
+/* The main Lua state; set once by sb_new_state. Callbacks never keep a
 ** coroutine's lua_State across events: they keep a registry ref. */
 void sb_set_main(lua_State *L);
 lua_State *sb_main(void);
@@ -68,7 +68,12 @@ int sb_traceback(lua_State *L);
 
 int sb_credential_basic(lua_State *L, int idx, const char **user, const char **secret);
 
-/* Module openers, preloaded by main.c. */
+/* The main Lua state with the standard libraries, the core.* modules
+** preloaded and package.path starting at root's lua/ (init.c); sets
+** sb_main. NULL when the state cannot be created. */
+lua_State *sb_new_state(const char *root);
+
+/* Module openers, preloaded by sb_new_state. */
 int luaopen_core_loop(lua_State *L);
 int luaopen_core_http(lua_State *L);
 int luaopen_core_vault(lua_State *L);

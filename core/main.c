@@ -2,7 +2,8 @@
 ** main.c -- the switchboard executable: embeds Lua 5.4, preloads the
 ** core.* modules and runs runtime.lua with the command-line arguments.
 ** The project root (runtime.lua, lua/, policies/) is the directory of the
-** executable, or $SWITCHBOARD_HOME when set.
+** executable, or $SWITCHBOARD_HOME when set. The Lua state itself is
+** built by sb_new_state (init.c).
 */
 #include <libgen.h>
 #include <limits.h>
@@ -14,18 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <lualib.h>
-
 #include "core.h"
-
-static void
-preload(lua_State *L, const char *name, lua_CFunction open)
-{
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open);
-  lua_setfield(L, -2, name);
-  lua_pop(L, 1);
-}
 
 static int
 find_root(char *out, size_t size)
@@ -60,14 +50,6 @@ harden(void)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
-static int
-panic(lua_State *L)
-{
-  const char *msg = lua_tostring(L, -1);
-  fprintf(stderr, "switchboard: unprotected Lua error: %s\n", msg ? msg : "?");
-  return 0;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -79,31 +61,11 @@ main(int argc, char **argv)
   harden();
   signal(SIGPIPE, SIG_IGN);
 
-  lua_State *L = lua_newstate(sb_alloc, NULL);
+  lua_State *L = sb_new_state(root);
   if (L == NULL) {
     fprintf(stderr, "switchboard: cannot create the Lua state\n");
     return 1;
   }
-  lua_atpanic(L, panic);
-  sb_set_main(L);
-  luaL_openlibs(L);
-  preload(L, "core.loop", luaopen_core_loop);
-  preload(L, "core.http", luaopen_core_http);
-  preload(L, "core.vault", luaopen_core_vault);
-  preload(L, "core.store", luaopen_core_store);
-  preload(L, "core.httpd", luaopen_core_httpd);
-  preload(L, "core.mem", luaopen_core_mem);
-  preload(L, "core.phone", luaopen_core_phone);
-  preload(L, "core.fs", luaopen_core_fs);
-
-  /* package.path: the project's lua/ first, then the system's */
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;", root, root,
-                  root);
-  lua_getfield(L, -2, "path");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
 
   /* arg table as the standalone interpreter builds it */
   lua_createtable(L, argc, 1);

@@ -48,7 +48,7 @@ l_parse(lua_State *L)
     lua_pushstring(L, info.region);
     lua_setfield(L, -2, "region");
   }
-  lua_pushstring(L, pn_type_name(info.type));
+  lua_pushstring(L, pn_type_name((int)info.type));
   lua_setfield(L, -2, "type");
   lua_pushstring(L, info.e164);
   lua_setfield(L, -2, "e164");

@@ -15,7 +15,7 @@ fail=0
 note() { printf '\n== %s\n' "$*"; }
 
 note "luacheck"
-if luacheck -q --no-color runtime.lua lua policies examples tests bench; then
+if luacheck -q --no-color runtime.lua lua policies examples tests bench fuzz; then
   pass=$((pass + 1)); echo "ok - luacheck"
 else
   fail=$((fail + 1)); echo "not ok - luacheck"
@@ -28,6 +28,16 @@ ok=$(grep -c '^ok ' "$SB_TEST_TMP/busted.tap")
 nok=$(grep -c '^not ok ' "$SB_TEST_TMP/busted.tap")
 if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - busted ran no test"; fi
 pass=$((pass + ok)); fail=$((fail + nok))
+
+note "fuzz corpus replay (fuzz/corpus/<target>/ through fuzz/targets/<target>.lua)"
+if [ -z "${SB_SKIP_FUZZ:-}" ]; then
+  out=$(SB_FUZZ_TOLERATE= SWITCHBOARD_HOME=$ROOT "$SB_BIN" exec fuzz/replay.lua 2>&1 | tee "$SB_TEST_TMP/fuzz-replay.log")
+  echo "$out"
+  ok=$(printf '%s\n' "$out" | grep -c '^ok ')
+  nok=$(printf '%s\n' "$out" | grep -c '^not ok ')
+  if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - fuzz corpus replay did not run"; fi
+  pass=$((pass + ok)); fail=$((fail + nok))
+fi
 
 note "MCP TypeScript SDK client (node --test)"
 if [ -z "${SB_SKIP_NODE:-}" ]; then

@@ -58,6 +58,25 @@ local function integers(v)
   return v
 end
 
+-- s with every byte that is not part of valid UTF-8 replaced by U+FFFD
+-- (s itself when it is valid): for text from outside that JSON requires to
+-- be UTF-8 but that may not be.
+local utf8_len = utf8.len
+function M.utf8_repair(s)
+  local n, bad = utf8_len(s)
+  if n then return s end
+  local out, from = {}, 1
+  while bad do
+    out[#out + 1] = s:sub(from, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    from = bad + 1
+    n, bad = utf8_len(s, from)
+    if n then break end
+  end
+  out[#out + 1] = s:sub(from)
+  return table.concat(out)
+end
+
 -- Decode s; returns value or nil, err.
 function M.decode(s)
   local ok, v = pcall(codec.decode, s)

@@ -61,7 +61,7 @@ function M:page_link(product, link)
 end
 
 local function twilio_error(res)
-  local body = json.decode(res.body or "")
+  local body = json.decode(json.utf8_repair(res.body or ""))
   local e = { status = res.status }
   if type(body) == "table" then
     e.code = tonumber(body.code)
@@ -113,10 +113,12 @@ function M:request(req)
                     message = "Twilio could not be reached (" .. err .. ")" }
     end
     if res.status >= 200 and res.status < 300 then
-      local body = json.decode(res.body)
-      if body == nil and res.body ~= "" then
+      -- Twilio's answers are JSON objects in UTF-8: bytes that are not
+      -- UTF-8 become U+FFFD; anything but an object is no answer
+      local body = json.decode(json.utf8_repair(res.body))
+      if (body == nil and res.body ~= "") or (body ~= nil and (type(body) ~= "table" or rawget(body, 1) ~= nil)) then
         return nil, { status = res.status, retries = attempt, unknown = method ~= "GET",
-                      message = "Twilio answered with a body that is not JSON" }
+                      message = "Twilio answered with a body that is not a JSON object" }
       end
       return body or {}, res, attempt
     end

@@ -49,6 +49,7 @@ function M.num(x)
   x = M.v(x, true)
   if x == nil then return nil end
   local n = tonumber(x)
+  if n and (n ~= n or n == math.huge or n == -math.huge) then return nil end -- "1e400", "nan"
   if n and math.type(n) == "float" and n == math.floor(n) and math.abs(n) < 2 ^ 53 then
     n = math.tointeger(n)
   end
