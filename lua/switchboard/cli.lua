@@ -762,6 +762,11 @@ function M.main(argv, root)
     io.stdout:write(build_parser():get_help(), "\n")
     return 0
   end
+  if cmd == "exec" and (argv[2] == "-h" or argv[2] == "--help") then
+    io.stdout:write("Usage: switchboard exec <file> [<args>] ...\n\n"
+      .. "Run a Lua file with the core modules (tests, benches); the arguments after it are the file's own.\n")
+    return 0
+  end
   if cmd == "sim" or cmd == "exec" then
     -- their own arguments, verbatim
     return M.commands[cmd](table.move(argv, 2, #argv, 1, {}), root)
