@@ -236,4 +236,21 @@ describe("agent socket", function()
       c:close()
     end)
   end)
+
+  it("gives a tool its call's context, never the master key or the database", function()
+    H.async(function()
+      local c = session()
+      local r = c:call("test_ctx", {})
+      local text = assert(r.result, json.encode(r)).content[1].text
+      local keys, found = text:match("^(.-)|(.*)$")
+      local have = {}
+      for k in keys:gmatch("[^,]+") do have[k] = true end
+      assert.is_true(have.settings and have.tenant and have.agent and have.progress and have.cancelled, keys)
+      assert.is_nil(have.rt, keys)
+      assert.is_nil(have.config, keys)
+      assert.is_nil(found:find("core.vault.Master", 1, true), found)
+      assert.is_nil(found:find("core.store.Db", 1, true), found)
+      c:close()
+    end)
+  end)
 end)
