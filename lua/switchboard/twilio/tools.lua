@@ -300,6 +300,13 @@ end
 -- The allow-list check of a send tool's media_url, as a tool error.
 function M.media_check(ctx, args)
   if not args.media_url then return true end
+  local domains = ctx.settings.media_domains
+  if domains ~= nil and type(domains) ~= "table" then
+    -- a misspelt allow-list ("cdn.example.com" for { "cdn.example.com" }) admits nothing
+    return nil, { message = ("Not sent: the operator's tool_settings.%s.media_domains is not a list of domain"
+      .. " names, so no media_url is accepted."):format(tostring(ctx.tool_name)),
+      hint = "Send without media_url, or ask an operator to fix the configuration." }
+  end
   local ok, err = M.media_allowed(args.media_url, ctx.settings.media_domains)
   if ok then return true end
   return nil, { message = "Invalid arguments: " .. err .. ".",
