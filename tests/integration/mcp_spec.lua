@@ -236,7 +236,9 @@ describe("MCP server", function()
       local elapsed = loop.time() - t0
       assert.equal(100, #results)
       for _, ok in ipairs(results) do assert.is_true(ok) end
-      assert.truthy(elapsed < 1.0, ("100 calls took %.3f s"):format(elapsed))
+      -- done before the slow call's 2 s: the slow call did not hold them (on
+      -- a loaded machine the 100 calls alone can take more than a second)
+      assert.truthy(elapsed < 1.9, ("100 calls took %.3f s"):format(elapsed))
       local r = slow:wait(1, 5)
       assert.equal(200, r.result.structuredContent.status)
       assert.truthy(loop.time() - t0 >= 1.5)
