@@ -180,6 +180,8 @@ function M.install(admin)
     local session = { tenant = { id = t.id, name = t.name, features = t.features, enabled = enabled,
                                  data_key = t.data_key },
                       agent = agent }
+    -- a call in flight like an agent's: SIGTERM waits for it (limits.shutdown_seconds)
+    server.inflight = server.inflight + 1
     local ok, res = pcall(pipeline.run, server, {
       session = session, tool = tool, args = args, id = "escalation-" .. r.id,
       execution_id = r.execution_id or ("escalation-" .. r.id), sender = r.sender_tier,
@@ -192,6 +194,8 @@ function M.install(admin)
       -- the next start settles it from its send record
       log.error("escalations: the result of escalation %d could not be stored: %s", r.id, tostring(serr))
     end
+    server.inflight = server.inflight - 1
+    server:call_done()
     return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
   end
 end

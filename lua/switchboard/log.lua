@@ -1,6 +1,7 @@
 -- Leveled logging to a file or standard error, one line per event.
 -- Callers never pass secrets: the vault keeps them out of Lua altogether.
 local fs = require("core.fs")
+local printable = require("switchboard.printable").escape
 
 local M = {}
 
@@ -33,19 +34,21 @@ local function emit(level, fmt, ...)
   if levels[level] < threshold then return end
   local ok, msg = pcall(string.format, fmt, ...)
   if not ok then msg = fmt end
-  msg = msg:gsub("[\r\n]+", " | ")
+  -- one line per event, and what came from outside (an id an agent chose)
+  -- never reaches a terminal showing the log raw
+  msg = printable((msg:gsub("[\r\n]+", " | ")))
   out:write(os.date("!%Y-%m-%dT%H:%M:%SZ"), " ", level, " ", msg, "\n")
 end
 
 function M.debug(...) emit("debug", ...) end
 function M.info(...) emit("info", ...) end
 function M.warn(...) emit("warn", ...) end
--- Errors keep their traceback lines readable in the file.
+-- Errors keep their traceback lines (newlines, tabs) readable in the file.
 function M.error(fmt, ...)
   if levels.error < threshold then return end
   local ok, msg = pcall(string.format, fmt, ...)
   if not ok then msg = fmt end
-  out:write(os.date("!%Y-%m-%dT%H:%M:%SZ"), " error ", msg, "\n")
+  out:write(os.date("!%Y-%m-%dT%H:%M:%SZ"), " error ", (msg:gsub("[^\n\t]+", printable)), "\n")
 end
 
 function M.enabled(level) return levels[level] >= threshold end

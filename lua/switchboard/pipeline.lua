@@ -161,10 +161,11 @@ function M.run(rt, call)
   local ctx = {
     tenant = s.tenant, agent = s.agent, sender = call.sender, call_id = call.id,
     execution_id = call.execution_id, settings = rt.cfg.tool_settings[tool.name] or {},
-    config = rt.cfg, rt = rt, log = log, flags = flagged,
+    log = log, flags = flagged,
     progress = call.progress or function() end, cancelled = call.is_cancelled,
     tool_name = tool.name, action = args.action, escalation_id = call.escalation_id,
   }
+  sends.bind(ctx, rt) -- for sends.post; the tool itself never sees rt (master key, database)
   local cred
   if conn then
     -- the session holds the tenant's (wrapped) data key; an approval reads it

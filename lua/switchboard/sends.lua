@@ -81,11 +81,17 @@ M.STORAGE_UNAVAILABLE = "Not sent: storage unavailable. The send could not be re
   .. " nothing was sent to Twilio"
 M.CANCELLED = "Not sent: the call was cancelled or passed its deadline before the request went out"
 
+-- The runtime (database, master key) behind a call's ctx, out of the
+-- tool's reach: the pipeline binds it, sends.post finds it.
+local runtime_of = setmetatable({}, { __mode = "k" })
+function M.bind(ctx, rt) runtime_of[ctx] = rt end
+
 -- Send through ctx.twilio with a write-ahead record.
 -- spec: { recipient, product, path, form, text (the body, for matching) }
 -- Returns what client:post returns; sets ctx.outcome and ctx.audit_detail.
 function M.post(ctx, spec)
-  local rt, db = ctx.rt, ctx.rt.db
+  local rt = assert(runtime_of[ctx], "sends.post: a ctx the pipeline did not bind")
+  local db = rt.db
   local tenant = ctx.tenant_row
   -- the agent was answered already (deadline or cancel): nothing goes out
   if ctx.cancelled and ctx.cancelled() then

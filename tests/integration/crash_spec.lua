@@ -120,7 +120,13 @@ describe("kill -9 with sends and approvals in flight", function()
       local _, code, err = srv.admin(("escalation approve %d --tenant crash"):format(math.tointeger(e.id)))
       assert.equal(0, code, err)
     end
-    os.execute("sleep 0.5")
+    -- each approved escalation is completed or reported: those whose send
+    -- was interrupted once reconciliation has looked for it (on a loaded
+    -- machine that can take more than a moment)
+    H.wait_for(function()
+      local n = sql_json(srv, "SELECT count(*) AS n FROM escalations WHERE status = 'approved' AND result IS NULL")
+      return n[1] and n[1].n == 0
+    end, 60, "every approved escalation to have its result")
     srv.stop()
 
     local messages = sim_messages(sim)

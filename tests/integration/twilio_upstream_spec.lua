@@ -150,6 +150,9 @@ describe("Twilio requests upstream", function()
       { "http://intranet/a.png", "a single-label host name" },
       { "https://example.com@127.0.0.1/a.png", "a user name or password in the URL" },
       { "http://%31%32%37.0.0.1/a.png", "a loopback address" },
+      { "http://169.254.169.254./latest/meta-data/", "a link-local address" },
+      { "http://0x7f.1./a.png", "a loopback address" },
+      { "http://10.0.0.1./a.png", "a private address" },
     }
 
     local function refuses(c, tool, base, cases)

@@ -261,13 +261,16 @@ function M.media_url(s)
   if not u then return nil, media_rule(err == "unsupported url scheme" and "an unsupported scheme" or "an invalid URL") end
   if u.scheme ~= "http" and u.scheme ~= "https" then return nil, media_rule("a " .. u.scheme .. " URL") end
   if u.userinfo then return nil, media_rule("a user name or password in the URL") end
-  if u.ip then
-    if u.ip ~= "public" then
-      return nil, media_rule((u.ip:match("^[aeiou]") and "an " or "a ") .. u.ip .. " address")
+  local host = u.host:gsub("%.$", "")
+  -- "169.254.169.254." is that address to a WHATWG URL parser: classify
+  -- the host without its final dot as well
+  local ip = u.ip or (host ~= u.host and (require("core.http").parse(u.scheme .. "://" .. host .. "/") or {}).ip)
+  if ip then
+    if ip ~= "public" then
+      return nil, media_rule((ip:match("^[aeiou]") and "an " or "a ") .. ip .. " address")
     end
     return u.url
   end
-  local host = u.host:gsub("%.$", "")
   if not host:match("^[%w%-%.]+$") then
     return nil, media_rule("a host name with characters other than letters, digits, hyphens and dots;"
       .. " write an international name in its xn-- form")
@@ -298,6 +301,13 @@ end
 -- The allow-list check of a send tool's media_url, as a tool error.
 function M.media_check(ctx, args)
   if not args.media_url then return true end
+  local domains = ctx.settings.media_domains
+  if domains ~= nil and type(domains) ~= "table" then
+    -- a misspelt allow-list ("cdn.example.com" for { "cdn.example.com" }) admits nothing
+    return nil, { message = ("Not sent: the operator's tool_settings.%s.media_domains is not a list of domain"
+      .. " names, so no media_url is accepted."):format(tostring(ctx.tool_name)),
+      hint = "Send without media_url, or ask an operator to fix the configuration." }
+  end
   local ok, err = M.media_allowed(args.media_url, ctx.settings.media_domains)
   if ok then return true end
   return nil, { message = "Invalid arguments: " .. err .. ".",
