@@ -176,6 +176,22 @@ methods["server.status"] = function(self)
            tools = json.array(s.registry.order), policies = json.array(s.policies:names()) }
 end
 
+-- `admin backup FILE`: a consistent copy of the database while serving
+-- (switchboard.backup: the online backup API, yielding between steps).
+methods["server.backup"] = function(self, p)
+  local path = need_string(p, "path", "backup")
+  if path:sub(1, 1) ~= "/" then refuse("backup: 'path' must be an absolute path", BAD) end
+  self.server.audit:flush()
+  local pages = p.pages
+  if pages ~= nil and (math.type(pages) ~= "integer" or pages < 1 or pages > 1000000) then
+    refuse("backup: 'pages' must be an integer from 1 to 1000000", BAD)
+  end
+  local r, err = require("switchboard.backup").online(self.db, path, pages)
+  if not r then refuse("backup: " .. err) end
+  directory.settings_audit(self.db, nil, p.actor, "server.backup", nil, { path = path, pages = r.pages })
+  return { path = path, pages = r.pages, steps = r.steps }
+end
+
 require("switchboard.twilio.connection").install(M)
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)

@@ -196,6 +196,14 @@ admin.status = function() return "server.status", {}, function(r)
   return M.fields(r, { { "connections", "connections" }, { "inflight", "calls in flight" },
                        { "tools", "tools" }, { "policies", "policies" } }) end end
 
+admin.backup = function(c)
+  local path = c.pos[1]
+  if path:sub(1, 1) ~= "/" then path = require("lfs").currentdir() .. "/" .. path end
+  return "server.backup", { path = path }, function(r)
+    return ("backup written to %s (%d pages, mode 0600); keep the master key with it\n"):format(r.path, r.pages)
+  end
+end
+
 -- The API key secret: from standard input, or a prompt without echo on a
 -- terminal. Never from argv or the environment.
 local function read_secret()
@@ -424,6 +432,7 @@ local ADMIN_SPEC = {
   } },
   { "reload", "Reload tools and policies." },
   { "status", "Connections, calls in flight, tools and policies." },
+  { "backup", "Copy the database into the new file FILE (mode 0600) while serving.", args = { "FILE" } },
   { "twilio", "A tenant's Twilio connection.", {
     { "connect", "Connect a tenant to Twilio; the API key secret is read from standard input.",
       opts = with(TWILIO_SETTINGS, "tenant", "account-sid", "api-key-sid") },
@@ -528,6 +537,11 @@ local function build_parser()
   exec:add_help(false):handle_options(false)
   exec:argument("file"):target("arg file")
   exec:argument("args"):args("*"):target("arg args")
+
+  local restore = command(p, "restore",
+    "With the server stopped: check a backup (schema, audit chain) and put it in place of the database.")
+  config_option(restore)
+  restore:argument("file", "The backup (from `switchboard admin backup`)."):target("arg file")
 
   command(p, "version", "Print the version.")
   return p
@@ -643,6 +657,29 @@ function M.commands.admin(res, root)
     io.stdout:write(printable(printer(result), true))
   end
   return result.ok == false and 1 or 0
+end
+
+-- `switchboard restore FILE`: offline (switchboard.backup.restore).
+function M.commands.restore(res, root)
+  local cfg, err = load_config(res, root)
+  if not cfg then return die(err, 2) end
+  local server = require("switchboard.server")
+  local function open_master(c)
+    local fixed = setmetatable({ create_master_key = false }, { __index = c })
+    return server.open_master(fixed)
+  end
+  local r, rerr = run_async(function()
+    return require("switchboard.backup").restore(cfg, res["arg file"], open_master,
+      os.getenv("USER") or os.getenv("LOGNAME"))
+  end)
+  if not r then return die("restore refused: " .. rerr, 1) end
+  local out = { ("restored %s from %s: schema version %d, %d audit records, audit trail intact\n")
+    :format(r.database, res["arg file"], r.schema_version, r.records) }
+  if r.kept_database then out[#out + 1] = ("the database it replaced is kept as %s\n"):format(r.kept_database) end
+  if r.kept_anchor then out[#out + 1] = ("the audit anchor it replaced is kept as %s\n"):format(r.kept_anchor) end
+  for _, w in ipairs(r.warnings or {}) do out[#out + 1] = "note: " .. w .. "\n" end
+  io.stdout:write(printable(table.concat(out), true))
+  return 0
 end
 
 -- `switchboard sim`: the Twilio simulator (lua/switchboard/sim/).

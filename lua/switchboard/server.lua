@@ -82,8 +82,20 @@ local function warn_wide(what, path, mask, fix)
   end
 end
 
--- Open the vault's master key, creating it on first start when allowed.
+-- Open the vault's master key: the systemd credential named
+-- master_key_credential (LoadCredential= / LoadCredentialEncrypted=, read
+-- from $CREDENTIALS_DIRECTORY, never created), else master_key_file,
+-- created on first start when allowed.
 function M.open_master(cfg)
+  if cfg.master_key_credential then
+    local dir = os.getenv("CREDENTIALS_DIRECTORY")
+    if not dir or dir == "" then
+      return nil, ("master_key_credential is '%s' but $CREDENTIALS_DIRECTORY is not set: give the unit"
+        .. " LoadCredentialEncrypted=%s:FILE (or LoadCredential=)"):format(cfg.master_key_credential,
+        cfg.master_key_credential)
+    end
+    return vault.load_master(dir .. "/" .. cfg.master_key_credential)
+  end
   local path = cfg.master_key_file
   if not lfs.attributes(path) and cfg.create_master_key then
     local ok, err = M.private_dir(dirname(path))
