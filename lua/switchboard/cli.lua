@@ -46,8 +46,17 @@ local function die(msg, code)
   return code or 1
 end
 
+-- Installed (root is PREFIX/share/switchboard): the service's file,
+-- SYSCONFDIR/switchboard/switchboard.conf.lua, when there is one.
+local function installed_config(root)
+  local prefix = root and root:match("^(.*)/share/switchboard$")
+  if not prefix then return nil end
+  local path = (prefix == "/usr" and "/etc" or prefix .. "/etc") .. "/switchboard/switchboard.conf.lua"
+  return require("lfs").attributes(path, "mode") == "file" and path or nil
+end
+
 local function load_config(opts, root)
-  local cfg, err = config.load(opts.config or os.getenv("SWITCHBOARD_CONFIG"), root)
+  local cfg, err = config.load(opts.config or os.getenv("SWITCHBOARD_CONFIG") or installed_config(root), root)
   if not cfg then return nil, err end
   return cfg
 end
@@ -481,7 +490,8 @@ local function command(parent, name, summary)
 end
 
 local function config_option(c)
-  c:option("--config", "The configuration file (default $SWITCHBOARD_CONFIG, else the defaults)."):argname("FILE")
+  c:option("--config", "The configuration file (default $SWITCHBOARD_CONFIG, else an installed"
+    .. " SYSCONFDIR/switchboard/switchboard.conf.lua, else the defaults)."):argname("FILE")
 end
 
 local function add_verb(c, spec)
