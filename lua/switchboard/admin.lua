@@ -186,10 +186,15 @@ methods["server.backup"] = function(self, p)
   if pages ~= nil and (math.type(pages) ~= "integer" or pages < 1 or pages > 1000000) then
     refuse("backup: 'pages' must be an integer from 1 to 1000000", BAD)
   end
-  local r, err = require("switchboard.backup").online(self.db, path, pages)
+  local backup = require("switchboard.backup")
+  local r, err = backup.online(self.db, path, pages)
   if not r then refuse("backup: " .. err) end
-  directory.settings_audit(self.db, nil, p.actor, "server.backup", nil, { path = path, pages = r.pages })
-  return { path = path, pages = r.pages, steps = r.steps }
+  local a, aerr = backup.write_anchor(path, self.server.master)
+  if not a then refuse(("backup: %s is complete, but its anchor %s.head could not be written: %s"):format(path,
+    path, aerr)) end
+  directory.settings_audit(self.db, nil, p.actor, "server.backup", nil, { path = path, pages = r.pages,
+    records = a.id })
+  return { path = path, anchor = path .. ".head", records = a.id, pages = r.pages, steps = r.steps }
 end
 
 require("switchboard.twilio.connection").install(M)

@@ -11,14 +11,19 @@ local audit = require("switchboard.audit")
 
 local M = {}
 
+local function exists(path) return lfs.attributes(path) ~= nil end
+
 -- Pages copied per loop turn: 64 pages of 4 KiB, well under a millisecond,
 -- so agents' calls go on between the steps.
 M.PAGES_PER_STEP = 64
 
 -- Copy db into the new file path (created 0600; an existing file is never
 -- overwritten). Returns { pages = n, steps = k } or nil, err; on an error
--- no partial file is left.
+-- no partial file is left. The caller writes its anchor (write_anchor).
 function M.online(db, path, pages)
+  if exists(path .. ".head") then
+    return nil, ("%s.head exists already (a backup never overwrites a file)"):format(path)
+  end
   local b <close>, err = db:backup(path)
   if not b then return nil, err end
   local steps = 0
@@ -31,7 +36,27 @@ function M.online(db, path, pages)
   end
 end
 
-local function exists(path) return lfs.attributes(path) ~= nil end
+-- The anchor of a database's audit trail as it ends: { id, count, head, legacy }.
+local function tail_anchor(db)
+  local last = db:row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+  local plain = db:row("SELECT count(*) AS n FROM audit_log WHERE chain = ?", audit.PLAIN)
+  local id = last and last.id or 0
+  return { id = id, count = id, head = last and last.hash or audit.GENESIS, legacy = plain and plain.n or 0 }
+end
+
+-- The backup's own anchor, FILE.head (mode 0600), written by the server
+-- once the copy is complete: restore holds the backup's trail against it,
+-- so a backup whose tail was cut afterwards is refused.
+function M.write_anchor(path, master)
+  local db, err = store.open(path)
+  if not db then return nil, err end
+  local a = tail_anchor(db)
+  db:close()
+  local vault = require("core.vault")
+  local ok, werr = vault.write_private(path .. ".head", audit.anchor_text(master, a))
+  if not ok then return nil, werr end
+  return a
+end
 
 -- Copy the file src to the new file dst, created 0600.
 local function copy_private(src, dst)
@@ -78,21 +103,25 @@ local function check_copy(path, file, master, scratch_anchor)
     return fail(("%s has schema version %d, newer than this runtime's %d: restore it with a newer"
       .. " switchboard"):format(file, version, #db_mod.migrations))
   end
-  -- the chain up to the backup's last record, under an anchor made for it
-  local last = db:row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-  local plain = db:row("SELECT count(*) AS n FROM audit_log WHERE chain = ?", audit.PLAIN)
-  local a = { id = last and last.id or 0, head = last and last.hash or audit.GENESIS, legacy = plain.n }
-  a.count = a.id
-  local vault = require("core.vault")
-  local ok, werr = vault.write_private(scratch_anchor, audit.anchor_text(master, a))
-  if not ok then return fail("cannot write a scratch anchor: " .. tostring(werr)) end
-  local r = audit.verify_trail(db, master, scratch_anchor)
+  -- the chain, held against the backup's own anchor (FILE.head) when it
+  -- came with one, else against one made for its last record
+  local anchor, note = file .. ".head", nil
+  if not exists(anchor) then
+    anchor = scratch_anchor
+    note = ("no anchor came with the backup (%s.head): its records verify, but that none was cut from"
+      .. " its end cannot be shown"):format(file)
+    local vault = require("core.vault")
+    local ok, werr = vault.write_private(scratch_anchor, audit.anchor_text(master, tail_anchor(db)))
+    if not ok then return fail("cannot write a scratch anchor: " .. tostring(werr)) end
+  end
+  local r = audit.verify_trail(db, master, anchor)
   os.remove(scratch_anchor)
   if not r.ok then
-    return fail(("%s: its audit trail does not verify with this master key: %s"):format(file, r.problem))
+    return fail(("%s: its audit trail does not verify with this master key and its anchor: %s"):format(file,
+      r.problem))
   end
   db:close()
-  return { version = version, records = r.records }
+  return { version = version, records = r.records, note = note }
 end
 
 -- Restore the backup file over cfg.database; the server must be stopped.
@@ -165,8 +194,10 @@ function M.restore(cfg, file, open_master, actor)
   db:close()
   master:close()
   if not v.ok then return nil, "the restored audit trail does not verify: " .. v.problem end
+  local warnings = v.warnings or {}
+  if info.note then table.insert(warnings, 1, info.note) end
   return { database = database, records = info.records, schema_version = info.version,
-           kept_database = kept.database, kept_anchor = kept.anchor, warnings = v.warnings }
+           kept_database = kept.database, kept_anchor = kept.anchor, warnings = warnings }
 end
 
 return M

@@ -209,7 +209,8 @@ admin.backup = function(c)
   local path = c.pos[1]
   if path:sub(1, 1) ~= "/" then path = require("lfs").currentdir() .. "/" .. path end
   return "server.backup", { path = path }, function(r)
-    return ("backup written to %s (%d pages, mode 0600); keep the master key with it\n"):format(r.path, r.pages)
+    return ("backup written to %s (%d pages, %d audit records) and its anchor to %s, mode 0600;"
+      .. " keep the master key with them\n"):format(r.path, r.pages, r.records, r.anchor)
   end
 end
 

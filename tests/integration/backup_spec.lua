@@ -61,6 +61,7 @@ describe("admin backup", function()
     assert.is_nil(backup.error)
     assert.is_true(backup.steps > 5, "the copy took one step: it did not interleave with the sends")
     assert.are.equal(tonumber("600", 8), fs.mode(file))
+    assert.are.equal(tonumber("600", 8), fs.mode(file .. ".head"))
     local calls_before = count(srv, "SELECT count(*) FROM audit_log WHERE kind = 'call'")
     assert.is_true(calls_before >= 100)
 
@@ -83,6 +84,20 @@ describe("admin backup", function()
     assert.is_true(warned, "no re-anchoring noted in the trail")
     local r = TW.with(srv, token, function(c) return TW.call(c, "twilio_send_sms", { to = ANA, body = "after" }) end)
     assert.is_not_true(r.isError, r.text)
+  end)
+
+  it("without its anchor file still restores, and says what cannot be shown", function()
+    local file = srv.dir .. "/noanchor.db"
+    local _, code, err = srv.admin("backup " .. H.q(file))
+    assert.are.equal(0, code, err)
+    os.remove(file .. ".head")
+    assert.is_true(srv.stop())
+    local out, rcode = restore(srv, file)
+    srv.start()
+    assert.are.equal(0, rcode, out)
+    assert.truthy(out:find("no anchor came with the backup", 1, true), out)
+    local v = srv.admin("audit verify")
+    assert.is_true(v.ok, tostring(v.problem))
   end)
 
   it("never overwrites a file and leaves no partial file when refused", function()
@@ -146,6 +161,14 @@ describe("switchboard restore", function()
     out, code = restore(srv, edited)
     assert.are.equal(1, code, out)
     assert.truthy(out:find("does not verify with this master key", 1, true), out)
+
+    -- a backup whose tail was cut after it was taken: its own anchor says so
+    local cut = srv.dir .. "/cut.db"
+    H.sh(("cp %s %s && cp %s %s && sqlite3 %s %s"):format(H.q(file), H.q(cut), H.q(file .. ".head"),
+      H.q(cut .. ".head"), H.q(cut), H.q("DELETE FROM audit_log WHERE id = (SELECT max(id) FROM audit_log)")))
+    out, code = restore(srv, cut)
+    assert.are.equal(1, code, out)
+    assert.truthy(out:find("were deleted", 1, true), out)
 
     local newer = srv.dir .. "/newer.db"
     H.sh(("cp %s %s && sqlite3 %s 'PRAGMA user_version = 999'"):format(H.q(file), H.q(newer), H.q(newer)))
