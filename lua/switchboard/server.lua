@@ -301,7 +301,11 @@ function M:listen(name, path, mode, fn)
   if fd then
     self.passed[name] = nil
     where = ("the %s socket passed by systemd (fd %d)"):format(name, fd)
-    l, err = loop.listen_fd(fd, fn)
+    if notify.is_unix_listener(fd) then
+      l, err = loop.listen_fd(fd, fn)
+    else
+      err = "not a listening Unix stream socket (ListenStream= with a path)"
+    end
   else
     where = ("%s socket %s"):format(name, path)
     l, err = loop.listen(path, mode, fn)
