@@ -15,32 +15,35 @@ CXXWARN  = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith
            -Wcast-qual -Wformat=2 -Wundef -Wwrite-strings -Wvla
 CXXFLAGS ?= -O2 -g
 ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
-LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lphonenumber -lm -ldl
+LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lphonenumber -lsystemd -lm -ldl
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c core/phone.c core/fs.c
+       core/mem.c core/phone.c core/fs.c core/notify.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
 SRCS += core/init.c
 
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
-           libhttp-parser-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl
+           libhttp-parser-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl \
+           libsystemd-dev systemd mandoc
 BENCH_PKGS = nginx-light
 FUZZ_PKGS = clang libclang-rt-14-dev
+# what `make package` needs besides DEB_PKGS
+PKG_PKGS = debhelper dpkg-dev lintian fakeroot systemd libsystemd-dev mandoc
 
-.PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint
+.PHONY: all deps deb-pkgs npm-deps test run asan bench demo clean lint install uninstall package package-install-check
 .PHONY: fuzz fuzz-build
 
 all: switchboard
 
 switchboard: $(SRCS) $(HDRS) build/phonenumber.o
-	$(CC) $(ALL_CFLAGS) -o $@ $(SRCS) build/phonenumber.o $(LIBS) -lstdc++
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(SRCS) build/phonenumber.o $(LIBS) -lstdc++
 
 build/phonenumber.o: $(CXXSRCS) core/phonenumber.h
 	@mkdir -p build
-	$(CXX) $(ALL_CXXFLAGS) -c -o $@ $(CXXSRCS)
+	$(CXX) $(CPPFLAGS) $(ALL_CXXFLAGS) -c -o $@ $(CXXSRCS)
 
 build/asan/switchboard: $(SRCS) $(HDRS) build/asan/phonenumber.o
 	$(CC) $(ALL_CFLAGS) -O1 $(ASAN) -o $@ $(SRCS) build/asan/phonenumber.o $(LIBS) -lstdc++
@@ -109,7 +112,9 @@ run:
 	@$(MAKE) --no-print-directory all
 	./switchboard serve --config $(CONFIG)
 
+# The Debian package build (about 80 s) runs first; SB_SKIP_PACKAGE=1 leaves it out.
 test: deps all
+	@[ -n "$(SB_SKIP_PACKAGE)" ] || $(MAKE) --no-print-directory package
 	@SB_BIN=$(CURDIR)/switchboard tests/run.sh
 
 lint:
@@ -129,3 +134,69 @@ demo: deps all
 
 clean:
 	rm -rf switchboard build var/bench
+
+# `make install PREFIX=/usr/local DESTDIR=`: the executable in bin/, the
+# Lua runtime, tools and policies in share/switchboard/ (the executable
+# finds them from its own location: bin/../share/switchboard), the
+# service's configuration in SYSCONFDIR/switchboard/ (kept when present),
+# the manual pages, the systemd units and the sysusers.d entry.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/switchboard
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+LUA_FILES   = $(shell find lua -name '*.lua' | sort)
+POLICY_FILES = $(wildcard policies/*.lua)
+UNITS       = systemd/switchboard.socket systemd/switchboard-admin.socket
+
+install: switchboard
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(MANDIR)/man1 \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONFDIR)/switchboard $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR)
+	install -m 0755 switchboard $(DESTDIR)$(BINDIR)/switchboard
+	install -m 0644 runtime.lua $(DESTDIR)$(DATADIR)/runtime.lua
+	for f in $(LUA_FILES); do install -D -m 0644 $$f $(DESTDIR)$(DATADIR)/$$f || exit 1; done
+	install -m 0644 $(POLICY_FILES) $(DESTDIR)$(DATADIR)/policies/
+	install -m 0644 man/switchboard.1 $(DESTDIR)$(MANDIR)/man1/switchboard.1
+	install -m 0644 man/switchboard.conf.5 $(DESTDIR)$(MANDIR)/man5/switchboard.conf.5
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.conf.lua ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.conf.lua"; \
+	else \
+	  install -m 0644 systemd/switchboard.conf.lua $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.conf.lua; \
+	fi
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' systemd/switchboard.service.in \
+	  > $(DESTDIR)$(UNITDIR)/switchboard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/switchboard.service
+	install -m 0644 $(UNITS) $(DESTDIR)$(UNITDIR)/
+	install -m 0644 systemd/switchboard.sysusers $(DESTDIR)$(SYSUSERSDIR)/switchboard.conf
+
+# Removes what install put there except the configuration (and never the
+# data: data_dir is the operator's).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/switchboard $(DESTDIR)$(MANDIR)/man1/switchboard.1 \
+	  $(DESTDIR)$(MANDIR)/man5/switchboard.conf.5 $(DESTDIR)$(SYSUSERSDIR)/switchboard.conf \
+	  $(DESTDIR)$(UNITDIR)/switchboard.service $(DESTDIR)$(UNITDIR)/switchboard.socket \
+	  $(DESTDIR)$(UNITDIR)/switchboard-admin.socket
+	rm -rf $(DESTDIR)$(DATADIR)
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/switchboard/ (the configuration)"
+
+# The Debian package, built from a copy of the tree in build/pkg/ (so
+# that nothing is written next to the working tree): build/pkg/*.deb,
+# checked by lintian.
+PKG_DIR = build/pkg
+package:
+	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS) $(PKG_PKGS)" deb-pkgs
+	rm -rf $(PKG_DIR) && mkdir -p $(PKG_DIR)/src
+	tar -cf - Makefile README.md runtime.lua core lua policies man systemd debian | tar -xf - -C $(PKG_DIR)/src
+	cd $(PKG_DIR)/src && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(PKG_DIR)/*.deb
+	@ls $(PKG_DIR)/*.deb
+
+# On a CI machine (it changes the system): install the package, ask the
+# installed binary, remove it again (the data stays until purge).
+package-install-check: package
+	dpkg -i $(PKG_DIR)/switchboard_*_$$(dpkg --print-architecture).deb
+	/usr/bin/switchboard --version
+	dpkg -r switchboard

@@ -45,6 +45,7 @@ sb_new_state(const char *root)
   preload(L, "core.mem", luaopen_core_mem);
   preload(L, "core.phone", luaopen_core_phone);
   preload(L, "core.fs", luaopen_core_fs);
+  preload(L, "core.notify", luaopen_core_notify);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");

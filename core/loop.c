@@ -1338,6 +1338,39 @@ l_listen(lua_State *L)
   return 1;
 }
 
+/* loop.listen_fd(fd, fn) -> listener | nil, err: accept on a listening
+** socket this process was given (systemd socket activation). The socket
+** is used as it is: never bound, chmod-ed or unlinked here; close() closes
+** only this process's descriptor. */
+static int
+l_listen_fd(lua_State *L)
+{
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, 1, "invalid fd");
+  int accepting = 0;
+  socklen_t len = sizeof accepting;
+  if (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0)
+    return sb_push_errno(L, "listen_fd", errno);
+  if (!accepting)
+    return push_fail(L, "listen_fd: the descriptor is not a listening socket");
+  int flags = fcntl((int)fd, F_GETFL);
+  if (flags < 0 || fcntl((int)fd, F_SETFL, flags | O_NONBLOCK) < 0
+      || fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0)
+    return sb_push_errno(L, "listen_fd", errno);
+  Listener *li = lua_newuserdatauv(L, sizeof *li, 0);
+  memset(li, 0, sizeof *li);
+  nb_listener_init(&li->ln, accept_cb, li, "listener");
+  li->fn_ref = li->self_ref = LUA_NOREF;
+  luaL_setmetatable(L, LISTENER_MT);
+  li->ln.fd = (int)fd;
+  li->path = NULL;              /* nothing to unlink: the socket is not ours */
+  pin_value(L, 2, &li->fn_ref);
+  pin_value(L, -1, &li->self_ref);
+  nb_listener_start(&li->ln);
+  return 1;
+}
+
 /* }====================================================== */
 
 static const luaL_Reg loop_funcs[] = {
@@ -1353,6 +1386,7 @@ static const luaL_Reg loop_funcs[] = {
   { "timer", l_timer },
   { "signal", l_signal },
   { "listen", l_listen },
+  { "listen_fd", l_listen_fd },
   { "connect", l_connect },
   { "stream", l_stream },
   { NULL, NULL }

@@ -1,9 +1,9 @@
 /*
 ** main.c -- the switchboard executable: embeds Lua 5.4, preloads the
 ** core.* modules and runs runtime.lua with the command-line arguments.
-** The project root (runtime.lua, lua/, policies/) is the directory of the
-** executable, or $SWITCHBOARD_HOME when set. The Lua state itself is
-** built by sb_new_state (init.c).
+** The project root (runtime.lua, lua/, policies/) is $SWITCHBOARD_HOME
+** when set, else the executable's directory in a build tree, else the
+** installed prefix's share/switchboard (see find_root).
 */
 #include <libgen.h>
 #include <limits.h>
@@ -13,10 +13,26 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core.h"
 
+static int
+is_file(const char *path)
+{
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The runtime's files (runtime.lua, lua/, policies/):
+**   $SWITCHBOARD_HOME when set;
+**   else the executable's directory when runtime.lua is there (a build
+**   tree: ./switchboard);
+**   else <the executable's directory>/../share/switchboard (an installed
+**   prefix, wherever it was installed: /usr, /usr/local, a DESTDIR).
+** The executable is found through /proc/self/exe, never the working
+** directory or argv[0]. */
 static int
 find_root(char *out, size_t size)
 {
@@ -33,9 +49,27 @@ find_root(char *out, size_t size)
     return -1;
   exe[n] = '\0';
   const char *dir = dirname(exe);
-  if (strlen(dir) >= size)
+  char probe[PATH_MAX];
+  int len = snprintf(probe, sizeof probe, "%s/runtime.lua", dir);
+  if (len > 0 && (size_t)len < sizeof probe && is_file(probe)) {
+    if (strlen(dir) >= size)
+      return -1;
+    strcpy(out, dir);
+    return 0;
+  }
+  /* bin/../share/switchboard, without the "..": paths in messages stay plain */
+  char prefix[PATH_MAX];
+  if (strlen(dir) >= sizeof prefix)
     return -1;
-  strcpy(out, dir);
+  strcpy(prefix, dir);
+  const char *base = dirname(prefix);
+  len = snprintf(out, size, "%s%sshare/switchboard", base,
+                 strcmp(base, "/") == 0 ? "" : "/");
+  if (len < 0 || (size_t)len >= size)
+    return -1;
+  len = snprintf(probe, sizeof probe, "%s/runtime.lua", out);
+  if (len < 0 || (size_t)len >= sizeof probe || !is_file(probe))
+    return -1;
   return 0;
 }
 
@@ -55,7 +89,8 @@ main(int argc, char **argv)
 {
   char root[PATH_MAX];
   if (find_root(root, sizeof root) != 0) {
-    fprintf(stderr, "switchboard: cannot find the project root\n");
+    fprintf(stderr, "switchboard: cannot find runtime.lua next to the executable or in"
+            " ../share/switchboard (set SWITCHBOARD_HOME)\n");
     return 1;
   }
   harden();

@@ -16,8 +16,13 @@
 ** after close) raises. db:run returns only the change count, db:insert
 ** only the new rowid: a failed statement cannot be taken for an id.
 */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -560,6 +565,214 @@ db_set_user_version(lua_State *L)
 /* }====================================================== */
 
 
+/*
+** {======================================================
+** Online backup (SQLite's backup API)
+** =======================================================
+*/
+
+/* A backup in progress from a Db into a new file. The file is created
+** 0600 and exclusively (an existing file is never overwritten); until
+** the last step succeeds it is partial and close() removes it. The Db
+** is the uservalue, so it outlives its backups; writes made through it
+** meanwhile are copied to the backup too (same connection), so the
+** snapshot is consistent as of the last step. */
+typedef struct {
+  sqlite3 *dest;            /* NULL once closed */
+  sqlite3_backup *bk;       /* NULL once finished */
+  Db *src;
+  char *path;               /* removed on close unless complete */
+  int complete;
+} Backup;
+
+#define BACKUP_MT "core.store.Backup"
+
+static void
+unlink_partial(const char *path)
+{
+  char journal[4096];
+  unlink(path);
+  if (snprintf(journal, sizeof journal, "%s-journal", path) < (int)sizeof journal)
+    unlink(journal);
+}
+
+/* close path of a Backup: finish, close the destination, remove a partial
+** file; also __gc and __close */
+static int
+backup_close(lua_State *L)
+{
+  Backup *b = (Backup *)luaL_checkudata(L, 1, BACKUP_MT);
+  if (b->bk != NULL) {
+    sqlite3_backup_finish(b->bk);
+    b->bk = NULL;
+  }
+  if (b->dest != NULL) {
+    sqlite3_close_v2(b->dest);
+    b->dest = NULL;
+  }
+  if (b->path != NULL) {
+    if (!b->complete)
+      unlink_partial(b->path);
+    free(b->path);
+    b->path = NULL;
+  }
+  return 0;
+}
+
+/* [-0, +2, m] nil, msg after closing (and removing) the backup at 1 */
+static int
+backup_fail(lua_State *L, const char *what, const char *why)
+{
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s: %s", what, why != NULL ? why : "unknown error");
+  lua_settop(L, 1);
+  backup_close(L);
+  return fail(L, msg);
+}
+
+/* db:backup(path) -> Backup | nil, err */
+static int
+db_backup(lua_State *L)
+{
+  Db *d = check_db(L);
+  size_t plen;
+  const char *path = luaL_checklstring(L, 2, &plen);
+  luaL_argcheck(L, plen > 0 && strlen(path) == plen, 2, "empty path or a NUL byte");
+  lua_settop(L, 2);
+  Backup *b = (Backup *)lua_newuserdatauv(L, sizeof *b, 1);
+  memset(b, 0, sizeof *b);
+  luaL_setmetatable(L, BACKUP_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 3, 1);
+  b->src = d;
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int e = errno;
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s: %s", path,
+             e == EEXIST ? "exists already (a backup never overwrites a file)" : strerror(e));
+    return fail(L, msg);
+  }
+  int ok = fchmod(fd, 0600) == 0;
+  int e = errno;
+  close(fd);
+  b->path = strdup(path);
+  lua_replace(L, 1);            /* the Backup at 1, for backup_fail */
+  if (b->path == NULL) {
+    unlink(path);
+    return backup_fail(L, path, "out of memory");
+  }
+  if (!ok)
+    return backup_fail(L, path, strerror(e));
+  int rc = sqlite3_open_v2(path, &b->dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK)
+    return backup_fail(L, path, b->dest != NULL ? sqlite3_errmsg(b->dest) : sqlite3_errstr(rc));
+  b->bk = sqlite3_backup_init(b->dest, "main", d->db, "main");
+  if (b->bk == NULL)
+    return backup_fail(L, path, sqlite3_errmsg(b->dest));
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* backup:step(pages) -> done, remaining, pagecount | nil, err. Copies up
+** to pages pages; done is true once the file is complete and closed. On
+** an error the partial file is removed. */
+static int
+backup_step(lua_State *L)
+{
+  Backup *b = (Backup *)luaL_checkudata(L, 1, BACKUP_MT);
+  lua_Integer pages = luaL_optinteger(L, 2, 64);
+  luaL_argcheck(L, pages > 0 && pages <= 0x7fffffff, 2, "pages must be positive");
+  if (b->complete) {
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, 0);
+    lua_pushinteger(L, 0);
+    return 3;
+  }
+  if (b->bk == NULL)
+    luaL_error(L, "attempt to use a closed backup");
+  if (b->src->db == NULL)
+    luaL_error(L, "the database of this backup was closed");
+  int rc = sqlite3_backup_step(b->bk, (int)pages);
+  int remaining = sqlite3_backup_remaining(b->bk);
+  int total = sqlite3_backup_pagecount(b->bk);
+  if (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, remaining);
+    lua_pushinteger(L, total);
+    return 3;
+  }
+  if (rc != SQLITE_DONE)
+    return backup_fail(L, b->path, sqlite3_errstr(rc));
+  rc = sqlite3_backup_finish(b->bk);
+  b->bk = NULL;
+  if (rc != SQLITE_OK)
+    return backup_fail(L, b->path, sqlite3_errmsg(b->dest));
+  rc = sqlite3_close(b->dest);
+  if (rc != SQLITE_OK)
+    return backup_fail(L, b->path, sqlite3_errstr(rc));
+  b->dest = NULL;
+  b->complete = 1;
+  lua_pushboolean(L, 1);
+  lua_pushinteger(L, 0);
+  lua_pushinteger(L, total);
+  return 3;
+}
+
+/* store.unused(path) -> true | false, why | nil, err: whether the database
+** file at path can be locked exclusively at once, that is whether no other
+** connection (a running server) has it open; for restore, which must not
+** replace a database under a server. The lock is released before return. */
+static int
+store_unused(lua_State *L)
+{
+  const char *path = luaL_checkstring(L, 1);
+  sqlite3 *db = NULL;
+  int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    char msg[256];
+    copy_msg(msg, sizeof msg, db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close_v2(db);
+    return fail(L, msg);
+  }
+  /* EXCLUSIVE locking mode before the first access: in WAL mode too the
+  ** connection must then lock the file itself, which fails while another
+  ** connection uses it */
+  rc = sqlite3_exec(db, "PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE;"
+                    " BEGIN EXCLUSIVE; SELECT count(*) FROM sqlite_master; COMMIT",
+                    NULL, NULL, NULL);
+  int busy = (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+  char msg[256];
+  copy_msg(msg, sizeof msg, sqlite3_errmsg(db));
+  sqlite3_close_v2(db);
+  if (rc == SQLITE_OK) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (busy) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  return fail(L, msg);
+}
+
+static const luaL_Reg backup_meta[] = {
+  { "__gc", backup_close },
+  { "__close", backup_close },
+  { "__index", NULL },
+  { NULL, NULL }
+};
+
+static const luaL_Reg backup_methods[] = {
+  { "step", backup_step },
+  { "close", backup_close },
+  { NULL, NULL }
+};
+
+/* }====================================================== */
+
+
 /* store.blob(s) -> a marker that binds s as a BLOB */
 static int
 store_blob(lua_State *L)
@@ -593,6 +806,7 @@ static const luaL_Reg db_methods[] = {
   { "rollback", db_rollback },
   { "user_version", db_user_version },
   { "set_user_version", db_set_user_version },
+  { "backup", db_backup },
   { "close", db_close },
   { NULL, NULL }
 };
@@ -613,6 +827,7 @@ static const luaL_Reg blob_meta[] = {
 static const luaL_Reg store_funcs[] = {
   { "open", store_open },
   { "blob", store_blob },
+  { "unused", store_unused },
   { NULL, NULL }
 };
 
@@ -626,6 +841,11 @@ luaopen_core_store(lua_State *L)
   lua_pop(L, 1);
   luaL_newmetatable(L, BLOB_MT);
   luaL_setfuncs(L, blob_meta, 0);
+  lua_pop(L, 1);
+  luaL_newmetatable(L, BACKUP_MT);
+  luaL_setfuncs(L, backup_meta, 0);
+  luaL_newlib(L, backup_methods);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newlib(L, store_funcs);
   return 1;

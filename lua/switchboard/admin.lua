@@ -176,6 +176,27 @@ methods["server.status"] = function(self)
            tools = json.array(s.registry.order), policies = json.array(s.policies:names()) }
 end
 
+-- `admin backup FILE`: a consistent copy of the database while serving
+-- (switchboard.backup: the online backup API, yielding between steps).
+methods["server.backup"] = function(self, p)
+  local path = need_string(p, "path", "backup")
+  if path:sub(1, 1) ~= "/" then refuse("backup: 'path' must be an absolute path", BAD) end
+  self.server.audit:flush()
+  local pages = p.pages
+  if pages ~= nil and (math.type(pages) ~= "integer" or pages < 1 or pages > 1000000) then
+    refuse("backup: 'pages' must be an integer from 1 to 1000000", BAD)
+  end
+  local backup = require("switchboard.backup")
+  local r, err = backup.online(self.db, path, pages)
+  if not r then refuse("backup: " .. err) end
+  local a, aerr = backup.write_anchor(path, self.server.master)
+  if not a then refuse(("backup: %s is complete, but its anchor %s.head could not be written: %s"):format(path,
+    path, aerr)) end
+  directory.settings_audit(self.db, nil, p.actor, "server.backup", nil, { path = path, pages = r.pages,
+    records = a.id })
+  return { path = path, anchor = path .. ".head", records = a.id, pages = r.pages, steps = r.steps }
+end
+
 require("switchboard.twilio.connection").install(M)
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)

@@ -20,8 +20,17 @@ local function die(msg, code)
   return code or 1
 end
 
+-- Installed (root is PREFIX/share/switchboard): the service's file,
+-- SYSCONFDIR/switchboard/switchboard.conf.lua, when there is one.
+local function installed_config(root)
+  local prefix = root and root:match("^(.*)/share/switchboard$")
+  if not prefix then return nil end
+  local path = (prefix == "/usr" and "/etc" or prefix .. "/etc") .. "/switchboard/switchboard.conf.lua"
+  return require("lfs").attributes(path, "mode") == "file" and path or nil
+end
+
 local function load_config(opts, root)
-  local cfg, err = config.load(opts.config or os.getenv("SWITCHBOARD_CONFIG"), root)
+  local cfg, err = config.load(opts.config or os.getenv("SWITCHBOARD_CONFIG") or installed_config(root), root)
   if not cfg then return nil, err end
   return cfg
 end
@@ -169,6 +178,15 @@ admin.reload = function() return "server.reload", {}, function(r)
 admin.status = function() return "server.status", {}, function(r)
   return M.fields(r, { { "connections", "connections" }, { "inflight", "calls in flight" },
                        { "tools", "tools" }, { "policies", "policies" } }) end end
+
+admin.backup = function(c)
+  local path = c.pos[1]
+  if path:sub(1, 1) ~= "/" then path = require("lfs").currentdir() .. "/" .. path end
+  return "server.backup", { path = path }, function(r)
+    return ("backup written to %s (%d pages, %d audit records) and its anchor to %s, mode 0600;"
+      .. " keep the master key with them\n"):format(r.path, r.pages, r.records, r.anchor)
+  end
+end
 
 -- The API key secret: from standard input, or a prompt without echo on a
 -- terminal. Never from argv or the environment.
@@ -398,6 +416,7 @@ local ADMIN_SPEC = {
   } },
   { "reload", "Reload tools and policies." },
   { "status", "Connections, calls in flight, tools and policies." },
+  { "backup", "Copy the database into the new file FILE (mode 0600) while serving.", args = { "FILE" } },
   { "twilio", "A tenant's Twilio connection.", {
     { "connect", "Connect a tenant to Twilio; the API key secret is read from standard input.",
       opts = with(TWILIO_SETTINGS, "tenant", "account-sid", "api-key-sid") },
@@ -446,7 +465,8 @@ local function command(parent, name, summary)
 end
 
 local function config_option(c)
-  c:option("--config", "The configuration file (default $SWITCHBOARD_CONFIG, else the defaults)."):argname("FILE")
+  c:option("--config", "The configuration file (default $SWITCHBOARD_CONFIG, else an installed"
+    .. " SYSCONFDIR/switchboard/switchboard.conf.lua, else the defaults)."):argname("FILE")
 end
 
 local function add_verb(c, spec)
@@ -502,6 +522,11 @@ local function build_parser()
   exec:add_help(false):handle_options(false)
   exec:argument("file"):target("arg file")
   exec:argument("args"):args("*"):target("arg args")
+
+  local restore = command(p, "restore",
+    "With the server stopped: check a backup (schema, audit chain) and put it in place of the database.")
+  config_option(restore)
+  restore:argument("file", "The backup (from `switchboard admin backup`)."):target("arg file")
 
   command(p, "version", "Print the version.")
   return p
@@ -617,6 +642,29 @@ function M.commands.admin(res, root)
     io.stdout:write(printable(printer(result), true))
   end
   return result.ok == false and 1 or 0
+end
+
+-- `switchboard restore FILE`: offline (switchboard.backup.restore).
+function M.commands.restore(res, root)
+  local cfg, err = load_config(res, root)
+  if not cfg then return die(err, 2) end
+  local server = require("switchboard.server")
+  local function open_master(c)
+    local fixed = setmetatable({ create_master_key = false }, { __index = c })
+    return server.open_master(fixed)
+  end
+  local r, rerr = run_async(function()
+    return require("switchboard.backup").restore(cfg, res["arg file"], open_master,
+      os.getenv("USER") or os.getenv("LOGNAME"))
+  end)
+  if not r then return die("restore refused: " .. rerr, 1) end
+  local out = { ("restored %s from %s: schema version %d, %d audit records, audit trail intact\n")
+    :format(r.database, res["arg file"], r.schema_version, r.records) }
+  if r.kept_database then out[#out + 1] = ("the database it replaced is kept as %s\n"):format(r.kept_database) end
+  if r.kept_anchor then out[#out + 1] = ("the audit anchor it replaced is kept as %s\n"):format(r.kept_anchor) end
+  for _, w in ipairs(r.warnings or {}) do out[#out + 1] = "note: " .. w .. "\n" end
+  io.stdout:write(printable(table.concat(out), true))
+  return 0
 end
 
 -- `switchboard sim`: the Twilio simulator (lua/switchboard/sim/).

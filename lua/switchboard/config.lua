@@ -12,6 +12,7 @@ local spec = {
   admin_socket = { type = "string", default = "./run/admin.sock" },
   master_key_file = { type = "string", default = "./var/master.key" },
   create_master_key = { type = "boolean", default = true },
+  master_key_credential = { type = "string", pattern = "^[%w_@-][%w_.@-]*$" },
   tool_dirs = { type = "list", item = "string", default = {} },
   policy_dir = { type = "string", default = "@root/policies" },
   database = { type = "string", default = "@data/switchboard.db" },

@@ -1,7 +1,10 @@
 -- `switchboard serve`: opens the store and the vault, loads tools and
 -- policies, listens on the agent and admin sockets, and runs the loop.
 -- SIGHUP reloads tools and policies; SIGTERM/SIGINT drain and stop.
+-- Under systemd: sockets passed by name (LISTEN_FDNAMES "agent", "admin")
+-- are served as they are, and READY/RELOADING/STOPPING/WATCHDOG are sent.
 local loop = require("core.loop")
+local notify = require("core.notify")
 local vault = require("core.vault")
 local lfs = require("lfs")
 local fs = require("core.fs")
@@ -79,8 +82,20 @@ local function warn_wide(what, path, mask, fix)
   end
 end
 
--- Open the vault's master key, creating it on first start when allowed.
+-- Open the vault's master key: the systemd credential named
+-- master_key_credential (LoadCredential= / LoadCredentialEncrypted=, read
+-- from $CREDENTIALS_DIRECTORY, never created), else master_key_file,
+-- created on first start when allowed.
 function M.open_master(cfg)
+  if cfg.master_key_credential then
+    local dir = os.getenv("CREDENTIALS_DIRECTORY")
+    if not dir or dir == "" then
+      return nil, ("master_key_credential is '%s' but $CREDENTIALS_DIRECTORY is not set: give the unit"
+        .. " LoadCredentialEncrypted=%s:FILE (or LoadCredential=)"):format(cfg.master_key_credential,
+        cfg.master_key_credential)
+    end
+    return vault.load_master(dir .. "/" .. cfg.master_key_credential)
+  end
   local path = cfg.master_key_file
   if not lfs.attributes(path) and cfg.create_master_key then
     local ok, err = M.private_dir(dirname(path))
@@ -120,7 +135,9 @@ end
 
 function M:reload(actor)
   local old_names = self.policies and table.concat(self.policies:names(), ",")
+  self:notify("RELOADING=1\nMONOTONIC_USEC=" .. notify.monotonic_usec())
   local ok, err = self:load_code()
+  self:notify("READY=1")
   if not ok then
     log.error("reload refused, the previous tools and policies stay in force: %s", err)
     directory.settings_audit(self.db, nil, actor or "signal", "reload.refused", nil, { error = err })
@@ -228,6 +245,7 @@ end
 function M:shutdown(signame)
   if self.draining then return end
   self.draining = true
+  self:notify("STOPPING=1")
   log.info("received SIG%s: stopping; %d calls in flight", signame, self.inflight)
   for _, l in ipairs(self.listeners) do l:close() end
   if self.inflight > 0 then
@@ -245,13 +263,67 @@ function M:shutdown(signame)
   for s in pairs(self.sessions) do s:close() end
   self.audit:flush()
   for _, sig in ipairs(self.signals) do sig:close() end
+  if self.watchdog then self.watchdog:close() end
   loop.stop()
+end
+
+-- A notification to the service manager (nothing outside systemd).
+function M:notify(state)
+  local ok, err = notify.send(state)
+  if ok == nil and not self.notify_failed then
+    self.notify_failed = true
+    log.warn("systemd notification failed: %s", err)
+  end
+end
+
+-- The sockets systemd passed (socket activation), by LISTEN_FDNAMES name.
+-- Read once: the variables are unset after.
+local function passed_sockets()
+  local fds, err = notify.listen_fds()
+  if not fds then return nil, "socket activation: " .. err end
+  local by_name = {}
+  for _, s in ipairs(fds) do
+    if by_name[s.name] then
+      log.warn("systemd passed two sockets named '%s': fd %d is used, fd %d is not", s.name, by_name[s.name], s.fd)
+    else
+      by_name[s.name] = s.fd
+    end
+  end
+  return by_name
+end
+
+-- Listen for `name`: on the socket systemd passed under that name, used as
+-- it is (never re-created or unlinked: its unit owns the file and its
+-- mode), else on path with mode. Other listeners (HTTP) join by name.
+function M:listen(name, path, mode, fn)
+  local fd = self.passed[name]
+  local l, err, where
+  if fd then
+    self.passed[name] = nil
+    where = ("the %s socket passed by systemd (fd %d)"):format(name, fd)
+    if notify.is_unix_listener(fd) then
+      l, err = loop.listen_fd(fd, fn)
+    else
+      err = "not a listening Unix stream socket (ListenStream= with a path)"
+    end
+  else
+    where = ("%s socket %s"):format(name, path)
+    l, err = loop.listen(path, mode, fn)
+  end
+  if not l then return nil, ("%s: %s"):format(where, err) end
+  self.listeners[#self.listeners + 1] = l
+  self.where = self.where or {}
+  self.where[name] = fd and ("%s (systemd fd %d)"):format(path, fd) or path
+  return l
 end
 
 -- Start everything; returns the server or nil, err.
 function M.start(cfg)
   local self = setmetatable({ cfg = cfg, sessions = {}, nsessions = 0, nconn = 0, inflight = 0, per_uid = {},
                               listeners = {}, signals = {} }, M)
+  local perr
+  self.passed, perr = passed_sockets()
+  if not self.passed then return nil, perr end
   -- the data directory and the database's are the server's alone (0700);
   -- the socket directories keep the usual mode, for agent_socket_mode
   local ok, err = M.private_dir(cfg.data_dir)
@@ -279,16 +351,17 @@ function M.start(cfg)
   self.admin = require("switchboard.admin").new(self)
   require("switchboard.sends").recover(self)
 
-  local agent_l, lerr = loop.listen(cfg.agent_socket, cfg.agent_socket_mode, function(stream)
+  local agent_l, lerr = self:listen("agent", cfg.agent_socket, cfg.agent_socket_mode, function(stream)
     self:accept_agent(stream)
   end)
-  if not agent_l then return nil, ("agent socket %s: %s"):format(cfg.agent_socket, lerr) end
-  self.listeners[#self.listeners + 1] = agent_l
-  local admin_l, aerr = loop.listen(cfg.admin_socket, tonumber("600", 8), function(stream)
+  if not agent_l then return nil, lerr end
+  local admin_l, aerr = self:listen("admin", cfg.admin_socket, tonumber("600", 8), function(stream)
     self.admin:serve(stream)
   end)
-  if not admin_l then return nil, ("admin socket %s: %s"):format(cfg.admin_socket, aerr) end
-  self.listeners[#self.listeners + 1] = admin_l
+  if not admin_l then return nil, aerr end
+  for name in pairs(self.passed) do
+    log.warn("systemd passed a socket named '%s' that nothing here serves (known: agent, admin)", name)
+  end
 
   for _, name in ipairs({ "TERM", "INT" }) do
     self.signals[#self.signals + 1] = loop.signal(name, function() self:shutdown(name) end)
@@ -315,7 +388,13 @@ function M.serve(cfg)
   local self, err = M.start(cfg)
   if not self then return nil, err end
   log.info("switchboard serving: agents on %s, admin on %s; %d tools, %d policies",
-    cfg.agent_socket, cfg.admin_socket, #self.registry.order, #self.policies.list)
+    self.where.agent, self.where.admin, #self.registry.order, #self.policies.list)
+  self:notify(("READY=1\nSTATUS=serving %d tools, %d policies"):format(#self.registry.order, #self.policies.list))
+  local wd = notify.watchdog()
+  if wd then
+    -- twice per interval, as sd_watchdog_enabled(3) advises
+    self.watchdog = loop.timer(wd / 2, wd / 2, function() self:notify("WATCHDOG=1") end)
+  end
   loop.run()
   self.audit:flush()
   self.db:close()
