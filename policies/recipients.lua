@@ -35,15 +35,30 @@ for _, c in ipairs(settings.countries or {}) do
   end
 end
 
--- Without `countries`: the regions of the tenant's own numbers (computed
--- once per connection by the runtime: call.connection.countries).
+-- Without `countries`: the regions of the tenant's own numbers, as the
+-- runtime computed them once per connection (call.connection.countries),
+-- or from the numbers themselves (each parsed once).
+local region_of = {}
+local function own_countries(conn)
+  if conn.countries then return conn.countries end
+  local out = {}
+  for _, own in ipairs(conn.numbers or {}) do
+    if region_of[own] == nil then
+      local n = phone(own)
+      region_of[own] = n and n.valid and n.region or false
+    end
+    if region_of[own] then out[#out + 1] = region_of[own] end
+  end
+  return out
+end
+
 local function allowed(call, number)
   if settings.countries then
     if not (next(allowed_regions) or next(allowed_codes)) then return true end
     return allowed_regions[number.region] or allowed_codes[number.country_code]
   end
-  local own = call.connection and call.connection.countries
-  if not own or #own == 0 then return true end
+  local own = call.connection and own_countries(call.connection) or {}
+  if #own == 0 then return true end
   for i = 1, #own do
     if own[i] == number.region then return true end
   end
