@@ -209,7 +209,8 @@ Writer.__index = Writer
 
 local writers = setmetatable({}, { __mode = "k" })
 
--- The writer of db (one per database).
+-- The writer of db (one per database). writer.sync = true makes every
+-- statement commit at once, in its own transaction, without waiting.
 function M.writer(db)
   local w = writers[db]
   if not w then
@@ -276,6 +277,14 @@ end
 
 local function enqueue(self, insert, wait, on_commit, sql, ...)
   local item = { insert = insert, sql = sql, args = table.pack(...), on_commit = on_commit }
+  if self.sync then
+    -- commit now, without the loop (in-process harnesses that run calls
+    -- outside the event loop set writer.sync = true)
+    self.queue[#self.queue + 1] = item
+    self:flush()
+    if wait then return item.res, item.err end
+    return true
+  end
   if wait then
     item.co = coroutine.running()
     assert(coroutine.isyieldable(), "db writer: waiting for a commit needs a runtime coroutine")

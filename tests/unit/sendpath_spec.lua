@@ -156,6 +156,17 @@ describe("the writer", function()
     assert.truthy(db:row("SELECT id FROM t WHERE v = 'fresh'"))
   end)
 
+  it("commits at once, without the loop, in sync mode", function()
+    local w = db_mod.writer(db)
+    w.sync = true
+    local b0 = w.batches
+    local ok, id = pcall(w.insert, w, nil, "INSERT INTO t (v) VALUES (?)", "sync") -- no coroutine needed
+    w.sync = nil
+    assert.is_true(ok, id)
+    assert.equal("integer", math.type(id))
+    assert.equal(b0 + 1, w.batches)
+  end)
+
   it("refuses to commit inside a transaction someone left open: nothing of the batch is written", function()
     local w = db_mod.writer(db)
     local id, err
