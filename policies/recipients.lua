@@ -35,24 +35,34 @@ for _, c in ipairs(settings.countries or {}) do
   end
 end
 
-local region_of = {} -- the tenant's own numbers, parsed once
+-- Without `countries`: the regions of the tenant's own numbers, as the
+-- runtime computed them once per connection (call.connection.countries),
+-- or from the numbers themselves (each parsed once).
+local region_of = {}
+local function own_countries(conn)
+  if conn.countries then return conn.countries end
+  local out = {}
+  for _, own in ipairs(conn.numbers or {}) do
+    if region_of[own] == nil then
+      local n = phone(own)
+      region_of[own] = n and n.valid and n.region or false
+    end
+    if region_of[own] then out[#out + 1] = region_of[own] end
+  end
+  return out
+end
+
 local function allowed(call, number)
   if settings.countries then
     if not (next(allowed_regions) or next(allowed_codes)) then return true end
     return allowed_regions[number.region] or allowed_codes[number.country_code]
   end
-  local any = false
-  for _, own in ipairs(call.connection and call.connection.numbers or {}) do
-    if region_of[own] == nil then
-      local n = phone(own)
-      region_of[own] = n and n.region or false
-    end
-    if region_of[own] then
-      if region_of[own] == number.region then return true end
-      any = true
-    end
+  local own = call.connection and own_countries(call.connection) or {}
+  if #own == 0 then return true end
+  for i = 1, #own do
+    if own[i] == number.region then return true end
   end
-  return not any
+  return false
 end
 
 return {

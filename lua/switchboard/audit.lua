@@ -21,6 +21,7 @@ local loop = require("core.loop")
 local vault = require("core.vault")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
+local db_mod = require("switchboard.db")
 
 local M = {}
 M.__index = M
@@ -279,9 +280,12 @@ function M:flush(defer_anchor)
   end
   self.queue = {}
   local db = self.db
-  local ok, err = db:begin()
+  -- the sends' writes queued before these records go first (a record never
+  -- reports an outcome its send record does not hold yet); one transaction
+  -- at a time, through the db module
+  db_mod.writer(db):flush()
   local id, prev = self.last_id, self.last_hash
-  if ok then
+  local ok, err = db_mod.transaction(db, function()
     for _, r in ipairs(q) do
       id = id + 1
       r.id, r.chain, r.anchored = id, M.KEYED, self.anchored_id
@@ -290,12 +294,12 @@ function M:flush(defer_anchor)
       for i, c in ipairs(COLUMNS) do args[i] = r[c] end
       local n = #COLUMNS
       args[n + 1], args[n + 2], args[n + 3], args[n + 4] = r.chain, r.anchored, prev, h
-      ok, err = db:run(INSERT, table.unpack(args, 1, n + 4))
-      if not ok then break end
+      local stored, serr = db:run(INSERT, table.unpack(args, 1, n + 4))
+      if not stored then return nil, serr end
       prev = h
     end
-    if ok then ok, err = db:commit() else db:rollback() end
-  end
+    return true
+  end)
   if not ok then
     -- keep them, in order, ahead of what came since, and try again soon
     for i = 1, #self.queue do q[#q + 1] = self.queue[i] end

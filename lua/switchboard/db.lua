@@ -2,6 +2,8 @@
 -- versioned migrations. Everything above this module goes through the
 -- query helpers with bound parameters; nothing here builds SQL from values.
 local store = require("core.store")
+local loop = require("core.loop")
+local log = require("switchboard.log")
 
 local M = {}
 
@@ -150,10 +152,178 @@ M.migrations = {
     ((CASE WHEN json_valid(detail) THEN json_extract(detail, '$.send_id') END));
   CREATE INDEX sends_escalation ON sends (escalation_id);
   ]],
+  [[
+  -- The daily budget counts a tenant's sends since midnight: a range on
+  -- created_unix within the tenant (sends_tenant_recipient ranges on it
+  -- only within one recipient). Reconciliation finds a send by its SID.
+  CREATE INDEX sends_tenant_created ON sends (tenant_id, created_unix);
+  CREATE INDEX sends_sid ON sends (sid) WHERE sid IS NOT NULL;
+  ]],
 }
 
 function M.now()
   return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+-- {======================================================
+-- One write path: group commit.
+--
+-- SQLite has one connection here and every statement runs on the loop,
+-- so a transaction is exclusive as long as no one waits inside it: each
+-- transaction goes through M.transaction, which refuses to nest in one
+-- that is open (its writes would be durable only at someone else's
+-- COMMIT) and never yields between BEGIN IMMEDIATE and COMMIT.
+--
+-- The writer batches statements: a caller queues one and waits; on the
+-- next loop turn everything queued by then is committed together (one
+-- fsync under synchronous=FULL), each statement in a savepoint of its own
+-- so that one statement's error fails only it. Statements queued while a
+-- batch commits go in the next one. A caller gets what the statement
+-- returned (the rowid of an insert, the change count of a run) once the
+-- batch is on disk, or nil, err when the statement or the COMMIT failed
+-- (then nothing of it was written).
+-- =======================================================
+
+-- Run fn(db) inside BEGIN IMMEDIATE … COMMIT. fn returns true (commit) or
+-- nil, err (roll back). Returns true or nil, err. fn must not wait.
+function M.transaction(db, fn)
+  if db:in_transaction() then
+    return nil, "a transaction is already open: its writes would not be durable on their own"
+  end
+  local ok, err = db:begin()
+  if not ok then return nil, err end
+  local pok, res, ferr = pcall(fn, db)
+  if pok and res then
+    ok, err = db:commit()
+    if ok then return true end
+  else
+    err = pok and ferr or res
+  end
+  if db:in_transaction() then db:rollback() end
+  if not pok then error(res, 0) end
+  return nil, err
+end
+
+local Writer = {}
+Writer.__index = Writer
+
+local writers = setmetatable({}, { __mode = "k" })
+
+-- The writer of db (one per database). writer.sync = true makes every
+-- statement commit at once, in its own transaction, without waiting.
+function M.writer(db)
+  local w = writers[db]
+  if not w then
+    w = setmetatable({ db = db, queue = {}, scheduled = false, batches = 0, statements = 0 }, Writer)
+    writers[db] = w
+  end
+  return w
+end
+
+-- Run one queued statement in its savepoint; sets item.res / item.err.
+local function run_item(db, item)
+  local ok, err = db:run("SAVEPOINT sb_item")
+  if not ok then item.err = err return end
+  local res, serr
+  if item.insert then
+    res, serr = db:insert(item.sql, table.unpack(item.args, 1, item.args.n))
+  else
+    res, serr = db:run(item.sql, table.unpack(item.args, 1, item.args.n))
+  end
+  if res then
+    item.res = res
+    db:run("RELEASE sb_item")
+  else
+    item.err = serr
+    db:run("ROLLBACK TO sb_item")
+    db:run("RELEASE sb_item")
+  end
+end
+
+-- Commit everything queued now, in one transaction; then tell each
+-- statement's caller. Does not wait (callable from anywhere).
+function Writer:flush()
+  local q = self.queue
+  if #q == 0 then return true end
+  self.queue = {}
+  local pok, ok, err = pcall(M.transaction, self.db, function(db)
+    for _, item in ipairs(q) do run_item(db, item) end
+    return true
+  end)
+  if not pok then ok, err = nil, tostring(ok) end
+  self.batches, self.statements = self.batches + 1, self.statements + #q
+  for _, item in ipairs(q) do
+    if not ok then item.res, item.err = nil, err end
+    -- what must happen in the same step as the commit (counters, claims)
+    if item.on_commit then
+      local cok, cerr = pcall(item.on_commit, item.res, item.err)
+      if not cok then log.error("db: a commit callback failed: %s", tostring(cerr)) end
+    end
+    if item.co then loop.wake(item.co, item.res, item.err) end
+  end
+  return ok, err
+end
+
+function Writer:schedule()
+  if self.scheduled then return end
+  self.scheduled = true
+  loop.spawn(function()
+    -- the next loop turn: what the calls ready in this one queue goes along
+    loop.sleep(0)
+    self.scheduled = false
+    self:flush()
+  end)
+end
+
+local function enqueue(self, insert, wait, on_commit, sql, ...)
+  local item = { insert = insert, sql = sql, args = table.pack(...), on_commit = on_commit }
+  if self.sync then
+    -- commit now, without the loop (in-process harnesses that run calls
+    -- outside the event loop set writer.sync = true)
+    self.queue[#self.queue + 1] = item
+    self:flush()
+    if wait then return item.res, item.err end
+    return true
+  end
+  if wait then
+    item.co = coroutine.running()
+    assert(coroutine.isyieldable(), "db writer: waiting for a commit needs a runtime coroutine")
+  end
+  self.queue[#self.queue + 1] = item
+  self:schedule()
+  if wait then return loop.wait() end
+  return true
+end
+
+-- Queue an INSERT and wait for its batch: the rowid, or nil, err.
+-- on_commit(rowid | nil, err), if given, runs right after the COMMIT.
+function Writer:insert(on_commit, sql, ...)
+  return enqueue(self, true, true, on_commit, sql, ...)
+end
+
+-- Queue a statement and wait for its batch: the change count, or nil, err.
+function Writer:run(on_commit, sql, ...)
+  return enqueue(self, false, true, on_commit, sql, ...)
+end
+
+-- Queue a statement without waiting; on_commit(count | nil, err) is told.
+function Writer:later(on_commit, sql, ...)
+  return enqueue(self, false, false, on_commit, sql, ...)
+end
+
+-- }======================================================
+
+-- Caches of per-tenant rows (a tenant's connection, its countries) are
+-- told of every change to that tenant's settings: fn(db, tenant_id).
+local on_change = {}
+
+function M.on_tenant_change(fn)
+  for _, f in ipairs(on_change) do if f == fn then return end end
+  on_change[#on_change + 1] = fn
+end
+
+function M.tenant_changed(db, tenant_id)
+  for _, f in ipairs(on_change) do f(db, tenant_id) end
 end
 
 -- Open the database file and bring its schema up to date.

@@ -84,7 +84,9 @@ function M.credential(master, tenant, field, blob, username)
 end
 
 function M.set_features(db, tenant, features)
-  return db:run("UPDATE tenants SET features = ? WHERE id = ?", json.encode(json.array(features)), tenant.id)
+  local ok, err = db:run("UPDATE tenants SET features = ? WHERE id = ?", json.encode(json.array(features)), tenant.id)
+  db_mod.tenant_changed(db, tenant.id)
+  return ok, err
 end
 
 local function agent_row(r)

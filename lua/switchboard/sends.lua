@@ -1,12 +1,12 @@
 -- Write-ahead sends: before a message or a verification code goes out,
--- its record is committed (pending), then marked in_flight right before
--- the request; it ends sent (with Twilio's SID), failed (with Twilio's
--- error) or unknown (the request went out and no answer came back). A
--- send whose record cannot be committed is not sent. On start, pending
--- records (which never went out) become failed, in_flight ones unknown;
--- unknown messages are reconciled by listing the recipient's messages;
--- every change recovery makes is written to the audit trail. Nothing is
--- ever sent twice.
+-- its record is committed (in_flight) in the group commit of the db
+-- writer, shared with the sends queued meanwhile; it ends sent (with
+-- Twilio's SID), failed (with Twilio's error) or unknown (the request went
+-- out and no answer came back). A send whose record cannot be committed is
+-- not sent. On start, in_flight records become unknown (and pending ones,
+-- from earlier versions, failed: they never went out); unknown messages
+-- are reconciled by listing the recipient's messages; every change
+-- recovery makes is written to the audit trail. Nothing is ever sent twice.
 local loop = require("core.loop")
 local vault = require("core.vault")
 local store = require("core.store")
@@ -23,19 +23,74 @@ local FIELD = "send.request"
 -- What a pending record becomes at start: it never went out.
 M.NOT_SENT = "not sent: interrupted before the request"
 
--- true, or nil, err (the caller decides what a failed write means).
-local function set_status(db, id, status, sid, code, message)
-  return db:run("UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ?"
-    .. " WHERE id = ?", status, sid, code, message, db_mod.now(), id)
+-- The statements of the call path (tests hold each against its query
+-- plan: none may scan the table).
+M.SQL = {
+  insert = "INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request, body_hash,"
+    .. " status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?)",
+  settle = "UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
+  opt_out = "INSERT OR IGNORE INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)",
+  opted_out = "SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?",
+  recent = "SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ? AND created_unix >= ?"
+    .. " AND status != 'failed'",
+  today = "SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ? AND status != 'failed'",
+  by_sid = "SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?",
+}
+
+-- {======================================================
+-- The daily count: sends of a tenant since midnight (UTC) that did not
+-- fail, read once a day from the store (a range of sends_tenant_created)
+-- and then kept in step with the commits: +1 in the step that commits a
+-- record, -1 in the step that commits its failure. db -> tenant -> { day, n }
+-- =======================================================
+
+local daily = setmetatable({}, { __mode = "k" })
+
+local function midnight(t) return t - t % 86400 end
+
+local function day_count(db, tenant_id)
+  local per = daily[db]
+  if not per then per = {} daily[db] = per end
+  local day = midnight(os.time())
+  local c = per[tenant_id]
+  if not c or c.day ~= day then
+    local r, err = db:row(M.SQL.today, tenant_id, day)
+    if not r then error("the send records could not be read: " .. tostring(err), 0) end
+    c = { day = day, n = r.n }
+    per[tenant_id] = c
+  end
+  return c.n
 end
 
--- A settle after the request went out: a failed write is logged, the
--- record then stays in_flight and becomes unknown at the next start.
-local function settle_status(db, id, status, sid, code, message)
-  local ok, err = set_status(db, id, status, sid, code, message)
+local function counted(db, tenant_id, created_unix, delta)
+  local per = daily[db]
+  local c = per and per[tenant_id]
+  if c and created_unix >= c.day then c.n = c.n + delta end
+end
+
+-- Forget the counts (recovery changed records outside the call path).
+function M.recount(db)
+  daily[db] = nil
+end
+
+-- }======================================================
+
+-- true, or nil, err (the caller decides what a failed write means).
+-- Outside the call path (recovery, reconciliation): written at once.
+local function set_status(db, id, status, sid, code, message)
+  return db:run(M.SQL.settle, status, sid, code, message, db_mod.now(), id)
+end
+
+-- A settle after the request went out, through the group commit: a
+-- failed write is logged, the record then stays in_flight and becomes
+-- unknown at the next start. row: { id, tenant_id, created_unix }.
+local function settle_status(db, row, status, sid, code, message)
+  local ok, err = db_mod.writer(db):run(function(n)
+    if n and status == "failed" then counted(db, row.tenant_id, row.created_unix, -1) end
+  end, M.SQL.settle, status, sid, code, message, db_mod.now(), row.id)
   if not ok then
     log.error("sends: send %d ended %s but that could not be stored (%s); it stays in_flight and is"
-      .. " marked unknown at the next start", id, status, tostring(err))
+      .. " marked unknown at the next start", row.id, status, tostring(err))
   end
   return ok
 end
@@ -53,18 +108,20 @@ end
 -- After the POST: record the end and the opt-out, if any.
 local function settle(db, row, body, err)
   if body then
-    settle_status(db, row.id, "sent", type(body.sid) == "string" and body.sid or nil, nil, nil)
+    settle_status(db, row, "sent", type(body.sid) == "string" and body.sid or nil, nil, nil)
     return "sent"
   end
   if err.unknown then
-    settle_status(db, row.id, "unknown", nil, nil, err.message)
+    settle_status(db, row, "unknown", nil, nil, err.message)
     return "unknown"
   end
-  settle_status(db, row.id, "failed", nil, err.code, err.message)
   if err.code == 21610 then
-    db:run("INSERT OR IGNORE INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)",
-      row.tenant_id, row.recipient, db_mod.now())
+    -- in the same commit as the failure
+    db_mod.writer(db):later(function(n, oerr)
+      if not n then log.error("sends: the opt-out of a recipient could not be stored: %s", tostring(oerr)) end
+    end, M.SQL.opt_out, row.tenant_id, row.recipient, db_mod.now())
   end
+  settle_status(db, row, "failed", nil, err.code, err.message)
   return "failed"
 end
 
@@ -80,6 +137,7 @@ end
 M.STORAGE_UNAVAILABLE = "Not sent: storage unavailable. The send could not be recorded before going out, so"
   .. " nothing was sent to Twilio"
 M.CANCELLED = "Not sent: the call was cancelled or passed its deadline before the request went out"
+M.NOT_SENT_CANCELLED = "not sent: the call was cancelled before the request"
 
 -- The runtime (database, master key) behind a call's ctx, out of the
 -- tool's reach: the pipeline binds it, sends.post finds it.
@@ -107,30 +165,34 @@ function M.post(ctx, spec)
   end
   local request = json.encode({ product = spec.product, path = spec.path, form = spec.form })
   local sealed = directory.seal(rt.master, tenant, FIELD, request)
-  local now = db_mod.now()
+  local now, created = db_mod.now(), os.time()
   local hash = M.body_hash(spec.text)
   if not hash and spec.form and spec.form.ContentSid then
     hash = M.template_hash(spec.form.ContentSid, spec.form.ContentVariables)
   end
-  local id, err = db:insert("INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request,"
-    .. " body_hash, status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-    tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action, spec.recipient,
-    store.blob(sealed), hash, now, os.time(), now)
-  -- the claim ends in the same step that writes the record (or fails to)
-  if ctx.send_claim then ctx.send_claim() end
+  -- one commit before the request, shared with the sends queued meanwhile:
+  -- the record is in_flight from the start (a record that never went out
+  -- because the process died in between is reconciled as unknown)
+  local id, err = db_mod.writer(db):insert(function(rowid)
+    -- the claim ends in the same step that commits the record (or fails to)
+    if ctx.send_claim then ctx.send_claim() end
+    if rowid then counted(db, tenant.id, created, 1) end
+  end, M.SQL.insert, tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action,
+    spec.recipient, store.blob(sealed), hash, now, created, now)
   if not id then
     log.error("sends: the write-ahead record of a %s send for tenant %d could not be stored, so it was not"
       .. " sent: %s", ctx.tool_name, tenant.id, tostring(err))
     return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { storage = tostring(err) })
   end
-  local ok, uerr = set_status(db, id, "in_flight")
-  if not ok then
-    -- still pending: it never went out, and the next start says so
-    log.error("sends: send %d could not be marked in_flight, so it was not sent: %s", id, tostring(uerr))
-    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { send_id = id, storage = tostring(uerr) })
+  local row = { id = id, tenant_id = tenant.id, recipient = spec.recipient, created_unix = created }
+  -- the commit took a loop turn: a call given up meanwhile sends nothing
+  if ctx.cancelled and ctx.cancelled() then
+    log.info("sends: %s call %s cancelled before its send: not sent", ctx.tool_name, tostring(ctx.call_id))
+    settle_status(db, row, "failed", nil, nil, M.NOT_SENT_CANCELLED)
+    return not_sent(ctx, "cancelled", M.CANCELLED, { send_id = id })
   end
   local body, perr = ctx.twilio:post(spec.product, spec.path, spec.form, { cancelled = ctx.cancelled })
-  local outcome = settle(db, { id = id, tenant_id = tenant.id, recipient = spec.recipient }, body, perr)
+  local outcome = settle(db, row, body, perr)
   if outcome == "unknown" then M.reconcile_later(rt, id) end
   ctx.outcome = outcome
   ctx.audit_detail = { send_id = id, sid = body and body.sid or nil, status = body and body.status or nil,
@@ -165,24 +227,17 @@ end
 -- failing policy denies (a limit never passes for want of a count).
 function M.policy_helpers(db, tenant_id)
   local c = claims[tenant_id] or { total = 0, by = {} }
-  local function count(sql, ...)
-    local r, err = db:row(sql, ...)
-    if not r then error("the send records could not be read: " .. tostring(err), 0) end
-    return r.n
-  end
   return {
     recent_sends = function(recipient, seconds)
-      return count("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ?"
-        .. " AND created_unix >= ? AND status != 'failed'", tenant_id, recipient, os.time() - (seconds or 600))
-        + (c.by[recipient] or 0)
+      local r, err = db:row(M.SQL.recent, tenant_id, recipient, os.time() - (seconds or 600))
+      if not r then error("the send records could not be read: " .. tostring(err), 0) end
+      return r.n + (c.by[recipient] or 0)
     end,
     sends_today = function()
-      local midnight = os.time() - os.time() % 86400
-      return count("SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ?"
-        .. " AND status != 'failed'", tenant_id, midnight) + c.total
+      return day_count(db, tenant_id) + c.total
     end,
     opted_out = function(recipient)
-      local r, err = db:row("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?", tenant_id, recipient)
+      local r, err = db:row(M.SQL.opted_out, tenant_id, recipient)
       if r == nil and err then error("the opt-outs could not be read: " .. tostring(err), 0) end
       return r ~= nil
     end,
@@ -266,7 +321,7 @@ local function reconcile_one(rt, row)
       if type(m.body) == "string" and M.body_hash(m.body) == want
         and (form.From == nil or m.from == nil or m.from == form.From)
         and created and created >= row.created_unix - 60
-        and not rt.db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?", row.tenant_id, m.sid) then
+        and not rt.db:row(M.SQL.by_sid, row.tenant_id, m.sid) then
         local ok, err = set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
         if not ok then return nil, "the match could not be stored: " .. tostring(err) end
         audit(rt, row, "sent", { sid = m.sid, reconciled = "found in the message list" })
@@ -320,6 +375,7 @@ function M.recover(rt)
     log.warn("sends: %d sends recorded but never started before the restart were marked failed (not sent)",
       #pending)
   end
+  M.recount(db)
   local escalations = require("switchboard.escalations")
   escalations.recover(rt)
   local unknown = assert(db:query("SELECT * FROM sends WHERE status = 'unknown' AND created_unix >= ? ORDER BY id",

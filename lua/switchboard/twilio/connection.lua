@@ -29,9 +29,11 @@ local function decode(s, default)
   return v
 end
 
+M.SQL = { get = "SELECT * FROM connections WHERE tenant_id = ?" }
+
 -- The connection row of a tenant, decoded, or nil.
 function M.get(db, tenant_id)
-  local r = db:row("SELECT * FROM connections WHERE tenant_id = ?", tenant_id)
+  local r = db:row(M.SQL.get, tenant_id)
   if not r then return nil end
   r.numbers = decode(r.numbers, {})
   r.hosts = decode(r.hosts, nil)
@@ -224,10 +226,55 @@ local function view(tenant, conn)
 end
 M.view = view
 
+-- {======================================================
+-- The call path's connections: each tenant's row decoded once, with its
+-- policy view and the countries of its numbers, kept until an admin change
+-- that touches the connection or the tenant drops it (M.invalidate: connect,
+-- update, test, autonomous-sends, disconnect, tenant features). db ->
+-- tenant_id -> row, or false (no connection).
+-- =======================================================
+
+local cached = setmetatable({}, { __mode = "k" })
+
+-- Drop the cached connection of tenant_id (all tenants without one).
+function M.invalidate(db, tenant_id)
+  local per = cached[db]
+  if not per then return end
+  if tenant_id == nil then cached[db] = nil else per[tenant_id] = nil end
+end
+
+db_mod.on_tenant_change(M.invalidate)
+
+-- The regions of a connection's own numbers ("US", "GB"), each once.
+local function countries(numbers)
+  local phone = require("core.phone")
+  local out, seen = {}, {}
+  for _, n in ipairs(numbers) do
+    local p = type(n.phone_number) == "string" and phone.parse(n.phone_number)
+    local region = p and p.valid and p.region
+    if region and not seen[region] then
+      seen[region] = true
+      out[#out + 1] = region
+    end
+  end
+  table.sort(out)
+  return out
+end
+M.countries = countries
+
 -- For the call path: the tenant's connection, or nil and what the agent
--- should be told.
+-- should be told. The row is shared between calls: read it, never change it.
 function M.for_call(db, tenant_id)
-  local conn = M.get(db, tenant_id)
+  local per = cached[db]
+  if not per then
+    per = {}
+    cached[db] = per
+  end
+  local conn = per[tenant_id]
+  if conn == nil then
+    conn = M.get(db, tenant_id) or false
+    per[tenant_id] = conn
+  end
   if not conn then
     return nil, "Twilio is not connected for this tenant. An operator connects it with"
       .. " `switchboard admin twilio connect`."
@@ -240,13 +287,19 @@ function M.for_call(db, tenant_id)
   return conn
 end
 
--- What policies may read about the connection.
+-- What policies may read about the connection (policies get it read-only;
+-- computed once per cached row). countries: the regions of its numbers.
 function M.policy_view(conn)
+  if conn.policy_view then return conn.policy_view end
   local numbers = {}
   for i, n in ipairs(conn.numbers) do numbers[i] = n.phone_number end
-  return { provider = "twilio", autonomous_sends = conn.autonomous_sends, default_number = conn.default_number,
-           whatsapp_number = conn.whatsapp_number, numbers = numbers }
+  local v = { provider = "twilio", autonomous_sends = conn.autonomous_sends, default_number = conn.default_number,
+              whatsapp_number = conn.whatsapp_number, numbers = numbers, countries = countries(conn.numbers) }
+  conn.policy_view = v
+  return v
 end
+
+-- }======================================================
 
 -- Register the admin methods on the admin module's table.
 function M.install(admin)
@@ -311,6 +364,7 @@ function M.install(admin)
       if self.db:in_transaction() then self.db:rollback() end
       refuse("could not store the connection: " .. tostring(err))
     end
+    M.invalidate(self.db, t.id)
     directory.settings_audit(self.db, t.id, p.actor, "twilio.connect", nil,
       { account_sid = cr.account_sid, api_key_sid = cr.api_key_sid, default_number = default,
         whatsapp_number = pre.whatsapp_number, verify_service_sid = pre.verify_service_sid,
@@ -338,6 +392,7 @@ function M.install(admin)
   local function set_status(self, t, status, reason)
     local ok, err = self.db:run("UPDATE connections SET status = ?, status_reason = ?, last_tested_at = ?,"
       .. " updated_at = ? WHERE tenant_id = ?", status, reason, db_mod.now(), db_mod.now(), t.id)
+    M.invalidate(self.db, t.id)
     if not ok then refuse("could not store the connection's status: " .. tostring(err)) end
   end
 
@@ -370,6 +425,7 @@ function M.install(admin)
       json.encode(json.array(info.numbers)), info.account_name, info.account_status, info.account_type,
       db_mod.now(), db_mod.now(), t.id)
     if not stored then refuse("the key works, but the result could not be stored: " .. tostring(serr)) end
+    M.invalidate(self.db, t.id)
     if conn.status ~= "active" then
       directory.settings_audit(self.db, t.id, p.actor, "twilio.status", { status = conn.status }, { status = "active" })
     end
@@ -420,6 +476,7 @@ function M.install(admin)
     args[#sets + 1] = t.id
     local stored, serr = self.db:run("UPDATE connections SET " .. table.concat(sets, ", ") .. " WHERE tenant_id = ?",
       table.unpack(args, 1, #sets + 1))
+    M.invalidate(self.db, t.id)
     if not stored then
       refuse("could not store the update; the previous settings stay in force: " .. tostring(serr))
     end
@@ -442,6 +499,7 @@ function M.install(admin)
     if want ~= conn.autonomous_sends then
       local stored, serr = self.db:run("UPDATE connections SET autonomous_sends = ?, updated_at = ? WHERE tenant_id = ?",
         want and 1 or 0, db_mod.now(), t.id)
+      M.invalidate(self.db, t.id)
       if not stored then
         refuse("could not store the setting; autonomous sends stay " .. (conn.autonomous_sends and "on" or "off")
           .. ": " .. tostring(serr))
@@ -462,6 +520,7 @@ function M.install(admin)
       if self.db:in_transaction() then self.db:rollback() end
       refuse("could not remove the connection; it stays in force: " .. tostring(err))
     end
+    M.invalidate(self.db, t.id)
     directory.settings_audit(self.db, t.id, p.actor, "twilio.disconnect",
       { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }, nil)
     self.server:refresh_agents(t.id)
