@@ -89,6 +89,8 @@ function M.new(tag, root)
                              listeners = {}, signals = {} }, server)
   srv.master = assert(server.open_master(cfg))
   srv.db = assert(db_mod.open(cfg.database))
+  -- calls run outside the event loop here: commit each write at once
+  db_mod.writer(srv.db).sync = true
   assert(srv:load_code())
   local db = srv.db
   local t = assert(directory.add_tenant(db, srv.master, "acme"))
@@ -155,6 +157,7 @@ function RT:restore()
   write(path, self.template)
   write(srv.cfg.audit.anchor_file, self.anchor)
   srv.db = assert(db_mod.open(path))
+  db_mod.writer(srv.db).sync = true
   srv.audit = audit.new(srv.db, srv.master, srv.cfg.audit)
   srv.admin = require("switchboard.admin").new(srv)
   srv.sessions, srv.nsessions, srv.inflight, srv.draining = {}, 0, 0, nil
