@@ -41,6 +41,11 @@
 
 #define USER_AGENT  "switchboard/0.1"
 #define POOL_MAX    8                        /* idle easy handles kept */
+/* Idle connections the multi handle keeps for reuse. libcurl's default
+** cache holds 4 per easy handle in the multi at that moment, so when a
+** burst ends and only a few transfers are left, it closes most of the
+** connections the burst opened and the next burst opens them again. */
+#define MAX_CONNECTS 256
 #define DEFAULT_TIMEOUT          30.0
 #define DEFAULT_CONNECT_TIMEOUT  10.0
 #define DEFAULT_MAX_BYTES        (8u * 1024u * 1024u)
@@ -1411,6 +1416,12 @@ luaopen_core_http(lua_State *L)
     }
     curl_multi_setopt(S.multi, CURLMOPT_SOCKETFUNCTION, socket_fn);
     curl_multi_setopt(S.multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+    if (curl_multi_setopt(S.multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONNECTS)
+        != CURLM_OK) {
+      curl_multi_cleanup(S.multi);
+      curl_global_cleanup();
+      return luaL_error(L, "cannot initialise libcurl");
+    }
     ev_timer_init(&S.timer, timer_cb, 0., 0.);
     S.inflight = NULL;
     S.socks = NULL;
