@@ -317,6 +317,7 @@ function M.serve(cfg)
   log.info("switchboard serving: agents on %s, admin on %s; %d tools, %d policies",
     cfg.agent_socket, cfg.admin_socket, #self.registry.order, #self.policies.list)
   loop.run()
+  require("switchboard.twilio.connection").forget_all()
   self.audit:flush()
   self.db:close()
   self.master:close()
