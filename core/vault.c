@@ -19,7 +19,7 @@
 **
 ** Secrets (the master key, opened credentials) live in mlock'd,
 ** MADV_DONTDUMP pages of their own, wiped with OPENSSL_cleanse before
-** they are unmapped. A credential's secret never goes back to Lua: only C
+** they are unmapped or kept, locked, in a small pool for the next secret. A credential's secret never goes back to Lua: only C
 ** (sb_credential_basic, for core.http) reads it.
 */
 #define OPENSSL_API_COMPAT 30000
