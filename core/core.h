@@ -73,6 +73,13 @@ int sb_credential_basic(lua_State *L, int idx, const char **user, const char **s
 ** sb_main. NULL when the state cannot be created. */
 lua_State *sb_new_state(const char *root);
 
+/* Locked memory for secrets (core/vault.c): len bytes rounded up to whole
+** pages, mlock'd (best effort) and MADV_DONTDUMP; single pages come from a
+** small pool of wiped pages. NULL when out of memory; *maplen is what
+** sb_secure_free takes back (it wipes first). */
+unsigned char *sb_secure_alloc(size_t len, size_t *maplen);
+void sb_secure_free(unsigned char *p, size_t maplen);
+
 /* Module openers, preloaded by sb_new_state. */
 int luaopen_core_loop(lua_State *L);
 int luaopen_core_http(lua_State *L);

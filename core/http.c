@@ -24,7 +24,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -41,6 +40,11 @@
 
 #define USER_AGENT  "switchboard/0.1"
 #define POOL_MAX    8                        /* idle easy handles kept */
+/* Idle connections the multi handle keeps for reuse. libcurl's default
+** cache holds 4 per easy handle in the multi at that moment, so when a
+** burst ends and only a few transfers are left, it closes most of the
+** connections the burst opened and the next burst opens them again. */
+#define MAX_CONNECTS 256
 #define DEFAULT_TIMEOUT          30.0
 #define DEFAULT_CONNECT_TIMEOUT  10.0
 #define DEFAULT_MAX_BYTES        (8u * 1024u * 1024u)
@@ -141,8 +145,8 @@ easy_put(CURL *e)
 ** no freed block keeps a copy, libcurl allocates through the functions
 ** below (curl_global_init_mem), which remember each block's size and wipe
 ** it before giving it back. The Basic header itself is built from the
-** credential handle in a page of its own (mlock'd, MADV_DONTDUMP, wiped
-** and unmapped when the transfer ends) and handed to libcurl as a list
+** credential handle in a page of its own (sb_secure_alloc: mlock'd,
+** MADV_DONTDUMP, wiped when the transfer ends) and handed to libcurl as a list
 ** node that lives in that page, so libcurl holds no other copy of it.
 ** ===================================================================== */
 
@@ -230,15 +234,10 @@ auth_new(const char *user, size_t ulen, const char *secret, size_t slen)
   size_t plain = ulen + 1 + slen;
   size_t b64 = 4 * ((plain + 2) / 3);
   size_t need = sizeof(AuthHeader) + sizeof AUTH_PREFIX + b64 + plain + 1;
-  long pg = sysconf(_SC_PAGESIZE);
-  size_t page = pg > 0 ? (size_t)pg : 4096;
-  size_t maplen = (need + page - 1) / page * page;
-  void *m = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED)
+  size_t maplen = 0;
+  unsigned char *m = sb_secure_alloc(need, &maplen);
+  if (m == NULL)
     return NULL;
-  (void)mlock(m, maplen);               /* best effort (RLIMIT_MEMLOCK) */
-  (void)madvise(m, maplen, MADV_DONTDUMP);
   AuthHeader *a = (AuthHeader *)m;
   a->maplen = maplen;
   memcpy(a->line, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
@@ -261,10 +260,7 @@ auth_free(AuthHeader *a)
 {
   if (a == NULL)
     return;
-  size_t maplen = a->maplen;
-  OPENSSL_cleanse(a, maplen);
-  munlock(a, maplen);
-  munmap(a, maplen);
+  sb_secure_free((unsigned char *)a, a->maplen);
 }
 
 /* Free a header list, its strings wiped first (a caller's header may hold
@@ -1411,6 +1407,12 @@ luaopen_core_http(lua_State *L)
     }
     curl_multi_setopt(S.multi, CURLMOPT_SOCKETFUNCTION, socket_fn);
     curl_multi_setopt(S.multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+    if (curl_multi_setopt(S.multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONNECTS)
+        != CURLM_OK) {
+      curl_multi_cleanup(S.multi);
+      curl_global_cleanup();
+      return luaL_error(L, "cannot initialise libcurl");
+    }
     ev_timer_init(&S.timer, timer_cb, 0., 0.);
     S.inflight = NULL;
     S.socks = NULL;

@@ -19,7 +19,7 @@
 **
 ** Secrets (the master key, opened credentials) live in mlock'd,
 ** MADV_DONTDUMP pages of their own, wiped with OPENSSL_cleanse before
-** they are unmapped. A credential's secret never goes back to Lua: only C
+** they are unmapped or kept, locked, in a small pool for the next secret. A credential's secret never goes back to Lua: only C
 ** (sb_credential_basic, for core.http) reads it.
 */
 #define OPENSSL_API_COMPAT 30000
@@ -74,11 +74,23 @@ page_size(void)
   return pg > 0 ? (size_t)pg : 4096;
 }
 
+/* Single pages given back are kept here, still locked, wiped, for the
+** next secret: a credential or a Basic header then costs no system call.
+** Drained at exit (the module state's __gc); after that, pages go back
+** to the system at once. */
+#define SEC_POOL_MAX 32
+
+static struct {
+  unsigned char *page[SEC_POOL_MAX];
+  int n;
+  int closed;
+} Pool;
+
 /* Map len bytes (rounded up to whole pages) of private memory, locked
 ** into RAM when the rlimit allows and left out of core dumps. Returns
-** NULL on failure; *maplen receives the mapped size for sec_free. */
-static unsigned char *
-sec_alloc(size_t len, size_t *maplen)
+** NULL on failure; *maplen receives the mapped size for sb_secure_free. */
+unsigned char *
+sb_secure_alloc(size_t len, size_t *maplen)
 {
   size_t page = page_size();
   if (len > SIZE_MAX - page)
@@ -86,6 +98,10 @@ sec_alloc(size_t len, size_t *maplen)
   size_t n = (len + page - 1) / page * page;
   if (n == 0)
     n = page;
+  if (n == page && Pool.n > 0) {
+    *maplen = page;
+    return Pool.page[--Pool.n];
+  }
   void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                  -1, 0);
   if (p == MAP_FAILED)
@@ -96,15 +112,35 @@ sec_alloc(size_t len, size_t *maplen)
   return p;
 }
 
-static void
-sec_free(unsigned char *p, size_t maplen)
+/* Wipe and give back what sb_secure_alloc returned. */
+void
+sb_secure_free(unsigned char *p, size_t maplen)
 {
   if (p == NULL)
     return;
   OPENSSL_cleanse(p, maplen);
+  if (maplen == page_size() && !Pool.closed && Pool.n < SEC_POOL_MAX) {
+    Pool.page[Pool.n++] = p;
+    return;
+  }
   (void)munlock(p, maplen);
   (void)munmap(p, maplen);
 }
+
+static void
+pool_drain(void)
+{
+  size_t page = page_size();
+  Pool.closed = 1;
+  while (Pool.n > 0) {
+    unsigned char *p = Pool.page[--Pool.n];
+    (void)munlock(p, page);
+    (void)munmap(p, page);
+  }
+}
+
+#define sec_alloc sb_secure_alloc
+#define sec_free sb_secure_free
 
 /* }====================================================== */
 
@@ -121,25 +157,75 @@ static unsigned char info_mac[] = "switchboard v1 mac";
 static unsigned char field_data_key[] = "data-key";
 static unsigned char info_audit[] = "switchboard v1 audit";
 
-/* Fetched once, kept for the life of the process. */
-static EVP_KDF *hkdf_alg = NULL;
-static EVP_MAC *hmac_alg = NULL;
+/* Fetched once when the module is opened, freed by the module state's
+** __gc: an implicit fetch (EVP_aes_256_cbc(), EVP_Q_mac, a digest named in
+** a parameter) costs a lock and a name lookup per operation. The HMAC
+** template has its digest set; each MAC dups it. */
+static struct {
+  int users;
+  EVP_CIPHER *aes;
+  EVP_MD *sha256;
+  EVP_MAC *hmac;
+  EVP_KDF *hkdf;
+  EVP_MAC_CTX *hmac_tmpl;
+} Alg;
+
+static void
+algs_free(void)
+{
+  EVP_MAC_CTX_free(Alg.hmac_tmpl);
+  EVP_KDF_free(Alg.hkdf);
+  EVP_MAC_free(Alg.hmac);
+  EVP_MD_free(Alg.sha256);
+  EVP_CIPHER_free(Alg.aes);
+  memset(&Alg, 0, sizeof Alg);
+}
 
 static int
-fetch_algs(void)
+algs_fetch(void)
 {
-  if (hkdf_alg == NULL)
-    hkdf_alg = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_HKDF, NULL);
-  if (hmac_alg == NULL)
-    hmac_alg = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
-  return hkdf_alg != NULL && hmac_alg != NULL ? 0 : -1;
+  OSSL_PARAM params[2];
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                               hkdf_digest, 0);
+  params[1] = OSSL_PARAM_construct_end();
+  Alg.aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+  Alg.sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+  Alg.hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+  Alg.hkdf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_HKDF, NULL);
+  if (Alg.aes == NULL || Alg.sha256 == NULL || Alg.hmac == NULL
+      || Alg.hkdf == NULL)
+    goto fail;
+  Alg.hmac_tmpl = EVP_MAC_CTX_new(Alg.hmac);
+  if (Alg.hmac_tmpl == NULL || EVP_MAC_CTX_set_params(Alg.hmac_tmpl, params) != 1)
+    goto fail;
+  return 0;
+fail:
+  algs_free();
+  return -1;
+}
+
+/* HMAC-SHA256(key, data) into md (32 bytes). 0 or -1. */
+static int
+hmac_sha256(const unsigned char *key, size_t klen, const unsigned char *data,
+            size_t len, unsigned char md[32])
+{
+  EVP_MAC_CTX *mctx = Alg.hmac_tmpl != NULL ? EVP_MAC_CTX_dup(Alg.hmac_tmpl)
+                                            : NULL;
+  size_t outlen = 0;
+  int ok = mctx != NULL && EVP_MAC_init(mctx, key, klen, NULL) == 1
+           && EVP_MAC_update(mctx, data, len) == 1
+           && EVP_MAC_final(mctx, md, &outlen, 32) == 1 && outlen == 32;
+  EVP_MAC_CTX_free(mctx);
+  return ok ? 0 : -1;
 }
 
 static int
 hkdf_one(unsigned char *key, unsigned char *info, size_t infolen,
          unsigned char out[KEY_LEN])
 {
-  EVP_KDF_CTX *kctx = EVP_KDF_CTX_new(hkdf_alg);
+  /* OpenSSL 3.0's HKDF cannot dup a context: each derive names the
+  ** digest (credentials are opened rarely, see the cache in Lua) */
+  EVP_KDF_CTX *kctx = Alg.hkdf != NULL ? EVP_KDF_CTX_new(Alg.hkdf) : NULL;
   if (kctx == NULL)
     return -1;
   OSSL_PARAM params[4];
@@ -160,8 +246,6 @@ static int
 derive_keys(unsigned char *key, unsigned char enc[KEY_LEN],
             unsigned char mac[KEY_LEN])
 {
-  if (fetch_algs() != 0)
-    return -1;
   if (hkdf_one(key, info_enc, sizeof info_enc - 1, enc) != 0
       || hkdf_one(key, info_mac, sizeof info_mac - 1, mac) != 0) {
     OPENSSL_cleanse(enc, KEY_LEN);
@@ -187,18 +271,15 @@ compute_tag(unsigned char mac_key[KEY_LEN], const unsigned char *body,
             size_t bodylen, const char *tenant, size_t tlen,
             const char *field, size_t flen, unsigned char tag[TAG_LEN])
 {
-  EVP_MAC_CTX *mctx = EVP_MAC_CTX_new(hmac_alg);
+  EVP_MAC_CTX *mctx = Alg.hmac_tmpl != NULL ? EVP_MAC_CTX_dup(Alg.hmac_tmpl)
+                                            : NULL;
   if (mctx == NULL)
     return -1;
-  OSSL_PARAM params[2];
-  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                               hkdf_digest, 0);
-  params[1] = OSSL_PARAM_construct_end();
   unsigned char tl[8], fl[8];
   put_u64be(tl, (uint64_t)tlen);
   put_u64be(fl, (uint64_t)flen);
   size_t outlen = 0;
-  int ok = EVP_MAC_init(mctx, mac_key, KEY_LEN, params) == 1
+  int ok = EVP_MAC_init(mctx, mac_key, KEY_LEN, NULL) == 1
            && EVP_MAC_update(mctx, body, bodylen) == 1
            && EVP_MAC_update(mctx, tl, sizeof tl) == 1
            && EVP_MAC_update(mctx, (const unsigned char *)tenant, tlen) == 1
@@ -237,9 +318,9 @@ seal_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
   out[0] = V1_VERSION;
   out[1] = V1_ALG;
   EVP_CIPHER_CTX *cctx = EVP_CIPHER_CTX_new();
-  if (cctx == NULL || RAND_bytes(iv, IV_LEN) != 1)
+  if (cctx == NULL || Alg.aes == NULL || RAND_bytes(iv, IV_LEN) != 1)
     goto done;
-  if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, enc, iv) != 1
+  if (EVP_EncryptInit_ex2(cctx, Alg.aes, enc, iv, NULL) != 1
       || EVP_EncryptUpdate(cctx, ct, &n1, pt, (int)ptlen) != 1
       || EVP_EncryptFinal_ex(cctx, ct + n1, &n2) != 1)
     goto done;
@@ -292,8 +373,8 @@ open_raw(unsigned char key[KEY_LEN], const char *tenant, size_t tlen,
       || CRYPTO_memcmp(tag, blob + bodylen, TAG_LEN) != 0)
     goto done;
   cctx = EVP_CIPHER_CTX_new();
-  if (cctx == NULL
-      || EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, enc, iv) != 1
+  if (cctx == NULL || Alg.aes == NULL
+      || EVP_DecryptInit_ex2(cctx, Alg.aes, enc, iv, NULL) != 1
       || EVP_DecryptUpdate(cctx, out, &n1, ct, (int)ctlen) != 1
       || EVP_DecryptFinal_ex(cctx, out + n1, &n2) != 1) {
     OPENSSL_cleanse(out, ctlen);
@@ -703,19 +784,14 @@ master_audit_mac(lua_State *L)
   const char *data = luaL_checklstring(L, 2, &len);
   unsigned char *akey = m->key + KEY_LEN;
   if (!m->audit_ready) {
-    if (fetch_algs() != 0
-        || hkdf_one(m->key, info_audit, sizeof info_audit - 1, akey) != 0) {
+    if (hkdf_one(m->key, info_audit, sizeof info_audit - 1, akey) != 0) {
       OPENSSL_cleanse(akey, KEY_LEN);
       return luaL_error(L, "audit key derivation failed");
     }
     m->audit_ready = 1;
   }
   unsigned char md[32];
-  size_t mdlen = 0;
-  if (EVP_Q_mac(NULL, OSSL_MAC_NAME_HMAC, NULL, hkdf_digest, NULL, akey,
-                KEY_LEN, (const unsigned char *)data, len, md, sizeof md,
-                &mdlen) == NULL
-      || mdlen != sizeof md)
+  if (hmac_sha256(akey, KEY_LEN, (const unsigned char *)data, len, md) != 0)
     return luaL_error(L, "audit mac failed");
   push_hex(L, md, sizeof md);
   return 1;
@@ -985,7 +1061,7 @@ sha256_of(lua_State *L, unsigned char md[32])
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   unsigned int mdlen = 0;
-  if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
+  if (Alg.sha256 == NULL || EVP_Digest(s, len, md, &mdlen, Alg.sha256, NULL) != 1 || mdlen != 32)
     return luaL_error(L, "sha256 failed");
   return 0;
 }
@@ -1016,10 +1092,8 @@ vault_hmac_sha256(lua_State *L)
   const char *key = luaL_checklstring(L, 1, &klen);
   const char *s = luaL_checklstring(L, 2, &len);
   unsigned char md[32];
-  size_t mdlen = 0;
-  if (EVP_Q_mac(NULL, OSSL_MAC_NAME_HMAC, NULL, hkdf_digest, NULL, key, klen,
-                (const unsigned char *)s, len, md, sizeof md, &mdlen) == NULL
-      || mdlen != sizeof md)
+  if (hmac_sha256((const unsigned char *)key, klen, (const unsigned char *)s,
+                  len, md) != 0)
     return luaL_error(L, "hmac_sha256 failed");
   lua_pushlstring(L, (const char *)md, sizeof md);
   return 1;
@@ -1105,9 +1179,35 @@ createmeta(lua_State *L, const char *name, const luaL_Reg *meta,
   lua_pop(L, 1);
 }
 
+#define STATE_MT "core.vault.State"
+
+/* __gc of the module state (lua_close): the algorithms and the pool of
+** locked pages go back. */
+static int
+state_gc(lua_State *L)
+{
+  (void)L;
+  if (Alg.users > 0 && --Alg.users == 0) {
+    algs_free();
+    pool_drain();
+  }
+  return 0;
+}
+
 int
 luaopen_core_vault(lua_State *L)
 {
+  if (Alg.users == 0 && algs_fetch() != 0)
+    return luaL_error(L, "core.vault: OpenSSL algorithms unavailable");
+  Alg.users++;
+  Pool.closed = 0;
+  lua_newuserdatauv(L, 1, 0);
+  if (luaL_newmetatable(L, STATE_MT)) {
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, STATE_MT);
   createmeta(L, MASTER_MT, master_meta, master_methods);
   createmeta(L, CRED_MT, cred_meta, cred_methods);
   luaL_newlib(L, vault_funcs);

@@ -50,6 +50,7 @@ local spec = {
     } },
     timeout = { type = "number", default = 30, min = 1 },
     ca_file = { type = "string" },
+    credential_seconds = { type = "number", default = 300, min = 0 },
   } },
 }
 M.spec = spec

@@ -396,6 +396,7 @@ function M.serve(cfg)
     self.watchdog = loop.timer(wd / 2, wd / 2, function() self:notify("WATCHDOG=1") end)
   end
   loop.run()
+  require("switchboard.twilio.connection").forget_all()
   self.audit:flush()
   self.db:close()
   self.master:close()

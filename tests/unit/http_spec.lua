@@ -503,6 +503,22 @@ describe("core.http", function()
       end)
     end)
 
+    it("keeps the connections of a burst for the next burst", function()
+      -- libcurl's default cache shrinks to 4 per transfer still running as
+      -- a burst ends; the connections must survive until the next one
+      local seen, bursts = {}, 6
+      for _ = 1, bursts do
+        local fns = {}
+        for i = 1, 16 do
+          fns[i] = function() seen[get_json({ url = up.url .. "/echo" }).conn] = true end
+        end
+        run_all(fns)
+      end
+      local opened = 0
+      for _ in pairs(seen) do opened = opened + 1 end
+      assert.is_true(opened <= 16 + 2, ("%d bursts of 16 opened %d connections"):format(bursts, opened))
+    end)
+
     it("does not let a slow request delay 20 fast ones", function()
       local t0 = loop.time()
       local fast_done, slow_done, slow_status = {}, nil, nil

@@ -6,6 +6,7 @@ local schema = require("switchboard.schema")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local store = require("core.store")
+local loop = require("core.loop")
 local client_mod = require("switchboard.twilio.client")
 
 local M = {}
@@ -47,24 +48,108 @@ function M.hosts(cfg, hosts)
   return out
 end
 
--- A client for the tenant with an opened credential. The caller closes
--- the credential (cred:close()) when done. Returns client, cred or nil, err.
-function M.open_client(rt, tenant, conn, blob, key_sid)
-  local cred = directory.credential(rt.master, tenant, M.FIELD, blob or conn.secret, key_sid or conn.api_key_sid)
-  if not cred then return nil, "the stored API key could not be opened" end
-  local c = client_mod.new({ account_sid = conn.account_sid, credential = cred,
-    hosts = M.hosts(rt.cfg, conn.hosts), timeout = rt.cfg.twilio.timeout, ca_file = rt.cfg.twilio.ca_file })
-  return c, cred
+---------------------------------------------------------------------------
+-- Opened credentials, kept per tenant for twilio.credential_seconds: a
+-- credential handle holds the secret in locked memory (core.vault), and
+-- opening one costs two decryptions and a page. An entry is keyed by the
+-- tenant and checked against the sealed blob, the key SID and the tenant's
+-- wrapped data key it was opened from, so a rotated key or another tenant
+-- never gets it. It is wiped (closed) on expiry, on `twilio update`, `twilio
+-- test` finding the key refused, `twilio disconnect` and at stop; a call
+-- still using it keeps it open until that call releases it.
+
+local cache = {}          -- tenant id -> entry
+local Lease = {}
+Lease.__index = Lease
+
+-- entry: { cred, blob, user, data_key, leases, retired, timer }
+local function retire(e)
+  e.retired = true
+  if e.timer then e.timer:close(); e.timer = nil end
+  if e.leases == 0 then e.cred:close() end
 end
 
--- Run fn(client) with the tenant's credential open, and close it after
+-- Give back a credential open_client handed out. Idempotent.
+function Lease:close()
+  local e = self.entry
+  if not e then return end
+  self.entry = nil
+  e.leases = e.leases - 1
+  if e.retired and e.leases == 0 then e.cred:close() end
+end
+Lease.__close = Lease.close
+
+local function lease(e)
+  e.leases = e.leases + 1
+  return setmetatable({ entry = e }, Lease)
+end
+
+-- Wipe the tenant's cached credential (a call in progress keeps its own
+-- until it ends).
+function M.forget(tenant_id)
+  local e = cache[tenant_id]
+  if e then
+    cache[tenant_id] = nil
+    retire(e)
+  end
+end
+
+-- Wipe every cached credential (at stop).
+function M.forget_all()
+  for id in pairs(cache) do M.forget(id) end
+end
+
+-- The cached credential handle of a tenant, or nil (for tests).
+function M.cached(tenant_id)
+  local e = cache[tenant_id]
+  return e and e.cred
+end
+
+-- An opened credential for the tenant's stored key (conn.secret), from
+-- the cache when it is the same key, or a new one (cached when
+-- twilio.credential_seconds > 0). blob/key_sid: a key being validated,
+-- opened for this use only. Returns entry or nil.
+local function credential(rt, tenant, conn, blob, key_sid)
+  local sealed, user = blob or conn.secret, key_sid or conn.api_key_sid
+  local seconds = blob == nil and rt.cfg.twilio.credential_seconds or 0
+  seconds = seconds or 0
+  local e = seconds > 0 and cache[tenant.id] or nil
+  if e then
+    if e.blob == sealed and e.user == user and e.data_key == tenant.data_key then return e end
+    M.forget(tenant.id)
+  end
+  local cred = directory.credential(rt.master, tenant, M.FIELD, sealed, user)
+  if not cred then return nil end
+  e = { cred = cred, blob = sealed, user = user, data_key = tenant.data_key, leases = 0, retired = seconds <= 0 }
+  if seconds > 0 then
+    local id = tenant.id
+    cache[id] = e
+    e.timer = loop.timer(seconds, 0, function()
+      if cache[id] == e then M.forget(id) end
+    end)
+  end
+  return e
+end
+
+-- A client for the tenant with an opened credential. The caller closes
+-- the returned handle (h:close()) when done: that releases the credential
+-- (wiped then unless the cache keeps it). Returns client, handle or nil, err.
+function M.open_client(rt, tenant, conn, blob, key_sid)
+  local e = credential(rt, tenant, conn, blob, key_sid)
+  if not e then return nil, "the stored API key could not be opened" end
+  local c = client_mod.new({ account_sid = conn.account_sid, credential = e.cred,
+    hosts = M.hosts(rt.cfg, conn.hosts), timeout = rt.cfg.twilio.timeout, ca_file = rt.cfg.twilio.ca_file })
+  return c, lease(e)
+end
+
+-- Run fn(client) with the tenant's credential open, and release it after
 -- (also when fn raises; the error is raised again). Returns false, err when
 -- the credential does not open, else true and what fn returned.
 function M.with_client(rt, tenant, conn, fn, blob, key_sid)
-  local c, cred = M.open_client(rt, tenant, conn, blob, key_sid)
-  if not c then return false, cred end
+  local c, h = M.open_client(rt, tenant, conn, blob, key_sid)
+  if not c then return false, h end
   local res = table.pack(pcall(fn, c))
-  cred:close()
+  h:close()
   if not res[1] then error(res[2], 0) end
   return true, table.unpack(res, 2, res.n)
 end
@@ -410,6 +495,7 @@ function M.install(admin)
       return v
     end
     if not info then
+      M.forget(t.id)
       set_status(self, t, "error", err)
       if conn.status ~= "error" then
         directory.settings_audit(self.db, t.id, p.actor, "twilio.status", { status = conn.status },
@@ -480,6 +566,7 @@ function M.install(admin)
     if not stored then
       refuse("could not store the update; the previous settings stay in force: " .. tostring(serr))
     end
+    M.forget(t.id)
     if conn.status ~= "active" then changes.status = "active"; old.status = conn.status end
     directory.settings_audit(self.db, t.id, p.actor, "twilio.update", old, changes)
     local v = view(t, M.get(self.db, t.id))
@@ -521,6 +608,7 @@ function M.install(admin)
       refuse("could not remove the connection; it stays in force: " .. tostring(err))
     end
     M.invalidate(self.db, t.id)
+    M.forget(t.id)
     directory.settings_audit(self.db, t.id, p.actor, "twilio.disconnect",
       { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }, nil)
     self.server:refresh_agents(t.id)

@@ -31,36 +31,42 @@ M.WRITE = { readOnlyHint = false, destructiveHint = false, idempotentHint = fals
 ---------------------------------------------------------------------------
 -- values from Twilio: nulls, numbers as strings, prices
 
+local null = json.null
+local tostring, tonumber, type = tostring, tonumber, type
+local math_type, floor, tointeger, abs, huge = math.type, math.floor, math.tointeger, math.abs, math.huge
+
 -- nil for JSON null (and for empty strings when asked).
 function M.v(x, empty_is_nil)
-  if x == json.null then return nil end
+  if x == null then return nil end
   if empty_is_nil and x == "" then return nil end
   return x
 end
 
-function M.str(x)
-  x = M.v(x, true)
-  if x == nil then return nil end
-  if type(x) ~= "string" then x = tostring(x) end
+-- A string, or nil for null, nil and "".
+local function str(x)
+  if x == nil or x == null or x == "" then return nil end
+  if type(x) ~= "string" then return tostring(x) end
   return x
 end
+M.str = str
 
-function M.num(x)
-  x = M.v(x, true)
-  if x == nil then return nil end
+local function num(x)
+  if x == nil or x == null or x == "" then return nil end
   local n = tonumber(x)
-  if n and (n ~= n or n == math.huge or n == -math.huge) then return nil end -- "1e400", "nan"
-  if n and math.type(n) == "float" and n == math.floor(n) and math.abs(n) < 2 ^ 53 then
-    n = math.tointeger(n)
+  if n and (n ~= n or n == huge or n == -huge) then return nil end -- "1e400", "nan"
+  if n and math_type(n) == "float" and n == floor(n) and abs(n) < 2 ^ 53 then
+    n = tointeger(n)
   end
   return n
 end
+M.num = num
 
-function M.int(x)
-  local n = M.num(x)
+local function int(x)
+  local n = num(x)
   if n == nil then return nil end
-  return math.tointeger(n) or math.floor(n)
+  return tointeger(n) or floor(n)
 end
+M.int = int
 
 function M.bool(x)
   x = M.v(x)
@@ -71,19 +77,22 @@ end
 
 -- Twilio reports charges as negative strings ("-0.0075"): the cost as a
 -- positive number.
-function M.price(x)
-  local n = M.num(x)
+local function price(x)
+  local n = num(x)
   if n == nil then return nil end
-  return math.abs(n)
+  return abs(n)
 end
+M.price = price
 
-function M.truncate(s, n)
-  s = M.str(s)
+local function truncate(s, n)
+  s = str(s)
   if s == nil then return nil end
-  if (utf8.len(s) or #s) <= n then return s end
+  -- no more bytes than n: no more characters either
+  if #s <= n or (utf8.len(s) or #s) <= n then return s end
   local cut = utf8.offset(s, n) or n
   return s:sub(1, cut - 1) .. "…"
 end
+M.truncate = truncate
 
 function M.table(x)
   x = M.v(x)
@@ -142,13 +151,21 @@ end
 
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
                  Oct = 10, Nov = 11, Dec = 12 }
+local MONTH_DAYS = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+local RFC2822 = "(%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) ?(.*)$"
 
--- "Fri, 24 May 2019 17:44:46 +0000" → seconds since the epoch.
-function M.parse_rfc2822(s)
-  if type(s) ~= "string" then return nil end
-  local d, mon, y, h, mi, sec, tz = s:match("(%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) ?(.*)$")
-  if not d or not MONTHS[mon] then return nil end
-  local t = M.epoch(tonumber(y), MONTHS[mon], tonumber(d), tonumber(h), tonumber(mi), tonumber(sec))
+-- The fields of "Fri, 24 May 2019 17:44:46 +0000" as numbers, and the
+-- zone text; nil when s is not such a date.
+local function rfc2822_fields(s)
+  local d, mon, y, h, mi, sec, tz = s:match(RFC2822)
+  if not d then return nil end
+  local m = MONTHS[mon]
+  if not m then return nil end
+  return tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(sec), tz
+end
+
+local function rfc2822_epoch(y, m, d, h, mi, sec, tz)
+  local t = M.epoch(y, m, d, h, mi, sec)
   local sign, oh, om = tz:match("^([%+%-])(%d%d)(%d%d)$")
   if sign then
     local off = tonumber(oh) * 3600 + tonumber(om) * 60
@@ -157,26 +174,67 @@ function M.parse_rfc2822(s)
   return t
 end
 
+-- "Fri, 24 May 2019 17:44:46 +0000" → seconds since the epoch.
+function M.parse_rfc2822(s)
+  if type(s) ~= "string" then return nil end
+  local y, m, d, h, mi, sec, tz = rfc2822_fields(s)
+  if not y then return nil end
+  return rfc2822_epoch(y, m, d, h, mi, sec, tz)
+end
+
 -- Any Twilio timestamp (RFC 2822 in v2010, ISO 8601 in v2 products) as
 -- seconds since the epoch.
 function M.parse_time(s)
-  s = M.str(s)
+  s = str(s)
   if not s then return nil end
   return M.parse_rfc2822(s) or (M.parse_iso(s))
 end
 
-function M.iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+M.iso = iso
 function M.date(t) return os.date("!%Y-%m-%d", t) end
 function M.today() return os.date("!%Y-%m-%d") end
 function M.month_start() return os.date("!%Y-%m-01") end
 
 -- A Twilio timestamp as ISO 8601 UTC (or as given when it cannot be read).
-function M.time(s)
-  s = M.str(s)
-  if not s then return nil end
-  local t = M.parse_time(s)
-  return t and M.iso(t) or s
+-- Twilio writes v2010 times in UTC ("+0000"): such a time, with every field
+-- in range, is rewritten from its fields, without the round trip through
+-- the epoch and os.date that other zones and odd values take. The same
+-- times come back page after page (the newest messages, a send and its
+-- lookups), so each distinct string is converted once: the last
+-- TIME_MEMO_MAX conversions are kept.
+local MONTH_TEXT = { "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12" }
+local TIME_MEMO_MAX = 2048
+local time_memo, time_memo_n = {}, 0
+
+local function convert_time(s)
+  local d, mon, y, h, mi, sec, tz = s:match(RFC2822)
+  local m = d and MONTHS[mon]
+  if m then
+    local yn, dn, hn, min, sn = tonumber(y), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+    if (tz == "+0000" or tz == "-0000" or tz == "") and yn >= 1000 and dn >= 1 and dn <= MONTH_DAYS[m]
+        and (m ~= 2 or dn <= 28 or (yn % 4 == 0 and (yn % 100 ~= 0 or yn % 400 == 0)))
+        and hn < 24 and min < 60 and sn < 60 then
+      return y .. "-" .. MONTH_TEXT[m] .. "-" .. (#d == 1 and "0" .. d or d) .. "T" .. h .. ":" .. mi .. ":"
+        .. sec .. "Z"
+    end
+    return iso(rfc2822_epoch(yn, m, dn, hn, min, sn, tz))
+  end
+  local t = M.parse_iso(s)
+  return t and iso(t) or s
 end
+
+local function time(s)
+  s = str(s)
+  if not s then return nil end
+  local v = time_memo[s]
+  if v then return v end
+  v = convert_time(s)
+  if time_memo_n >= TIME_MEMO_MAX then time_memo, time_memo_n = {}, 0 end
+  time_memo[s], time_memo_n = v, time_memo_n + 1
+  return v
+end
+M.time = time
 
 -- A window from ISO arguments: after (from the start of a given date) and
 -- before (to the end of a given date, or the instant). Returns a
@@ -567,23 +625,24 @@ end
 -- messages (shared by the send tools and search)
 
 function M.message_view(m, full)
+  local code = int(m.error_code)
   local out = {
-    sid = M.str(m.sid), status = M.str(m.status), direction = M.str(m.direction),
-    to = M.str(m.to), from = M.str(m.from),
-    date_created = M.time(m.date_created), date_sent = M.time(m.date_sent),
-    num_media = M.int(m.num_media), segments = M.int(m.num_segments),
-    price = M.price(m.price), price_unit = M.str(m.price_unit),
-    error_code = M.int(m.error_code),
+    sid = str(m.sid), status = str(m.status), direction = str(m.direction),
+    to = str(m.to), from = str(m.from),
+    date_created = time(m.date_created), date_sent = time(m.date_sent),
+    num_media = int(m.num_media), segments = int(m.num_segments),
+    price = price(m.price), price_unit = str(m.price_unit),
+    error_code = code,
   }
   if full then
-    out.body = M.str(m.body)
-    out.date_updated = M.time(m.date_updated)
-    out.error_message = M.str(m.error_message)
-    out.messaging_service_sid = M.str(m.messaging_service_sid)
+    out.body = str(m.body)
+    out.date_updated = time(m.date_updated)
+    out.error_message = str(m.error_message)
+    out.messaging_service_sid = str(m.messaging_service_sid)
   else
-    out.body = M.truncate(m.body, 160)
+    out.body = truncate(m.body, 160)
   end
-  if out.error_code then out.error_explanation = M.explain(out.error_code) end
+  if code then out.error_explanation = M.explain(code) end
   return out
 end
 
