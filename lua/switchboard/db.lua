@@ -150,6 +150,13 @@ M.migrations = {
     ((CASE WHEN json_valid(detail) THEN json_extract(detail, '$.send_id') END));
   CREATE INDEX sends_escalation ON sends (escalation_id);
   ]],
+  [[
+  -- The operator's pages (keyset on id): a tenant's settings changes and
+  -- calls, the calls of one execution (agent and id), a tenant's escalations.
+  CREATE INDEX audit_tenant_kind_id ON audit_log (tenant_id, kind, id);
+  CREATE INDEX audit_execution_calls ON audit_log (tenant_id, execution_id, agent_id, id) WHERE kind = 'call';
+  CREATE INDEX escalations_tenant_id ON escalations (tenant_id, id);
+  ]],
 }
 
 function M.now()
