@@ -38,6 +38,11 @@ local CALLS = "SELECT id, at, tool, action, duration_ms, outcome, decision FROM 
 local FIRST = "SELECT at FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
   .. " AND agent_id IS ? AND id >= ? ORDER BY id LIMIT 1"
 
+M.SQL = { walk = WALK, later = LATER, calls = CALLS, first = FIRST }
+
+-- One page: the executions whose last call up to top is below after (and
+-- at or above floor), at most limit of them; returns them and the id to
+-- go on from (nil at the floor). yield (optional) runs between batches.
 function M.page(db, tenant_id, top, floor, after, limit, yield)
   local out, seen, names, scanned, pos = {}, {}, {}, 0, after
   while true do
