@@ -111,18 +111,15 @@ end
 function M.read_cursor(p, tag, n, what)
   if p.after == nil or p.after == json.null then return nil end
   local s = p.after
+  local digits = type(s) == "string" and #s <= 200
+    and { s:match("^" .. tag:gsub("%W", "%%%0") .. ("%-(%d+)"):rep(n) .. "$") } or {}
   local out = {}
-  if type(s) == "string" and #s <= 200 and s:sub(1, #tag + 1) == tag .. "-" then
-    for d in s:sub(#tag + 2):gmatch("[^-]+") do
-      out[#out + 1] = d:match("^%d+$") and #d <= 18 and math.tointeger(tonumber(d)) or false
+  for i = 1, n do
+    local v = digits[i] and #digits[i] <= 18 and math.tointeger(tonumber(digits[i]))
+    if not v then
+      refuse(("%s: --after must be the cursor a previous page of this list answered as 'next'"):format(what), BAD)
     end
-  end
-  if #out ~= n then
-    refuse(("%s: --after must be the cursor a previous page of this list answered as 'next'"):format(what), BAD)
-  end
-  for _, v in ipairs(out) do
-    if not v then refuse(("%s: --after must be the cursor a previous page of this list answered as 'next'")
-      :format(what), BAD) end
+    out[i] = v
   end
   return table.unpack(out, 1, n)
 end
