@@ -90,7 +90,7 @@ end
 local function exact(v)
   if v == nil then return json.null end
   local t = math.type(v)
-  if t == "integer" then return ("i:%d"):format(v) end
+  if t == "integer" then return "i:" .. v end
   if t == "float" then return ("f:%a"):format(v) end
   if type(v) == "string" then return "s:" .. v end
   error("audit: a record cannot hold a " .. type(v))
@@ -411,6 +411,7 @@ end
 -- }======================================================
 
 M.BATCH = 256      -- records read per statement (and per slice when yielding)
+M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
 
 -- Walk the chain and hold it against the anchor, in batches of M.BATCH
 -- records (bounded memory). master: the chain's key; anchor_file: its
@@ -420,7 +421,8 @@ M.BATCH = 256      -- records read per statement (and per slice when yielding)
 --     record it names (that record's MAC, the first record and the anchor
 --     are checked again), and a walk that ends intact moves it to the end;
 --   full: walk from record 1 (the checkpoint is still written);
---   yield: called between batches (the server passes a loop sleep(0));
+--   yield: called between batches, and within one every M.SLICE seconds
+--     (the server passes a loop sleep(0));
 --   progress: progress(checked, total) after each batch.
 -- Returns
 --   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…},
@@ -455,6 +457,7 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
     end
   end
   local from, total = n, top - n
+  local yield, slice_at = opts.yield, loop.time()
   while n < top do
     local rows = assert(db:query("SELECT * FROM audit_log WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
       n, top, M.BATCH))
@@ -500,9 +503,17 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
         return broken(r.id, k, "record %d has an unknown chain version (%s)", r.id, tostring(r.chain))
       end
       prev = r.hash
+      -- a slice of a batch that takes long on a busy machine yields too
+      if yield and n % 32 == 0 and loop.time() - slice_at > M.SLICE then
+        yield()
+        slice_at = loop.time()
+      end
     end
     if opts.progress then opts.progress(n - from, total) end
-    if opts.yield and n < top then opts.yield() end
+    if yield and n < top then
+      yield()
+      slice_at = loop.time()
+    end
   end
   if not a then
     return broken(nil, n, "the anchor file %s %s, so the trail cannot be shown complete (its tail, or all of"
