@@ -360,8 +360,9 @@ admin.executions = function(c)
 end
 
 admin.execution = {
-  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1], agent = c.opts.agent }, function(r)
-    local lines = { ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) }
+  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1], agent = c.opts.agent,
+    limit = c.opts.limit, after = c.opts.after }, function(r, later)
+    local lines = { not later and ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) or nil }
     for _, call in ipairs(r.calls) do
       lines[#lines + 1] = ("#%d %s %s %s: %s / %s, %.1f ms, tier %s, policies %s"):format(call.id, call.at, call.tool,
         call.action or "-", call.decision, call.outcome, call.duration_ms or 0, call.sender_tier or "-",
@@ -369,8 +370,9 @@ admin.execution = {
       lines[#lines + 1] = "    params: " .. json.encode(call.params or {})
       if call.detail then lines[#lines + 1] = "    detail: " .. json.encode(call.detail) end
     end
+    if #lines == 0 then return "" end
     return table.concat(lines, "\n") .. "\n"
-  end end,
+  end, true end,
 }
 
 admin.audit = {
@@ -477,7 +479,7 @@ local ADMIN_SPEC = {
   } },
   { "executions", "Executions and their calls.", opts = { "tenant", "days", "limit", "after" } },
   { "execution", "One execution.", {
-    { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent" } },
+    { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
   } },
   { "audit", "The audit trail.", {
     { "verify", "Verify the audit trail (the records since the last verify; --full: all of it).",

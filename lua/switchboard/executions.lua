@@ -4,6 +4,7 @@
 -- executions (grouped by agent and id).
 local loop = require("core.loop")
 local json = require("switchboard.json")
+local directory = require("switchboard.directory")
 
 local M = {}
 
@@ -37,6 +38,8 @@ local CALLS = "SELECT id, at, tool, action, duration_ms, outcome, decision FROM 
   .. " AND kind = 'call' AND execution_id IS ? AND agent_id IS ? AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"
 local FIRST = "SELECT at FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
   .. " AND agent_id IS ? AND id >= ? ORDER BY id LIMIT 1"
+
+local AGENT_OF = "SELECT agent_id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id = ?"
 
 M.SQL = { walk = WALK, later = LATER, calls = CALLS, first = FIRST }
 
@@ -114,32 +117,57 @@ function M.install(admin)
              next = pos and admin.cursor("ex1", top, floor, pos) or json.null }
   end
 
+  -- One execution's calls in full, oldest first, a page at a time
+  -- (default 500 calls; cursor "xs1-<id>").
   methods["execution.show"] = function(self, p)
     local t = self:tenant(p, "execution show")
     if type(p.id) ~= "string" or p.id == "" then refuse("execution show: give the execution id", -32602) end
     if p.agent ~= nil and (type(p.agent) ~= "string" or p.agent == "") then
       refuse("execution show: 'agent' must be an agent's name", -32602)
     end
-    local rows = assert(self.db:query("SELECT l.*, a.name AS agent_name FROM audit_log l"
-      .. " LEFT JOIN agents a ON a.id = l.agent_id WHERE l.kind = 'call' AND l.tenant_id = ?"
-      .. " AND l.execution_id = ? AND (? IS NULL OR a.name = ?) ORDER BY l.id", t.id, p.id, p.agent, p.agent))
-    if #rows == 0 then
+    local limit = admin.page_limit(p, "execution show", 500, 1000)
+    local after = admin.read_cursor(p, "xs1", 1, "execution show") or 0
+    local db = self.db
+    local function none()
       refuse(("no execution '%s'%s in tenant '%s'"):format(p.id,
         p.agent and (" of agent '" .. p.agent .. "'") or "", t.name))
     end
-    -- each agent's id is its own: the same id of two agents is not one execution
-    local agents, seen = {}, {}
-    for _, r in ipairs(rows) do
-      local name = r.agent_name or tostring(r.agent_id)
-      if not seen[name] then seen[name] = true; agents[#agents + 1] = name end
+    local agent_id
+    if p.agent then
+      local a = directory.agent(db, t.id, p.agent)
+      if not a then none() end
+      agent_id = a.id
+      if not db:row(FIRST, t.id, p.id, agent_id, 0) then none() end
+    else
+      local lo = db:row(AGENT_OF .. " ORDER BY agent_id LIMIT 1", t.id, p.id)
+      if not lo then none() end
+      local hi = db:row(AGENT_OF .. " ORDER BY agent_id DESC LIMIT 1", t.id, p.id)
+      if lo.agent_id ~= hi.agent_id then
+        -- each agent's id is its own: the same id of two agents is not one execution
+        local names = {}
+        for _, r in ipairs(assert(db:query("SELECT DISTINCT l.agent_id, a.name FROM audit_log l LEFT JOIN agents a"
+            .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? LIMIT 10",
+            t.id, p.id))) do
+          names[#names + 1] = r.name or tostring(r.agent_id)
+        end
+        refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
+          :format(p.id, table.concat(names, ", ")), -32602)
+      end
+      agent_id = lo.agent_id
     end
-    if #agents > 1 then
-      refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
-        :format(p.id, table.concat(agents, ", ")), -32602)
+    local rows = assert(db:query("SELECT l.*, a.name AS agent_name FROM audit_log l LEFT JOIN agents a"
+      .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? AND l.agent_id IS ?"
+      .. " AND l.id > ? ORDER BY l.id LIMIT ?", t.id, p.id, agent_id, after, limit + 1))
+    local calls, bytes, more = {}, 0, #rows > limit
+    for i = 1, math.min(#rows, limit) do
+      local r = rows[i]
+      bytes = bytes + #(r.params or "") + #(r.detail or "") + #(r.policies or "")
+      if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
+      calls[i] = call_view(r)
     end
-    local calls = {}
-    for i, r in ipairs(rows) do calls[i] = call_view(r) end
-    return { tenant = t.name, id = p.id, agent = rows[1].agent_name, calls = json.array(calls) }
+    local a = agent_id and db:row("SELECT name FROM agents WHERE id = ?", agent_id)
+    return { tenant = t.name, id = p.id, agent = a and a.name or nil, calls = json.array(calls),
+             next = more and admin.cursor("xs1", calls[#calls].id) or json.null }
   end
 
   -- The trail from the verified checkpoint (p.full: from record 1), in

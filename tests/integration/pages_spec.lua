@@ -117,6 +117,24 @@ describe("operator pages", function()
     assert.is_string(one.next)
   end)
 
+  it("pages the calls of one execution oldest first, and refuses an id two agents chose without --agent", function()
+    local items, n = pages(srv, "execution show run-1 --tenant pages --agent a1 --limit 1", "calls")
+    assert.equal(1, #items)
+    assert.equal(1, n)
+    local long = pages(srv, "execution show long --tenant pages --limit 2", "calls")
+    local count = tonumber(sql(srv, "SELECT count(*) FROM audit_log WHERE kind = 'call' AND execution_id = 'long'"))
+    assert.equal(count, #long)
+    for i = 2, #long do assert.truthy(long[i].id > long[i - 1].id) end
+    local text = srv.admin_text("execution show long --tenant pages --limit 2")
+    local _, heads = text:gsub("execution long %(tenant pages", "")
+    local _, shown = text:gsub("\n#%d+ ", "")
+    assert.equal(1, heads)
+    assert.equal(count, shown)
+    local _, code, err = srv.admin("execution show run-2 --tenant pages")
+    assert.equal(1, code)
+    assert.truthy(err:find("several agents (a1, a2)", 1, true), err)
+  end)
+
   it("refuses a cursor that is not one of the list's, and a page size out of range", function()
     for _, args in ipairs({ "executions --tenant pages --after bogus", "executions --tenant pages --after st1-5",
                             "audit settings --tenant pages --after ex1-1-2-3",
