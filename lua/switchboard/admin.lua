@@ -79,6 +79,53 @@ local function edit_list(list, edits, what)
 end
 M.edit_list = edit_list
 
+-- {======================================================
+-- Pages: the long lists answer one page at a time, newest first, keyset
+-- on an indexed id. `limit` is the page's size; `after` is the cursor the
+-- previous page answered as `next` (an opaque string; null at the end).
+-- =======================================================
+
+M.PAGE, M.MAX_PAGE = 50, 500
+M.PAGE_BYTES = 1048576     -- a page ends early past this many bytes of records
+
+-- The page size of p.limit (default M.PAGE).
+function M.page_limit(p, what, default, max)
+  max = max or M.MAX_PAGE
+  if p.limit == nil then return default or M.PAGE end
+  local n = math.tointeger(tonumber(p.limit))
+  if not n or n < 1 or n > max then
+    refuse(("%s: --limit must be a whole number from 1 to %d"):format(what, max), BAD)
+  end
+  return n
+end
+
+-- A cursor: tag, then whole numbers. cursor("st1", 42) == "st1-42".
+function M.cursor(tag, ...)
+  local parts = { tag }
+  for _, v in ipairs({ ... }) do parts[#parts + 1] = ("%d"):format(v) end
+  return table.concat(parts, "-")
+end
+
+-- The numbers of p.after when it is a cursor of tag with n numbers, nil
+-- when no cursor was given; refuses anything else.
+function M.read_cursor(p, tag, n, what)
+  if p.after == nil or p.after == json.null then return nil end
+  local s = p.after
+  local digits = type(s) == "string" and #s <= 200
+    and { s:match("^" .. tag:gsub("%W", "%%%0") .. ("%-(%d+)"):rep(n) .. "$") } or {}
+  local out = {}
+  for i = 1, n do
+    local v = digits[i] and #digits[i] <= 18 and math.tointeger(tonumber(digits[i]))
+    if not v then
+      refuse(("%s: --after must be the cursor a previous page of this list answered as 'next'"):format(what), BAD)
+    end
+    out[i] = v
+  end
+  return table.unpack(out, 1, n)
+end
+
+-- }======================================================
+
 M.methods = {}
 local methods = M.methods
 
@@ -205,7 +252,9 @@ function M.new(server)
   return setmetatable({ server = server, db = server.db }, M)
 end
 
-function M:handle(msg, peer)
+-- ctx (optional): { notify = function(method, params) } sends a
+-- notification on the request's connection before its answer (progress).
+function M:handle(msg, peer, ctx)
   if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" or type(msg.method) ~= "string" then
     return { id = type(msg) == "table" and msg.id or json.null,
              error = { code = -32600, message = "invalid request" } }
@@ -218,7 +267,7 @@ function M:handle(msg, peer)
   -- who: the socket peer's uid (authority) and the name the CLI gives
   p.actor = ("uid %s%s"):format(tostring(peer.uid),
     type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
-  local ok, res = pcall(fn, self, p)
+  local ok, res = pcall(fn, self, p, ctx or {})
   -- the settings changes this request made are committed before it is answered
   self.server.audit:flush()
   if ok then return { id = msg.id, result = res } end
@@ -254,7 +303,9 @@ function M:serve_lines(stream, peer)
       if msg == nil then
         res = { id = json.null, error = { code = -32700, message = "parse error: " .. tostring(derr) } }
       else
-        res = self:handle(msg, peer)
+        res = self:handle(msg, peer, { notify = function(method, params)
+          return stream:write(encode({ method = method, params = params }) .. "\n")
+        end })
       end
       if not stream:write(encode(res) .. "\n") then break end
     end

@@ -91,7 +91,7 @@ end
 local function exact(v)
   if v == nil then return json.null end
   local t = math.type(v)
-  if t == "integer" then return ("i:%d"):format(v) end
+  if t == "integer" then return "i:" .. v end
   if t == "float" then return ("f:%a"):format(v) end
   if type(v) == "string" then return "s:" .. v end
   error("audit: a record cannot hold a " .. type(v))
@@ -175,7 +175,8 @@ local function tail_problem(db, a, last)
 end
 
 -- db: the store; master: core.vault.Master (the chain's key);
--- opts: { anchor_file (required), flush_ms, bodies }.
+-- opts: { anchor_file (required), checkpoint_file (default anchor_file ..
+-- ".verified"), flush_ms, bodies }.
 -- At start the anchor is checked against the trail's tail: records after it
 -- (the last batch before a crash) are anchored; a tail that does not match
 -- (deleted, rewritten, the anchor lost or replaced) is logged and
@@ -186,6 +187,7 @@ function M.new(db, master, opts)
   assert(master and master.audit_mac, "audit.new: the master key is required")
   assert(type(opts.anchor_file) == "string", "audit.new: opts.anchor_file is required")
   local self = setmetatable({ db = db, master = master, anchor_file = opts.anchor_file, queue = {},
+                              checkpoint_file = opts.checkpoint_file or (opts.anchor_file .. ".verified"),
                               flush_ms = opts.flush_ms or 20, bodies = opts.bodies or "redacted",
                               scheduled = false, anchored_id = 0, legacy = 0 }, M)
   local last = db:row("SELECT id, hash, chain, anchored FROM audit_log ORDER BY id DESC LIMIT 1")
@@ -364,60 +366,158 @@ local function broken(id, records, problem, ...)
   return { ok = false, id = id, records = records, problem = problem:format(...) }
 end
 
--- Walk the chain and hold it against the anchor. master: the chain's key;
--- anchor_file: its anchor; written_id (optional): how far the running
--- writer last anchored. Returns
---   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…} }
+-- {======================================================
+-- The verified checkpoint (next to the anchor, `<anchor>.verified`):
+--   switchboard audit checkpoint v1
+--   id <last verified id> / head <its MAC> / legacy <unkeyed records up to it>
+--   keyed 0|1 / claim <highest anchor claim> / claim_by <its record>
+--   warnings <JSON array of the reanchor warnings up to it>
+--   mac <HMAC of the lines above>
+-- The walk state after record `id`, MAC'd with the audit key: whoever lacks
+-- the master key cannot move it, or make it skip a record.
+-- =======================================================
+
+local CP_HEAD = "switchboard audit checkpoint v1\n"
+
+local function checkpoint_body(c)
+  return CP_HEAD .. ("id %d\nhead %s\nlegacy %d\nkeyed %d\nclaim %d\nclaim_by %d\nwarnings %s\n"):format(
+    c.id, c.head, c.legacy, c.keyed and 1 or 0, c.claim, c.claim_by or 0, json.encode(json.array(c.warnings)))
+end
+
+function M.checkpoint_text(master, c)
+  local body = checkpoint_body(c)
+  return body .. "mac " .. master:audit_mac(body) .. "\n"
+end
+
+-- The checkpoint at path: a table, or nil, "missing" | "invalid", why.
+function M.read_checkpoint(master, path)
+  local f, err, code = io.open(path, "rb")
+  if not f then
+    if code == 2 then return nil, "missing", "is missing" end
+    return nil, "invalid", ("cannot be read (%s)"):format(err)
+  end
+  local s = f:read(1048576) or ""
+  f:close()
+  local id, head, legacy, keyed, claim, claim_by, warnings, mac = s:match("^switchboard audit checkpoint v1\n"
+    .. "id (%d+)\nhead (%x+)\nlegacy (%d+)\nkeyed ([01])\nclaim (%d+)\nclaim_by (%d+)\nwarnings (%[[^\n]*%])\n"
+    .. "mac (%x+)\n$")
+  local w = warnings and json.decode(warnings)
+  local c = id and type(w) == "table" and { id = whole(id), head = head, legacy = whole(legacy), keyed = keyed == "1",
+                                            claim = whole(claim), claim_by = whole(claim_by), warnings = w }
+  if not (c and c.id and c.legacy and c.claim and c.claim_by) then return nil, "invalid", "is not a checkpoint" end
+  if c.claim_by == 0 then c.claim_by = nil end
+  if not vault.equal(master:audit_mac(checkpoint_body(c)), mac) then
+    return nil, "invalid", "does not verify: it was edited or written without the master key"
+  end
+  return c
+end
+
+-- }======================================================
+
+M.BATCH = 256      -- records read per statement (and per slice when yielding)
+M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
+
+-- Walk the chain and hold it against the anchor, in batches of M.BATCH
+-- records (bounded memory). master: the chain's key; anchor_file: its
+-- anchor; written_id (optional): how far the running writer last anchored.
+-- opts (optional):
+--   checkpoint: a checkpoint file; unless full, the walk starts after the
+--     record it names (that record's MAC, the first record and the anchor
+--     are checked again), and a walk that ends intact moves it to the end;
+--   full: walk from record 1 (the checkpoint is still written);
+--   yield: called between batches, and within one every M.SLICE seconds
+--     (the server passes a loop sleep(0));
+--   progress: progress(checked, total) after each batch.
+-- Returns
+--   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…},
+--     notes = {…}, checked = records walked now, from = the checkpoint's id or 0 }
+-- (notes: why the walk started from record 1 although a checkpoint was
+-- given, or why it could not be moved)
 -- (unanchored: records after the anchor, which verify by MAC: the last
 -- batch before a crash) or { ok = false, id = n?, records = k, problem = "…" }
 -- for the first problem found.
-function M.verify_trail(db, master, anchor_file, written_id)
+function M.verify_trail(db, master, anchor_file, written_id, opts)
+  opts = opts or {}
   local a, _, why = M.read_anchor(master, anchor_file)
-  local rows = assert(db:query("SELECT * FROM audit_log ORDER BY id"))
-  local prev, n, legacy, keyed, claim, claim_by, head_at = M.GENESIS, 0, 0, false, 0, nil, nil
-  local warnings = {}
-  for _, r in ipairs(rows) do
-    n = n + 1
-    local k = n - 1
-    if r.id ~= n then
-      if r.id == n + 1 then
-        return broken(n, k, "record %d is missing (deleted): the next record is %d", n, r.id)
-      end
-      return broken(n, k, "records %d to %d are missing (deleted): the next record is %d", n, r.id - 1, r.id)
+  local top_row = assert(db:row("SELECT max(id) AS id FROM audit_log"))
+  local top = top_row.id or 0
+  local prev, n, legacy, keyed, claim, claim_by = M.GENESIS, 0, 0, false, 0, nil
+  local warnings, notes = {}, {}
+  if opts.checkpoint and not opts.full then
+    local c, kind, cwhy = M.read_checkpoint(master, opts.checkpoint)
+    local r = c and c.id <= top and db:row("SELECT * FROM audit_log WHERE id = ?", c.id)
+    local first = c and db:row("SELECT min(id) AS id FROM audit_log")
+    if c and not (r and r.hash == c.head and first and first.id == 1
+        and ((r.chain == M.KEYED and vault.equal(M.mac(master, r.prev_hash, r), r.hash))
+          or (r.chain == M.PLAIN and M.plain_hash(r.prev_hash, r) == r.hash))) then
+      -- the trail changed below the checkpoint: the full walk says how
+      notes[#notes + 1] = ("record %d, where the last verify ended, was changed or deleted since (or record 1"
+        .. " was); the trail was walked in full"):format(c.id)
+    elseif c then
+      prev, n, legacy, keyed, claim, claim_by = c.head, c.id, c.legacy, c.keyed, c.claim, c.claim_by
+      for i, w in ipairs(c.warnings) do warnings[i] = w end
+    elseif kind == "invalid" then
+      notes[#notes + 1] = ("the verify checkpoint %s %s; the trail was walked in full"):format(opts.checkpoint, cwhy)
     end
-    if r.prev_hash ~= prev then
-      return broken(r.id, k, "record %d does not follow the record before it (a record was deleted, inserted"
-        .. " or reordered)", r.id)
+  end
+  local from, total = n, top - n
+  local yield, slice_at = opts.yield, loop.time()
+  while n < top do
+    local rows = assert(db:query("SELECT * FROM audit_log WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+      n, top, M.BATCH))
+    if #rows == 0 then break end
+    for _, r in ipairs(rows) do
+      n = n + 1
+      local k = n - 1
+      if r.id ~= n then
+        if r.id == n + 1 then
+          return broken(n, k, "record %d is missing (deleted): the next record is %d", n, r.id)
+        end
+        return broken(n, k, "records %d to %d are missing (deleted): the next record is %d", n, r.id - 1, r.id)
+      end
+      if r.prev_hash ~= prev then
+        return broken(r.id, k, "record %d does not follow the record before it (a record was deleted, inserted"
+          .. " or reordered)", r.id)
+      end
+      if r.chain == M.PLAIN then
+        if keyed or (a and r.id > a.legacy) then
+          return broken(r.id, k, "record %d carries the unkeyed hash of earlier versions where the chain is keyed"
+            .. " (%s): it was rewritten without the key", r.id,
+            keyed and "after keyed records" or ("the unkeyed part ends at record " .. a.legacy))
+        end
+        if M.plain_hash(prev, r) ~= r.hash then
+          return broken(r.id, k, "record %d was changed after it was written", r.id)
+        end
+        legacy = legacy + 1
+      elseif r.chain == M.KEYED then
+        keyed = true
+        if type(r.hash) ~= "string" or not vault.equal(M.mac(master, prev, r), r.hash)
+            or math.type(r.anchored) ~= "integer" or r.anchored < 0 or r.anchored >= r.id then
+          return broken(r.id, k, "record %d was changed after it was written, or written without the key"
+            .. " (its MAC does not match)", r.id)
+        end
+        if r.anchored > claim then claim, claim_by = r.anchored, r.id end
+        if r.kind == "setting" and r.action == "audit.reanchor" then
+          local p = json.decode(r.params or "") or {}
+          warnings[#warnings + 1] = ("record %d (%s): at start the trail did not match its anchor: %s;"
+            .. " it was anchored again from there"):format(r.id, tostring(r.at),
+            tostring(type(p.new) == "table" and p.new.problem))
+        end
+      else
+        return broken(r.id, k, "record %d has an unknown chain version (%s)", r.id, tostring(r.chain))
+      end
+      prev = r.hash
+      -- a slice of a batch that takes long on a busy machine yields too
+      if yield and n % 32 == 0 and loop.time() - slice_at > M.SLICE then
+        yield()
+        slice_at = loop.time()
+      end
     end
-    if r.chain == M.PLAIN then
-      if keyed or (a and r.id > a.legacy) then
-        return broken(r.id, k, "record %d carries the unkeyed hash of earlier versions where the chain is keyed"
-          .. " (%s): it was rewritten without the key", r.id,
-          keyed and "after keyed records" or ("the unkeyed part ends at record " .. a.legacy))
-      end
-      if M.plain_hash(prev, r) ~= r.hash then
-        return broken(r.id, k, "record %d was changed after it was written", r.id)
-      end
-      legacy = legacy + 1
-    elseif r.chain == M.KEYED then
-      keyed = true
-      if type(r.hash) ~= "string" or not vault.equal(M.mac(master, prev, r), r.hash)
-          or math.type(r.anchored) ~= "integer" or r.anchored < 0 or r.anchored >= r.id then
-        return broken(r.id, k, "record %d was changed after it was written, or written without the key"
-          .. " (its MAC does not match)", r.id)
-      end
-      if r.anchored > claim then claim, claim_by = r.anchored, r.id end
-      if r.kind == "setting" and r.action == "audit.reanchor" then
-        local p = json.decode(r.params or "") or {}
-        warnings[#warnings + 1] = ("record %d (%s): at start the trail did not match its anchor: %s;"
-          .. " it was anchored again from there"):format(r.id, tostring(r.at),
-          tostring(type(p.new) == "table" and p.new.problem))
-      end
-    else
-      return broken(r.id, k, "record %d has an unknown chain version (%s)", r.id, tostring(r.chain))
+    if opts.progress then opts.progress(n - from, total) end
+    if yield and n < top then
+      yield()
+      slice_at = loop.time()
     end
-    if a and r.id == a.id then head_at = r.hash end
-    prev = r.hash
   end
   if not a then
     return broken(nil, n, "the anchor file %s %s, so the trail cannot be shown complete (its tail, or all of"
@@ -427,7 +527,8 @@ function M.verify_trail(db, master, anchor_file, written_id)
     return broken(n + 1, n, "the trail ends at record %d but its anchor reached record %d: records %d to %d"
       .. " were deleted", n, a.id, n + 1, a.id)
   end
-  if (head_at or M.GENESIS) ~= a.head or a.count ~= a.id then
+  local head_at = a.id > 0 and db:row("SELECT hash FROM audit_log WHERE id = ?", a.id)
+  if (head_at and head_at.hash or M.GENESIS) ~= a.head or a.count ~= a.id then
     return broken(a.id, n, "record %d is not the record the anchor holds: the trail was rewritten from there",
       a.id)
   end
@@ -444,14 +545,29 @@ function M.verify_trail(db, master, anchor_file, written_id)
     return broken(nil, n, "the anchor file is older than what this server last wrote (record %d): it reaches"
       .. " only record %d (it was replaced by an older copy)", written_id, a.id)
   end
+  if opts.checkpoint and n > 0 then
+    local ok, err = vault.write_private(opts.checkpoint, M.checkpoint_text(master, { id = n, head = prev,
+      legacy = legacy, keyed = keyed, claim = claim, claim_by = claim_by, warnings = warnings }))
+    if not ok then notes[#notes + 1] = "the verify checkpoint could not be written: " .. tostring(err) end
+  end
   return { ok = true, records = n, anchored = a.id, unanchored = n - a.id, legacy = legacy,
-           warnings = warnings, last_hash = prev }
+           warnings = warnings, notes = notes, last_hash = prev, checked = n - from, from = from }
 end
 
--- Verify this writer's trail (after committing what is queued).
-function M:verify()
+-- Verify this writer's trail (after committing what is queued); one at a
+-- time. opts: { incremental = from the checkpoint, yield, progress } (as
+-- verify_trail). Returns the result, or nil, why when a verify is running.
+function M:verify(opts)
+  opts = opts or {}
+  if self.verifying then return nil, "a verify of the audit trail is running already; try again when it ends" end
+  self.verifying = true
   self:flush()
-  return M.verify_trail(self.db, self.master, self.anchor_file, self.anchor_written and self.anchored_id or nil)
+  local ok, res = pcall(M.verify_trail, self.db, self.master, self.anchor_file,
+    self.anchor_written and self.anchored_id or nil,
+    { checkpoint = self.checkpoint_file, full = not opts.incremental, yield = opts.yield, progress = opts.progress })
+  self.verifying = false
+  if not ok then error(res, 0) end
+  return res
 end
 
 return M

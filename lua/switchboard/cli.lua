@@ -56,18 +56,30 @@ local function run_async(fn)
 end
 M.run_async = run_async
 
--- One admin request; returns result or nil, error message.
-function M.admin_call(socket, method, params)
+-- One admin request; returns result or nil, error message. Notifications
+-- the server sends before the answer (progress) go to on_note(method, params).
+function M.admin_call(socket, method, params, on_note)
   local s, err = loop.connect(socket)
   if not s then return nil, ("cannot reach the admin socket %s: %s (is `switchboard serve` running?)"):format(socket, err) end
   params = params or {}
   params.actor = os.getenv("USER") or os.getenv("LOGNAME")
   s:write(json.encode({ jsonrpc = "2.0", id = 1, method = method, params = params }) .. "\n")
-  local line, rerr = s:read_line(16 * 1048576, 600)
+  local msg
+  while true do
+    local line, rerr = s:read_line(16 * 1048576, 600)
+    if not line then
+      s:close()
+      return nil, "admin socket: " .. tostring(rerr)
+    end
+    msg = json.decode(line)
+    if type(msg) ~= "table" then
+      s:close()
+      return nil, "admin socket: malformed answer"
+    end
+    if msg.id ~= nil or msg.method == nil then break end
+    if on_note then on_note(msg.method, msg.params) end
+  end
   s:close()
-  if not line then return nil, "admin socket: " .. tostring(rerr) end
-  local msg = json.decode(line)
-  if type(msg) ~= "table" then return nil, "admin socket: malformed answer" end
   if msg.error then return nil, msg.error.message end
   return msg.result
 end
@@ -87,7 +99,7 @@ local function cell(v)
   return printable(v)
 end
 
-function M.table(rows, cols)
+function M.table(rows, cols, no_head)
   local widths, lines = {}, {}
   for i, c in ipairs(cols) do widths[i] = utf8.len(c[2]) end
   local cells = {}
@@ -108,8 +120,9 @@ function M.table(rows, cols)
   end
   local head = {}
   for i, c in ipairs(cols) do head[i] = c[2] end
-  lines[1] = line(head)
+  if not no_head then lines[1] = line(head) end
   for _, r in ipairs(cells) do lines[#lines + 1] = line(r) end
+  if #lines == 0 then return "" end
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -273,15 +286,19 @@ admin.twilio = {
       { "voice", "VOICE" }, { "sms", "SMS" }, { "mms", "MMS" } }) end end,
   messages = function(c)
     return "twilio.messages", { tenant = c.opts.tenant or c.pos[1], page = c.opts.page,
-      page_size = c.opts["page-size"] }, function(r)
+      page_size = c.opts["page-size"], limit = c.opts.limit, after = c.opts.after }, function(r, later)
       local rows = {}
       for i, m in ipairs(r.messages) do
         rows[i] = { to = m.to, from = m.from, body = cut(m.body, 40), status = m.status, date = m.date }
       end
-      return M.table(rows, { { "to", "TO" }, { "from", "FROM" }, { "body", "BODY" }, { "status", "STATUS" },
-        { "date", "TIME" } }) .. ("page %d%s\n"):format(r.page, r.more and (" (more: --page %d)"):format(r.page + 1) or "")
-    end
-  end,
+      local out = M.table(rows, { { "to", "TO" }, { "from", "FROM" }, { "body", "BODY" }, { "status", "STATUS" },
+        { "date", "TIME" } }, later)
+      if r.page and c.opts.page then
+        out = out .. ("page %d%s\n"):format(r.page, r.more and (" (more: --page %d)"):format(r.page + 1) or "")
+      end
+      return out
+    end, not c.opts.page
+  end
 }
 
 local ESC_COLS = { { "id", "ID" }, { "agent", "AGENT" }, { "tool", "TOOL" }, { "action", "ACTION" },
@@ -301,8 +318,9 @@ local function escalation_text(r)
 end
 
 admin.escalations = function(c)
-  return "escalations.list", { tenant = c.opts.tenant, status = c.opts.status }, function(r)
-    return M.table(r.escalations, ESC_COLS) end
+  return "escalations.list", { tenant = c.opts.tenant, status = c.opts.status, limit = c.opts.limit,
+    after = c.opts.after }, function(r, later)
+    return M.table(r.escalations, ESC_COLS, later) end, true
 end
 
 admin.escalation = {
@@ -314,23 +332,29 @@ admin.escalation = {
 }
 
 admin.executions = function(c)
-  return "executions.list", { tenant = c.opts.tenant, days = c.opts.days }, function(r)
+  return "executions.list", { tenant = c.opts.tenant, days = c.opts.days, limit = c.opts.limit,
+    after = c.opts.after }, function(r, later)
     local lines = {}
     for _, e in ipairs(r.executions) do
       lines[#lines + 1] = ("%s  agent %s  %s .. %s"):format(e.id, tostring(e.agent), e.started_at, e.ended_at)
+      if e.more_calls then lines[#lines + 1] = "    … (earlier calls: execution show)" end
       for _, call in ipairs(e.calls) do
         lines[#lines + 1] = ("    %-26s %-14s %8.1f ms  %s"):format(call.tool, call.action or "-",
           call.duration_ms or 0, call.outcome)
       end
     end
-    if #lines == 0 then lines[1] = ("no executions in the last %d days"):format(r.days) end
+    if #lines == 0 then
+      if later then return "" end
+      lines[1] = r.days and ("no executions in the last %d days"):format(r.days) or "no more executions"
+    end
     return table.concat(lines, "\n") .. "\n"
-  end
+  end, true
 end
 
 admin.execution = {
-  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1], agent = c.opts.agent }, function(r)
-    local lines = { ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) }
+  show = function(c) return "execution.show", { tenant = c.opts.tenant, id = c.pos[1], agent = c.opts.agent,
+    limit = c.opts.limit, after = c.opts.after }, function(r, later)
+    local lines = { not later and ("execution %s (tenant %s, agent %s)"):format(r.id, r.tenant, tostring(r.agent)) or nil }
     for _, call in ipairs(r.calls) do
       lines[#lines + 1] = ("#%d %s %s %s: %s / %s, %.1f ms, tier %s, policies %s"):format(call.id, call.at, call.tool,
         call.action or "-", call.decision, call.outcome, call.duration_ms or 0, call.sender_tier or "-",
@@ -338,31 +362,37 @@ admin.execution = {
       lines[#lines + 1] = "    params: " .. json.encode(call.params or {})
       if call.detail then lines[#lines + 1] = "    detail: " .. json.encode(call.detail) end
     end
+    if #lines == 0 then return "" end
     return table.concat(lines, "\n") .. "\n"
-  end end,
+  end, true end,
 }
 
 admin.audit = {
-  verify = function() return "audit.verify", {}, function(r)
+  verify = function(c) return "audit.verify", { full = c.opts.full == true }, function(r)
     if not r.ok then
       return ("AUDIT TRAIL BROKEN%s: %s\n"):format(r.id and (" at record " .. r.id) or "", r.problem)
     end
-    local out = { ("audit trail intact: %d records%s%s\n"):format(r.records,
+    local out = { ("audit trail intact: %d records%s%s%s\n"):format(r.records,
       (r.legacy or 0) > 0 and (", %d from before the chain was keyed (plain SHA-256)"):format(r.legacy) or "",
       (r.unanchored or 0) > 0 and ("; the last %d not yet anchored (written just before a crash)"):format(r.unanchored)
-        or "") }
+        or "",
+      (r.from or 0) > 0 and ("; %d checked since the last verify (record %d; --full walks them all)"):format(
+        r.checked or 0, r.from) or "") }
     for _, w in ipairs(r.warnings or {}) do out[#out + 1] = "warning: " .. w .. "\n" end
+    for _, w in ipairs(r.notes or {}) do out[#out + 1] = "note: " .. w .. "\n" end
     return table.concat(out)
   end end,
-  settings = function(c) return "audit.settings", { tenant = c.opts.tenant }, function(r)
-    local rows = {}
-    for i, x in ipairs(r.changes) do
-      rows[i] = { id = x.id, at = x.at, actor = x.actor, action = x.action,
-                  old = json.encode(x.old), new = json.encode(x.new) }
-    end
-    return M.table(rows, { { "id", "ID" }, { "at", "TIME" }, { "actor", "WHO" }, { "action", "CHANGE" },
-      { "old", "OLD" }, { "new", "NEW" } })
-  end end,
+  settings = function(c)
+    return "audit.settings", { tenant = c.opts.tenant, limit = c.opts.limit, after = c.opts.after }, function(r, later)
+      local rows = {}
+      for i, x in ipairs(r.changes) do
+        rows[i] = { id = x.id, at = x.at, actor = x.actor, action = x.action,
+                    old = json.encode(x.old), new = json.encode(x.new) }
+      end
+      return M.table(rows, { { "id", "ID" }, { "at", "TIME" }, { "actor", "WHO" }, { "action", "CHANGE" },
+        { "old", "OLD" }, { "new", "NEW" } }, later)
+    end, true
+  end,
 }
 
 -- The admin commands for the parser: noun, summary, and its verbs (or,
@@ -388,8 +418,11 @@ local OPTS = {
   reason = { "TEXT", "Why (kept with the decision)." },
   days = { "N", "Lookback in days (default 7, at most 30)." },
   agent = { "A", "The agent whose execution it is (when two agents chose the same id)." },
+  limit = { "N", "Items per page (with --json one page is printed, with its cursor as 'next')." },
+  after = { "CURSOR", "Start after this cursor (a page's 'next')." },
+  full = { false, "Walk the whole trail, not only the records since the last verify." },
 }
-local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true }
+local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true, full = true }
 M.ADMIN_FLAGS = ADMIN_FLAGS
 
 local TWILIO_SETTINGS = { "default-number", "whatsapp-number", "verify-service-sid", "hosts" }
@@ -428,22 +461,23 @@ local ADMIN_SPEC = {
       opts = { "tenant", "confirm" } },
     { "disconnect", "Remove the sealed key and the tool group.", args = { "TENANT?" }, opts = { "tenant" } },
     { "numbers", "The account's phone numbers.", args = { "TENANT?" }, opts = { "tenant" } },
-    { "messages", "A preview of the account's messages.", args = { "TENANT?" },
-      opts = { "tenant", "page", "page-size" } },
+    { "messages", "A preview of the account's messages (--page: the old page number).", args = { "TENANT?" },
+      opts = { "tenant", "limit", "after", "page", "page-size" } },
   } },
-  { "escalations", "List escalations.", opts = { "tenant", "status" } },
+  { "escalations", "List escalations.", opts = { "tenant", "status", "limit", "after" } },
   { "escalation", "One escalation.", {
     { "show", "Show an escalation.", args = { "ID" }, opts = { "tenant" } },
     { "approve", "Approve an escalation and run the call once.", args = { "ID" }, opts = { "tenant" } },
     { "reject", "Reject an escalation.", args = { "ID" }, opts = { "tenant", "reason" } },
   } },
-  { "executions", "Executions and their calls.", opts = { "tenant", "days" } },
+  { "executions", "Executions and their calls.", opts = { "tenant", "days", "limit", "after" } },
   { "execution", "One execution.", {
-    { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent" } },
+    { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
   } },
   { "audit", "The audit trail.", {
-    { "verify", "Verify the audit trail." },
-    { "settings", "Changes of settings.", opts = { "tenant" } },
+    { "verify", "Verify the audit trail (the records since the last verify; --full: all of it).",
+      opts = { "full" } },
+    { "settings", "Changes of settings.", opts = { "tenant", "limit", "after" } },
   } },
 }
 
@@ -629,19 +663,64 @@ function M.commands.admin(res, root)
   local cfg, err = load_config(opts, root)
   if not cfg then return die(err, 2) end
   local c = { opts = opts, pos = pos, cfg = cfg }
-  local method, params, printer = entry(c)
+  local method, params, printer, paged = entry(c)
   if not method then return die(params, 2) end
-  local result, rerr = run_async(function() return M.admin_call(cfg.admin_socket, method, params) end)
-  if not result then
-    if opts.json then io.stdout:write(json.encode({ error = rerr }), "\n") end
-    return die(rerr, 1)
-  end
   if opts.json then
+    -- one answer (one page, with its cursor as `next`)
+    local result, rerr = run_async(function() return M.admin_call(cfg.admin_socket, method, params) end)
+    if not result then
+      io.stdout:write(json.encode({ error = rerr }), "\n")
+      return die(rerr, 1)
+    end
     io.stdout:write(json.encode(result), "\n")
-  else
-    io.stdout:write(printable(printer(result), true))
+    return result.ok == false and 1 or 0
   end
-  return result.ok == false and 1 or 0
+  local on_note
+  if method == "audit.verify" and os.execute("test -t 2") then
+    params.progress = true
+    on_note = M.progress_printer(io.stderr)
+  end
+  -- for people: page after page, each printed as it comes
+  local rc, later = 0, false
+  local ok, rerr = run_async(function()
+    while true do
+      local result, cerr = M.admin_call(cfg.admin_socket, method, params, on_note)
+      if on_note then on_note("done") end
+      if not result then return nil, cerr end
+      if not io.stdout:write(printable(printer(result, later), true)) then return true end
+      io.stdout:flush()
+      if result.ok == false then rc = 1 end
+      if not (paged and type(result.next) == "string") then return true end
+      params.after, later = result.next, true
+    end
+  end)
+  if not ok then return die(rerr, 1) end
+  return rc
+end
+
+-- Progress of an audit verify on a terminal: records checked of total,
+-- rate, time left, on one line that the answer replaces.
+function M.progress_text(p)
+  local checked, total, elapsed = tonumber(p.checked) or 0, tonumber(p.total) or 0, tonumber(p.elapsed) or 0
+  local rate = elapsed > 0 and checked / elapsed or 0
+  local left = rate > 0 and (total - checked) / rate or nil
+  return ("verifying: %d of %d records (%d%%), %d records/s, %s left"):format(checked, total,
+    total > 0 and checked * 100 // total or 100, math.floor(rate),
+    left and ("%d s"):format(math.ceil(left)) or "? s")
+end
+
+function M.progress_printer(out)
+  local shown = false
+  return function(method, p)
+    if method == "done" then
+      if shown then out:write("\r\27[K") end
+      shown = false
+    elseif method == "audit.verify/progress" and type(p) == "table" then
+      out:write("\r\27[K", M.progress_text(p))
+      out:flush()
+      shown = true
+    end
+  end
 end
 
 -- `switchboard restore FILE`: offline (switchboard.backup.restore).

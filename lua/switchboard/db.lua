@@ -159,6 +159,13 @@ M.migrations = {
   CREATE INDEX sends_tenant_created ON sends (tenant_id, created_unix);
   CREATE INDEX sends_sid ON sends (sid) WHERE sid IS NOT NULL;
   ]],
+  [[
+  -- The operator's pages (keyset on id): a tenant's settings changes and
+  -- calls, the calls of one execution (agent and id), a tenant's escalations.
+  CREATE INDEX audit_tenant_kind_id ON audit_log (tenant_id, kind, id);
+  CREATE INDEX audit_execution_calls ON audit_log (tenant_id, execution_id, agent_id, id) WHERE kind = 'call';
+  CREATE INDEX escalations_tenant_id ON escalations (tenant_id, id);
+  ]],
 }
 
 function M.now()

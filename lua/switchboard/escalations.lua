@@ -109,19 +109,28 @@ function M.install(admin)
     return r, t
   end
 
+  -- One page, newest first (keyset on id, cursor "es1-<id>").
   methods["escalations.list"] = function(self, p)
     local t = self:tenant(p, "escalations")
     local status = p.status or "open"
+    local limit = admin.page_limit(p, "escalations")
+    local after = admin.read_cursor(p, "es1", 1, "escalations") or math.maxinteger
     local rows
     if status == "all" then
-      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? ORDER BY e.id DESC LIMIT 500", t.id))
+      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.id < ? ORDER BY e.id DESC LIMIT ?",
+        t.id, after, limit + 1))
     else
-      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.status = ? ORDER BY e.id DESC LIMIT 500",
-        t.id, status))
+      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.status = ? AND e.id < ?"
+        .. " ORDER BY e.id DESC LIMIT ?", t.id, status, after, limit + 1))
     end
-    local out = {}
-    for i, r in ipairs(rows) do out[i] = view(r) end
-    return { tenant = t.name, escalations = json.array(out) }
+    local out, bytes, more = {}, 0, #rows > limit
+    for i = 1, math.min(#rows, limit) do
+      bytes = bytes + #rows[i].reason + #(rows[i].decision_note or "") + #(rows[i].result or "")
+      if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
+      out[i] = view(rows[i])
+    end
+    return { tenant = t.name, escalations = json.array(out),
+             next = more and admin.cursor("es1", out[#out].id) or json.null }
   end
 
   methods["escalation.show"] = function(self, p)

@@ -2,7 +2,9 @@
 -- one execution in full, and the hash chain's verification. An execution
 -- id is the agent's own: the same id chosen by two agents is two
 -- executions (grouped by agent and id).
+local loop = require("core.loop")
 local json = require("switchboard.json")
+local directory = require("switchboard.directory")
 
 local M = {}
 
@@ -16,87 +18,198 @@ local function call_view(r)
            policies = json.decode(r.policies or "[]"), detail = r.detail and json.decode(r.detail) or nil }
 end
 
+-- The executions of one page: the calls of a tenant are walked newest
+-- first (keyset on id, in batches that yield to the loop) between a floor
+-- (the first call of the window) and a top (the last call when the first
+-- page was asked: later calls wait for a new listing, so pages neither
+-- repeat nor skip an execution while calls are added). An execution is
+-- listed where its last call up to the top is; one with a call above the
+-- current row was listed on an earlier page. At most M.SCAN calls are
+-- walked per page (a page of long executions may hold fewer).
+M.BATCH = 256
+M.SCAN = 4096
+M.CALLS = 20        -- the last calls shown per execution in a list
+
+local WALK = "SELECT id, agent_id, execution_id FROM audit_log WHERE tenant_id = ? AND kind = 'call'"
+  .. " AND id < ? AND id >= ? ORDER BY id DESC LIMIT ?"
+local LATER = "SELECT id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
+  .. " AND agent_id IS ? AND id > ? AND id <= ? LIMIT 1"
+local CALLS = "SELECT id, at, tool, action, duration_ms, outcome, decision FROM audit_log WHERE tenant_id = ?"
+  .. " AND kind = 'call' AND execution_id IS ? AND agent_id IS ? AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"
+local FIRST = "SELECT at FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
+  .. " AND agent_id IS ? AND id >= ? ORDER BY id LIMIT 1"
+
+local AGENT_OF = "SELECT agent_id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id = ?"
+
+M.SQL = { walk = WALK, later = LATER, calls = CALLS, first = FIRST }
+
+-- One page: the executions whose last call up to top is below after (and
+-- at or above floor), at most limit of them; returns them and the id to
+-- go on from (nil at the floor). yield (optional) runs between batches.
+function M.page(db, tenant_id, top, floor, after, limit, yield)
+  local out, seen, names, scanned, pos = {}, {}, {}, 0, after
+  while true do
+    local rows = assert(db:query(WALK, tenant_id, pos, floor, M.BATCH))
+    local full = false
+    for _, r in ipairs(rows) do
+      pos, scanned = r.id, scanned + 1
+      local key = ("%s\0%s"):format(tostring(r.agent_id), tostring(r.execution_id))
+      if not seen[key] then
+        seen[key] = true
+        if not db:row(LATER, tenant_id, r.execution_id, r.agent_id, r.id, top) then
+          out[#out + 1] = M.summary(db, tenant_id, r, floor, names)
+        end
+      end
+      full = #out >= limit or scanned >= M.SCAN
+      if full then break end
+    end
+    if full then return out, pos end
+    if #rows < M.BATCH then return out, nil end     -- the floor was reached
+    if yield then yield() end
+  end
+end
+
+-- An execution in a list: its last calls up to its row r.
+function M.summary(db, tenant_id, r, floor, names)
+  local calls = assert(db:query(CALLS, tenant_id, r.execution_id, r.agent_id, floor, r.id, M.CALLS + 1))
+  local more = #calls > M.CALLS
+  local shown = {}
+  for i = math.min(#calls, M.CALLS), 1, -1 do
+    local c = calls[i]
+    shown[#shown + 1] = { tool = c.tool, action = c.action, duration_ms = c.duration_ms, outcome = c.outcome,
+                          decision = c.decision }
+  end
+  local first = more and db:row(FIRST, tenant_id, r.execution_id, r.agent_id, floor) or calls[#calls]
+  if r.agent_id and names[r.agent_id] == nil then
+    local a = db:row("SELECT name FROM agents WHERE id = ?", r.agent_id)
+    names[r.agent_id] = a and a.name or false
+  end
+  return { id = r.execution_id, agent = r.agent_id and names[r.agent_id] or nil, started_at = first and first.at,
+           ended_at = calls[1].at, calls = json.array(shown), more_calls = more or nil }
+end
+
 function M.install(admin)
   local refuse, methods = admin.refuse, admin.methods
 
   methods["executions.list"] = function(self, p)
     local t = self:tenant(p, "executions")
-    local days = p.days == nil and M.DEFAULT_DAYS or math.tointeger(tonumber(p.days))
-    if not days or days < 1 then refuse("executions: --days must be a whole number of days from 1", -32602) end
-    if days > M.MAX_DAYS then
-      refuse(("executions: --days %d is over the limit: the lookback is at most %d days"):format(days, M.MAX_DAYS),
-        -32602)
-    end
-    local since = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - days * 86400)
-    local rows = assert(self.db:query("SELECT l.*, a.name AS agent_name FROM audit_log l"
-      .. " LEFT JOIN agents a ON a.id = l.agent_id WHERE l.kind = 'call' AND l.tenant_id = ? AND l.at >= ?"
-      .. " ORDER BY l.id", t.id, since))
-    local by_id, order = {}, {}
-    for _, r in ipairs(rows) do
-      local key = ("%s\0%s"):format(tostring(r.agent_id), tostring(r.execution_id))
-      local e = by_id[key]
-      if not e then
-        e = { id = r.execution_id, agent = r.agent_name, started_at = r.at, calls = {} }
-        by_id[key] = e
-        order[#order + 1] = e
+    local limit = admin.page_limit(p, "executions")
+    local top, floor, after = admin.read_cursor(p, "ex1", 3, "executions")
+    local days
+    if not top then
+      days = p.days == nil and M.DEFAULT_DAYS or math.tointeger(tonumber(p.days))
+      if not days or days < 1 then refuse("executions: --days must be a whole number of days from 1", -32602) end
+      if days > M.MAX_DAYS then
+        refuse(("executions: --days %d is over the limit: the lookback is at most %d days"):format(days, M.MAX_DAYS),
+          -32602)
       end
-      e.ended_at = r.at
-      e.calls[#e.calls + 1] = { tool = r.tool, action = r.action, duration_ms = r.duration_ms,
-                                outcome = r.outcome, decision = r.decision }
+      local since = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - days * 86400)
+      local last = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND kind = 'call'"
+        .. " ORDER BY id DESC LIMIT 1", t.id)
+      local first = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND at >= ? ORDER BY at, id LIMIT 1",
+        t.id, since)
+      top = last and last.id or 0
+      floor = first and first.id or top + 1
+      after = top + 1
     end
-    local out = {}
-    for i = #order, 1, -1 do
-      local e = order[i]
-      e.calls = json.array(e.calls)
-      out[#out + 1] = e
-    end
-    return { tenant = t.name, days = days, executions = json.array(out) }
+    local out, pos = M.page(self.db, t.id, top, floor, after, limit, function() loop.sleep(0) end)
+    return { tenant = t.name, days = days, executions = json.array(out),
+             next = pos and admin.cursor("ex1", top, floor, pos) or json.null }
   end
 
+  -- One execution's calls in full, oldest first, a page at a time
+  -- (default 500 calls; cursor "xs1-<id>").
   methods["execution.show"] = function(self, p)
     local t = self:tenant(p, "execution show")
     if type(p.id) ~= "string" or p.id == "" then refuse("execution show: give the execution id", -32602) end
     if p.agent ~= nil and (type(p.agent) ~= "string" or p.agent == "") then
       refuse("execution show: 'agent' must be an agent's name", -32602)
     end
-    local rows = assert(self.db:query("SELECT l.*, a.name AS agent_name FROM audit_log l"
-      .. " LEFT JOIN agents a ON a.id = l.agent_id WHERE l.kind = 'call' AND l.tenant_id = ?"
-      .. " AND l.execution_id = ? AND (? IS NULL OR a.name = ?) ORDER BY l.id", t.id, p.id, p.agent, p.agent))
-    if #rows == 0 then
+    local limit = admin.page_limit(p, "execution show", 500, 1000)
+    local after = admin.read_cursor(p, "xs1", 1, "execution show") or 0
+    local db = self.db
+    local function none()
       refuse(("no execution '%s'%s in tenant '%s'"):format(p.id,
         p.agent and (" of agent '" .. p.agent .. "'") or "", t.name))
     end
-    -- each agent's id is its own: the same id of two agents is not one execution
-    local agents, seen = {}, {}
-    for _, r in ipairs(rows) do
-      local name = r.agent_name or tostring(r.agent_id)
-      if not seen[name] then seen[name] = true; agents[#agents + 1] = name end
+    local agent_id
+    if p.agent then
+      local a = directory.agent(db, t.id, p.agent)
+      if not a then none() end
+      agent_id = a.id
+      if not db:row(FIRST, t.id, p.id, agent_id, 0) then none() end
+    else
+      local lo = db:row(AGENT_OF .. " ORDER BY agent_id LIMIT 1", t.id, p.id)
+      if not lo then none() end
+      local hi = db:row(AGENT_OF .. " ORDER BY agent_id DESC LIMIT 1", t.id, p.id)
+      if lo.agent_id ~= hi.agent_id then
+        -- each agent's id is its own: the same id of two agents is not one execution
+        local names = {}
+        for _, r in ipairs(assert(db:query("SELECT DISTINCT l.agent_id, a.name FROM audit_log l LEFT JOIN agents a"
+            .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? LIMIT 10",
+            t.id, p.id))) do
+          names[#names + 1] = r.name or tostring(r.agent_id)
+        end
+        refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
+          :format(p.id, table.concat(names, ", ")), -32602)
+      end
+      agent_id = lo.agent_id
     end
-    if #agents > 1 then
-      refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
-        :format(p.id, table.concat(agents, ", ")), -32602)
+    local rows = assert(db:query("SELECT l.*, a.name AS agent_name FROM audit_log l LEFT JOIN agents a"
+      .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? AND l.agent_id IS ?"
+      .. " AND l.id > ? ORDER BY l.id LIMIT ?", t.id, p.id, agent_id, after, limit + 1))
+    local calls, bytes, more = {}, 0, #rows > limit
+    for i = 1, math.min(#rows, limit) do
+      local r = rows[i]
+      bytes = bytes + #(r.params or "") + #(r.detail or "") + #(r.policies or "")
+      if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
+      calls[i] = call_view(r)
     end
-    local calls = {}
-    for i, r in ipairs(rows) do calls[i] = call_view(r) end
-    return { tenant = t.name, id = p.id, agent = rows[1].agent_name, calls = json.array(calls) }
+    local a = agent_id and db:row("SELECT name FROM agents WHERE id = ?", agent_id)
+    return { tenant = t.name, id = p.id, agent = a and a.name or nil, calls = json.array(calls),
+             next = more and admin.cursor("xs1", calls[#calls].id) or json.null }
   end
 
-  methods["audit.verify"] = function(self)
-    local r = self.server.audit:verify()
+  -- The trail from the verified checkpoint (p.full: from record 1), in
+  -- slices that yield to the loop; with p.progress, notifications
+  -- "audit.verify/progress" { checked, total, elapsed } come first, at
+  -- most five a second.
+  methods["audit.verify"] = function(self, p, ctx)
+    local progress
+    if p.progress == true and ctx.notify then
+      local t0, last = loop.time(), nil
+      progress = function(checked, total)
+        local now = loop.time()
+        if last and now - last < 0.2 and checked < total then return end
+        last = now
+        ctx.notify("audit.verify/progress", { checked = checked, total = total, elapsed = now - t0 })
+      end
+    end
+    local r, err = self.server.audit:verify({ incremental = p.full ~= true, progress = progress,
+                                              yield = function() loop.sleep(0) end })
+    if not r then refuse(err) end
     if r.warnings then r.warnings = json.array(r.warnings) end
+    if r.notes then r.notes = json.array(r.notes) end
+    r.last_hash = nil
     return r
   end
 
   methods["audit.settings"] = function(self, p)
     local t = self:tenant(p, "audit settings")
+    local limit = admin.page_limit(p, "audit settings")
+    local after = admin.read_cursor(p, "st1", 1, "audit settings") or math.maxinteger
     local rows = assert(self.db:query("SELECT id, at, actor, action, params FROM audit_log"
-      .. " WHERE kind = 'setting' AND tenant_id = ? ORDER BY id DESC LIMIT 200", t.id))
-    local out = {}
-    for i, r in ipairs(rows) do
+      .. " WHERE tenant_id = ? AND kind = 'setting' AND id < ? ORDER BY id DESC LIMIT ?", t.id, after, limit + 1))
+    local out, bytes, more = {}, 0, #rows > limit
+    for i = 1, math.min(#rows, limit) do
+      local r = rows[i]
+      bytes = bytes + #(r.params or "") + #(r.actor or "")
+      if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
       local v = json.decode(r.params or "{}") or {}
       out[i] = { id = r.id, at = r.at, actor = r.actor, action = r.action, old = v.old, new = v.new }
     end
-    return { tenant = t.name, changes = json.array(out) }
+    return { tenant = t.name, changes = json.array(out),
+             next = more and admin.cursor("st1", out[#out].id) or json.null }
   end
 end
 

@@ -7,6 +7,7 @@ local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local store = require("core.store")
 local loop = require("core.loop")
+local http = require("core.http")
 local client_mod = require("switchboard.twilio.client")
 
 local M = {}
@@ -626,13 +627,29 @@ function M.install(admin)
     return { tenant = t.name, numbers = json.array(out) }
   end
 
+  -- One page of the account's messages, newest first. The cursor is
+  -- Twilio's next-page link, followed only to this account's Messages
+  -- list on the api host (p.page: the old page number, walked from 1).
   methods["twilio.messages"] = function(self, p)
     local t, conn = connected(self, p, "twilio messages")
     local page = math.tointeger(tonumber(p.page or 1))
-    local size = math.tointeger(tonumber(p.page_size or 20))
+    local size = p.limit ~= nil and self.page_limit(p, "twilio messages", 20, 100)
+      or math.tointeger(tonumber(p.page_size or 20))
     if not page or page < 1 then refuse("page: must be a whole number from 1", -32602) end
     if not size or size < 1 or size > 100 then refuse("page size: must be from 1 to 100", -32602) end
+    local after = p.after
+    if after ~= nil and (type(after) ~= "string" or after == "" or #after > 2048) then
+      refuse("twilio messages: --after must be the cursor a previous page answered as 'next'", -32602)
+    end
     local body, err = with_client(self, t, conn, function(c)
+      if after then
+        local url = c:page_link("api", after)
+        local u = url and http.parse(url)
+        if not u or u.path ~= c:acct("Messages.json") then
+          return nil, { message = "twilio messages: --after must be the cursor a previous page answered as 'next'" }
+        end
+        return c:request({ method = "GET", product = "api", url = after })
+      end
       local b, e = c:get("api", c:acct("Messages.json"), { PageSize = size })
       local n = 1
       while b and n < page do
@@ -649,8 +666,9 @@ function M.install(admin)
       out[i] = { to = m.to, from = m.from, body = m.body, status = m.status,
                  date = m.date_sent ~= json.null and m.date_sent or m.date_created, sid = m.sid }
     end
-    return { tenant = t.name, page = page, page_size = size, messages = json.array(out),
-             more = type(body.next_page_uri) == "string" }
+    local nxt = type(body.next_page_uri) == "string" and body.next_page_uri or nil
+    return { tenant = t.name, page = not after and page or nil, page_size = size, messages = json.array(out),
+             more = nxt ~= nil, next = nxt or json.null }
   end
 end
 
