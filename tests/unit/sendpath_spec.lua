@@ -198,7 +198,8 @@ describe("the daily count", function()
       return nil, { code = 21211, message = "invalid", unknown = false }
     end }
     local function send(to)
-      local ctx = { rt = rt, tenant_row = tenant, tool_name = "twilio_send_sms", twilio = twilio }
+      local ctx = { tenant_row = tenant, tool_name = "twilio_send_sms", twilio = twilio }
+      sends.bind(ctx, rt)
       ctx.send_claim = sends.claim(tenant.id, to)
       return sends.post(ctx, { recipient = to, product = "api", path = "/Messages.json", form = { To = to },
                                text = "hello" })
