@@ -651,19 +651,25 @@ check_stream(lua_State *L)
 static int
 l_stream(lua_State *L)
 {
+  int has_cb = 0;
+  if (lua_istable(L, 1)) {
+    int t = lua_getfield(L, 1, "on_close");
+    if (t != LUA_TFUNCTION && t != LUA_TNIL)
+      return luaL_error(L, "httpd.stream: on_close must be a function");
+    has_cb = t == LUA_TFUNCTION;
+  } else if (!lua_isnoneornil(L, 1)) {
+    return luaL_error(L, "httpd.stream: options must be a table");
+  } else {
+    lua_pushnil(L);
+  }
+  int cb = lua_gettop(L);
   Stream *st = lua_newuserdatauv(L, sizeof *st, 0);
   memset(st, 0, sizeof *st);
   st->self_ref = st->on_close_ref = LUA_NOREF;
   luaL_setmetatable(L, STREAM_MT);
-  if (lua_istable(L, 1)) {
-    if (lua_getfield(L, 1, "on_close") == LUA_TFUNCTION)
-      st->on_close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    else if (!lua_isnil(L, -1))
-      return luaL_error(L, "httpd.stream: on_close must be a function");
-    else
-      lua_pop(L, 1);
-  } else if (!lua_isnoneornil(L, 1)) {
-    return luaL_error(L, "httpd.stream: options must be a table");
+  if (has_cb) {
+    lua_pushvalue(L, cb);
+    st->on_close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   return 1;
 }
