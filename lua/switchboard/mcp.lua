@@ -408,7 +408,8 @@ function Session:dispatch(msg)
   end
   if msg.id == nil then
     local fn = notifications[method]
-    if fn and (self.initialized_req or method ~= "notifications/cancelled") then fn(self, msg.params) end
+    -- a cancel may come before any initialize: a 2026-07-28 request's
+    if fn then fn(self, msg.params) end
     return
   end
   if id == nil then
