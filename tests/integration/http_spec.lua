@@ -239,6 +239,29 @@ describe("MCP over HTTP", function()
     end)
   end)
 
+  it("keeps a 2026-07-28 subscriptions/listen stream open and sends list changes on it", function()
+    H.async(function()
+      local out = srv.dir .. "/listen-stream.txt"
+      local body = json.encode({ jsonrpc = "2.0", id = "sub-1", method = "subscriptions/listen", params = { _meta = {
+        ["io.modelcontextprotocol/protocolVersion"] = "2026-07-28",
+        ["io.modelcontextprotocol/clientCapabilities"] = {} } } })
+      H.write(srv.dir .. "/listen.json", body)
+      os.execute(("curl -sN --max-time 8 -H 'Accept: application/json, text/event-stream' -H 'Content-Type: application/json'"
+        .. " -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: subscriptions/listen' -H %s"
+        .. " --data-binary @%s %s/mcp > %s 2>&1 &")
+        :format(H.q("Authorization: Bearer " .. tok_a), H.q(srv.dir .. "/listen.json"), base, H.q(out)))
+      loop.sleep(0.5)
+      local _, code = srv.admin("agent groups alpha --tenant acme -Tests")
+      assert.equal(0, code)
+      H.wait_for(function() return (H.read(out) or ""):find("list_changed", 1, true) ~= nil end,
+        8, "list_changed on the listen stream: " .. tostring(H.read(out)))
+      local ev = events(H.read(out))
+      assert.equal("notifications/tools/list_changed", ev[1].method)
+      assert.equal("sub-1", ev[1].params._meta["io.modelcontextprotocol/subscriptionId"])
+      srv.admin("agent groups alpha --tenant acme +Tests")
+    end)
+  end)
+
   it("answers /healthz and /metrics (Prometheus text) on loopback", function()
     H.async(function()
       local res = assert(http.request{ url = base .. "/healthz" })
