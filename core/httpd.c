@@ -1,31 +1,33 @@
 /*
-** httpd.c -- core.httpd: a small HTTP/1.1 server on the libev loop, for
-** the Twilio simulator and later HTTP transports.
+** httpd.c -- core.httpd: an HTTP/1.1 server on the libev loop, on GNU
+** libmicrohttpd (Debian's libmicrohttpd, never a hand-written parser), for
+** the Twilio simulator and the MCP Streamable HTTP transport.
 **
-** Requests are parsed by Debian's libhttp-parser (never by hand). Each
-** complete request runs handler(req) in a new coroutine (sb_spawn); the
-** handler may wait (loop.sleep, core.http) and the response is written
-** when it returns: `return status, headers, body`, or nothing to drop the
-** connection without an answer (fault injection).
+** MHD runs in external polling mode with its own epoll set
+** (MHD_USE_EPOLL): libev watches that one epoll fd and a timer set from
+** MHD_get_timeout, and calls MHD_run when either fires. Each complete
+** request runs handler(req) in a new coroutine (sb_spawn); while the
+** handler waits (loop.sleep, core.http, a call's answer) the connection is
+** suspended (MHD_suspend_connection) and resumed when it returns
+** (MHD_resume_connection wakes the epoll fd through MHD's eventfd). The
+** handler returns `status, headers, body`, where body is a string or a
+** Stream (httpd.stream(): a response written piece by piece, for
+** server-sent events, read by MHD through a content reader callback that
+** suspends the connection while the stream has nothing to send), or
+** nothing to drop the connection without an answer.
 **
-** One request at a time per connection: after a message is complete the
-** parser is paused and the socket is not read until the response is
-** queued, so pipelined requests are answered in order. Output goes to a
-** nonblocking write buffer drained by an ev_io watcher (netbuf.c, as for
-** core.loop's streams).
-**
-** Lifetime rules (liolib / luv, as in loop.c): every userdata is created
-** closed before its resource is acquired; close is idempotent and is also
-** __gc and __close; an open Server or Conn is pinned in the registry
-** (self_ref) and every callback anchors it on the main stack while it
-** runs. A handler's coroutine holds its Conn as a stack slot, so a
-** response for a connection closed meanwhile is simply dropped.
+** Lifetimes: a Request (a C struct) is counted: MHD holds one reference
+** from the URI callback to the completion callback, a running handler one
+** until it returns; an answer for a request MHD is done with is dropped.
+** A Stream is a userdata, pinned in the registry while a response reads
+** it; the Server is pinned while it is open. Server:close() inside MHD_run
+** (a handler that closes its own server) is carried out when MHD_run
+** returns: MHD_stop_daemon must not be called from MHD's callbacks.
 */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,424 +35,258 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <http_parser.h>
+#include <microhttpd.h>
 
 #include "core.h"
 #include "netbuf.h"
 
 #define SERVER_MT  "core.httpd.Server"
-#define CONN_MT    "core.httpd.Conn"
+#define STREAM_MT  "core.httpd.Stream"
 
-#define OUT_HIGH              (1024u * 1024u) /* stop parsing while above */
 #define DEFAULT_MAX_BODY      (1024 * 1024)
 #define DEFAULT_IDLE_TIMEOUT  60.0
-#define LINGER_TIMEOUT        2.0
-
-/* Append one char, or a C string, to b; 0 or -1 (out of memory). */
-static int
-buf_addc(NbBuf *b, char c)
-{
-  return nb_add(b, &c, 1);
-}
-
-static int
-buf_adds(NbBuf *b, const char *str)
-{
-  return nb_add(b, str, strlen(str));
-}
+#define STREAM_BLOCK          (16 * 1024)
 
 typedef struct Server Server;
-typedef struct Conn Conn;
+typedef struct Req Req;
+typedef struct Stream Stream;
+
+enum { R_READING, R_RUNNING, R_ANSWERED, R_DROP };
+
+struct Req {
+  Server *srv;
+  struct MHD_Connection *mc;    /* NULL once MHD is done with the request */
+  Req *prev, *next;             /* the server's live requests */
+  int refs;
+  int state;
+  int started;                  /* the access handler saw the headers */
+  int suspended;
+  int too_big;
+  size_t dropped;
+  char *uri;
+  NbBuf body;
+  struct MHD_Response *resp;    /* the handler's answer, not yet queued */
+  unsigned status;
+  int stream_ref;               /* the Stream the answer reads, or LUA_NOREF */
+  Stream *stream;
+};
+
+struct Stream {
+  NbBuf buf;
+  int ended;                    /* close(): the response ends after buf */
+  int gone;                     /* the client left or the server closed */
+  int used;                     /* handed to a response once */
+  int self_ref;                 /* pinned while a response reads it */
+  int on_close_ref;
+  struct MHD_Connection *mc;
+  Server *srv;
+  int suspended;
+};
 
 struct Server {
-  NbListener ln;                /* ln.fd: -1 once closed */
+  struct MHD_Daemon *d;
+  int open;                     /* the Lua view: false once close() ran */
+  int in_run, stop_pending;
+  ev_io io;
+  ev_timer timer;
   int port;
-  int handler_ref;
-  int self_ref;
+  int handler_ref, self_ref;
   size_t max_body;
-  double idle_timeout;
-  Conn *conns;                  /* open connections */
-  lua_Integer active, accepted, requests;
+  unsigned idle;
+  lua_Integer active, accepted, requests, next_conn;
+  Req *reqs;
 };
 
-struct Conn {
-  ev_io rio;
-  ev_io wio;
-  ev_timer timer;               /* keep-alive idle timeout; lingering close */
-  int fd;
-  int open;
-  int self_ref;
-  Server *srv;                  /* NULL once closed */
-  Conn *prev, *next;
-  lua_Integer id;
-  size_t max_body;
-  double idle_timeout;
-  char remote[INET6_ADDRSTRLEN];
-  int remote_port;
-  http_parser parser;
-  NbBuf in;                     /* received, not yet parsed */
-  NbBuf out;                    /* queued response bytes */
-  /* the request being parsed */
-  NbBuf url;
-  NbBuf hdrs;                   /* "name\0value\0" pairs, names lowercase */
-  NbBuf body;
-  size_t vstart;                /* offset of the current header value */
-  int hstate;                   /* 0 none, 1 in a name, 2 in a value */
-  int expect_continue;
-  /* connection state */
-  int ready;                    /* a complete request waits for dispatch */
-  int busy;                     /* its handler is running */
-  int keep_alive;               /* of the request being answered */
-  int http_minor;
-  int is_head;
-  int method;
-  int error;                    /* HTTP status to refuse the request with */
-  int in_process;               /* conn_process is on the C stack */
-  int close_after;              /* close once the output is written */
-  int linger;                   /* ... after a lingering half-close */
-  int lingering;
-};
+static void
+report(const char *what, const char *detail)
+{
+  char msg[512];
+  snprintf(msg, sizeof msg, "core.httpd: %s%s%s", what,
+           detail ? ": " : "", detail ? detail : "");
+  sb_report_error(msg);
+}
 
-static const http_parser_settings parser_settings;
+static void server_kick(Server *s);
 
 /*
 ** {======================================================
-** Connections: close, write, linger
+** Requests
 ** =======================================================
 */
 
-/* Close now; queued output is dropped. Never runs Lua code (it is also
-** __gc). */
 static void
-conn_release(Conn *c)
+req_unref(Req *r)
 {
-  if (!c->open)
+  if (--r->refs > 0)
     return;
-  struct ev_loop *loop = sb_loop();
-  c->open = 0;
-  ev_io_stop(loop, &c->rio);
-  ev_io_stop(loop, &c->wio);
-  ev_timer_stop(loop, &c->timer);
-  if (c->fd >= 0)
-    close(c->fd);
-  c->fd = -1;
-  nb_free(&c->in);
-  nb_free(&c->out);
-  nb_free(&c->url);
-  nb_free(&c->hdrs);
-  nb_free(&c->body);
-  if (c->srv != NULL) {
-    if (c->prev != NULL)
-      c->prev->next = c->next;
-    else
-      c->srv->conns = c->next;
-    if (c->next != NULL)
-      c->next->prev = c->prev;
-    c->srv->active--;
-    c->srv = NULL;
-  }
-  c->prev = c->next = NULL;
-  sb_unref(&c->self_ref);
+  if (r->resp != NULL)
+    MHD_destroy_response(r->resp);
+  sb_unref(&r->stream_ref);
+  nb_free(&r->body);
+  free(r->uri);
+  free(r);
 }
 
-/* The output is written and the connection is to end: close it, or first
-** half-close and drain what the client still sends, so that unread bytes
-** do not turn our last answer into a reset. */
+/* MHD is done with r (answered, failed or the connection closed). */
 static void
-conn_finish(Conn *c)
+req_detach(Req *r)
 {
-  if (!c->linger) {
-    conn_release(c);
+  Server *s = r->srv;
+  if (r->mc == NULL && r->prev == NULL && s->reqs != r)
     return;
-  }
-  c->lingering = 1;
-  shutdown(c->fd, SHUT_WR);
-  ev_timer_stop(sb_loop(), &c->timer);
-  ev_timer_set(&c->timer, LINGER_TIMEOUT, 0.);
-  ev_timer_start(sb_loop(), &c->timer);
-  ev_io_start(sb_loop(), &c->rio);
+  r->mc = NULL;
+  if (r->prev != NULL)
+    r->prev->next = r->next;
+  else if (s->reqs == r)
+    s->reqs = r->next;
+  if (r->next != NULL)
+    r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+  if (r->state == R_RUNNING)
+    r->state = R_DROP;
+  req_unref(r);
 }
 
-/* Queue bytes for the client: written at once when possible, the rest
-** drained by the write watcher. May close c (write error). */
+/* MHD_OPTION_URI_LOG_CALLBACK: the request target as received, before MHD
+** decodes it; its result is the request's context. */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *mc)
+{
+  Server *s = cls;
+  Req *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return NULL;
+  r->uri = strdup(uri != NULL ? uri : "");
+  if (r->uri == NULL) {
+    free(r);
+    return NULL;
+  }
+  r->srv = s;
+  r->mc = mc;
+  r->refs = 1;
+  r->stream_ref = LUA_NOREF;
+  r->next = s->reqs;
+  if (s->reqs != NULL)
+    s->reqs->prev = r;
+  s->reqs = r;
+  return r;
+}
+
 static void
-conn_write(Conn *c, const char *data, size_t len)
+on_completed(void *cls, struct MHD_Connection *mc, void **req_cls,
+             enum MHD_RequestTerminationCode toe)
 {
-  if (!c->open)
-    return;
-  int err;
-  int r = nb_write(&c->out, c->fd, NB_SEND, data, len, SIZE_MAX, &err);
-  if (r == NB_ERROR) {
-    conn_release(c);
-  } else if (r < 0) {
-    sb_report_error("core.httpd: out of memory queueing a response");
-    conn_release(c);
-  } else if (r > 0) {
-    ev_io_start(sb_loop(), &c->wio);
-  }
+  (void)cls;
+  (void)mc;
+  (void)toe;
+  Req *r = *req_cls;
+  *req_cls = NULL;
+  if (r != NULL)
+    req_detach(r);
 }
-
-static void conn_process(lua_State *L, Conn *c);
 
 static void
-write_cb(struct ev_loop *loop, ev_io *w, int revents)
+on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+              enum MHD_ConnectionNotificationCode toe)
 {
-  (void)revents;
-  Conn *c = w->data;
-  sb_anchor(c->self_ref);
-  int err;
-  if (c->open && nb_drain(&c->out, c->fd, NB_SEND, &err) == NB_ERROR)
-    conn_release(c);
-  if (c->open && c->out.len == 0) {
-    ev_io_stop(loop, &c->wio);
-    if (c->close_after && !c->busy)
-      conn_finish(c);
-    else
-      conn_process(sb_main(), c);       /* parsing may wait for the drain */
+  (void)mc;
+  Server *s = cls;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    s->accepted++;
+    s->active++;
+    *socket_context = (void *)(intptr_t)++s->next_conn;
+  } else {
+    s->active--;
   }
-  sb_unanchor();
 }
 
-/* Refuse the request being parsed with a short plain-text answer and end
-** the connection. */
+static enum MHD_Result
+push_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void)kind;
+  lua_State *L = cls;
+  char name[256];
+  size_t n = strlen(key);
+  if (n >= sizeof name)
+    n = sizeof name - 1;
+  for (size_t i = 0; i < n; i++) {
+    char ch = key[i];
+    name[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+  }
+  name[n] = '\0';
+  if (value == NULL)
+    value = "";
+  size_t vlen = strlen(value);
+  while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+    vlen--;                     /* trailing optional whitespace (RFC 9110) */
+  if (lua_getfield(L, -1, name) == LUA_TSTRING) {
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, value, vlen);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, value, vlen);
+  }
+  lua_setfield(L, -2, name);
+  return MHD_YES;
+}
+
+/* [-0, +1, m] The request table. */
 static void
-conn_refuse(Conn *c, int status)
+push_request(lua_State *L, Req *r, const char *method, const char *version)
 {
-  const char *reason = http_status_str((enum http_status)status);
-  char msg[256];
-  int n = snprintf(msg, sizeof msg,
-                   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
-                   "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                   status, reason, strlen(reason) + 1, reason);
-  c->close_after = 1;
-  c->linger = 1;
-  c->ready = 0;
-  ev_io_stop(sb_loop(), &c->rio);
-  conn_write(c, msg, (size_t)n);
-  if (c->open && c->out.len == 0)
-    conn_finish(c);
-}
-
-/* }====================================================== */
-
-/*
-** {======================================================
-** Parser callbacks (no Lua code runs in them)
-** =======================================================
-*/
-
-static int
-on_message_begin(http_parser *p)
-{
-  Conn *c = p->data;
-  nb_clear(&c->url);
-  nb_clear(&c->hdrs);
-  nb_clear(&c->body);
-  c->hstate = 0;
-  c->expect_continue = 0;
-  return 0;
-}
-
-static int
-on_url(http_parser *p, const char *at, size_t len)
-{
-  Conn *c = p->data;
-  return nb_add(&c->url, at, len);
-}
-
-/* End the current header value: trailing blanks go, a NUL ends it. */
-static int
-end_value(Conn *c)
-{
-  while (c->hdrs.len > c->vstart) {
-    char ch = c->hdrs.p[c->hdrs.off + c->hdrs.len - 1];
-    if (ch != ' ' && ch != '\t')
-      break;
-    c->hdrs.len--;
-  }
-  return buf_addc(&c->hdrs, '\0');
-}
-
-static int
-on_header_field(http_parser *p, const char *at, size_t len)
-{
-  Conn *c = p->data;
-  if (c->hstate == 2 && end_value(c) != 0)
-    return -1;
-  c->hstate = 1;
-  if (nb_reserve(&c->hdrs, len) != 0)
-    return -1;
-  for (size_t i = 0; i < len; i++) {
-    char ch = at[i];
-    if (ch >= 'A' && ch <= 'Z')
-      ch = (char)(ch - 'A' + 'a');
-    c->hdrs.p[c->hdrs.off + c->hdrs.len++] = ch;
-  }
-  return 0;
-}
-
-static int
-on_header_value(http_parser *p, const char *at, size_t len)
-{
-  Conn *c = p->data;
-  if (c->hstate != 2) {
-    if (buf_addc(&c->hdrs, '\0') != 0)
-      return -1;
-    c->vstart = c->hdrs.len;
-    c->hstate = 2;
-  }
-  return nb_add(&c->hdrs, at, len);
-}
-
-static int
-on_headers_complete(http_parser *p)
-{
-  Conn *c = p->data;
-  if (c->hstate == 1 && buf_addc(&c->hdrs, '\0') != 0)
-    return -1;                  /* a name without a value */
-  if (c->hstate != 0 && end_value(c) != 0)
-    return -1;
-  c->hstate = 0;
-  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->max_body) {
-    c->error = 413;
-    return -1;
-  }
-  /* Expect: 100-continue */
-  const char *h = nb_data(&c->hdrs), *end = h + c->hdrs.len;
-  while (h != NULL && h < end) {
-    const char *v = h + strlen(h) + 1;
-    if (strcmp(h, "expect") == 0 && strcasecmp(v, "100-continue") == 0)
-      c->expect_continue = 1;
-    h = v + strlen(v) + 1;
-  }
-  if (c->expect_continue && p->http_minor >= 1) {
-    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    conn_write(c, cont, sizeof cont - 1);
-    if (!c->open)
-      return -1;
-  }
-  return 0;
-}
-
-static int
-on_body(http_parser *p, const char *at, size_t len)
-{
-  Conn *c = p->data;
-  if (len > c->max_body || c->body.len > c->max_body - len) {
-    c->error = 413;
-    return -1;
-  }
-  return nb_add(&c->body, at, len);
-}
-
-static int
-on_message_complete(http_parser *p)
-{
-  Conn *c = p->data;
-  c->ready = 1;
-  c->keep_alive = http_should_keep_alive(p) && !p->upgrade;
-  c->http_minor = p->http_minor;
-  c->method = (int)p->method;
-  c->is_head = p->method == HTTP_HEAD;
-  http_parser_pause(p, 1);      /* one request at a time */
-  return 0;
-}
-
-static const http_parser_settings parser_settings = {
-  .on_message_begin = on_message_begin,
-  .on_url = on_url,
-  .on_header_field = on_header_field,
-  .on_header_value = on_header_value,
-  .on_headers_complete = on_headers_complete,
-  .on_body = on_body,
-  .on_message_complete = on_message_complete,
-};
-
-/* }====================================================== */
-
-/*
-** {======================================================
-** Running the handler and writing its answer
-** =======================================================
-*/
-
-/* [-0, +1, m] The request table of the message just parsed. */
-static void
-push_request(lua_State *L, Conn *c)
-{
+  struct MHD_Connection *mc = r->mc;
   lua_createtable(L, 0, 10);
-  lua_pushstring(L, http_method_str((enum http_method)c->method));
+  lua_pushstring(L, method);
   lua_setfield(L, -2, "method");
-
-  const char *url = nb_data(&c->url);
-  size_t ulen = c->url.len;
-  if (url == NULL)
-    url = "";
-  const char *path = url, *query = "";
-  size_t plen = ulen, qlen = 0;
-  struct http_parser_url u;
-  http_parser_url_init(&u);
-  if (ulen > 0 && ulen <= 0xffff
-      && http_parser_parse_url(url, ulen, c->method == HTTP_CONNECT, &u) == 0) {
-    if (u.field_set & (1 << UF_PATH)) {
-      path = url + u.field_data[UF_PATH].off;
-      plen = u.field_data[UF_PATH].len;
-    } else {
-      path = "/";
-      plen = 1;
-    }
-    if (u.field_set & (1 << UF_QUERY)) {
-      query = url + u.field_data[UF_QUERY].off;
-      qlen = u.field_data[UF_QUERY].len;
-    }
-  } else {                      /* "*" or a very long target */
-    const char *qm = ulen > 0 ? memchr(url, '?', ulen) : NULL;
-    if (qm != NULL) {
-      plen = (size_t)(qm - url);
-      query = qm + 1;
-      qlen = ulen - plen - 1;
-    }
-  }
-  lua_pushlstring(L, path, plen);
+  const char *q = strchr(r->uri, '?');
+  size_t plen = q != NULL ? (size_t)(q - r->uri) : strlen(r->uri);
+  lua_pushlstring(L, r->uri, plen);
   lua_setfield(L, -2, "path");
-  lua_pushlstring(L, query, qlen);
+  lua_pushstring(L, q != NULL ? q + 1 : "");
   lua_setfield(L, -2, "query");
-
-  /* headers: lowercase names; repeated ones joined with ", " */
   lua_newtable(L);
-  const char *h = nb_data(&c->hdrs), *end = h + c->hdrs.len;
-  while (h != NULL && h < end) {
-    const char *v = h + strlen(h) + 1;
-    if (lua_getfield(L, -1, h) == LUA_TSTRING) {
-      lua_pushliteral(L, ", ");
-      lua_pushstring(L, v);
-      lua_concat(L, 3);
-    } else {
-      lua_pop(L, 1);
-      lua_pushstring(L, v);
-    }
-    lua_setfield(L, -2, h);
-    h = v + strlen(v) + 1;
-  }
+  MHD_get_connection_values(mc, MHD_HEADER_KIND, push_header, L);
   lua_setfield(L, -2, "headers");
-
-  lua_pushlstring(L, c->body.len ? nb_data(&c->body) : "", c->body.len);
+  lua_pushlstring(L, r->body.len ? nb_data(&r->body) : "", r->body.len);
   lua_setfield(L, -2, "body");
-  lua_pushstring(L, c->remote);
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  char host[NI_MAXHOST] = "", serv[NI_MAXSERV] = "0";
+  if (ci != NULL && ci->client_addr != NULL) {
+    const struct sockaddr *sa = ci->client_addr;
+    socklen_t sl = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                             : sizeof(struct sockaddr_in);
+    if (getnameinfo(sa, sl, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+      host[0] = '\0';
+      strcpy(serv, "0");
+    }
+  }
+  lua_pushstring(L, host);
   lua_setfield(L, -2, "remote");
-  lua_pushinteger(L, c->remote_port);
+  lua_pushinteger(L, atoi(serv));
   lua_setfield(L, -2, "remote_port");
-  lua_pushinteger(L, c->id);
+  ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  lua_pushinteger(L, ci != NULL ? (lua_Integer)(intptr_t)ci->socket_context : 0);
   lua_setfield(L, -2, "conn");
-  lua_pushstring(L, c->http_minor >= 1 ? "1.1" : "1.0");
+  const char *v = version != NULL && strncmp(version, "HTTP/", 5) == 0 ? version + 5 : "1.1";
+  lua_pushstring(L, v);
   lua_setfield(L, -2, "version");
-  nb_clear(&c->url);
-  nb_clear(&c->hdrs);
-  nb_clear(&c->body);
+  ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_PROTOCOL);
+  lua_pushboolean(L, ci != NULL && ci->protocol != 0);
+  lua_setfield(L, -2, "tls");
 }
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Answers
+** =======================================================
+*/
 
 static int
 is_token(const char *s, size_t n)
@@ -476,27 +312,39 @@ is_field_value(const char *s, size_t n)
   return 1;
 }
 
-/* Append "name: value\r\n" for one value (string or number) at idx. */
 static const char *
-add_header(lua_State *L, NbBuf *b, const char *name, size_t nlen, int idx)
+add_header(lua_State *L, struct MHD_Response *resp, const char *name, int idx)
 {
   int t = lua_type(L, idx);
   if (t != LUA_TSTRING && t != LUA_TNUMBER)
     return "header values must be strings or numbers";
   size_t vlen;
-  const char *v = lua_tolstring(L, idx, &vlen);
-  if (!is_field_value(v, vlen))
+  lua_pushvalue(L, idx);
+  const char *v = lua_tolstring(L, -1, &vlen);
+  int ok = is_field_value(v, vlen);
+  if (ok && MHD_add_response_header(resp, name, v) != MHD_YES)
+    ok = -1;
+  lua_pop(L, 1);
+  if (ok == 0)
     return "a header value holds CR, LF or NUL";
-  if (nb_add(b, name, nlen) != 0 || nb_add(b, ": ", 2) != 0
-      || nb_add(b, v, vlen) != 0 || nb_add(b, "\r\n", 2) != 0)
-    return "out of memory";
+  if (ok < 0)
+    return "the header was refused";
   return NULL;
 }
 
-/* Build the response from status, headers, body at idx .. idx+2 of L into
-** b. Returns NULL or what is wrong with the handler's answer. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max);
+static void stream_free(void *cls);
+
+static int
+is_stream(lua_State *L, int idx)
+{
+  return luaL_testudata(L, idx, STREAM_MT) != NULL;
+}
+
+/* Build r's response from status, headers, body at idx .. idx+2 of L.
+** Returns NULL or what is wrong with the answer. */
 static const char *
-build_response(lua_State *L, Conn *c, int idx, NbBuf *b, int *close_it)
+build_response(lua_State *L, Req *r, int idx)
 {
   int isnum = 0;
   lua_Integer status = lua_tointegerx(L, idx, &isnum);
@@ -505,158 +353,129 @@ build_response(lua_State *L, Conn *c, int idx, NbBuf *b, int *close_it)
   if (!lua_isnoneornil(L, idx + 1) && !lua_istable(L, idx + 1))
     return "the headers must be a table";
   int bt = lua_type(L, idx + 2);
-  if (bt != LUA_TNIL && bt != LUA_TNONE && bt != LUA_TSTRING)
-    return "the body must be a string";
+  Stream *st = NULL;
+  if (is_stream(L, idx + 2)) {
+    st = lua_touserdata(L, idx + 2);
+    if (st->used)
+      return "a stream can answer one request only";
+  } else if (bt != LUA_TNIL && bt != LUA_TNONE && bt != LUA_TSTRING) {
+    return "the body must be a string or a stream";
+  }
   size_t blen = 0;
   const char *body = bt == LUA_TSTRING ? lua_tolstring(L, idx + 2, &blen) : "";
-  int bodyless = status < 200 || status == 204 || status == 304;
-  if (bodyless)
+  if (status < 200 || status == 204 || status == 304)
     blen = 0;
-
-  char line[128];
-  const char *reason = http_status_str((enum http_status)status);
-  if (strcmp(reason, "<unknown>") == 0)
-    reason = "Status";
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", (int)status, reason);
-  if (nb_add(b, line, (size_t)n) != 0)
+  struct MHD_Response *resp;
+  if (st != NULL)
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                             stream_read, st, stream_free);
+  else
+    resp = MHD_create_response_from_buffer(blen, (void *)(uintptr_t)body,
+                                           MHD_RESPMEM_MUST_COPY);
+  if (resp == NULL)
     return "out of memory";
-
   if (lua_istable(L, idx + 1)) {
     lua_pushnil(L);
     while (lua_next(L, idx + 1) != 0) {
-      if (lua_type(L, -2) != LUA_TSTRING) {
-        lua_pop(L, 2);
-        return "header names must be strings";
-      }
-      size_t nlen;
-      const char *name = lua_tolstring(L, -2, &nlen);
-      if (!is_token(name, nlen)) {
-        lua_pop(L, 2);
-        return "a header name is not an HTTP token";
-      }
-      if (strcasecmp(name, "content-length") == 0
-          || strcasecmp(name, "transfer-encoding") == 0) {
-        lua_pop(L, 1);          /* set by the server */
-        continue;
-      }
-      if (strcasecmp(name, "connection") == 0) {
-        const char *v = lua_tostring(L, -1);
-        if (v != NULL && strcasecmp(v, "close") == 0)
-          *close_it = 1;
-        lua_pop(L, 1);
-        continue;
-      }
       const char *err = NULL;
-      if (lua_istable(L, -1)) {
+      size_t nlen = 0;
+      const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
+      if (name == NULL)
+        err = "header names must be strings";
+      else if (!is_token(name, nlen))
+        err = "a header name is not an HTTP token";
+      else if (strcasecmp(name, "content-length") == 0
+               || strcasecmp(name, "transfer-encoding") == 0
+               || strcasecmp(name, "date") == 0)
+        ;                       /* set by the server */
+      else if (lua_istable(L, -1)) {
         lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
         for (lua_Integer i = 1; err == NULL && i <= len; i++) {
           lua_geti(L, -1, i);
-          err = add_header(L, b, name, nlen, lua_gettop(L));
+          err = add_header(L, resp, name, lua_gettop(L));
           lua_pop(L, 1);
         }
       } else {
-        err = add_header(L, b, name, nlen, lua_gettop(L));
+        err = add_header(L, resp, name, lua_gettop(L));
       }
       lua_pop(L, 1);
       if (err != NULL) {
         lua_pop(L, 1);
+        MHD_destroy_response(resp);
         return err;
       }
     }
   }
-
-  char date[64];
-  time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  n = snprintf(line, sizeof line, "Date: %s\r\n", date);
-  if (nb_add(b, line, (size_t)n) != 0)
-    return "out of memory";
-  if (!bodyless) {
-    n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", blen);
-    if (nb_add(b, line, (size_t)n) != 0)
-      return "out of memory";
+  if (st != NULL) {
+    st->used = 1;
+    lua_pushvalue(L, idx + 2);
+    st->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, idx + 2);
+    r->stream_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    r->stream = st;
   }
-  if (!c->keep_alive || *close_it) {
-    if (buf_adds(b, "Connection: close\r\n") != 0)
-      return "out of memory";
-  } else if (c->http_minor == 0) {
-    if (buf_adds(b, "Connection: keep-alive\r\n") != 0)
-      return "out of memory";
-  }
-  if (nb_add(b, "\r\n", 2) != 0)
-    return "out of memory";
-  if (!c->is_head && nb_add(b, body, blen) != 0)
-    return "out of memory";
+  r->resp = resp;
+  r->status = (unsigned)status;
   return NULL;
 }
 
-static void
-report(const char *what, const char *detail)
+/* A bodyless answer that closes the connection (errors, refusals). */
+static struct MHD_Response *
+plain_close(void)
 {
-  char msg[512];
-  snprintf(msg, sizeof msg, "core.httpd: %s%s%s", what,
-           detail ? ": " : "", detail ? detail : "");
-  sb_report_error(msg);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)(uintptr_t)"",
+                                                              MHD_RESPMEM_PERSISTENT);
+  if (resp != NULL)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+  return resp;
 }
 
-/* The handler returned (results at idx .. idx+2 of L): queue its answer,
-** drop the connection, or answer 500 when the answer is unusable. */
 static void
-respond(lua_State *L, Conn *c, int idx)
+answer_500(Req *r)
 {
-  if (!c->open)
-    return;
-  c->busy = 0;
-  if (lua_isnoneornil(L, idx)) {        /* drop without an answer */
-    conn_release(c);
-    return;
+  if (r->resp != NULL) {
+    MHD_destroy_response(r->resp);
+    r->resp = NULL;
   }
-  NbBuf b = { NULL, 0, 0, 0 };
-  int close_it = 0;
-  const char *err = build_response(L, c, idx, &b, &close_it);
-  if (err != NULL) {
-    nb_free(&b);
-    report("bad handler answer", err);
-    conn_refuse(c, 500);
-    return;
-  }
-  if (!c->keep_alive || close_it)
-    c->close_after = 1;
-  conn_write(c, nb_data(&b), b.len);
-  nb_free(&b);
-  if (!c->open)
-    return;
-  if (c->close_after) {
-    ev_io_stop(sb_loop(), &c->rio);
-    if (c->out.len == 0)
-      conn_finish(c);
-    return;
-  }
-  conn_process(L, c);
+  sb_unref(&r->stream_ref);
+  r->stream = NULL;
+  r->resp = plain_close();
+  r->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
 }
 
-/* Stack of the coroutine: conn, traceback, then the handler's results or
-** its error. */
+/* The handler's coroutine: stack (r, traceback, results or error). */
 static int
 run_handler_k(lua_State *L, int status, lua_KContext ctx)
 {
   (void)ctx;
-  Conn *c = lua_touserdata(L, 1);
-  if (status != LUA_OK && status != LUA_YIELD) {
-    report("handler failed", lua_tostring(L, -1));
-    if (c->open) {
-      c->busy = 0;
-      conn_refuse(c, 500);
+  Req *r = lua_touserdata(L, 1);
+  if (r->mc != NULL && r->state == R_RUNNING) {
+    if (status != LUA_OK && status != LUA_YIELD) {
+      report("handler failed", lua_tostring(L, -1));
+      answer_500(r);
+      r->state = R_ANSWERED;
+    } else if (lua_isnoneornil(L, 3)) {
+      r->state = R_DROP;
+    } else {
+      const char *err = build_response(L, r, 3);
+      if (err != NULL) {
+        report("bad handler answer", err);
+        answer_500(r);
+      }
+      r->state = R_ANSWERED;
     }
-    return 0;
+    if (r->suspended) {
+      r->suspended = 0;
+      MHD_resume_connection(r->mc);
+      server_kick(r->srv);
+    }
+  } else if (status != LUA_OK && status != LUA_YIELD) {
+    report("handler failed", lua_tostring(L, -1));
   }
-  respond(L, c, 3);
+  req_unref(r);
   return 0;
 }
 
-/* The body of a handler's coroutine: (conn, handler, req). */
 static int
 run_handler(lua_State *L)
 {
@@ -665,214 +484,360 @@ run_handler(lua_State *L)
   return run_handler_k(L, lua_pcallk(L, 1, 3, 2, 0, run_handler_k), 0);
 }
 
-/* Spawn the handler for the request just parsed (L: the running thread). */
-static void
-dispatch(lua_State *L, Conn *c)
+static enum MHD_Result
+queue(Req *r, struct MHD_Connection *mc)
 {
-  c->busy = 1;
-  c->ready = 0;
-  c->srv->requests++;
-  ev_timer_stop(sb_loop(), &c->timer);
+  struct MHD_Response *resp = r->resp;
+  r->resp = NULL;
+  if (resp == NULL)
+    return MHD_NO;
+  if (r->stream != NULL) {
+    r->stream->mc = mc;
+    r->stream->srv = r->srv;
+    /* a stream may stay quiet for long: no idle timeout while it is open */
+    MHD_set_connection_option(mc, MHD_CONNECTION_OPTION_TIMEOUT, 0);
+  }
+  enum MHD_Result ok = MHD_queue_response(mc, r->status, resp);
+  MHD_destroy_response(resp);
+  return ok;
+}
+
+static enum MHD_Result
+refuse(Req *r, struct MHD_Connection *mc, unsigned status)
+{
+  r->resp = plain_close();
+  r->status = status;
+  r->state = R_ANSWERED;
+  return queue(r, mc);
+}
+
+static enum MHD_Result
+on_access(void *cls, struct MHD_Connection *mc, const char *url,
+          const char *method, const char *version, const char *upload_data,
+          size_t *upload_size, void **req_cls)
+{
+  (void)url;
+  Server *s = cls;
+  Req *r = *req_cls;
+  if (r == NULL || !s->open)
+    return MHD_NO;
+  if (r->state == R_ANSWERED)
+    return queue(r, mc);
+  if (r->state == R_DROP)
+    return MHD_NO;
+  if (r->state == R_RUNNING)
+    return MHD_YES;             /* resumed early: the answer is not there yet */
+  if (!r->started) {
+    r->started = 1;
+    const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > s->max_body)
+      return refuse(r, mc, MHD_HTTP_CONTENT_TOO_LARGE);
+    return MHD_YES;
+  }
+  if (*upload_size > 0) {
+    /* a chunked body over max_body: MHD takes an answer only once the
+    ** body is read, so the rest is read and dropped (up to a bound) */
+    if (r->too_big || r->body.len + *upload_size > s->max_body) {
+      r->dropped += *upload_size;
+      *upload_size = 0;
+      nb_free(&r->body);
+      r->too_big = 1;
+      return r->dropped > 4 * s->max_body + 1048576 ? MHD_NO : MHD_YES;
+    }
+    if (nb_add(&r->body, upload_data, *upload_size) != 0)
+      return MHD_NO;
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  if (r->too_big)
+    return refuse(r, mc, MHD_HTTP_CONTENT_TOO_LARGE);
+  /* the request is complete: run the handler */
+  lua_State *L = sb_main();
   lua_checkstack(L, 8);
+  r->state = R_RUNNING;
+  r->refs++;
+  s->requests++;
   lua_pushcfunction(L, run_handler);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->handler_ref);
-  push_request(L, c);
+  lua_pushlightuserdata(L, r);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->handler_ref);
+  push_request(L, r, method, version);
   sb_spawn(L, 3);
-}
-
-/* Parse what was received and run handlers, one request at a time, until
-** a handler waits, the input runs out or the connection ends. */
-static void
-conn_process(lua_State *L, Conn *c)
-{
-  if (c->in_process || !c->open)
-    return;
-  c->in_process = 1;
-  while (c->open && !c->busy && !c->close_after && !c->lingering
-         && c->out.len < OUT_HIGH) {
-    if (c->ready) {
-      dispatch(L, c);
-      continue;
-    }
-    if (c->in.len == 0)
-      break;
-    size_t len = c->in.len;
-    size_t n = http_parser_execute(&c->parser, &parser_settings,
-                                   nb_data(&c->in), len);
-    if (!c->open)
-      break;
-    nb_consume(&c->in, n);
-    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-    if (e == HPE_PAUSED) {
-      http_parser_pause(&c->parser, 0);
-    } else if (e != HPE_OK) {
-      int status = c->error ? c->error
-                   : e == HPE_HEADER_OVERFLOW ? 431 : 400;
-      conn_refuse(c, status);
-      break;
-    } else if (c->parser.upgrade && !c->ready) {
-      conn_refuse(c, 400);
-      break;
-    }
+  if (r->mc == NULL || !s->open)
+    return MHD_NO;
+  if (r->state == R_RUNNING) {
+    r->suspended = 1;
+    MHD_suspend_connection(mc);
+    return MHD_YES;
   }
-  c->in_process = 0;
-  if (!c->open || c->lingering)
-    return;
-  struct ev_loop *loop = sb_loop();
-  if (!c->busy && !c->ready && !c->close_after && c->out.len < OUT_HIGH)
-    ev_io_start(loop, &c->rio);
-  else
-    ev_io_stop(loop, &c->rio);
-  if (!c->busy && !c->close_after && c->idle_timeout > 0) {
-    c->timer.repeat = c->idle_timeout;
-    ev_timer_again(loop, &c->timer);
-  }
-}
-
-static void
-read_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-  (void)loop;
-  (void)revents;
-  Conn *c = w->data;
-  sb_anchor(c->self_ref);
-  if (c->lingering) {           /* discard until EOF or the timer */
-    char sink[4096];
-    ssize_t n;
-    while ((n = recv(c->fd, sink, sizeof sink, 0)) > 0)
-      ;
-    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-      conn_release(c);
-    sb_unanchor();
-    return;
-  }
-  int err;
-  ssize_t n = nb_fill(&c->in, c->fd, &err);
-  if (n > 0) {
-    conn_process(sb_main(), c);
-  } else if (n == 0) {          /* the client is done sending */
-    conn_process(sb_main(), c);
-    if (c->open && !c->lingering) {
-      ev_io_stop(sb_loop(), &c->rio);
-      if (c->busy || c->ready || c->out.len > 0)
-        c->close_after = 1;
-      else
-        conn_release(c);
-    }
-  } else if (n == NB_NOMEM) {
-    sb_report_error("core.httpd: out of memory reading a request");
-    conn_release(c);
-  } else if (n == NB_ERROR) {
-    conn_release(c);
-  }
-  sb_unanchor();
-}
-
-static void
-timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-  (void)revents;
-  Conn *c = w->data;
-  sb_anchor(c->self_ref);
-  if (c->lingering || (!c->busy && c->out.len == 0))
-    conn_release(c);            /* idle keep-alive or lingering close */
-  else
-    ev_timer_stop(loop, w);
-  sb_unanchor();
+  if (r->state == R_ANSWERED)
+    return queue(r, mc);
+  return MHD_NO;
 }
 
 /* }====================================================== */
 
 /*
 ** {======================================================
-** Server
+** Streams (a response written piece by piece)
 ** =======================================================
 */
 
 static void
-server_release(Server *s)
+stream_gone(Stream *st)
 {
-  if (s->ln.fd < 0)
+  if (st->gone || st->ended)
     return;
-  nb_listener_close(&s->ln);
-  while (s->conns != NULL)
-    conn_release(s->conns);
+  st->gone = 1;
+  if (st->on_close_ref != LUA_NOREF && st->on_close_ref != LUA_REFNIL) {
+    lua_State *L = sb_main();
+    lua_checkstack(L, 4);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->on_close_ref);
+    sb_unref(&st->on_close_ref);
+    sb_spawn(L, 0);
+  }
+}
+
+static ssize_t
+stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+  (void)pos;
+  Stream *st = cls;
+  if (st->buf.len > 0) {
+    size_t n = st->buf.len < max ? st->buf.len : max;
+    memcpy(buf, nb_data(&st->buf), n);
+    nb_consume(&st->buf, n);
+    return (ssize_t)n;
+  }
+  if (st->ended)
+    return MHD_CONTENT_READER_END_OF_STREAM;
+  if (st->gone || st->mc == NULL)
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  if (!st->suspended) {
+    st->suspended = 1;
+    MHD_suspend_connection(st->mc);
+  }
+  return 0;
+}
+
+/* The response is done with the stream: the client has it all or left. */
+static void
+stream_free(void *cls)
+{
+  Stream *st = cls;
+  st->mc = NULL;
+  st->suspended = 0;
+  stream_gone(st);
+  nb_free(&st->buf);
+  sb_unref(&st->self_ref);
+}
+
+static void
+stream_wake(Stream *st)
+{
+  if (st->suspended && st->mc != NULL) {
+    st->suspended = 0;
+    MHD_resume_connection(st->mc);
+    server_kick(st->srv);
+  }
+}
+
+static Stream *
+check_stream(lua_State *L)
+{
+  return luaL_checkudata(L, 1, STREAM_MT);
+}
+
+static int
+l_stream(lua_State *L)
+{
+  int has_cb = 0;
+  if (lua_istable(L, 1)) {
+    int t = lua_getfield(L, 1, "on_close");
+    if (t != LUA_TFUNCTION && t != LUA_TNIL)
+      return luaL_error(L, "httpd.stream: on_close must be a function");
+    has_cb = t == LUA_TFUNCTION;
+  } else if (!lua_isnoneornil(L, 1)) {
+    return luaL_error(L, "httpd.stream: options must be a table");
+  } else {
+    lua_pushnil(L);
+  }
+  int cb = lua_gettop(L);
+  Stream *st = lua_newuserdatauv(L, sizeof *st, 0);
+  memset(st, 0, sizeof *st);
+  st->self_ref = st->on_close_ref = LUA_NOREF;
+  luaL_setmetatable(L, STREAM_MT);
+  if (has_cb) {
+    lua_pushvalue(L, cb);
+    st->on_close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 1;
+}
+
+static int
+stream_write(lua_State *L)
+{
+  Stream *st = check_stream(L);
+  size_t n;
+  const char *data = luaL_checklstring(L, 2, &n);
+  if (st->ended || st->gone) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (nb_add(&st->buf, data, n) != 0)
+    return luaL_error(L, "httpd.stream: out of memory");
+  stream_wake(st);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* End the response after what was written (idempotent). */
+static int
+stream_close(lua_State *L)
+{
+  Stream *st = check_stream(L);
+  if (!st->ended) {
+    st->ended = 1;
+    sb_unref(&st->on_close_ref);
+    stream_wake(st);
+  }
+  return 0;
+}
+
+static int
+stream_closed(lua_State *L)
+{
+  Stream *st = check_stream(L);
+  lua_pushboolean(L, st->ended || st->gone);
+  return 1;
+}
+
+static int
+stream_gc(lua_State *L)
+{
+  Stream *st = check_stream(L);
+  sb_unref(&st->on_close_ref);
+  nb_free(&st->buf);
+  return 0;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** The server and its libev watchers
+** =======================================================
+*/
+
+static void server_stop(Server *s);
+
+static void
+rearm(Server *s)
+{
+  struct ev_loop *loop = sb_loop();
+  ev_timer_stop(loop, &s->timer);
+  MHD_UNSIGNED_LONG_LONG ms = 0;
+  if (MHD_get_timeout(s->d, &ms) == MHD_YES) {
+    ev_timer_set(&s->timer, (double)ms / 1000.0, 0.);
+    ev_timer_start(loop, &s->timer);
+  }
+}
+
+/* A connection was resumed outside MHD_run: run MHD on the next loop
+** iteration (MHD's eventfd does not reach the epoll fd libev watches in
+** external polling mode). */
+static void
+server_kick(Server *s)
+{
+  if (s == NULL || s->d == NULL || s->in_run)
+    return;
+  struct ev_loop *loop = sb_loop();
+  ev_timer_stop(loop, &s->timer);
+  ev_timer_set(&s->timer, 0., 0.);
+  ev_timer_start(loop, &s->timer);
+}
+
+static void
+drive(Server *s)
+{
+  if (s->d == NULL)
+    return;
+  sb_anchor(s->self_ref);
+  s->in_run = 1;
+  MHD_run(s->d);
+  s->in_run = 0;
+  if (s->stop_pending)
+    server_stop(s);
+  else if (s->d != NULL)
+    rearm(s);
+  sb_unanchor();
+}
+
+static void
+io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  drive(w->data);
+}
+
+static void
+timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+  (void)loop;
+  (void)revents;
+  drive(w->data);
+}
+
+/* Stop the daemon: answers still being made are dropped, streams end. */
+static void
+server_stop(Server *s)
+{
+  s->stop_pending = 0;
+  if (s->d == NULL)
+    return;
+  struct ev_loop *loop = sb_loop();
+  ev_io_stop(loop, &s->io);
+  ev_timer_stop(loop, &s->timer);
+  for (Req *r = s->reqs; r != NULL; r = r->next) {
+    if (r->state == R_RUNNING)
+      r->state = R_DROP;
+    if (r->suspended && r->mc != NULL) {
+      r->suspended = 0;
+      MHD_resume_connection(r->mc);
+    }
+    if (r->stream != NULL && r->stream_ref != LUA_NOREF) {
+      r->stream->gone = 1;
+      stream_wake(r->stream);
+    }
+  }
+  struct MHD_Daemon *d = s->d;
+  s->d = NULL;
+  MHD_stop_daemon(d);
+  while (s->reqs != NULL)
+    req_detach(s->reqs);
   sb_unref(&s->handler_ref);
   sb_unref(&s->self_ref);
 }
 
-static int
-conn_gc(lua_State *L)
-{
-  conn_release(luaL_checkudata(L, 1, CONN_MT));
-  return 0;
-}
-
 static void
-accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+server_release(Server *s)
 {
-  (void)revents;
-  Server *s = w->data;
-  lua_State *L = sb_main();
-  sb_anchor(s->self_ref);
-  for (int i = 0; i < NB_ACCEPT_BATCH && s->ln.fd >= 0; i++) {
-    struct sockaddr_storage ss;
-    socklen_t slen = sizeof ss;
-    int fd = nb_accept(&s->ln, (struct sockaddr *)&ss, &slen);
-    if (fd == NB_RETRY)
-      continue;
-    if (fd < 0)
-      break;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    lua_checkstack(L, 4);
-    Conn *c = lua_newuserdatauv(L, sizeof *c, 0);
-    memset(c, 0, sizeof *c);
-    c->fd = -1;
-    c->self_ref = LUA_NOREF;
-    ev_io_init(&c->rio, read_cb, fd, EV_READ);
-    ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
-    ev_init(&c->timer, timer_cb);
-    c->rio.data = c->wio.data = c->timer.data = c;
-    luaL_setmetatable(L, CONN_MT);
-    c->fd = fd;
-    c->open = 1;
-    c->srv = s;
-    c->id = ++s->accepted;
-    c->max_body = s->max_body;
-    c->idle_timeout = s->idle_timeout;
-    if (ss.ss_family == AF_INET) {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      inet_ntop(AF_INET, &a->sin_addr, c->remote, sizeof c->remote);
-      c->remote_port = ntohs(a->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      inet_ntop(AF_INET6, &a->sin6_addr, c->remote, sizeof c->remote);
-      c->remote_port = ntohs(a->sin6_port);
-    }
-    http_parser_init(&c->parser, HTTP_REQUEST);
-    c->parser.data = c;
-    c->next = s->conns;
-    if (s->conns != NULL)
-      s->conns->prev = c;
-    s->conns = c;
-    s->active++;
-    c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    ev_io_start(loop, &c->rio);
-    if (c->idle_timeout > 0) {
-      c->timer.repeat = c->idle_timeout;
-      ev_timer_again(loop, &c->timer);
-    }
-  }
-  sb_unanchor();
+  s->open = 0;
+  if (s->d == NULL)
+    return;
+  if (s->in_run)
+    s->stop_pending = 1;
+  else
+    server_stop(s);
 }
 
 static Server *
 check_server(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->ln.fd < 0)
+  if (!s->open)
     luaL_error(L, "attempt to use a closed server");
   return s;
 }
@@ -895,7 +860,7 @@ static int
 server_closed(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  lua_pushboolean(L, s->ln.fd < 0);
+  lua_pushboolean(L, !s->open);
   return 1;
 }
 
@@ -917,14 +882,13 @@ static int
 server_tostring(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
-  if (s->ln.fd >= 0)
+  if (s->open)
     lua_pushfstring(L, SERVER_MT " (port %d)", s->port);
   else
     lua_pushliteral(L, SERVER_MT " (closed)");
   return 1;
 }
 
-/* Optional field of the options table at 1. */
 static lua_Integer
 opt_integer(lua_State *L, const char *key, lua_Integer def)
 {
@@ -938,6 +902,75 @@ opt_integer(lua_State *L, const char *key, lua_Integer def)
   }
   lua_pop(L, 1);
   return v;
+}
+
+static const char *
+opt_string(lua_State *L, const char *key)
+{
+  lua_getfield(L, 1, key);
+  const char *v = NULL;
+  if (lua_type(L, -1) == LUA_TSTRING)
+    v = lua_tostring(L, -1);
+  else if (!lua_isnil(L, -1))
+    luaL_error(L, "httpd.listen: %s must be a string", key);
+  lua_pop(L, 1);                /* the options table keeps the string alive */
+  return v;
+}
+
+/* Bind and listen on host:port; the fd or -1 with *err set. */
+static int
+bind_socket(const char *host, int port, int backlog, int *family, int *err)
+{
+  char pstr[16];
+  snprintf(pstr, sizeof pstr, "%d", port);
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int gai = getaddrinfo(host, pstr, &hints, &res);
+  if (gai != 0) {
+    *err = -gai;
+    return -1;
+  }
+  int fd = -1;
+  *err = 0;
+  for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd < 0) {
+      *err = errno;
+      continue;
+    }
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0
+        || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+      *err = errno;
+      close(fd);
+      fd = -1;
+      continue;
+    }
+    *family = ai->ai_family;
+    break;
+  }
+  freeaddrinfo(res);
+  if (fd < 0 && *err == 0)
+    *err = EADDRNOTAVAIL;
+  return fd;
+}
+
+static int
+local_port(int fd)
+{
+  struct sockaddr_storage ss;
+  socklen_t slen = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &slen) != 0)
+    return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  if (ss.ss_family == AF_INET6)
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  return 0;
 }
 
 static int
@@ -954,73 +987,89 @@ l_listen(lua_State *L)
   lua_getfield(L, 1, "idle_timeout");
   double idle = luaL_optnumber(L, -1, DEFAULT_IDLE_TIMEOUT);
   lua_pop(L, 1);
+  const char *cert = opt_string(L, "tls_cert");
+  const char *key = opt_string(L, "tls_key");
   if (port < 0 || port > 65535)
     return luaL_error(L, "httpd.listen: port must be from 0 to 65535");
   if (max_body < 0)
     return luaL_error(L, "httpd.listen: max_body must not be negative");
   if (backlog <= 0 || backlog > 65535)
     return luaL_error(L, "httpd.listen: invalid backlog");
+  if ((cert == NULL) != (key == NULL))
+    return luaL_error(L, "httpd.listen: tls_cert and tls_key go together");
   if (lua_getfield(L, 1, "handler") != LUA_TFUNCTION)
     return luaL_error(L, "httpd.listen: handler must be a function");
   int hidx = lua_gettop(L);
+  if (cert != NULL && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "TLS is not available in this libmicrohttpd");
+    return 2;
+  }
 
   Server *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
-  nb_listener_init(&s->ln, accept_cb, s, "core.httpd");
   s->handler_ref = s->self_ref = LUA_NOREF;
   s->max_body = (size_t)max_body;
-  s->idle_timeout = idle > 0 ? idle : 0;
+  /* MHD counts whole seconds; 0 would mean never */
+  s->idle = idle > 0 ? (unsigned)(idle + 0.999) : 0;
   luaL_setmetatable(L, SERVER_MT);
 
-  char pstr[16];
-  snprintf(pstr, sizeof pstr, "%d", (int)port);
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  int gai = getaddrinfo(host, pstr, &hints, &res);
-  if (gai != 0) {
+  int family = AF_INET, err = 0;
+  int fd = bind_socket(host, (int)port, (int)backlog, &family, &err);
+  if (fd < 0) {
+    if (err < 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "resolve %s: %s", host, gai_strerror(-err));
+      return 2;
+    }
+    return sb_push_errno(L, "bind", err);
+  }
+  s->port = local_port(fd);
+  unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
+  if (family == AF_INET6)
+    flags |= MHD_USE_IPv6;
+  if (cert != NULL)
+    flags |= MHD_USE_TLS;
+  struct MHD_OptionItem tls[] = {
+    { MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)(uintptr_t)cert },
+    { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)(uintptr_t)key },
+    { MHD_OPTION_END, 0, NULL },
+  };
+  struct MHD_OptionItem none[] = { { MHD_OPTION_END, 0, NULL } };
+  s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                          MHD_OPTION_LISTEN_SOCKET, fd,
+                          MHD_OPTION_CONNECTION_TIMEOUT, s->idle,
+                          MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                          MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                          MHD_OPTION_ARRAY, cert != NULL ? tls : none,
+                          MHD_OPTION_END);
+  if (s->d == NULL) {
+    close(fd);
     lua_pushnil(L);
-    lua_pushfstring(L, "resolve %s: %s", host, gai_strerror(gai));
+    lua_pushstring(L, cert != NULL ? "the HTTP server did not start (check tls_cert and tls_key)"
+                                   : "the HTTP server did not start");
     return 2;
   }
-  int err = 0;
-  for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-    if (fd < 0) {
-      err = errno;
-      continue;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0
-        || listen(fd, (int)backlog) != 0) {
-      err = errno;
-      close(fd);
-      continue;
-    }
-    s->ln.fd = fd;
-    break;
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+  if (di == NULL) {
+    MHD_stop_daemon(s->d);
+    s->d = NULL;
+    lua_pushnil(L);
+    lua_pushliteral(L, "the HTTP server has no epoll descriptor");
+    return 2;
   }
-  freeaddrinfo(res);
-  if (s->ln.fd < 0)
-    return sb_push_errno(L, "bind", err ? err : EADDRNOTAVAIL);
-
-  struct sockaddr_storage ss;
-  socklen_t slen = sizeof ss;
-  if (getsockname(s->ln.fd, (struct sockaddr *)&ss, &slen) == 0) {
-    if (ss.ss_family == AF_INET)
-      s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    else if (ss.ss_family == AF_INET6)
-      s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  }
+  s->open = 1;
   lua_pushvalue(L, hidx);
   s->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, -1);
   s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  nb_listener_start(&s->ln);
+  ev_io_init(&s->io, io_cb, di->epoll_fd, EV_READ);
+  s->io.data = s;
+  ev_init(&s->timer, timer_cb);
+  s->timer.data = s;
+  ev_io_start(sb_loop(), &s->io);
+  rearm(s);
   return 1;
 }
 
@@ -1028,6 +1077,7 @@ l_listen(lua_State *L)
 
 static const luaL_Reg httpd_funcs[] = {
   { "listen", l_listen },
+  { "stream", l_stream },
   { NULL, NULL }
 };
 
@@ -1036,6 +1086,13 @@ static const luaL_Reg server_meth[] = {
   { "close", server_close },
   { "closed", server_closed },
   { "stats", server_stats },
+  { NULL, NULL }
+};
+
+static const luaL_Reg stream_meth[] = {
+  { "write", stream_write },
+  { "close", stream_close },
+  { "closed", stream_closed },
   { NULL, NULL }
 };
 
@@ -1054,11 +1111,16 @@ luaopen_core_httpd(lua_State *L)
     lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, CONN_MT)) {
-    lua_pushcfunction(L, conn_gc);
+  if (luaL_newmetatable(L, STREAM_MT)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, stream_meth, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, stream_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
   luaL_newlib(L, httpd_funcs);
+  lua_pushboolean(L, MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES);
+  lua_setfield(L, -2, "tls");
   return 1;
 }

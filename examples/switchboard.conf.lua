@@ -16,7 +16,10 @@ return {
     calls_per_connection = 32,  -- tools/call in progress on one connection
     policy_instructions = 1000000,
   },
-  log = { level = "info" },      -- add file = "./var/switchboard.log" to log to a file
+  log = { level = "info" },      -- add file = "./var/switchboard.log" to log to a file, format = "json" for JSON lines
+  -- MCP over HTTP for remote clients (off unless listen is set): loopback
+  -- here; another address needs tls_cert/tls_key or behind_tls_proxy = true
+  http = { listen = "127.0.0.1:8733" },
   audit = { bodies = "redacted", flush_ms = 20 },
   tool_settings = {
     example_fetch = { base_url = "http://127.0.0.1:8089" },  -- not a default

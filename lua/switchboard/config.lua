@@ -33,6 +33,17 @@ local spec = {
   log = { type = "table", fields = {
     level = { type = "string", default = "info", enum = { "debug", "info", "warn", "error" } },
     file = { type = "string" },
+    format = { type = "string", default = "text", enum = { "text", "json" } },
+  } },
+  -- MCP over Streamable HTTP, /healthz and /metrics: off unless listen is set
+  http = { type = "table", fields = {
+    listen = { type = "string", pattern = "^.+:%d+$" },
+    tls_cert = { type = "string" },
+    tls_key = { type = "string" },
+    behind_tls_proxy = { type = "boolean", default = false },
+    allowed_hosts = { type = "list", item = "string", default = {} },
+    allowed_origins = { type = "list", item = "string", default = {} },
+    metrics_token = { type = "string" },
   } },
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },

@@ -1,6 +1,15 @@
--- One MCP session on the agent socket: newline-delimited JSON-RPC 2.0.
--- The read loop answers cheap methods inline and runs each tools/call in
--- a coroutine of its own, so one slow call never holds up the others.
+-- One MCP session: JSON-RPC 2.0 over a transport. On the agent socket the
+-- transport is the stream (newline-delimited messages, read by Session:run);
+-- over HTTP (switchboard.http_server) it hands each message to the HTTP
+-- request or event stream waiting for it. The read loop answers cheap
+-- methods inline and runs each tools/call in a coroutine of its own, so
+-- one slow call never holds up the others.
+--
+-- Protocol 2026-07-28 (stateless) rides beside the 2025 versions: a request
+-- whose params._meta names its protocol version is answered on its own,
+-- with no initialize, by a view of the session bound to the agent of that
+-- request (its token: the HTTP bearer, _meta["io.switchboard/token"], or a
+-- prior initialize on the same connection).
 local loop = require("core.loop")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
@@ -13,6 +22,22 @@ M.VERSIONS = { "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05" }
 local SUPPORTED = {}
 for _, v in ipairs(M.VERSIONS) do SUPPORTED[v] = true end
 M.LATEST = M.VERSIONS[1]
+-- the stateless revision, and every version this server speaks
+M.MODERN = "2026-07-28"
+M.ALL_VERSIONS = { M.MODERN }
+for _, v in ipairs(M.VERSIONS) do M.ALL_VERSIONS[#M.ALL_VERSIONS + 1] = v end
+M.META_VERSION = "io.modelcontextprotocol/protocolVersion"
+M.META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+M.META_CLIENT = "io.modelcontextprotocol/clientInfo"
+M.META_SERVER = "io.modelcontextprotocol/serverInfo"
+M.META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+M.UNSUPPORTED_VERSION = -32022
+M.SERVER_INFO = { name = "switchboard", title = "Switchboard", version = "0.1.0" }
+
+-- Is v a version this server speaks (any era)?
+function M.supported(v)
+  return v == M.MODERN or SUPPORTED[v] == true
+end
 M.TOKEN_KEY = "io.switchboard/token"
 M.SENDER_KEY = "io.switchboard/sender"
 M.EXECUTION_KEY = "io.switchboard/execution"
@@ -20,6 +45,7 @@ M.EXECUTION_KEY = "io.switchboard/execution"
 local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL =
   -32700, -32600, -32601, -32602, -32603
 local UNAUTHORIZED = -32010 -- not -32001: the MCP SDK uses that for its own timeouts
+M.UNAUTHORIZED = UNAUTHORIZED
 
 local Session = {}
 Session.__index = Session
@@ -62,8 +88,17 @@ function Session:encode(msg)
   return ok and line or ENCODE_FAILED
 end
 
-function Session:write(line)
-  if line and not self.closed and not self.stream:write(line .. "\n") then self:close() end
+-- The socket's transport: one message a line; a failed write closes.
+function M.stream_transport(stream)
+  return {
+    send = function(_, line) return stream:write(line .. "\n") end,
+    close = function() stream:close() end,
+  }
+end
+
+-- msg: the message the line encodes (a transport may route by it).
+function Session:write(line, msg)
+  if line and not self.closed and not self.transport:send(line, msg) then self:close() end
 end
 
 function Session:send(msg)
@@ -81,10 +116,12 @@ function Session:send(msg)
       .. " to return (%d bytes; the limit is %d). Ask for less, for example with a smaller limit or narrower"
       .. " dates."):format(#line, limit), nil, true) })
   end
-  self:write(line)
+  self:write(line, msg)
 end
 
 function Session:reply(id, res)
+  -- 2026-07-28: every result says what kind it is
+  if self.modern and type(res) == "table" then res.resultType = res.resultType or "complete" end
   self:send({ id = id, result = res })
 end
 
@@ -100,7 +137,7 @@ function Session:close()
   if self.closed then return end
   self.closed = true
   for _, call in pairs(self.calls) do call.cancelled = true end
-  self.stream:close()
+  self.transport:close()
   self.server:forget(self)
 end
 
@@ -145,29 +182,54 @@ function handlers.initialize(self, id, params)
     return self:fail(id, INVALID_PARAMS, "initialize: params.protocolVersion must be a string")
   end
   local meta = type(params._meta) == "table" and params._meta or {}
-  local token = meta[M.TOKEN_KEY]
-  local agent = directory.authenticate(self.server.db, token)
+  -- over HTTP the agent comes from the request's bearer token
+  local agent = self.preauth or directory.authenticate(self.server.db, meta[M.TOKEN_KEY])
   if not agent then
     log.warn("mcp: connection %d: initialize with a missing or unknown agent token", self.n)
     return self:fail(id, UNAUTHORIZED, ("unauthorized: params._meta[\"%s\"] must carry a valid agent token")
       :format(M.TOKEN_KEY))
   end
-  self.agent = agent
-  self.tenant = { id = agent.tenant_id, name = agent.tenant_name, data_key = agent.tenant_data_key,
-                  features = directory.decode_list(agent.tenant_features),
-                  enabled = directory.tenant_groups(self.server.db, agent.tenant_id) }
+  self:bind(agent)
+  -- negotiation (2025): a version not offered gets the latest 2025 one,
+  -- which the client may refuse; 2026-07-28 has no initialize
   self.version = SUPPORTED[params.protocolVersion] and params.protocolVersion or M.LATEST
   self.initialized_req = true
   self.client = type(params.clientInfo) == "table" and params.clientInfo or {}
-  self.fingerprint = self.server.registry:view_fingerprint(agent.groups, self.tenant.enabled)
   log.info("mcp: connection %d: agent %s of tenant %s (%s) initialized, protocol %s",
     self.n, agent.name, self.tenant.name, agent.type, self.version)
   self:reply(id, {
     protocolVersion = self.version,
     capabilities = { tools = { listChanged = true } },
-    serverInfo = { name = "switchboard", title = "Switchboard", version = "0.1.0" },
+    serverInfo = M.SERVER_INFO,
     instructions = self:instructions(),
   })
+end
+
+-- Bind the session (or a request's view of it) to an authenticated agent.
+function Session:bind(agent)
+  self.agent = agent
+  self.tenant = { id = agent.tenant_id, name = agent.tenant_name, data_key = agent.tenant_data_key,
+                  features = directory.decode_list(agent.tenant_features),
+                  enabled = directory.tenant_groups(self.server.db, agent.tenant_id) }
+  self.fingerprint = self.server.registry:view_fingerprint(agent.groups, self.tenant.enabled)
+end
+
+-- 2026-07-28: what the server offers, with no session and no state.
+function handlers.discover(self, id)
+  self:reply(id, {
+    supportedVersions = json.array(M.ALL_VERSIONS),
+    capabilities = { tools = { listChanged = true } },
+    serverInfo = M.SERVER_INFO,
+    instructions = self.agent and self:instructions() or nil,
+    _meta = { [M.META_SERVER] = M.SERVER_INFO },
+  })
+end
+
+-- 2026-07-28: a long-lived request; the list changes of this agent's view
+-- arrive as notifications tagged with the request's id, until the client
+-- cancels it or the connection ends (no result until then).
+function handlers.listen(self, id)
+  self.subscriptions[id_key(id)] = { id = id, view = self, fingerprint = self.fingerprint }
 end
 
 function handlers.ping(self, id)
@@ -207,14 +269,14 @@ function handlers.call_tool(self, id, params)
   if self.calls[key] then
     return self:fail(id, INVALID_REQUEST, "a request with this id is already in progress")
   end
-  if self.ncalls >= self.server.cfg.limits.calls_per_connection then
+  if self.load.calls >= self.server.cfg.limits.calls_per_connection then
     return self:fail(id, -32000, ("too many calls in progress on this connection (at most %d)")
       :format(self.server.cfg.limits.calls_per_connection))
   end
   local meta = type(params._meta) == "table" and params._meta or {}
   local call = { id = id, cancelled = false }
   self.calls[key] = call
-  self.ncalls = self.ncalls + 1
+  self.load.calls = self.load.calls + 1
   local progress
   local token = as_id(meta.progressToken)
   if token ~= nil then
@@ -254,7 +316,7 @@ function handlers.call_tool(self, id, params)
     call.done = true
     deadline:close()
     self.calls[key] = nil
-    self.ncalls = self.ncalls - 1
+    self.load.calls = self.load.calls - 1
     self.server.inflight = self.server.inflight - 1
     if not ok or (res ~= nil and type(res) ~= "table") then
       log.error("mcp: tools/call %s failed: %s", tool.name, tostring(res))
@@ -271,6 +333,11 @@ function handlers.cancelled(self, params)
   if type(params) ~= "table" then return end
   local rid = as_id(params.requestId)
   if rid == nil then return end
+  local sub = self.subscriptions[id_key(rid)]
+  if sub then
+    self.subscriptions[id_key(rid)] = nil
+    return
+  end
   local call = self.calls[id_key(rid)]
   if call then
     call.cancelled = true
@@ -283,12 +350,48 @@ local methods = {
   ping = handlers.ping,
   ["tools/list"] = handlers.list_tools,
   ["tools/call"] = handlers.call_tool,
+  ["server/discover"] = handlers.discover,
+  ["subscriptions/listen"] = handlers.listen,
 }
+-- methods of one era only
+local MODERN_ONLY = { ["subscriptions/listen"] = true }
+local LEGACY_ONLY = { initialize = true }
 local notifications = {
   ["notifications/initialized"] = function(self) self.ready = true end,
   ["notifications/cancelled"] = handlers.cancelled,
 }
-local PRE_INIT = { initialize = true, ping = true }
+local PRE_INIT = { initialize = true, ping = true, ["server/discover"] = true }
+
+-- A 2026-07-28 request: its own version, capabilities and agent. Returns
+-- the view of the session that answers it, or nil after answering an error.
+function Session:modern_view(id, meta)
+  local v = meta[M.META_VERSION]
+  if v ~= M.MODERN then
+    self:fail(id, M.UNSUPPORTED_VERSION, ("unsupported protocol version: %s (this server speaks %s)")
+      :format(tostring(v), table.concat(M.ALL_VERSIONS, ", ")),
+      { requested = type(v) == "string" and v or json.null, supported = json.array(M.ALL_VERSIONS) })
+    return nil
+  end
+  local view = setmetatable({ version = M.MODERN, modern = true, initialized_req = true,
+    client_capabilities = type(meta[M.META_CAPABILITIES]) == "table" and meta[M.META_CAPABILITIES] or {} },
+    { __index = self })
+  local agent = self.preauth
+  if not agent and meta[M.TOKEN_KEY] ~= nil then
+    agent = directory.authenticate(self.server.db, meta[M.TOKEN_KEY])
+    if not agent then
+      self:fail(id, UNAUTHORIZED, ("unauthorized: params._meta[\"%s\"] is not a valid agent token"):format(M.TOKEN_KEY))
+      return nil
+    end
+  end
+  if agent then
+    view:bind(agent)
+  elseif self.agent then
+    view.agent, view.tenant, view.fingerprint = self.agent, self.tenant, self.fingerprint
+  else
+    view.initialized_req = false
+  end
+  return view
+end
 
 -- Handle one decoded message (an object).
 function Session:dispatch(msg)
@@ -305,7 +408,8 @@ function Session:dispatch(msg)
   end
   if msg.id == nil then
     local fn = notifications[method]
-    if fn and (self.initialized_req or method ~= "notifications/cancelled") then fn(self, msg.params) end
+    -- a cancel may come before any initialize: a 2026-07-28 request's
+    if fn then fn(self, msg.params) end
     return
   end
   if id == nil then
@@ -316,10 +420,22 @@ function Session:dispatch(msg)
   if not fn then
     return self:fail(id, METHOD_NOT_FOUND, ("method not found: %s"):format(method))
   end
-  if not self.initialized_req and not PRE_INIT[method] then
+  local target = self
+  local meta = type(msg.params) == "table" and type(msg.params._meta) == "table" and msg.params._meta or nil
+  local v = meta and meta[M.META_VERSION]
+  if v ~= nil and not LEGACY_ONLY[method] and (v == M.MODERN or not self.initialized_req) then
+    target = self:modern_view(id, meta)
+    if not target then return end
+    if not target.agent and method ~= "server/discover" then
+      return self:fail(id, UNAUTHORIZED, ("unauthorized: a %s request needs the agent token (params._meta[\"%s\"],"
+        .. " or the HTTP bearer)"):format(M.MODERN, M.TOKEN_KEY))
+    end
+  elseif MODERN_ONLY[method] then
+    return self:fail(id, METHOD_NOT_FOUND, ("method not found: %s (protocol %s only)"):format(method, M.MODERN))
+  elseif not self.initialized_req and not PRE_INIT[method] then
     return self:fail(id, INVALID_REQUEST, "the session is not initialized: send initialize with the agent token first")
   end
-  local ok, err = xpcall(fn, debug.traceback, self, id, msg.params)
+  local ok, err = xpcall(fn, debug.traceback, target, id, msg.params)
   if not ok then
     log.error("mcp: connection %d: %s failed: %s", self.n, method, tostring(err))
     self:fail(id, INTERNAL, "internal error (see the server log)")
@@ -397,7 +513,7 @@ function Session:run()
       goto continue -- the deadline check above closes it
     else
       if err == "timeout" then
-        if self.ncalls > 0 then goto continue end
+        if self.load.calls > 0 then goto continue end
         log.info("mcp: connection %d: idle for %ds, closing", self.n, limits.idle_seconds)
       end
       break
@@ -417,8 +533,11 @@ function Session:serve()
   self:close()
 end
 
-function M.new(server, stream, n)
-  return setmetatable({ server = server, stream = stream, n = n, calls = {}, ncalls = 0,
+-- stream: the socket's Stream (read by run), or nil with a transport
+-- ({ send = fn(self, line, msg) → ok, close = fn(self) }).
+function M.new(server, stream, n, transport)
+  return setmetatable({ server = server, stream = stream, n = n, calls = {}, load = { calls = 0 },
+                        subscriptions = {}, transport = transport or M.stream_transport(stream),
                         version = M.LATEST, execution_id = ("conn-%d-%d"):format(os.time(), n),
                         init_deadline = loop.time() + server.cfg.limits.initialize_seconds },
                       Session)

@@ -16,6 +16,7 @@ local audit = require("switchboard.audit")
 local mcp = require("switchboard.mcp")
 local directory = require("switchboard.directory")
 local json = require("switchboard.json")
+local metrics = require("switchboard.metrics")
 
 local M = {}
 M.__index = M
@@ -151,14 +152,23 @@ function M:reload(actor)
   return true
 end
 
--- Tell each session whose view of the tools changed.
+-- Tell each session whose view of the tools changed, and each 2026-07-28
+-- subscription (subscriptions/listen) whose agent's view changed.
 function M:tools_changed()
   for s in pairs(self.sessions) do
-    if s.agent then
+    if s.agent and s.initialized_req then
       local fp = self.registry:view_fingerprint(s.agent.groups, s.tenant.enabled)
       if fp ~= s.fingerprint then
         s.fingerprint = fp
         s:notify("notifications/tools/list_changed")
+      end
+    end
+    for _, sub in pairs(s.subscriptions or {}) do
+      local v = sub.view
+      local fp = self.registry:view_fingerprint(v.agent.groups, v.tenant.enabled)
+      if fp ~= sub.fingerprint then
+        sub.fingerprint = fp
+        s:notify("notifications/tools/list_changed", { _meta = { [mcp.META_SUBSCRIPTION] = sub.id } })
       end
     end
   end
@@ -170,6 +180,18 @@ function M:refresh_agents(tenant_id)
   local enabled = directory.tenant_groups(self.db, tenant_id)
   local t = directory.tenant_by_id(self.db, tenant_id)
   for s in pairs(self.sessions) do
+    for k, sub in pairs(s.subscriptions or {}) do
+      local v = sub.view
+      if v.agent ~= s.agent and v.tenant.id == tenant_id then
+        local row = directory.agent(self.db, tenant_id, v.agent.name)
+        if not row or row.revoked_at then
+          s.subscriptions[k] = nil
+          if s.http then s:close() end
+        else
+          v.agent.groups, v.tenant.enabled = row.groups, enabled
+        end
+      end
+    end
     if s.agent and s.tenant.id == tenant_id then
       local row = directory.agent(self.db, tenant_id, s.agent.name)
       if not row or row.revoked_at then
@@ -260,6 +282,7 @@ function M:shutdown(signame)
       log.warn("shutdown deadline reached with %d calls in flight", self.inflight)
     end
   end
+  if self.http then self.http:close() end
   for s in pairs(self.sessions) do s:close() end
   self.audit:flush()
   for _, sig in ipairs(self.signals) do sig:close() end
@@ -348,6 +371,12 @@ function M.start(cfg)
   ok, err = self:load_code(true)
   if not ok then return nil, err end
   self.audit = audit.new(self.db, self.master, cfg.audit)
+  -- /metrics counts calls from their audit records
+  local record = self.audit.record
+  self.audit.record = function(a, rec, ...)
+    metrics.observe(rec)
+    return record(a, rec, ...)
+  end
   self.admin = require("switchboard.admin").new(self)
   require("switchboard.sends").recover(self)
 
@@ -363,10 +392,21 @@ function M.start(cfg)
     log.warn("systemd passed a socket named '%s' that nothing here serves (known: agent, admin)", name)
   end
 
+  if cfg.http.listen then
+    local h, herr = require("switchboard.http_server").start(self)
+    if not h then return nil, herr end
+    self.http = h
+  end
+
   for _, name in ipairs({ "TERM", "INT" }) do
     self.signals[#self.signals + 1] = loop.signal(name, function() self:shutdown(name) end)
   end
-  self.signals[#self.signals + 1] = loop.signal("HUP", function() self:reload("SIGHUP") end)
+  self.signals[#self.signals + 1] = loop.signal("HUP", function()
+    -- logrotate moved the file: write to a new one at the same path
+    local rok, rerr = log.reopen()
+    if not rok then log.error("log.file could not be reopened: %s", rerr) end
+    self:reload("SIGHUP")
+  end)
   return self
 end
 

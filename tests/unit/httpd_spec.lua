@@ -308,7 +308,7 @@ describe("core.httpd", function()
         assert.equal(200, res.status)
         local out = raw(s:port(), "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
           .. "10\r\n0123456789abcdef\r\n1\r\nX\r\n0\r\n\r\n")
-        assert.matches("^HTTP/1.1 413 Payload Too Large\r\n", out)
+        assert.matches("^HTTP/1.1 413 ", out)
         assert.matches("Connection: close", out)
         assert.matches("<eof>$", out)
       end)
@@ -331,13 +331,15 @@ describe("core.httpd", function()
       local called = false
       local s = assert(httpd.listen{ handler = function() called = true return 200, {}, "" end })
       H.async(function()
+        -- libmicrohttpd closes on a request line it cannot read, and
+        -- answers 400 (and closes) to a bad header
         local out = raw(s:port(), "GARBAGE\r\n\r\n")
-        assert.matches("^HTTP/1.1 400 Bad Request\r\n", out)
+        assert.equal("<eof>", out)
+        out = raw(s:port(), "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        assert.matches("^HTTP/1.1 400 ", out)
         assert.matches("Connection: close\r\n", out)
         assert.matches("<eof>$", out)
-        out = raw(s:port(), "GET / HTTP/1.1\r\nBad Header\r\n\r\n")
-        assert.matches("^HTTP/1.1 400 ", out)
-        out = raw(s:port(), "GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n")
+        out = raw(s:port(), "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n")
         assert.matches("^HTTP/1.1 400 ", out)
       end)
       s:close()
@@ -353,7 +355,7 @@ describe("core.httpd", function()
       s:close()
     end)
 
-    it("closes an idle keep-alive connection after idle_timeout", function()
+    it("closes an idle keep-alive connection after idle_timeout (whole seconds, rounded up)", function()
       local s = assert(httpd.listen{ idle_timeout = 0.2, handler = echo_handler })
       H.async(function()
         local out = raw(s:port(), "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n", 5)
@@ -387,6 +389,92 @@ describe("core.httpd", function()
       end)
       assert.is_true(s:closed())
       assert.equal(0, s:stats().active)
+    end)
+  end)
+
+  describe("streams and TLS", function()
+    it("sends a stream's writes as they come, then ends it on close (chunked)", function()
+      local s = assert(httpd.listen{ handler = function()
+        local st = httpd.stream()
+        loop.spawn(function()
+          for i = 1, 3 do
+            loop.sleep(0.05)
+            assert(st:write(("data: %d\n\n"):format(i)))
+          end
+          st:close()
+          assert.is_true(st:closed())
+          local ok, err = st:write("late")
+          assert.is_nil(ok)
+          assert.equal("closed", err)
+        end)
+        return 200, { ["Content-Type"] = "text/event-stream" }, st
+      end })
+      H.async(function()
+        local t0 = loop.time()
+        local res = assert(http.request{ url = "http://127.0.0.1:" .. s:port() .. "/sse" })
+        assert.equal(200, res.status)
+        assert.equal("text/event-stream", res.headers["content-type"])
+        assert.equal("chunked", res.headers["transfer-encoding"])
+        assert.equal("data: 1\n\ndata: 2\n\ndata: 3\n\n", res.body)
+        assert.is_true(loop.time() - t0 >= 0.14)
+        -- the connection serves the next request
+        local raw_out = raw(s:port(), "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert.matches("data: 3", raw_out)
+      end)
+      s:close()
+    end)
+
+    it("calls on_close when the client leaves an open stream, and a stream answers once", function()
+      local closed, st = false, nil
+      local errors = {}
+      loop.set_error_handler(function(msg) errors[#errors + 1] = msg end)
+      local s = assert(httpd.listen{ handler = function(req)
+        if req.path == "/again" then return 200, {}, st end
+        st = httpd.stream{ on_close = function() closed = true end }
+        st:write("hello\n")
+        return 200, {}, st
+      end })
+      H.async(function()
+        local res = http.request{ url = "http://127.0.0.1:" .. s:port() .. "/s", timeout = 1 }
+        assert.is_nil(res)   -- the stream never ends: the client gives up
+        for _ = 1, 3 do
+          if closed then break end
+          st:write("ping\n") -- the server notices the client left at the next write
+          loop.sleep(0.1)
+        end
+        assert.is_true(closed)
+        assert.is_true(st:closed())
+        res = assert(http.request{ url = "http://127.0.0.1:" .. s:port() .. "/again" })
+        assert.equal(500, res.status)
+      end)
+      s:close()
+      loop.set_error_handler(nil)
+      assert.matches("one request only", errors[1])
+      assert.has_error(function() httpd.stream{ on_close = 1 } end)
+    end)
+
+    it("speaks HTTPS with tls_cert and tls_key (PEM)", function()
+      assert.is_true(httpd.tls)
+      local key, crt = dir .. "/key.pem", dir .. "/crt.pem"
+      assert(os.execute(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1"
+        .. " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout %s -out %s 2>/dev/null")
+        :format(H.q(key), H.q(crt))))
+      local s = assert(httpd.listen{ tls_cert = H.read(crt), tls_key = H.read(key), handler = function(req)
+        return 200, {}, req.tls and "tls" or "plain"
+      end })
+      H.async(function()
+        local res = assert(http.request{ url = "https://127.0.0.1:" .. s:port() .. "/", ca_file = crt })
+        assert.equal("tls", res.body)
+        local r2, err = http.request{ url = "http://127.0.0.1:" .. s:port() .. "/", timeout = 2 }
+        assert.is_nil(r2)
+        assert.is_string(err)
+      end)
+      s:close()
+      assert.has_error(function() httpd.listen{ tls_cert = "x", handler = echo_handler } end,
+        "httpd.listen: tls_cert and tls_key go together")
+      local bad, err = httpd.listen{ tls_cert = "not a cert", tls_key = "not a key", handler = echo_handler }
+      assert.is_nil(bad)
+      assert.matches("tls_cert and tls_key", err)
     end)
   end)
 end)

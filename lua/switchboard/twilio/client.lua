@@ -16,6 +16,7 @@ M.MAX_RETRIES = 3
 M.MAX_WAIT = 3.0        -- seconds, one backoff
 M.TOTAL_WAIT = 10.0     -- seconds, all backoffs of one request
 M.API_VERSION = "2010-04-01"
+M.retries_total = 0     -- 429 retries of every client since start
 
 -- opts: { account_sid, credential (core.vault.Credential), hosts = {api=…},
 --         timeout, ca_file, sleep (for tests), random (for tests) }
@@ -139,6 +140,7 @@ function M:request(req)
       waited = waited + wait
       attempt = attempt + 1
       self.retries = self.retries + 1
+      M.retries_total = M.retries_total + 1 -- for /metrics
       if wait > 0 then self.sleep(wait) end
       -- the call was given up while it waited (deadline, cancel): the
       -- refused request was not processed, and it is not tried again
