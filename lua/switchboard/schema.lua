@@ -285,6 +285,8 @@ function validate(s, v, path, errs, root, depth)
     end
     if s.pattern then
       local check = M.patterns[s.pattern]
+      local prefix = not check and s.pattern:match("^%^(%u%u)%[0%-9a%-fA%-F%]{32}%$$")
+      if prefix then check = function(x) return hex32(x, prefix) end end
       if not check then error(("schema: %s: pattern '%s' is not one this validator knows"):format(name, s.pattern), 0) end
       if not check(v) then
         errs[#errs + 1] = ("%s must match the pattern %s (got %s)"):format(name, s.pattern, show(v))
