@@ -141,11 +141,12 @@ end
 -- An error a handler returned: a string or { message, code, hint, more_info, data }.
 local function error_result(err, opts)
   if type(err) ~= "table" then return result(tostring(err), nil, true), tostring(err) end
-  local parts = { err.message or "The tool failed." }
+  local message = type(err.message) == "string" and err.message or "The tool failed."
+  local parts = { message }
   if err.code then parts[1] = ("%s (error %s)"):format(parts[1], tostring(err.code)) end
   if err.hint then parts[#parts + 1] = err.hint end
   if err.more_info then parts[#parts + 1] = "More: " .. err.more_info end
-  local data = { error = { message = err.message or parts[1], code = err.code, hint = err.hint,
+  local data = { error = { message = message, code = err.code, hint = err.hint,
                            more_info = err.more_info } }
   if err.data then for k, v in pairs(err.data) do data[k] = v end end
   return result(table.concat(parts, " "), data, true, opts), err.message
