@@ -24,7 +24,9 @@ describe("tool schemas and results", function()
   local srv, token
 
   setup(function()
-    srv = H.server({ config = { tool_dirs = { H.ROOT .. "/examples/tools", H.ROOT .. "/tests/fixtures/schema_tools" } } })
+    -- as in the whole suite (tests/run.sh): a result off its output schema becomes an error
+    srv = H.server({ wrapper = "env SWITCHBOARD_CHECK_RESULTS=1",
+                     config = { tool_dirs = { H.ROOT .. "/examples/tools", H.ROOT .. "/tests/fixtures/schema_tools" } } })
     token = srv.agent("t", "a", "caioo", "Examples,Tests")
   end)
 
@@ -77,6 +79,12 @@ describe("tool schemas and results", function()
         assert.is_true(r.isError, bad)
         assert.equal("The tool test_blocks returned a malformed result.", r.content[1].text)
       end
+      -- an error's data has the pipeline's error shape, its message never missing
+      r = c:call("test_blocks", { bad = "error" }).result
+      assert.is_true(r.isError)
+      assert.equal("The tool failed. (error 7)", r.content[1].text)
+      assert.same({ error = { message = "The tool failed.", code = 7 } }, r.structuredContent)
+      assert.same(r.structuredContent, json.decode(r.content[2].text))
       c:close()
     end)
     local log = H.read(srv.log)
