@@ -202,8 +202,7 @@ local function unrelated(s, v, root)
   return false
 end
 
-local function alternatives(s, v, path, errs, root, depth, name)
-  local list = s.anyOf or s.oneOf
+local function alternatives(list, one, v, path, errs, root, depth, name)
   local matched, results = {}, {}
   for i, alt in ipairs(list) do
     local e = {}
@@ -211,7 +210,7 @@ local function alternatives(s, v, path, errs, root, depth, name)
     results[i] = e
     if #e == 0 then matched[#matched + 1] = i end
   end
-  if s.oneOf and #matched > 1 then
+  if one and #matched > 1 then
     errs[#errs + 1] = ("%s matches %d of its alternatives (%s) where exactly one must match"):format(name,
       #matched, table.concat(matched, ", "))
     return
@@ -354,7 +353,8 @@ function validate(s, v, path, errs, root, depth)
       table.move(tail, 1, #tail, first + 1, errs)
     end
   end
-  if (s.anyOf or s.oneOf) and #errs == before then alternatives(s, v, path, errs, root, depth, name) end
+  if s.anyOf and #errs == before then alternatives(s.anyOf, false, v, path, errs, root, depth, name) end
+  if s.oneOf and #errs == before then alternatives(s.oneOf, true, v, path, errs, root, depth, name) end
 end
 
 -- Integer-typed values given as integral floats (5.0, as some JSON
@@ -394,7 +394,9 @@ function M.validate(s, args, opts)
   if #errs > 0 then
     local what = opts and opts.what or "arguments"
     if what ~= "arguments" then
-      for i, e in ipairs(errs) do errs[i] = e:gsub("is not a known argument", "is not a known property") end
+      for i, e in ipairs(errs) do
+        errs[i] = e:gsub("is not a known argument", "is not a known property"):gsub("^arguments ", "the " .. what .. " ")
+      end
     end
     return nil, ("Invalid %s: %s."):format(what, table.concat(errs, "; ")), errs
   end

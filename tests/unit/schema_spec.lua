@@ -69,6 +69,19 @@ describe("tool files with $defs, $ref, oneOf, anyOf and const", function()
     assert.truthy(schema.validate(s, { n = 0.5 }))
   end)
 
+  it("anyOf and oneOf side by side both apply", function()
+    local s = { type = "object", properties = { v = {
+      anyOf = { { type = "string" }, { type = "integer" } },
+      oneOf = { { type = "string", minLength = 2 }, { type = "integer" } } } } }
+    assert(schema.check_definition(s, "input_schema"))
+    assert.truthy(schema.validate(s, { v = "ab" }))
+    assert.truthy(schema.validate(s, { v = 3 }))
+    local _, msg = schema.validate(s, { v = "a" })
+    assert.equal("Invalid arguments: `v` must have at least 2 characters (got 1).", msg)
+    _, msg = schema.validate(s, { v = true })
+    assert.equal("Invalid arguments: `v` must be one of: a string; an integer (got a boolean).", msg)
+  end)
+
   it("are refused at load when a rule is broken, naming the field", function()
     local obj = function(t)
       t.type = t.type or "object"
@@ -188,12 +201,14 @@ describe("the export (tools/list)", function()
     assert.truthy(schema.validate(out, { status = "not_stored" }))
     assert.is_nil(schema.validate(out, { escalation_id = 4, status = "maybe" }))
     assert.is_nil(schema.validate(out, { error = { code = 1 } }))
+    local _, msg = schema.validate(out, { outcome = "sent" }, { what = "result" })
+    assert.truthy(msg:find("^Invalid result: the result must be one of: "), msg)
     -- an empty list (json.array) is an array
     local search = reg.tools.twilio_search_messages
     assert.truthy(schema.validate(search.output_schema,
       { action = "search", count = 0, more = false, messages = json.array({}) }))
-    local _, msg = schema.validate(search.output_schema, { action = "search", count = 0, more = false, messages = {},
-                                                           extra = 1 }, { what = "result" })
+    _, msg = schema.validate(search.output_schema, { action = "search", count = 0, more = false, messages = {},
+                                                     extra = 1 }, { what = "result" })
     assert.truthy(msg:find("Invalid result: `extra` is not a known property", 1, true), msg)
   end)
 end)
