@@ -10,6 +10,8 @@ export SB_BIN=${SB_BIN:-$ROOT/switchboard}
 export SB_ROOT=$ROOT
 export SB_TEST_TMP=$(mktemp -d /tmp/sbtest.XXXXXX)
 export SWITCHBOARD_DUMPABLE=1
+# every tool result in the suite is checked against its outputSchema (pipeline.lua)
+export SWITCHBOARD_CHECK_RESULTS=1
 pass=0
 fail=0
 note() { printf '\n== %s\n' "$*"; }

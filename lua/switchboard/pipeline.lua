@@ -13,25 +13,143 @@ local sends = require("switchboard.sends")
 
 local M = {}
 
-local function result(text, data, is_error)
-  local r = { content = { { type = "text", text = text } } }
-  if data ~= nil then r.structuredContent = data end
+-- Results in the suite's servers are checked against the tool's output
+-- schema strictly: a result that does not match becomes an error there
+-- (elsewhere it is logged and returned as it is).
+local STRICT_RESULTS = os.getenv("SWITCHBOARD_CHECK_RESULTS") == "1"
+
+-- A CallToolResult: the paragraph first; structured data is repeated as a
+-- JSON text block right after it (for clients that read only content);
+-- opts.blocks, more content blocks a handler gave, come last. The JSON
+-- block is left out when it would take the result over opts.limit bytes.
+local function result(text, data, is_error, opts)
+  opts = opts or {}
+  local content = { { type = "text", text = text } }
+  local r = { content = content }
+  if data ~= nil then
+    r.structuredContent = data
+    local ok, blob = pcall(json.encode, data)
+    if ok then
+      local size = 0
+      if opts.limit then
+        local eok, quoted = pcall(json.encode, blob)
+        size = #blob + (eok and #quoted or 2 * #blob) + #json.encode(text) + 256
+        for _, b in ipairs(opts.blocks or {}) do size = size + #json.encode(b) end
+      end
+      if not opts.limit or size <= opts.limit then
+        content[#content + 1] = { type = "text", text = blob }
+      else
+        log.info("pipeline: the JSON text block of a %d-byte structured result was left out (limits.result_bytes)",
+          #blob)
+      end
+    end
+  end
+  for _, b in ipairs(opts.blocks or {}) do content[#content + 1] = b end
   if is_error then r.isError = true end
   return r
 end
 M.result = result
 
+-- Content blocks a handler may add: type → { field = "string" | "integer"
+-- | "table", required when the name is in `required` }.
+local BLOCKS = {
+  text = { fields = { text = "string" }, required = { "text" } },
+  image = { fields = { data = "string", mimeType = "string" }, required = { "data", "mimeType" }, media = "image" },
+  audio = { fields = { data = "string", mimeType = "string" }, required = { "data", "mimeType" }, media = "audio" },
+  resource_link = { fields = { uri = "string", name = "string", title = "string", description = "string",
+                               mimeType = "string", size = "integer" }, required = { "uri", "name" } },
+}
+
+-- Check res.content: true, or nil and "content[i].field: rule".
+local function check_blocks(list)
+  if type(list) ~= "table" or (next(list) ~= nil and list[1] == nil) then
+    return nil, "content: must be a list of content blocks"
+  end
+  for k in pairs(list) do
+    if math.type(k) ~= "integer" or k < 1 or k > #list then return nil, "content: must be a list" end
+  end
+  for i, b in ipairs(list) do
+    local at = ("content[%d]"):format(i)
+    if type(b) ~= "table" then return nil, at .. ": must be a table" end
+    local spec = BLOCKS[b.type]
+    if not spec then
+      return nil, ("%s.type: must be text, image, audio or resource_link (got %s)"):format(at, tostring(b.type))
+    end
+    for _, f in ipairs(spec.required) do
+      if b[f] == nil or b[f] == "" then return nil, ("%s.%s: required for a %s block"):format(at, f, b.type) end
+    end
+    for k, v in pairs(b) do
+      local want = spec.fields[k]
+      if k == "type" then
+        want = "string"
+      elseif k == "annotations" then
+        want = "table"
+      elseif not want then
+        return nil, ("%s.%s: not a field of a %s block"):format(at, tostring(k), b.type)
+      end
+      local ok = want == "integer" and math.type(v) == "integer" or want ~= "integer" and type(v) == want
+      if not ok then return nil, ("%s.%s: must be a %s"):format(at, k, want) end
+      if want == "string" and not utf8.len(v) then return nil, ("%s.%s: must be valid UTF-8"):format(at, k) end
+    end
+    if spec.media then
+      if not b.mimeType:match("^" .. spec.media .. "/[%w%.%+%-]+$") then
+        return nil, ("%s.mimeType: must be an %s/… type (got %q)"):format(at, spec.media, b.mimeType)
+      end
+      if #b.data % 4 ~= 0 or not b.data:match("^[%w%+/]*=?=?$") then
+        return nil, at .. ".data: must be base64"
+      end
+    end
+    if b.type == "resource_link" and not b.uri:match("^%a[%w%+%-%.]*:%S+$") then
+      return nil, ("%s.uri: must be a URI (got %q)"):format(at, b.uri)
+    end
+  end
+  return true
+end
+M.check_blocks = check_blocks
+
+-- Blocks an older protocol version does not know become text: audio
+-- came with 2025-03-26, resource links with 2025-06-18.
+local function blocks_for(version, list)
+  if not list or type(version) ~= "string" then return list end
+  local out = {}
+  for i, b in ipairs(list) do
+    if b.type == "resource_link" and version < "2025-06-18" then
+      b = { type = "text", text = ("%s: %s%s"):format(b.name, b.uri, b.mimeType and (" (" .. b.mimeType .. ")") or "") }
+    elseif b.type == "audio" and version < "2025-03-26" then
+      b = { type = "text", text = ("(an %s recording, not shown in this protocol version)"):format(b.mimeType) }
+    end
+    out[i] = b
+  end
+  return out
+end
+
+-- The result's structured data against the tool's output schema (its own
+-- for a result, with the pipeline's error shapes for an error): r, or an
+-- error result in strict mode when it does not match.
+local function checked(tool, r)
+  local data = r.structuredContent
+  local s = r.isError and tool.result_schema or tool.output_schema
+  if data == nil or not s then return r end
+  local ok, msg = schema.validate(s, data, { what = "result" })
+  if ok then return r end
+  log.error("tool %s: a result that does not match its outputSchema: %s", tool.name, msg)
+  if not STRICT_RESULTS then return r end
+  return result(("The tool %s returned a result that does not match its outputSchema. %s"):format(tool.name, msg),
+    nil, true)
+end
+
 -- An error a handler returned: a string or { message, code, hint, more_info, data }.
-local function error_result(err)
+local function error_result(err, opts)
   if type(err) ~= "table" then return result(tostring(err), nil, true), tostring(err) end
-  local parts = { err.message or "The tool failed." }
+  local message = type(err.message) == "string" and err.message or "The tool failed."
+  local parts = { message }
   if err.code then parts[1] = ("%s (error %s)"):format(parts[1], tostring(err.code)) end
   if err.hint then parts[#parts + 1] = err.hint end
   if err.more_info then parts[#parts + 1] = "More: " .. err.more_info end
-  local data = { error = { message = err.message, code = err.code, hint = err.hint,
+  local data = { error = { message = message, code = err.code, hint = err.hint,
                            more_info = err.more_info } }
   if err.data then for k, v in pairs(err.data) do data[k] = v end end
-  return result(table.concat(parts, " "), data, true), err.message
+  return result(table.concat(parts, " "), data, true, opts), err.message
 end
 
 -- The arguments of a held call may hold what the gateway caught: they are
@@ -66,7 +184,9 @@ function M.run(rt, call)
   local rec = { tenant_id = s.tenant.id, agent_id = s.agent.id, execution_id = call.execution_id,
                 sender_tier = call.sender, tool = tool.name, args = call.args, policies = {},
                 actor = call.approved_by }
+  local limit = rt.cfg and rt.cfg.limits and rt.cfg.limits.result_bytes
   local function finish(res, decision, outcome, detail)
+    if res then res = checked(tool, res) end
     if rec.approved_past or rec.flags then
       -- a copy: the tool's own detail table (ctx.audit_detail) is left as it is
       local d = {}
@@ -139,7 +259,7 @@ function M.run(rt, call)
       return finish(result(("%s by policy %s: %s. The escalation could not be stored (storage unavailable), so"
         .. " nothing was sent and no person was asked to review it. Try again later; if it keeps failing, tell an"
         .. " operator."):format(d.decision == "hold" and "Held for human review" or "Escalated to a human",
-        d.policy, d.reason), { status = "not_stored" }, true),
+        d.policy, d.reason), { status = "not_stored" }, true, { limit = limit }),
         d.decision, "error", { policy = d.policy, reason = d.reason, error = "escalation not stored" })
     end
     local text
@@ -150,7 +270,8 @@ function M.run(rt, call)
       text = ("Escalated to a human by policy %s: %s. Escalation %s was opened; tell the user a person will review it.")
         :format(d.policy, d.reason, tostring(id))
     end
-    return finish(result(text, { escalation_id = id, status = d.decision == "hold" and "held" or "escalated" }, true),
+    return finish(result(text, { escalation_id = id, status = d.decision == "hold" and "held" or "escalated" }, true,
+      { limit = limit }),
       d.decision, d.decision == "hold" and "held" or "escalated", { escalation_id = id, policy = d.policy, reason = d.reason })
   end
   if call.is_cancelled() then
@@ -195,11 +316,17 @@ function M.run(rt, call)
       .. " Do not retry right away."):format(tool.name), nil, true), d.decision, "error", { error = "internal error" })
   end
   if res == nil then
-    local r, msg = error_result(herr or "the tool returned nothing")
+    local r, msg = error_result(herr or "the tool returned nothing", { limit = limit })
     return finish(r, d.decision, ctx.outcome or "failed", outcome_detail or { error = msg })
   end
-  if type(res) ~= "table" or type(res.text) ~= "string" then
-    log.error("tool %s returned %s instead of { text = …, data = … }", tool.name, type(res))
+  local malformed = (type(res) ~= "table" or type(res.text) ~= "string")
+    and ("%s instead of { text = …, data = …, content = … }"):format(type(res))
+  if not malformed and res.content ~= nil then
+    local bok, berr = check_blocks(res.content)
+    if not bok then malformed = berr end
+  end
+  if malformed then
+    log.error("tool %s returned a malformed result: %s", tool.name, malformed)
     return finish(result(("The tool %s returned a malformed result."):format(tool.name), nil, true),
       d.decision, "error", { error = "malformed result" })
   end
@@ -207,7 +334,8 @@ function M.run(rt, call)
   if #flagged > 0 and res.notice ~= false then
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
-  return finish(result(text, res.data), d.decision, ctx.outcome or "ok", outcome_detail)
+  return finish(result(text, res.data, false, { limit = limit, blocks = blocks_for(s.version, res.content) }),
+    d.decision, ctx.outcome or "ok", outcome_detail)
 end
 
 return M

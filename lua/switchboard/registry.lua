@@ -18,6 +18,39 @@ local known_fields = { name = true, title = true, description = true, group = tr
                        writes = true, handler = true, check = true, timeout = true,
                        instructions = true, connection = true }
 
+-- What the pipeline itself puts in structuredContent, whatever the tool
+-- (an error the handler returned, a call held or escalated): every
+-- exported outputSchema accepts these beside the tool's own result.
+M.PIPELINE_RESULTS = {
+  { type = "object", description = "The tool failed (isError): what failed, and what the tool adds about it.",
+    properties = {
+      error = { type = "object", additionalProperties = false, required = { "message" },
+                properties = { message = { type = "string" },
+                               code = { anyOf = { { type = "integer" }, { type = "string" } } },
+                               hint = { type = "string" }, more_info = { type = "string" } } },
+    },
+    required = { "error" } },
+  { type = "object", description = "The call was held or escalated for human review (isError).",
+    properties = { escalation_id = { type = "integer" },
+                   status = { type = "string", enum = { "held", "escalated" } } },
+    required = { "escalation_id", "status" }, additionalProperties = false },
+  { type = "object", description = "The call was held or escalated, but the escalation could not be stored (isError).",
+    properties = { status = { type = "string", const = "not_stored" } },
+    required = { "status" }, additionalProperties = false },
+}
+
+-- The tool's output schema with the pipeline's results beside it.
+local function with_pipeline_results(s)
+  local own = {}
+  for k, v in pairs(s) do
+    if k ~= "$defs" and k ~= "$schema" then own[k] = v end
+  end
+  local alts = { own }
+  for _, r in ipairs(M.PIPELINE_RESULTS) do alts[#alts + 1] = r end
+  return { type = "object", anyOf = alts, ["$defs"] = s["$defs"],
+           description = "The tool's result; when isError is set, one of the error shapes after it." }
+end
+
 -- Text an agent reads must be plain: no control or invisible characters.
 local function plain_text(s)
   if s:find("[%z\1-\8\11-\31\127]") then return false end
@@ -101,7 +134,10 @@ function M.check(def)
   for k, v in pairs(def) do tool[k] = v end
   tool.writes_spec = writes
   tool.exported = schema.export(def.input_schema)
-  tool.exported_output = def.output_schema and schema.export(def.output_schema)
+  if def.output_schema then
+    tool.result_schema = with_pipeline_results(def.output_schema)
+    tool.exported_output = schema.export(tool.result_schema)
+  end
   tool.fingerprint = vault.sha256_hex(json.encode({ def.name, def.title or "", def.description,
     def.group, tool.exported, tool.exported_output or "", def.annotations }))
   return tool

@@ -1,9 +1,11 @@
 -- Starts a server with the example tools and a local upstream, creates a
--- tenant and an agent, then runs the official MCP SDK client tests
--- (tests/node) against `switchboard connect` and, over HTTP, against the
--- listener. Prints node's TAP output.
+-- tenant and an agent, and a second tenant connected to the Twilio
+-- simulator with an agent holding the Twilio tools, then runs the official
+-- MCP SDK client tests (tests/node) against `switchboard connect` and, over
+-- HTTP, against the listener. Prints node's TAP output.
 package.path = (os.getenv("SB_ROOT") or ".") .. "/tests/?.lua;" .. package.path
 local H = require("helpers")
+local TW = require("twilio_env")
 
 -- a loopback port free right now, for the HTTP listener (MCP over HTTP)
 local function free_port()
@@ -14,16 +16,20 @@ local function free_port()
 end
 
 local up = H.upstream()
+local sim = TW.sim()
 local port = free_port()
-local srv = H.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
-                                  http = { listen = "127.0.0.1:" .. port } } })
+local srv = TW.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
+                                   http = { listen = "127.0.0.1:" .. port } } })
 local token = srv.agent("nodetest", "sdk", "caioo", "Examples")
+local twilio_token = TW.connect_sim(srv, sim, "nodetwilio")
 H.wait_for(function() return (H.read(srv.log) or ""):find("http: MCP on", 1, true) ~= nil end, 10, "the HTTP listener")
-local cmd = ("cd %s/tests/node && SB_BIN=%s SB_SOCKET=%s SWITCHBOARD_TOKEN=%s SB_HTTP_URL=%s"
+local cmd = ("cd %s/tests/node && SB_BIN=%s SB_SOCKET=%s SWITCHBOARD_TOKEN=%s SB_TWILIO_TOKEN=%s SB_HTTP_URL=%s"
   .. " node --test --test-reporter=tap 2>&1")
-  :format(H.q(H.ROOT), H.q(H.BIN), H.q(srv.agent_socket), H.q(token), H.q(("http://127.0.0.1:%d/mcp"):format(port)))
+  :format(H.q(H.ROOT), H.q(H.BIN), H.q(srv.agent_socket), H.q(token), H.q(twilio_token),
+    H.q(("http://127.0.0.1:%d/mcp"):format(port)))
 local out, code = H.sh(cmd)
 io.stdout:write(out)
 srv.stop()
+sim.stop()
 up.stop()
 return code == 0 and 0 or 1

@@ -163,26 +163,48 @@ return {
     required = { "action" },
     additionalProperties = false,
   },
+  -- one shape per action, told apart by `action`
   output_schema = {
     type = "object",
-    properties = {
-      action = { type = "string" },
-      sid = { type = "string" }, name = { type = "string" }, status = { type = "string" }, type = { type = "string" },
-      date_created = { type = "string" }, owner_account_sid = { type = "string" },
-      balance = { type = "number" }, currency = { type = "string" },
-      count = { type = "integer" }, more = { type = "boolean" },
-      default_number = { type = "string" }, whatsapp_number = { type = "string" },
-      numbers = { type = "array", items = { type = "object", properties = {
-        phone_number = { type = "string" }, friendly_name = { type = "string" }, sid = { type = "string" },
-        status = { type = "string" }, is_default = { type = "boolean" },
-        capabilities = { type = "object", properties = { voice = { type = "boolean" }, sms = { type = "boolean" },
-                                                         mms = { type = "boolean" } } } } } },
-      start_date = { type = "string" }, end_date = { type = "string" }, category = { type = "string" },
-      records = { type = "array", items = { type = "object", properties = {
-        category = { type = "string" }, description = { type = "string" }, count = { type = "number" },
-        count_unit = { type = "string" }, usage = { type = "number" }, usage_unit = { type = "string" },
-        price = { type = "number" }, price_unit = { type = "string" }, start_date = { type = "string" },
-        end_date = { type = "string" } } } },
+    oneOf = {
+      { type = "object", additionalProperties = false, required = { "action", "sid" },
+        properties = {
+          action = { type = "string", const = "account_info" },
+          sid = { type = "string" }, name = { type = "string" }, status = { type = "string" },
+          type = { type = "string" }, date_created = { type = "string" }, owner_account_sid = { type = "string" },
+          balance = { type = "number" }, currency = { type = "string" },
+        } },
+      { type = "object", additionalProperties = false, required = { "action", "count", "more", "numbers" },
+        properties = {
+          action = { type = "string", const = "list_phone_numbers" },
+          count = { type = "integer" }, more = { type = "boolean" },
+          default_number = { type = "string" }, whatsapp_number = { type = "string" },
+          numbers = { type = "array", items = { ["$ref"] = "#/$defs/number" } },
+        } },
+      { type = "object", additionalProperties = false, required = { "action", "start_date", "end_date", "records" },
+        properties = {
+          action = { type = "string", const = "usage_summary" },
+          start_date = { type = "string" }, end_date = { type = "string" }, category = { type = "string" },
+          records = { type = "array", items = { ["$ref"] = "#/$defs/usage_record" } },
+        } },
+    },
+    ["$defs"] = {
+      number = { type = "object", additionalProperties = false, required = { "capabilities", "is_default" },
+        properties = {
+          phone_number = { type = "string" }, friendly_name = { type = "string" }, sid = { type = "string" },
+          status = { type = "string" }, is_default = { type = "boolean" },
+          capabilities = { type = "object", additionalProperties = false, required = { "voice", "sms", "mms" },
+                           properties = { voice = { type = "boolean" }, sms = { type = "boolean" },
+                                          mms = { type = "boolean" } } },
+        } },
+      usage_record = { type = "object", additionalProperties = false,
+        required = { "category", "start_date", "end_date" },
+        properties = {
+          category = { type = "string" }, description = { type = "string" }, count = { type = "number" },
+          count_unit = { type = "string" }, usage = { type = "number" }, usage_unit = { type = "string" },
+          price = { type = "number" }, price_unit = { type = "string" }, start_date = { type = "string" },
+          end_date = { type = "string" },
+        } },
     },
   },
   annotations = T.READ,

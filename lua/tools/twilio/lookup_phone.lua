@@ -34,11 +34,22 @@ local shape = {
   end,
 }
 
-local function package_schema(names)
-  local p = { error_code = { type = "integer" }, error_explanation = { type = "string" } }
-  for _, n in ipairs(names) do p[n] = { type = "string" } end
-  return { type = "object", properties = p }
+-- A package's answer: its fields, or the package's own error.
+local function package_schema(props)
+  return { oneOf = { { type = "object", additionalProperties = false, properties = props },
+                     { ["$ref"] = "#/$defs/package_error" } } }
 end
+
+local function strings(names)
+  local p = {}
+  for _, n in ipairs(names) do p[n] = { type = "string" } end
+  return p
+end
+
+local IDENTITY = strings({ "error_message", "first_name_match", "last_name_match", "address_line_match",
+                           "city_match", "state_match", "postal_code_match", "address_country_match",
+                           "national_id_match", "date_of_birth_match" })
+IDENTITY.summary_score = { type = "number" }
 
 local function summary(data, requested, errors)
   local parts = {}
@@ -105,6 +116,8 @@ return {
   },
   output_schema = {
     type = "object",
+    additionalProperties = false,
+    required = { "phone_number", "valid", "validation_errors", "fields", "package_errors" },
     properties = {
       phone_number = { type = "string" },
       valid = { type = "boolean" },
@@ -112,19 +125,23 @@ return {
       national_format = { type = "string" },
       country_code = { type = "string" },
       calling_country_code = { type = "string" },
-      fields = { type = "array", items = { type = "string" } },
-      line_type_intelligence = package_schema({ "type", "carrier_name", "mobile_country_code", "mobile_network_code" }),
-      caller_name = package_schema({ "caller_name", "caller_type" }),
-      sim_swap = { type = "object", properties = {
-        last_sim_swap_date = { type = "string" }, swapped_period = { type = "string" },
-        swapped_in_period = { type = "boolean" }, carrier_name = { type = "string" },
-        error_code = { type = "integer" }, error_explanation = { type = "string" } } },
-      identity_match = { type = "object", properties = {
-        summary_score = { type = "number" }, error_code = { type = "integer" },
-        error_explanation = { type = "string" } } },
-      reassigned_number = package_schema({ "last_verified_date", "is_number_reassigned" }),
-      package_errors = { type = "array", items = { type = "object", properties = {
-        field = { type = "string" }, error_code = { type = "integer" }, explanation = { type = "string" } } } },
+      fields = { type = "array", items = { type = "string", enum = FIELDS } },
+      line_type_intelligence = package_schema(strings({ "type", "carrier_name", "mobile_country_code",
+                                                        "mobile_network_code" })),
+      caller_name = package_schema(strings({ "caller_name", "caller_type" })),
+      sim_swap = package_schema({ last_sim_swap_date = { type = "string" }, swapped_period = { type = "string" },
+                                  swapped_in_period = { type = "boolean" }, carrier_name = { type = "string" } }),
+      identity_match = package_schema(IDENTITY),
+      reassigned_number = package_schema(strings({ "last_verified_date", "is_number_reassigned" })),
+      package_errors = { type = "array", items = { type = "object", additionalProperties = false,
+        required = { "field", "error_code", "explanation" },
+        properties = { field = { type = "string", enum = FIELDS }, error_code = { type = "integer" },
+                       explanation = { type = "string" } } } },
+    },
+    ["$defs"] = {
+      package_error = { type = "object", additionalProperties = false, required = { "error_code", "error_explanation" },
+                        properties = { error_code = { type = "integer" }, error_explanation = { type = "string" } },
+                        description = "The package could not be answered for this number." },
     },
   },
   annotations = T.READ,

@@ -108,20 +108,35 @@ end
 
 local handlers = { list_recent = list_recent, get_details = get_details, get_recordings = get_recordings }
 
-local detail_props = {}
-for k, v in pairs(CALL_PROPS) do detail_props[k] = v end
-for _, k in ipairs({ "answered_by", "parent_call_sid", "caller_name", "date_created", "forwarded_from",
-                     "action", "call_sid" }) do
-  detail_props[k] = { type = "string" }
+local details = { action = { type = "string", const = "get_details" } }
+for k, v in pairs(CALL_PROPS) do details[k] = v end
+for _, k in ipairs({ "answered_by", "parent_call_sid", "caller_name", "date_created", "forwarded_from" }) do
+  details[k] = { type = "string" }
 end
-detail_props.count = { type = "integer" }
-detail_props.more = { type = "boolean" }
-detail_props.calls = { type = "array", items = { type = "object", properties = CALL_PROPS } }
-detail_props.recordings = { type = "array", items = { type = "object", properties = {
-  sid = { type = "string" }, duration = { type = "integer" }, status = { type = "string" },
-  channels = { type = "integer" }, source = { type = "string" }, start_time = { type = "string" },
-  price = { type = "number" }, price_unit = { type = "string" }, error_code = { type = "integer" },
-  media_url = { type = "string" } } } }
+
+-- one shape per action, told apart by `action`
+local OUTPUT = {
+  type = "object",
+  oneOf = {
+    { type = "object", additionalProperties = false, required = { "action", "count", "more", "calls" },
+      properties = { action = { type = "string", const = "list_recent" }, count = { type = "integer" },
+                     more = { type = "boolean" },
+                     calls = { type = "array", items = { ["$ref"] = "#/$defs/call" } } } },
+    { type = "object", additionalProperties = false, required = { "action" }, properties = details },
+    { type = "object", additionalProperties = false, required = { "action", "call_sid", "count", "more", "recordings" },
+      properties = { action = { type = "string", const = "get_recordings" }, call_sid = { type = "string" },
+                     count = { type = "integer" }, more = { type = "boolean" },
+                     recordings = { type = "array", items = { ["$ref"] = "#/$defs/recording" } } } },
+  },
+  ["$defs"] = {
+    call = { type = "object", additionalProperties = false, properties = CALL_PROPS },
+    recording = { type = "object", additionalProperties = false, properties = {
+      sid = { type = "string" }, duration = { type = "integer" }, status = { type = "string" },
+      channels = { type = "integer" }, source = { type = "string" }, start_time = { type = "string" },
+      price = { type = "number" }, price_unit = { type = "string" }, error_code = { type = "integer" },
+      media_url = { type = "string" } } },
+  },
+}
 
 return {
   name = "twilio_manage_calls",
@@ -153,7 +168,7 @@ return {
     required = { "action" },
     additionalProperties = false,
   },
-  output_schema = { type = "object", properties = detail_props },
+  output_schema = OUTPUT,
   annotations = T.READ,
   writes = false,
   check = function(args)

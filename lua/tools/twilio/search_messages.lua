@@ -104,8 +104,16 @@ local function get_media(ctx, args)
       .. " not for sharing with recipients."):format(args.message_sid, T.plural(#out, "media file"),
       table.concat(kinds, ", "))
   end
+  -- each file as a resource link too (the URL needs the account's credentials)
+  local links = {}
+  for _, m in ipairs(out) do
+    if m.url then
+      links[#links + 1] = { type = "resource_link", uri = m.url, name = m.sid or m.url:match("[^/]+$"),
+                            mimeType = m.content_type }
+    end
+  end
   return { text = text, data = { action = "get_media", message_sid = args.message_sid, count = #out,
-                                 more = more, media = json.array(out) } }
+                                 more = more, media = json.array(out) }, content = links }
 end
 
 local handlers = { search = search, get_details = get_details, get_media = get_media }
@@ -142,23 +150,35 @@ return {
     required = { "action" },
     additionalProperties = false,
   },
+  -- one shape per action, told apart by `action`
   output_schema = {
     type = "object",
-    properties = {
-      action = { type = "string" },
-      count = { type = "integer" },
-      more = { type = "boolean" },
-      messages = { type = "array", items = T.message_schema(false) },
-      media = { type = "array", items = { type = "object", properties = {
+    oneOf = {
+      { type = "object", additionalProperties = false, required = { "action", "count", "more", "messages" },
+        properties = { action = { type = "string", const = "search" }, count = { type = "integer" },
+                       more = { type = "boolean" },
+                       messages = { type = "array", items = { ["$ref"] = "#/$defs/message" } } } },
+      (function()
+        local d = T.message_schema(true)
+        d.properties.action = { type = "string", const = "get_details" }
+        d.required, d.additionalProperties = { "action" }, false
+        return d
+      end)(),
+      { type = "object", additionalProperties = false, required = { "action", "message_sid", "count", "more", "media" },
+        properties = { action = { type = "string", const = "get_media" }, message_sid = { type = "string" },
+                       count = { type = "integer" }, more = { type = "boolean" },
+                       media = { type = "array", items = { ["$ref"] = "#/$defs/media" } } },
+        description = "get_media: the media files; each is also a resource_link content block." },
+    },
+    ["$defs"] = {
+      message = (function()
+        local m = T.message_schema(false)
+        m.additionalProperties = false
+        return m
+      end)(),
+      media = { type = "object", additionalProperties = false, properties = {
         sid = { type = "string" }, content_type = { type = "string" }, url = { type = "string" },
-        date_created = { type = "string" } } } },
-      message_sid = { type = "string" },
-      sid = { type = "string" }, status = { type = "string" }, direction = { type = "string" },
-      to = { type = "string" }, from = { type = "string" }, body = { type = "string" },
-      date_created = { type = "string" }, date_sent = { type = "string" }, date_updated = { type = "string" },
-      num_media = { type = "integer" }, segments = { type = "integer" }, price = { type = "number" },
-      price_unit = { type = "string" }, error_code = { type = "integer" }, error_message = { type = "string" },
-      error_explanation = { type = "string" }, messaging_service_sid = { type = "string" },
+        date_created = { type = "string" } } },
     },
   },
   annotations = T.READ,

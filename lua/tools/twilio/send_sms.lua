@@ -43,12 +43,15 @@ return {
   },
   output_schema = {
     type = "object",
+    additionalProperties = false,
+    required = { "to", "from", "outcome" },
     properties = {
       sid = { type = "string" }, status = { type = "string" }, to = { type = "string" },
       from = { type = "string" }, segments = { type = "integer" }, num_media = { type = "integer" },
       price = { type = "number" }, price_unit = { type = "string" }, date_created = { type = "string" },
       error_code = { type = "integer" }, error_explanation = { type = "string" },
-      outcome = { type = "string", description = "sent, failed or unknown" },
+      outcome = { type = "string", const = "sent",
+                  description = "sent: Twilio accepted it (an error result says failed or unknown)" },
     },
   },
   annotations = T.WRITE,

@@ -104,13 +104,23 @@ return {
     required = { "action", "to" },
     additionalProperties = false,
   },
+  -- one shape per action, told apart by `action`
   output_schema = {
     type = "object",
-    properties = {
-      action = { type = "string" }, sid = { type = "string" }, status = { type = "string" },
-      to = { type = "string" }, channel = { type = "string" }, approved = { type = "boolean" },
-      date_created = { type = "string" }, valid_minutes = { type = "integer" },
-      send_attempts = { type = "integer" }, outcome = { type = "string" },
+    oneOf = {
+      { type = "object", additionalProperties = false, required = { "action", "to", "channel", "valid_minutes", "outcome" },
+        properties = {
+          action = { type = "string", const = "send_code" }, sid = { type = "string" }, status = { type = "string" },
+          to = { type = "string" }, channel = { type = "string" }, date_created = { type = "string" },
+          valid_minutes = { type = "integer" }, send_attempts = { type = "integer" },
+          outcome = { type = "string", const = "sent" },
+        } },
+      { type = "object", additionalProperties = false, required = { "action", "approved", "status", "to" },
+        properties = {
+          action = { type = "string", const = "check_code" }, approved = { type = "boolean" },
+          status = { type = "string" }, sid = { type = "string" }, to = { type = "string" },
+          channel = { type = "string" },
+        } },
     },
   },
   annotations = T.WRITE,
