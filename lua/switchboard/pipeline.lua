@@ -10,6 +10,7 @@ local registry = require("switchboard.registry")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local sends = require("switchboard.sends")
+local taint = require("switchboard.taint")
 
 local M = {}
 
@@ -115,6 +116,9 @@ function M.run(rt, call)
   if conn then
     for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
   end
+  -- untrusted content this execution read (call.tainted) and who was sent to before
+  taint.view(rt, call, view)
+  if conn then view.sent_before = sends.sent_before(rt.db, s.tenant.id) end
   local d = rt.policies:evaluate(view)
   rec.policies = d.ran
   if d.failed then
@@ -207,7 +211,9 @@ function M.run(rt, call)
   if #flagged > 0 and res.notice ~= false then
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
-  return finish(result(text, res.data), d.decision, ctx.outcome or "ok", outcome_detail)
+  -- third-party text in the result: labelled, and the execution tainted
+  local out = taint.label(rt, call, tool, result(text, res.data))
+  return finish(out, d.decision, ctx.outcome or "ok", outcome_detail)
 end
 
 return M
