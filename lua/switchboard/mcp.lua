@@ -100,6 +100,8 @@ function Session:close()
   if self.closed then return end
   self.closed = true
   for _, call in pairs(self.calls) do call.cancelled = true end
+  -- the taint of the connection's own execution goes with it
+  require("switchboard.taint").forget(self.server, self.agent, self.execution_id)
   self.stream:close()
   self.server:forget(self)
 end

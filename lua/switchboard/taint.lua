@@ -278,7 +278,7 @@ local function record(rt, key, tool, found, now)
     if t.ndigits + #d > M.MAX_DIGITS then
       t.truncated = true
     elseif #d > 0 then
-      t.digits[#t.digits + 1] = d
+      t.digits[#t.digits + 1] = { d = d, from = fk }
       t.ndigits = t.ndigits + #d
     end
   end
@@ -296,25 +296,41 @@ end
 
 -- Does text (a recipient, a body, a URL) carry a number or a link that
 -- untrusted text held? Returns a description ("the number +1555…", "the
--- link evil.example") or nil. The counterparts' own numbers do not count.
+-- link evil.example") or nil. A sender's own number written in their own
+-- messages does not count (a reply to them may repeat it); in anyone
+-- else's it does.
 local function mention(t, text)
   if type(text) ~= "string" or text == "" then return nil end
-  -- read order and its reverse (a listing is newest first), so that a
-  -- number split across two messages is found too
-  local reversed = {}
-  for i = #t.digits, 1, -1 do reversed[#reversed + 1] = t.digits[i] end
-  local streams = { table.concat(t.digits), table.concat(reversed) }
   local candidates = numbers_in(text)
-  local whole, cc = number_key(text)
+  local whole = number_key(text)
   if whole and text:gsub("[%s%-%.%(%)]", ""):find("^%+?%d+$") then candidates[#candidates + 1] = whole end
+  local runs = {}
+  for run in detect.normalize(text):gmatch("%d+") do
+    if #run >= 7 and #run <= 15 then runs[#runs + 1] = run end
+  end
   for _, key in ipairs(candidates) do
-    if not t.counterparts[key] then
-      local _, kcc = number_key("+" .. key)
-      local nat = national(key, kcc or cc)
-      if #nat >= 6 then
-        for _, s in ipairs(streams) do
-          if s:find(nat, 1, true) then return "the number +" .. key end
-        end
+    -- the digits of every source but the number's own, in read order and
+    -- reversed (a listing is newest first), so that a number split across
+    -- two messages is found too
+    local fwd, rev = {}, {}
+    for _, e in ipairs(t.digits) do
+      if e.from ~= key then fwd[#fwd + 1] = e.d end
+    end
+    for i = #fwd, 1, -1 do rev[#rev + 1] = fwd[i] end
+    local _, cc = number_key("+" .. key)
+    local nat = national(key, cc)
+    if #nat >= 6 then
+      for _, stream in ipairs({ table.concat(fwd), table.concat(rev) }) do
+        if stream:find(nat, 1, true) then return "the number +" .. key end
+      end
+    end
+  end
+  -- unbroken runs of digits (an account number, a number written
+  -- without separators) found in untrusted text
+  for _, run in ipairs(runs) do
+    for _, e in ipairs(t.digits) do
+      if e.d:find(run, 1, true) or (#run == 11 and run:sub(1, 1) == "1" and e.d:find(run:sub(2), 1, true)) then
+        if e.from ~= number_key("+" .. run) then return "the number " .. run end
       end
     end
   end
