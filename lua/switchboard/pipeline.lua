@@ -212,7 +212,7 @@ function M.run(rt, call)
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
   -- third-party text in the result: labelled, and the execution tainted
-  local out = taint.label(rt, call, tool, result(text, res.data))
+  local out = taint.label(rt, call, tool, result(text, res.data), function() loop.sleep(0) end)
   return finish(out, d.decision, ctx.outcome or "ok", outcome_detail)
 end
 

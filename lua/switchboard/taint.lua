@@ -170,15 +170,20 @@ end
 
 local function digits_of(text) return (detect.normalize(text):gsub("%D", "")) end
 
--- The phone numbers in text, as keys (E.164 digits where they parse).
+-- The phone numbers in text, as keys: the digits after a "+"; a national
+-- form of 10 digits (or 11 starting with 1) as a NANP number. Without
+-- libphonenumber here: a long result holds many numbers, and this runs on
+-- the event loop.
 local function numbers_in(text)
   local out, norm = {}, detect.normalize(text)
   for _, f in ipairs(detect.scan(text)) do
     if f.category == "phone" then
       local raw = norm:sub(f.start, f.stop)
-      local key = number_key(raw:find("^%+") and raw or ("+1" .. raw:gsub("%D", ""):gsub("^1", "")))
-      if not key or #key < 8 then key = number_key(raw) end
-      if key then out[#out + 1] = key end
+      local d = raw:gsub("%D", "")
+      if not raw:find("^%+") then
+        if #d == 10 then d = "1" .. d end
+      end
+      if #d >= 6 then out[#out + 1] = d end
     end
   end
   return out
@@ -190,7 +195,7 @@ local function hosts_in(text)
   local out, seen = {}, {}
   local norm = detect.normalize(text):lower()
   for token in norm:gmatch("[%w%-%._~:/%%?#=&@+]+") do
-    local t = token:gsub("^[%p]+", ""):gsub("[%.,;:!?%)]+$", "")
+    local t = token:sub(1, 2048):gsub("^[%p]+", ""):gsub("[%.,;:!?%)]+$", "")
     if t:find("^%a[%w+.-]*://") or t:find("^[%w%-]+%.[%w%-%.]*%a%a") then
       local u = http.parse(t:find("://", 1, true) and t or ("http://" .. t))
       local host = u and u.host and u.host:gsub("^www%.", ""):gsub("%.$", "")
@@ -243,8 +248,10 @@ local function evict(st)
   if ok then st.by[ok], st.n = nil, st.n - 1 end
 end
 
--- Record what a call read: the labelled values of one result.
-local function record(rt, key, tool, found, now)
+-- Record what a call read: the labelled values of one result. pause()
+-- (when given) lets the loop serve others between slices of a long result.
+local SLICE = 20
+local function record(rt, key, tool, found, now, pause)
   local st = store(rt)
   local t = get(rt, key, now)
   if not t then
@@ -256,7 +263,9 @@ local function record(rt, key, tool, found, now)
   end
   t.at = now
   local when = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(now))
-  for _, f in ipairs(found) do
+  local keys = {}
+  for i, f in ipairs(found) do
+    if pause and i % SLICE == 0 then pause() end
     t.count = t.count + 1
     local from = f.from and f.from:gsub("^whatsapp:", "")
     if #t.sources < M.MAX_SOURCES then
@@ -264,7 +273,11 @@ local function record(rt, key, tool, found, now)
     else
       t.truncated = true
     end
-    local fk = number_key(from)
+    local fk = from and keys[from]
+    if from and fk == nil then
+      fk = number_key(from) or false
+      keys[from] = fk
+    end
     if fk then t.counterparts[fk] = from end
     local function add(list, v)
       if t.seen[list .. v] then return end
@@ -278,7 +291,7 @@ local function record(rt, key, tool, found, now)
     if t.ndigits + #d > M.MAX_DIGITS then
       t.truncated = true
     elseif #d > 0 then
-      t.digits[#t.digits + 1] = { d = d, from = fk }
+      t.digits[#t.digits + 1] = { d = d, from = fk or nil }
       t.ndigits = t.ndigits + #d
     end
   end
@@ -372,7 +385,8 @@ local function sanitize(v)
 end
 
 -- Label a successful CallToolResult r of tool and record the taint.
-function M.label(rt, call, tool, r)
+-- pause: an optional function that yields to the loop (see record).
+function M.label(rt, call, tool, r, pause)
   if not tool.untrusted or type(r.structuredContent) ~= "table" then return r end
   local found = M.collect(tool.untrusted, r.structuredContent)
   if #found == 0 then return r end
@@ -414,7 +428,7 @@ function M.label(rt, call, tool, r)
         .. (#pointers > 10 and ", …" or ""), M.OPEN, M.CLOSE)
   end
   local key = key_of(call.session.agent, call.execution_id)
-  if key then record(rt, key, tool.name, found, os.time()) end
+  if key then record(rt, key, tool.name, found, os.time(), pause) end
   return r
 end
 

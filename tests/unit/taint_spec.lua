@@ -127,6 +127,15 @@ describe("taint labels and store", function()
     assert.truthy(m("+14155550181"))
   end)
 
+  it("lets the loop serve others while it records a long result", function()
+    local rt, pauses, messages = {}, 0, {}
+    for i = 1, 100 do messages[i] = { body = "call +1 212 555 9990", from = "+14155550177" } end
+    local r = { content = { { type = "text", text = "Found." } }, structuredContent = { messages = messages } }
+    taint.label(rt, call(1, "long"), { name = "s", untrusted = SEARCH }, r, function() pauses = pauses + 1 end)
+    assert.equal(100 // 20, pauses)
+    assert.equal(100, taint.view(rt, call(1, "long"), {}).tainted.count)
+  end)
+
   it("is bounded: past MAX_DIGITS it says so, past MAX_EXECUTIONS the least recently used goes", function()
     local rt = {}
     read(rt, call(1, "big"), { { body = ("1"):rep(taint.MAX_DIGITS + 1), from = "+14155550177" } })
