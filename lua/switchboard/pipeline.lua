@@ -83,6 +83,8 @@ function M.run(rt, call)
     rec.decision, rec.outcome, rec.detail = decision, outcome, detail
     rec.duration_ms = (loop.time() - t0) * 1000
     rt.audit:record(rec)
+    -- third-party text in a successful result: labelled, and the execution tainted
+    if res and not res.isError then res = taint.label(rt, call, tool, res, function() loop.sleep(0) end) end
     return res
   end
 
@@ -211,9 +213,7 @@ function M.run(rt, call)
   if #flagged > 0 and res.notice ~= false then
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
-  -- third-party text in the result: labelled, and the execution tainted
-  local out = taint.label(rt, call, tool, result(text, res.data), function() loop.sleep(0) end)
-  return finish(out, d.decision, ctx.outcome or "ok", outcome_detail)
+  return finish(result(text, res.data), d.decision, ctx.outcome or "ok", outcome_detail)
 end
 
 return M
