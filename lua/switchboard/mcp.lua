@@ -136,6 +136,8 @@ end
 function Session:close()
   if self.closed then return end
   self.closed = true
+  -- the taint of the connection's own execution goes with it
+  require("switchboard.taint").forget(self.server, self.agent, self.execution_id)
   for _, call in pairs(self.calls) do call.cancelled = true end
   self.transport:close()
   self.server:forget(self)

@@ -10,6 +10,7 @@ local registry = require("switchboard.registry")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local sends = require("switchboard.sends")
+local taint = require("switchboard.taint")
 
 local M = {}
 
@@ -202,6 +203,8 @@ function M.run(rt, call)
     rec.decision, rec.outcome, rec.detail = decision, outcome, detail
     rec.duration_ms = (loop.time() - t0) * 1000
     rt.audit:record(rec)
+    -- third-party text in a successful result: labelled, and the execution tainted
+    if res and not res.isError then res = taint.label(rt, call, tool, res, function() loop.sleep(0) end) end
     return res
   end
 
@@ -235,6 +238,9 @@ function M.run(rt, call)
   if conn then
     for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
   end
+  -- untrusted content this execution read (call.tainted) and who was sent to before
+  taint.view(rt, call, view)
+  if conn then view.sent_before = sends.sent_before(rt.db, s.tenant.id) end
   local d = rt.policies:evaluate(view)
   rec.policies = d.ran
   if d.failed then

@@ -16,7 +16,7 @@ local annotation_keys = { title = "string", readOnlyHint = "boolean", destructiv
 local known_fields = { name = true, title = true, description = true, group = true,
                        input_schema = true, output_schema = true, annotations = true,
                        writes = true, handler = true, check = true, timeout = true,
-                       instructions = true, connection = true }
+                       instructions = true, connection = true, untrusted = true }
 
 -- What the pipeline itself puts in structuredContent, whatever the tool
 -- (an error the handler returned, a call held or escalated): every
@@ -58,6 +58,26 @@ local function plain_text(s)
     if (cp >= 0x200B and cp <= 0x200F) or (cp >= 0x202A and cp <= 0x202E)
       or (cp >= 0x2060 and cp <= 0x2064) or cp == 0xFEFF or (cp >= 0xE0000 and cp <= 0xE007F) then
       return false
+    end
+  end
+  return true
+end
+
+-- `untrusted`: the result fields that carry third-party text (see
+-- switchboard.taint); each path must name a field of the outputSchema.
+local function check_untrusted(def)
+  if def.untrusted == nil then return true end
+  local ok, err = require("switchboard.taint").check_declaration(def.untrusted)
+  if not ok then return nil, err end
+  for i, e in ipairs(def.untrusted) do
+    local path = type(e) == "string" and e or e[1]
+    local node = def.output_schema
+    for name, list in path:gmatch("([%w_]+)(%[?%]?)") do
+      node = type(node) == "table" and node.properties and node.properties[name]
+      if node and list == "[]" then node = node.items end
+      if not node then
+        return nil, ("untrusted[%d]: '%s' is not a field of the output_schema"):format(i, path)
+      end
     end
   end
   return true
@@ -130,6 +150,8 @@ function M.check(def)
   if def.connection ~= nil and (type(def.connection) ~= "string" or not def.connection:match("^%l+$")) then
     return nil, "connection: must name a provider, such as \"twilio\""
   end
+  ok, err = check_untrusted(def)
+  if not ok then return nil, err end
   local tool = {}
   for k, v in pairs(def) do tool[k] = v end
   tool.writes_spec = writes

@@ -244,6 +244,17 @@ function M.policy_helpers(db, tenant_id)
   }
 end
 
+-- call.sent_before(recipient) for policies: has the tenant sent to this
+-- recipient before (a send Twilio accepted)? Raises when it cannot tell.
+function M.sent_before(db, tenant_id)
+  return function(recipient)
+    local r, err = db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND recipient = ? AND sid IS NOT NULL LIMIT 1",
+      tenant_id, recipient)
+    if r == nil and err then error("the send records could not be read: " .. tostring(err), 0) end
+    return r ~= nil
+  end
+end
+
 -- A client for a tenant's stored connection (recovery runs outside calls).
 local function with_client(rt, tenant_id, fn)
   local conn_mod = require("switchboard.twilio.connection")

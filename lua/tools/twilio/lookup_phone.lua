@@ -146,6 +146,9 @@ return {
   },
   annotations = T.READ,
   writes = false,
+  -- Third-party text (switchboard.taint): the caller name (CNAM) is set by
+  -- whoever holds the number.
+  untrusted = { { "caller_name.caller_name", from = "phone_number" } },
   handler = function(ctx, args)
     local c = ctx.twilio
     local requested = args.fields or { "line_type_intelligence" }

@@ -171,6 +171,9 @@ return {
   output_schema = OUTPUT,
   annotations = T.READ,
   writes = false,
+  -- Third-party text (switchboard.taint): a call's caller name (CNAM) is
+  -- set by whoever holds the calling number.
+  untrusted = { { "caller_name", from = "from" } },
   check = function(args)
     local ok, err = T.only(args, ACTIONS[args.action], args.action, { limit = 20 })
     if not ok then return nil, err end

@@ -183,6 +183,16 @@ return {
   },
   annotations = T.READ,
   writes = false,
+  -- Third-party text (switchboard.taint): the bodies of messages people
+  -- sent to the tenant, from their sender, and media URLs (what a sender
+  -- attached). Outbound bodies are the tenant's own words (sent under the
+  -- same guard), so they are not labelled; a message whose direction is
+  -- missing counts as inbound.
+  untrusted = {
+    { "messages[].body", from = "messages[].from", except = { ["messages[].direction"] = "^outbound" } },
+    { "body", from = "from", except = { direction = "^outbound" } },
+    "media[].url",
+  },
   check = function(args)
     local ok, err = T.only(args, ACTIONS[args.action], args.action, { limit = 20 })
     if not ok then return nil, err end
