@@ -65,19 +65,43 @@ end
 
 -- `untrusted`: the result fields that carry third-party text (see
 -- switchboard.taint); each path must name a field of the outputSchema.
+-- Does the output schema have this field path ("a.b", "list[].c")? It
+-- follows local $refs into $defs and tries each oneOf/anyOf alternative.
+local function has_path(root, node, steps, i, depth)
+  if type(node) ~= "table" or depth > 32 then return false end
+  if type(node["$ref"]) == "string" then
+    local name = node["$ref"]:match("^#/%$defs/(.+)$")
+    return has_path(root, name and root["$defs"] and root["$defs"][name], steps, i, depth + 1)
+  end
+  for _, key in ipairs({ "oneOf", "anyOf" }) do
+    for _, alt in ipairs(node[key] or {}) do
+      if has_path(root, alt, steps, i, depth + 1) then return true end
+    end
+  end
+  local step = steps[i]
+  if not step then return true end
+  local child = node.properties and node.properties[step.name]
+  if child and step.list then
+    -- the list's items, possibly behind a $ref
+    while type(child) == "table" and child["$ref"] and depth < 32 do
+      local name = child["$ref"]:match("^#/%$defs/(.+)$")
+      child, depth = name and root["$defs"] and root["$defs"][name], depth + 1
+    end
+    child = type(child) == "table" and child.items
+  end
+  return child ~= nil and has_path(root, child, steps, i + 1, depth + 1)
+end
+
 local function check_untrusted(def)
   if def.untrusted == nil then return true end
   local ok, err = require("switchboard.taint").check_declaration(def.untrusted)
   if not ok then return nil, err end
   for i, e in ipairs(def.untrusted) do
     local path = type(e) == "string" and e or e[1]
-    local node = def.output_schema
-    for name, list in path:gmatch("([%w_]+)(%[?%]?)") do
-      node = type(node) == "table" and node.properties and node.properties[name]
-      if node and list == "[]" then node = node.items end
-      if not node then
-        return nil, ("untrusted[%d]: '%s' is not a field of the output_schema"):format(i, path)
-      end
+    local steps = {}
+    for name, list in path:gmatch("([%w_]+)(%[?%]?)") do steps[#steps + 1] = { name = name, list = list == "[]" } end
+    if not has_path(def.output_schema, def.output_schema, steps, 1, 0) then
+      return nil, ("untrusted[%d]: '%s' is not a field of the output_schema"):format(i, path)
     end
   end
   return true
