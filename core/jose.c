@@ -115,9 +115,8 @@ l_keyset(lua_State *L)
   luaL_setmetatable(L, KEYSET_MT);
   ks->closed = false;
   for (lua_Integer i = 1; i <= count; i++) {
-    lua_geti(L, 1, i);
     size_t len;
-    const char *json = lua_tolstring(L, -1, &len);
+    const char *json = lua_geti(L, 1, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
     if (json == NULL)
       return luaL_error(L, "bad argument #1 to 'keyset' (item %d is not a string)", (int)i);
     if (strlen(json) != len || len > MAX_JWK) {
