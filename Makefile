@@ -15,11 +15,11 @@ CXXWARN  = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith
            -Wcast-qual -Wformat=2 -Wundef -Wwrite-strings -Wvla
 CXXFLAGS ?= -O2 -g
 ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
-LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lphonenumber -lsystemd -lm -ldl
+LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lcjose -lphonenumber -lsystemd -lm -ldl
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c core/phone.c core/fs.c core/notify.c
+       core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
 SRCS += core/init.c
@@ -27,7 +27,7 @@ SRCS += core/init.c
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
            libmicrohttpd-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl \
-           libsystemd-dev systemd mandoc
+           libsystemd-dev systemd mandoc libcjose-dev
 BENCH_PKGS = nginx-light
 FUZZ_PKGS = clang libclang-rt-14-dev
 # what `make package` needs besides DEB_PKGS

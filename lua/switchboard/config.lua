@@ -63,6 +63,28 @@ local spec = {
     ca_file = { type = "string" },
     credential_seconds = { type = "number", default = 300, min = 0 },
   } },
+  -- OAuth 2.1 access tokens for remote MCP clients (switchboard.oauth); off
+  -- unless issuer is set. The token's claims name the agent: the tenant is
+  -- `tenant` (one tenant for every token) or the `tenant_claim` claim, the
+  -- agent is the `agent_claim` claim's value, or agents[value] when the
+  -- agents map is not empty; it must be an existing, unrevoked agent.
+  oauth = { type = "table", fields = {
+    issuer = { type = "string" },
+    jwks_uri = { type = "string" },
+    resource = { type = "string" },
+    scopes = { type = "list", item = "string", default = {} },
+    scopes_supported = { type = "list", item = "string", default = {} },
+    algorithms = { type = "list", item = "string", default = {} }, -- empty: RS256, ES256
+    leeway = { type = "number", default = 30, min = 0 },
+    cache_seconds = { type = "number", default = 300, min = 0 },
+    refetch_seconds = { type = "number", default = 30, min = 0 },
+    fetch_timeout = { type = "number", default = 10, min = 1 },
+    ca_file = { type = "string" },
+    tenant = { type = "string" },
+    tenant_claim = { type = "string", default = "sb_tenant" },
+    agent_claim = { type = "string", default = "sub" },
+    agents = { type = "map", item = "string", default = {} },
+  } },
 }
 M.spec = spec
 

@@ -160,16 +160,31 @@ function Http:host_allowed(h)
   return has(self.allowed_hosts, h)
 end
 
--- The agent of the request's bearer token, or nil.
+-- The agent of the request's bearer token: an agent token (sbt_…), or,
+-- with oauth configured, an access token of the issuer (may yield to fetch
+-- its keys). Returns agent, or nil, err, status, code.
 function Http:agent(req)
-  local token = (req.headers.authorization or ""):match("^[Bb]earer +(%S+)$")
-  if not token then return nil end
-  return directory.authenticate(self.server.db, token)
+  local token = (req.headers.authorization or ""):match("^[Bb]earer +(%S+)%s*$")
+  if not token then return nil, nil, 401, nil end
+  if token:sub(1, 4) == "sbt_" or not self.oauth then
+    local agent = directory.authenticate(self.server.db, token)
+    if agent then return agent end
+    return nil, "unknown or revoked agent token", 401, "invalid_token"
+  end
+  return self.oauth:authenticate(token)
 end
 
-local function unauthorized(message)
-  return plain(401, mcp.UNAUTHORIZED, message,
-    { ["WWW-Authenticate"] = 'Bearer realm="switchboard", error="invalid_token"' })
+function Http:unauthorized(message, err, status, code)
+  local headers
+  if status == 503 then
+    headers = { ["Retry-After"] = "5" }
+  elseif self.oauth then
+    headers = { ["WWW-Authenticate"] = self.oauth:challenge(err, code) }
+  else
+    headers = { ["WWW-Authenticate"] = 'Bearer realm="switchboard", error="invalid_token"' }
+  end
+  if err then message = ("%s (%s)"):format(message, err) end
+  return plain(status or 401, mcp.UNAUTHORIZED, message, headers)
 end
 
 function Http:new_session(agent, stateless)
@@ -241,10 +256,13 @@ function Http:dispatch(hs, msg, req, extra_headers)
 end
 
 function Http:handle_mcp(req)
-  local agent = self:agent(req)
+  local agent, aerr, astatus, acode = self:agent(req)
   if not agent then
-    log.warn("http: %s %s from %s without a valid bearer token", req.method, req.path, req.remote)
-    return unauthorized("unauthorized: send the agent token as Authorization: Bearer sbt_…")
+    log.warn("http: %s %s from %s without a valid bearer token%s", req.method, req.path, req.remote,
+      aerr and (": " .. aerr) or "")
+    return self:unauthorized(self.oauth
+      and "unauthorized: send an access token of the issuer, or the agent token, as Authorization: Bearer …"
+      or "unauthorized: send the agent token as Authorization: Bearer sbt_…", aerr, astatus, acode)
   end
   local sid = req.headers["mcp-session-id"]
   local hs = sid and self.sessions[sid]
@@ -370,6 +388,11 @@ function Http:handle(req)
     end
     return 200, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }, metrics.render(self.server)
   end
+  if self.oauth and self.metadata_paths[req.path] and req.method == "GET" then
+    -- RFC 9728: where a client finds the authorization server; no token
+    return 200, { ["Content-Type"] = "application/json", ["Cache-Control"] = "max-age=300" },
+      json.encode(self.oauth:metadata())
+  end
   if req.path == "/mcp" then
     local ok, status, headers, body = xpcall(self.handle_mcp, debug.traceback, self, req)
     if not ok then
@@ -412,7 +435,14 @@ function M.start(server)
     return nil, ("http.listen %s is not a loopback address: set http.tls_cert and http.tls_key, or"
       .. " http.behind_tls_proxy = true when a TLS proxy is in front"):format(cfg.listen)
   end
-  local self = setmetatable({ server = server, cfg = cfg, sessions = {}, allowed_hosts = {} }, Http)
+  local self = setmetatable({ server = server, cfg = cfg, sessions = {}, allowed_hosts = {},
+                              metadata_paths = {} }, Http)
+  if server.cfg.oauth and server.cfg.oauth.issuer then
+    local auth, aerr = require("switchboard.oauth").new(server.cfg.oauth, { db = server.db })
+    if not auth then return nil, aerr end
+    self.oauth = auth
+    for _, p in ipairs(auth:metadata_paths()) do self.metadata_paths[p] = true end
+  end
   for _, h in ipairs(cfg.allowed_hosts) do self.allowed_hosts[#self.allowed_hosts + 1] = h:lower() end
   if not loopback and host ~= "0.0.0.0" and host ~= "::" then
     self.allowed_hosts[#self.allowed_hosts + 1] = host:find(":", 1, true) and "[" .. host .. "]" or host
@@ -431,6 +461,7 @@ end
 
 function Http:close()
   if self.sweeper then self.sweeper:close() self.sweeper = nil end
+  if self.oauth then self.oauth:close() self.oauth = nil end
   for _, hs in pairs(self.sessions) do hs.session:close() end
   if self.httpd then self.httpd:close() self.httpd = nil end
 end
