@@ -163,7 +163,9 @@ describe("core.vault", function()
       assert.equal(1, blob:byte(2))
       -- header 2 + IV 16 + one padded block 16 + tag 32
       assert.equal(2 + 16 + 16 + 32, #blob)
-      assert.equal(2 + 16 + 48 + 32, #wk)
+      -- the wrapped key: the 4-byte version prefix, then the v1 blob
+      assert.equal(4 + 2 + 16 + 48 + 32, #wk)
+      assert.equal("\0\0\0\1", wk:sub(1, 4))
     end)
 
     it("uses a fresh IV each time", function()
