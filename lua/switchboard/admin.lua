@@ -326,9 +326,9 @@ methods["vault.retire"] = function(self, p)
   local tenants = directory.tenants_on_version(self.db, master, version)
   local live = sessions_on_version(self, version)
   if #tenants > 0 or live > 0 then
-    refuse(("vault retire: key version %d is still in use: %d tenant%s' data key%s (%s) and %d connection%s;"
-      .. " run vault rotate to rewrap them"):format(version, #tenants, #tenants == 1 and "" or "s",
-      #tenants == 1 and "" or "s", table.concat(tenants, ", "), live, live == 1 and "" or "s"))
+    refuse(("vault retire: key version %d is still in use: it wraps the data keys of %d tenant%s (%s) and"
+      .. " %d connection%s; run vault rotate to rewrap them"):format(version, #tenants, #tenants == 1 and "" or "s",
+      table.concat(tenants, ", "), live, live == 1 and "" or "s"))
   end
   local ok, err = master:retire(path, version)
   if not ok then refuse("vault retire: " .. err) end
