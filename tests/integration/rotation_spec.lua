@@ -186,6 +186,18 @@ describe("vault rotate and retire", function()
     assert.is_true(v.ok, tostring(v.problem))
   end)
 
+  it("tells people what it did, and what to run next", function()
+    local out, code = srv.admin_text("vault rotate")
+    assert.are.equal(0, code, out)
+    assert.truthy(out:find("master key version 4 is the primary (versions held: 3, 4); 3 tenant data keys rewrapped",
+      1, true), out)
+    assert.truthy(out:find("`switchboard admin vault retire 3` removes it", 1, true), out)
+    out, code = srv.admin_text("vault retire 3")
+    assert.are.equal(0, code, out)
+    assert.truthy(out:find("master key version 3 retired: removed from the key file and from memory (versions held: 4)",
+      1, true), out)
+  end)
+
   it("refuses bad versions with the rule", function()
     local _, code, err = srv.admin("vault retire x")
     assert.are.equal(1, code)
