@@ -2,8 +2,9 @@
 ** vault.c -- core.vault: the master key, per-tenant data keys and the
 ** credential blobs they seal (OpenSSL 3, EVP APIs only).
 **
-** Envelope encryption: a master key (a 32-byte file) wraps one random
-** 32-byte data key per tenant; each data key seals that tenant's fields.
+** Envelope encryption: a master key wraps one random 32-byte data key per
+** tenant; each data key seals that tenant's fields. The master key has
+** versions (rotate adds one, retire removes an old one; see "Master").
 ** Both layers use the same v1 blob format, encrypt-then-MAC:
 **
 **   0x01 (version) | 0x01 (alg) | IV(16) | AES-256-CBC ciphertext | tag(32)
@@ -12,8 +13,8 @@
 **   tag = HMAC-SHA256(mac_key, version | alg | IV | ciphertext |
 **                     u64be(len tenant) | tenant | u64be(len field) | field)
 **
-** A wrapped data key is such a blob under the master key, with the field
-** "data-key". The tag is compared with CRYPTO_memcmp before any
+** A wrapped data key is such a blob under a master key version, with the
+** field "data-key", after a 4-byte prefix naming the version. The tag is compared with CRYPTO_memcmp before any
 ** decryption or unpadding, and every failure gives the same
 ** nil, "decryption failed".
 **
@@ -393,25 +394,53 @@ done:
 /* }====================================================== */
 
 
-/*
-** {======================================================
-** Master
-** =======================================================
-*/
+/* The master key set, in one locked allocation: the audit MAC key, then
+** one slot per master key version (a key-encryption key), oldest first;
+** the last is the primary, which wraps new and rewrapped data keys. The
+** older versions only unwrap, until they are retired.
+**
+** On disk a master key file is either the original 32 raw bytes (key
+** version 1; the audit key is then HKDF-SHA256(key, info "switchboard v1
+** audit")) or a key set, which `vault rotate` writes:
+**
+**   "SBMK" | 0x02 (format) | n (1..MAX_VERSIONS) | audit key(32) |
+**   n * (u32be version | key(32))          versions increasing, last primary
+**
+** The audit key is carried unchanged from the first key into every key set
+** (a rotation rotates the keys that wrap data keys, not the audit chain's
+** key), so the chain and its anchors verify across rotations.
+**
+** A wrapped data key under version v is u32be(v) | the v1 blob of the data
+** key under that version; a bare v1 blob (98 bytes, written before key
+** versions) is under version 1. The prefix is a hint: under another
+** version the blob's tag does not verify. */
+#define MAX_VERSIONS 16
+#define KEYSET_HDR 6
+#define KEYSET_FORMAT 0x02
+#define KEYSET_ENTRY (4 + KEY_LEN)
+#define KEYSET_LEN(n) (KEYSET_HDR + KEY_LEN + (size_t)(n) * KEYSET_ENTRY)
+#define KEYSET_MEM (KEY_LEN * (1 + MAX_VERSIONS))
+#define WRAP_PREFIX 4
+#define WRAPPED_LEN (WRAP_PREFIX + HDR_LEN + IV_LEN + WRAPPED_CT_LEN + TAG_LEN)
+#define LEGACY_WRAPPED_LEN (HDR_LEN + IV_LEN + WRAPPED_CT_LEN + TAG_LEN)
 
-/* key points to locked memory holding the master key (KEY_LEN bytes)
-** and, once audit_ready, the audit MAC key derived from it right after. */
+static const unsigned char keyset_magic[4] = { 'S', 'B', 'M', 'K' };
+
 typedef struct Master {
-  unsigned char *key;       /* NULL: closed */
+  unsigned char *mem;       /* NULL: closed */
   size_t maplen;
-  int audit_ready;
+  int n;                    /* versions held; slot n - 1 is the primary */
+  uint32_t ver[MAX_VERSIONS];
 } Master;
+
+#define AUDIT_KEY(m) ((m)->mem)
+#define SLOT_KEY(m, i) ((m)->mem + KEY_LEN + (size_t)(i) * KEY_LEN)
 
 static Master *
 check_master(lua_State *L)
 {
   Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
-  if (m->key == NULL)
+  if (m->mem == NULL)
     luaL_error(L, "attempt to use a closed master key");
   return m;
 }
@@ -420,11 +449,11 @@ static int
 master_close(lua_State *L)
 {
   Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
-  if (m->key != NULL) {
-    sec_free(m->key, m->maplen);
-    m->key = NULL;
+  if (m->mem != NULL) {
+    sec_free(m->mem, m->maplen);
+    m->mem = NULL;
     m->maplen = 0;
-    m->audit_ready = 0;
+    m->n = 0;
   }
   return 0;
 }
@@ -433,7 +462,7 @@ static int
 master_tostring(lua_State *L)
 {
   Master *m = (Master *)luaL_checkudata(L, 1, MASTER_MT);
-  lua_pushstring(L, m->key == NULL ? MASTER_MT " (closed)" : MASTER_MT);
+  lua_pushstring(L, m->mem == NULL ? MASTER_MT " (closed)" : MASTER_MT);
   return 1;
 }
 
@@ -442,11 +471,35 @@ static Master *
 new_master(lua_State *L)
 {
   Master *m = (Master *)lua_newuserdatauv(L, sizeof *m, 0);
-  m->key = NULL;
-  m->maplen = 0;
-  m->audit_ready = 0;
+  memset(m, 0, sizeof *m);
   luaL_setmetatable(L, MASTER_MT);
   return m;
+}
+
+/* the slot of version v, or -1 */
+static int
+find_version(const Master *m, uint32_t v)
+{
+  for (int i = 0; i < m->n; i++)
+    if (m->ver[i] == v)
+      return i;
+  return -1;
+}
+
+static void
+put_u32be(unsigned char out[4], uint32_t v)
+{
+  out[0] = (unsigned char)(v >> 24);
+  out[1] = (unsigned char)(v >> 16);
+  out[2] = (unsigned char)(v >> 8);
+  out[3] = (unsigned char)v;
+}
+
+static uint32_t
+get_u32be(const unsigned char in[4])
+{
+  return ((uint32_t)in[0] << 24) | ((uint32_t)in[1] << 16)
+         | ((uint32_t)in[2] << 8) | (uint32_t)in[3];
 }
 
 /* [-0, +2, m] nil, "master key file <path>: <why>" */
@@ -486,6 +539,39 @@ write_full(int fd, const unsigned char *buf, size_t len)
     done += (size_t)n;
   }
   return 0;
+}
+
+/* Fill m (its memory allocated) from the file's len bytes in buf: a raw
+** 32-byte key or a key set. NULL, or why not. */
+static const char *
+parse_keyset(Master *m, const unsigned char *buf, size_t len)
+{
+  if (len == KEY_LEN) {
+    memcpy(SLOT_KEY(m, 0), buf, KEY_LEN);
+    m->ver[0] = 1;
+    m->n = 1;
+    if (hkdf_one(SLOT_KEY(m, 0), info_audit, sizeof info_audit - 1,
+                 AUDIT_KEY(m)) != 0)
+      return "audit key derivation failed";
+    return NULL;
+  }
+  if (len < KEYSET_LEN(1) || memcmp(buf, keyset_magic, 4) != 0
+      || buf[4] != KEYSET_FORMAT)
+    return "is neither a 32-byte key nor a key set";
+  int n = buf[5];
+  if (n < 1 || n > MAX_VERSIONS || len != KEYSET_LEN(n))
+    return "key set: its count of versions does not match its size";
+  const unsigned char *p = buf + KEYSET_HDR + KEY_LEN;
+  for (int i = 0; i < n; i++, p += KEYSET_ENTRY) {
+    uint32_t v = get_u32be(p);
+    if (v == 0 || (i > 0 && v <= m->ver[i - 1]))
+      return "key set: versions must be increasing whole numbers from 1";
+    m->ver[i] = v;
+    memcpy(SLOT_KEY(m, i), p + 4, KEY_LEN);
+  }
+  memcpy(AUDIT_KEY(m), buf + KEYSET_HDR, KEY_LEN);
+  m->n = n;
+  return NULL;
 }
 
 /* vault.load_master(path) -> Master | nil, err */
@@ -528,27 +614,42 @@ vault_load_master(lua_State *L)
              (st.st_mode & 044) != 0 ? "read" : "access");
     return master_fail(L, path, why);
   }
-  if (st.st_size != KEY_LEN) {
+  if (st.st_size != KEY_LEN
+      && (st.st_size < (off_t)KEYSET_LEN(1)
+          || st.st_size > (off_t)KEYSET_LEN(MAX_VERSIONS))) {
     close(fd);
-    snprintf(why, sizeof why, "size is %lld bytes, must be exactly %d",
+    snprintf(why, sizeof why,
+             "size is %lld bytes, must be exactly %d (a key) or a key set's",
              (long long)st.st_size, KEY_LEN);
     return master_fail(L, path, why);
   }
-  size_t maplen = 0;
-  unsigned char *key = sec_alloc(2 * KEY_LEN, &maplen);
-  if (key == NULL) {
+  size_t len = (size_t)st.st_size;
+  size_t maplen = 0, buflen = 0;
+  unsigned char *mem = sec_alloc(KEYSET_MEM, &maplen);
+  unsigned char *buf = sec_alloc(len, &buflen);
+  if (mem == NULL || buf == NULL) {
     close(fd);
+    sec_free(mem, maplen);
+    sec_free(buf, buflen);
     return master_fail(L, path, "cannot allocate locked memory");
   }
-  if (read_full(fd, key, KEY_LEN) != 0) {
+  if (read_full(fd, buf, len) != 0) {
     int e = errno;
     close(fd);
-    sec_free(key, maplen);
+    sec_free(mem, maplen);
+    sec_free(buf, buflen);
     return master_fail(L, path, e != 0 ? strerror(e) : "short read");
   }
   close(fd);
-  m->key = key;
+  m->mem = mem;
   m->maplen = maplen;
+  const char *bad = parse_keyset(m, buf, len);
+  sec_free(buf, buflen);
+  if (bad != NULL) {
+    sec_free(m->mem, m->maplen);
+    memset(m, 0, sizeof *m);
+    return master_fail(L, path, bad);
+  }
   return 1;
 }
 
@@ -585,6 +686,7 @@ vault_create_master(lua_State *L)
   return 1;
 }
 
+
 /* [-0, +2, m] nil, "<path>: <why>" */
 static int
 file_fail(lua_State *L, const char *path, int e)
@@ -594,31 +696,23 @@ file_fail(lua_State *L, const char *path, int e)
   return 2;
 }
 
-/* vault.write_private(path, data) -> true | nil, err
-** Replaces path atomically: data goes to "<path>.tmp" (created anew, mode
-** 0600, never through a symlink), is fsynced, renamed over path, and the
-** directory is fsynced so the rename survives a crash. */
+/* Replace path atomically with len bytes of data: they go to tmp (created
+** anew, mode 0600, never through a symlink), are fsynced, renamed over
+** path, and dir is fsynced so the rename survives a crash. 0, or an errno
+** and in *failed the name it is about. */
 static int
-vault_write_private(lua_State *L)
+write_private_file(const char *path, const char *tmp, const char *dir,
+                   const unsigned char *data, size_t len, const char **failed)
 {
-  size_t plen, len;
-  const char *path = luaL_checklstring(L, 1, &plen);
-  const char *data = luaL_checklstring(L, 2, &len);
-  luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1,
-                "a path without NUL bytes");
-  const char *tmp = lua_pushfstring(L, "%s.tmp", path);
-  const char *slash = strrchr(path, '/');
-  const char *dir = slash == NULL ? "."
-                    : slash == path ? "/"
-                    : lua_pushlstring(L, path, (size_t)(slash - path));
+  *failed = tmp;
   if (unlink(tmp) != 0 && errno != ENOENT)
-    return file_fail(L, tmp, errno);
+    return errno;
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                 0600);
   if (fd < 0)
-    return file_fail(L, tmp, errno);
-  int ok = fchmod(fd, 0600) == 0
-           && write_full(fd, (const unsigned char *)data, len) == 0
+    return errno;
+  *failed = path;
+  int ok = fchmod(fd, 0600) == 0 && write_full(fd, data, len) == 0
            && fsync(fd) == 0;
   int e = errno;
   if (close(fd) != 0 && ok) {
@@ -631,18 +725,83 @@ vault_write_private(lua_State *L)
   }
   if (!ok) {
     unlink(tmp);
-    return file_fail(L, path, e != 0 ? e : EIO);
+    return e != 0 ? e : EIO;
   }
+  *failed = dir;
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
-    return file_fail(L, dir, errno);
+    return errno;
   ok = fsync(dfd) == 0;
   e = errno;
   close(dfd);
-  if (!ok)
-    return file_fail(L, dir, e);
+  return ok ? 0 : (e != 0 ? e : EIO);
+}
+
+/* [-0, +2, m] "<path>.tmp" and the directory of path, for
+** write_private_file */
+static void
+push_tmp_dir(lua_State *L, const char *path, const char **tmp,
+             const char **dir)
+{
+  *tmp = lua_pushfstring(L, "%s.tmp", path);
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL)
+    *dir = lua_pushstring(L, ".");
+  else if (slash == path)
+    *dir = lua_pushstring(L, "/");
+  else
+    *dir = lua_pushlstring(L, path, (size_t)(slash - path));
+}
+
+/* vault.write_private(path, data) -> true | nil, err
+** Replaces path atomically (write_private_file). */
+static int
+vault_write_private(lua_State *L)
+{
+  size_t plen, len;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  const char *data = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1,
+                "a path without NUL bytes");
+  const char *tmp, *dir, *failed;
+  push_tmp_dir(L, path, &tmp, &dir);
+  int e = write_private_file(path, tmp, dir, (const unsigned char *)data, len,
+                             &failed);
+  if (e != 0)
+    return file_fail(L, failed, e);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* Write m's key set, without slot skip (or -1), to path. 0 or an errno,
+** *failed naming the file. */
+static int
+save_keyset(lua_State *L, const Master *m, int count, int skip,
+            const char *path, const char **failed)
+{
+  int n = count - (skip >= 0 ? 1 : 0);
+  size_t len = KEYSET_LEN(n), maplen = 0;
+  unsigned char *buf = sec_alloc(len, &maplen);
+  *failed = path;
+  if (buf == NULL)
+    return ENOMEM;
+  memcpy(buf, keyset_magic, 4);
+  buf[4] = KEYSET_FORMAT;
+  buf[5] = (unsigned char)n;
+  memcpy(buf + KEYSET_HDR, AUDIT_KEY(m), KEY_LEN);
+  unsigned char *p = buf + KEYSET_HDR + KEY_LEN;
+  for (int i = 0; i < count; i++) {
+    if (i == skip)
+      continue;
+    put_u32be(p, m->ver[i]);
+    memcpy(p + 4, SLOT_KEY(m, i), KEY_LEN);
+    p += KEYSET_ENTRY;
+  }
+  const char *tmp, *dir;
+  push_tmp_dir(L, path, &tmp, &dir);
+  int e = write_private_file(path, tmp, dir, buf, len, failed);
+  sec_free(buf, maplen);
+  return e;
 }
 
 /* Unwrap the data key of tenant into dek; 0 or -1. */
@@ -654,11 +813,21 @@ unwrap_dek(Master *m, const char *tenant, size_t tlen, const char *wrapped,
   ** 48 bytes of ciphertext, decrypted into the room OpenSSL documents */
   unsigned char buf[OPEN_ROOM(WRAPPED_CT_LEN)];
   size_t n = 0;
-  if (wlen != sealed_len(KEY_LEN))
+  uint32_t v = 1;
+  const unsigned char *blob = (const unsigned char *)wrapped;
+  if (wlen == WRAPPED_LEN) {
+    v = get_u32be(blob);
+    blob += WRAP_PREFIX;
+    wlen -= WRAP_PREFIX;
+  } else if (wlen != LEGACY_WRAPPED_LEN) {
     return -1;
-  if (open_raw(m->key, tenant, tlen, (const char *)field_data_key,
-               sizeof field_data_key - 1, (const unsigned char *)wrapped,
-               wlen, buf, sizeof buf, &n) != 0)
+  }
+  int slot = find_version(m, v);
+  if (slot < 0)
+    return -1;
+  if (open_raw(SLOT_KEY(m, slot), tenant, tlen, (const char *)field_data_key,
+               sizeof field_data_key - 1, blob, wlen, buf, sizeof buf,
+               &n) != 0)
     return -1;
   int rc = -1;
   if (n == KEY_LEN) {
@@ -669,27 +838,174 @@ unwrap_dek(Master *m, const char *tenant, size_t tlen, const char *wrapped,
   return rc;
 }
 
-/* master:new_data_key(tenant_id) -> wrapped key | nil, err */
+/* Wrap dek for tenant under the primary version into out (WRAPPED_LEN
+** bytes). 0 or -1. */
+static int
+wrap_dek(Master *m, const char *tenant, size_t tlen,
+         const unsigned char dek[KEY_LEN], unsigned char out[WRAPPED_LEN])
+{
+  int slot = m->n - 1;
+  put_u32be(out, m->ver[slot]);
+  return seal_raw(SLOT_KEY(m, slot), tenant, tlen,
+                  (const char *)field_data_key, sizeof field_data_key - 1,
+                  dek, KEY_LEN, out + WRAP_PREFIX, WRAPPED_LEN - WRAP_PREFIX);
+}
+
+/* master:new_data_key(tenant_id) -> wrapped key, version | nil, err */
 static int
 master_new_data_key(lua_State *L)
 {
   Master *m = check_master(L);
   size_t tlen;
   const char *tenant = luaL_checklstring(L, 2, &tlen);
-  size_t outlen = sealed_len(KEY_LEN);
-  unsigned char *out = (unsigned char *)lua_newuserdatauv(L, outlen, 0);
+  unsigned char out[WRAPPED_LEN];
   unsigned char dek[KEY_LEN];
   int rc = -1;
   if (RAND_bytes(dek, KEY_LEN) == 1)
-    rc = seal_raw(m->key, tenant, tlen, (const char *)field_data_key,
-                  sizeof field_data_key - 1, dek, KEY_LEN, out, outlen);
+    rc = wrap_dek(m, tenant, tlen, dek, out);
   OPENSSL_cleanse(dek, sizeof dek);
   if (rc != 0) {
     luaL_pushfail(L);
     lua_pushliteral(L, "cannot create a data key");
     return 2;
   }
-  lua_pushlstring(L, (const char *)out, outlen);
+  lua_pushlstring(L, (const char *)out, sizeof out);
+  lua_pushinteger(L, (lua_Integer)m->ver[m->n - 1]);
+  return 2;
+}
+
+/* master:rewrap(wrapped_key, tenant_id) -> wrapped key, version | nil, err
+** The same data key, wrapped under the primary version; it never leaves
+** C. */
+static int
+master_rewrap(lua_State *L)
+{
+  Master *m = check_master(L);
+  size_t wlen, tlen;
+  const char *wrapped = luaL_checklstring(L, 2, &wlen);
+  const char *tenant = luaL_checklstring(L, 3, &tlen);
+  unsigned char out[WRAPPED_LEN];
+  unsigned char dek[KEY_LEN];
+  if (unwrap_dek(m, tenant, tlen, wrapped, wlen, dek) != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, DECRYPT_FAILED);
+    return 2;
+  }
+  int rc = wrap_dek(m, tenant, tlen, dek, out);
+  OPENSSL_cleanse(dek, sizeof dek);
+  if (rc != 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "encryption failed");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, sizeof out);
+  lua_pushinteger(L, (lua_Integer)m->ver[m->n - 1]);
+  return 2;
+}
+
+/* master:key_version(wrapped_key) -> the version its prefix names (1 for a
+** bare blob) | nil for no wrapped key at all. A hint only: it does not say
+** the key opens. */
+static int
+master_key_version(lua_State *L)
+{
+  check_master(L);
+  size_t wlen;
+  const char *w = luaL_checklstring(L, 2, &wlen);
+  if (wlen == WRAPPED_LEN)
+    lua_pushinteger(L, (lua_Integer)get_u32be((const unsigned char *)w));
+  else if (wlen == LEGACY_WRAPPED_LEN)
+    lua_pushinteger(L, 1);
+  else
+    luaL_pushfail(L);
+  return 1;
+}
+
+/* master:versions() -> { versions held, oldest first }, primary version */
+static int
+master_versions(lua_State *L)
+{
+  Master *m = check_master(L);
+  lua_createtable(L, m->n, 0);
+  for (int i = 0; i < m->n; i++) {
+    lua_pushinteger(L, (lua_Integer)m->ver[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushinteger(L, (lua_Integer)m->ver[m->n - 1]);
+  return 2;
+}
+
+/* master:rotate(path) -> new version | nil, err
+** A new random key version becomes the primary. The whole key set is
+** written to path (atomically, mode 0600) before the new version is used,
+** so nothing is ever wrapped under a key the file lacks. */
+static int
+master_rotate(lua_State *L)
+{
+  Master *m = check_master(L);
+  const char *path = luaL_checkstring(L, 2);
+  char why[120];
+  if (m->n >= MAX_VERSIONS) {
+    snprintf(why, sizeof why,
+             "holds %d key versions, the most it can; retire one first",
+             m->n);
+    return master_fail(L, path, why);
+  }
+  uint32_t v = m->ver[m->n - 1];
+  if (v == UINT32_MAX)
+    return master_fail(L, path, "no key version is left after this one");
+  unsigned char *slot = SLOT_KEY(m, m->n);
+  if (RAND_bytes(slot, KEY_LEN) != 1) {
+    OPENSSL_cleanse(slot, KEY_LEN);
+    return master_fail(L, path, "random generator failure");
+  }
+  m->ver[m->n] = v + 1;
+  const char *failed;
+  int e = save_keyset(L, m, m->n + 1, -1, path, &failed);
+  if (e != 0) {
+    OPENSSL_cleanse(slot, KEY_LEN);
+    return master_fail(L, failed, strerror(e));
+  }
+  m->n++;
+  lua_pushinteger(L, (lua_Integer)(v + 1));
+  return 1;
+}
+
+/* master:retire(path, version) -> true | nil, err
+** Removes an older version: from path first (atomically), then from
+** memory, its key wiped. The caller checks that nothing is wrapped
+** under it. */
+static int
+master_retire(lua_State *L)
+{
+  Master *m = check_master(L);
+  const char *path = luaL_checkstring(L, 2);
+  lua_Integer v = luaL_checkinteger(L, 3);
+  char why[120];
+  int slot = v >= 1 && v <= (lua_Integer)UINT32_MAX
+             ? find_version(m, (uint32_t)v) : -1;
+  if (slot < 0) {
+    snprintf(why, sizeof why, "holds no key version %lld", (long long)v);
+    return master_fail(L, path, why);
+  }
+  if (slot == m->n - 1) {
+    snprintf(why, sizeof why,
+             "version %lld is the primary key; rotate before retiring it",
+             (long long)v);
+    return master_fail(L, path, why);
+  }
+  const char *failed;
+  int e = save_keyset(L, m, m->n, slot, path, &failed);
+  if (e != 0)
+    return master_fail(L, failed, strerror(e));
+  for (int i = slot; i < m->n - 1; i++) {
+    m->ver[i] = m->ver[i + 1];
+    memcpy(SLOT_KEY(m, i), SLOT_KEY(m, i + 1), KEY_LEN);
+  }
+  m->n--;
+  OPENSSL_cleanse(SLOT_KEY(m, m->n), KEY_LEN);
+  m->ver[m->n] = 0;
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -771,9 +1087,8 @@ master_open(lua_State *L)
 }
 
 /* master:audit_mac(data) -> 64 lowercase hex digits:
-** HMAC-SHA256(audit_key, data), audit_key = HKDF-SHA256(master key,
-** salt none, info "switchboard v1 audit"). The audit key is derived once
-** into the master's locked page and never leaves C. */
+** HMAC-SHA256(audit_key, data). The audit key (see the key set above) is
+** in the master's locked page and never leaves C. */
 static void push_hex(lua_State *L, const unsigned char *s, size_t len);
 
 static int
@@ -782,16 +1097,9 @@ master_audit_mac(lua_State *L)
   Master *m = check_master(L);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  unsigned char *akey = m->key + KEY_LEN;
-  if (!m->audit_ready) {
-    if (hkdf_one(m->key, info_audit, sizeof info_audit - 1, akey) != 0) {
-      OPENSSL_cleanse(akey, KEY_LEN);
-      return luaL_error(L, "audit key derivation failed");
-    }
-    m->audit_ready = 1;
-  }
   unsigned char md[32];
-  if (hmac_sha256(akey, KEY_LEN, (const unsigned char *)data, len, md) != 0)
+  if (hmac_sha256(AUDIT_KEY(m), KEY_LEN, (const unsigned char *)data, len,
+                  md) != 0)
     return luaL_error(L, "audit mac failed");
   push_hex(L, md, sizeof md);
   return 1;
@@ -1118,6 +1426,11 @@ vault_equal(lua_State *L)
 
 static const luaL_Reg master_methods[] = {
   { "new_data_key", master_new_data_key },
+  { "rewrap", master_rewrap },
+  { "key_version", master_key_version },
+  { "versions", master_versions },
+  { "rotate", master_rotate },
+  { "retire", master_retire },
   { "seal", master_seal },
   { "open", master_open },
   { "credential", master_credential },

@@ -244,6 +244,102 @@ methods["server.backup"] = function(self, p)
   return { path = path, anchor = path .. ".head", records = a.id, pages = r.pages, steps = r.steps }
 end
 
+-- {======================================================
+-- `admin vault rotate` / `admin vault retire VERSION`: master key versions.
+-- Both write the key file (a key set, mode 0600, replaced atomically) while
+-- serving; the settings audit gets who and the versions, never a key.
+-- =======================================================
+
+local function key_file(self, what)
+  local cfg = self.server.cfg
+  if cfg.master_key_credential then
+    refuse(("%s: the master key is the systemd credential '%s', which this server cannot rewrite;"
+      .. " stop the server, rotate a key file (master_key_file) and encrypt it again with systemd-creds")
+      :format(what, cfg.master_key_credential))
+  end
+  return cfg.master_key_file
+end
+
+-- The live sessions still holding a data key wrapped under version.
+local function sessions_on_version(self, version)
+  local n = 0
+  for s in pairs(self.server.sessions or {}) do
+    local dk = s.tenant and s.tenant.data_key
+    if dk and self.server.master:key_version(dk) == version then n = n + 1 end
+  end
+  return n
+end
+
+methods["vault.rotate"] = function(self, p)
+  local master = self.server.master
+  local path = key_file(self, "vault rotate")
+  local before, previous = master:versions()
+  local version, err = master:rotate(path)
+  if not version then refuse("vault rotate: " .. err) end
+  local r, rerr = directory.rewrap_all(self.db, master)
+  if r then
+    -- the sessions hold the wrapped key they authenticated with: give them
+    -- the new one (the data key, and the credentials opened with it, stay)
+    for s in pairs(self.server.sessions or {}) do
+      local w = s.tenant and r.rewrapped[s.tenant.id]
+      if w then s.tenant.data_key = w end
+    end
+  end
+  local leftovers = {}
+  for _, t in ipairs(assert(self.db:query("SELECT name, data_key_version FROM tenants"
+      .. " WHERE data_key_version <> ? ORDER BY name", version))) do
+    leftovers[#leftovers + 1] = { tenant = t.name, version = t.data_key_version }
+  end
+  local held = master:versions()
+  directory.settings_audit(self.db, nil, p.actor, "vault.rotate", { versions = json.array(before), primary = previous },
+    { versions = json.array(held), primary = version, rewrapped = r and r.count or 0, leftovers = #leftovers })
+  if not r then
+    log.error("vault rotate: key version %d added, but %s", version, rerr)
+    refuse(("vault rotate: key version %d is now the primary and in %s, but the tenants' data keys are still"
+      .. " under the older versions: %s; run vault rotate again"):format(version, path, rerr))
+  end
+  for _, f in ipairs(r.failed) do
+    log.warn("vault rotate: the data key of tenant %s (version %s) could not be rewrapped: %s", f.tenant,
+      tostring(f.version), tostring(f.why))
+  end
+  return { version = version, previous = previous, versions = json.array(held), rewrapped = r.count,
+           leftovers = json.array(leftovers) }
+end
+
+methods["vault.retire"] = function(self, p)
+  local master = self.server.master
+  local version = math.tointeger(tonumber(p.version))
+  if not version or version < 1 then
+    refuse("vault retire: 'version' must be a whole number from 1 (a version vault rotate reported)", BAD)
+  end
+  local path = key_file(self, "vault retire")
+  local held, primary = master:versions()
+  local found = false
+  for _, v in ipairs(held) do found = found or v == version end
+  if not found then
+    refuse(("vault retire: the master key holds no version %d (it holds %s)"):format(version,
+      table.concat(held, ", ")))
+  end
+  if version == primary then
+    refuse(("vault retire: version %d is the primary key; run vault rotate first"):format(version))
+  end
+  local tenants = directory.tenants_on_version(self.db, master, version)
+  local live = sessions_on_version(self, version)
+  if #tenants > 0 or live > 0 then
+    refuse(("vault retire: key version %d is still in use: it wraps the data keys of %d tenant%s (%s) and"
+      .. " %d connection%s; run vault rotate to rewrap them"):format(version, #tenants, #tenants == 1 and "" or "s",
+      table.concat(tenants, ", "), live, live == 1 and "" or "s"))
+  end
+  local ok, err = master:retire(path, version)
+  if not ok then refuse("vault retire: " .. err) end
+  local now = master:versions()
+  directory.settings_audit(self.db, nil, p.actor, "vault.retire", { versions = json.array(held) },
+    { versions = json.array(now), retired = version })
+  return { retired = version, versions = json.array(now), primary = primary }
+end
+
+-- }======================================================
+
 require("switchboard.twilio.connection").install(M)
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)

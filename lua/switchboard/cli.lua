@@ -201,6 +201,28 @@ admin.backup = function(c)
   end
 end
 
+admin.vault = {
+  rotate = function() return "vault.rotate", {}, function(r)
+    local out = { ("master key version %d is the primary (versions held: %s); %d tenant data key%s rewrapped\n")
+      :format(r.version, cell(r.versions), r.rewrapped, r.rewrapped == 1 and "" or "s") }
+    for _, l in ipairs(r.leftovers) do
+      out[#out + 1] = ("leftover: tenant %s is still on key version %s (see the server log)\n"):format(l.tenant,
+        tostring(l.version))
+    end
+    if #r.leftovers == 0 then
+      out[#out + 1] = ("no tenant is left on version %d: `switchboard admin vault retire %d` removes it\n")
+        :format(r.previous, r.previous)
+    end
+    return table.concat(out)
+  end end,
+  retire = function(c)
+    return "vault.retire", { version = tonumber(c.pos[1]) or c.pos[1] }, function(r)
+      return ("master key version %d retired: removed from the key file and from memory (versions held: %s)\n")
+        :format(r.retired, cell(r.versions))
+    end
+  end,
+}
+
 -- The API key secret: from standard input, or a prompt without echo on a
 -- terminal. Never from argv or the environment.
 local function read_secret()
@@ -473,6 +495,11 @@ local ADMIN_SPEC = {
   { "executions", "Executions and their calls.", opts = { "tenant", "days", "limit", "after" } },
   { "execution", "One execution.", {
     { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
+  } },
+  { "vault", "The master key's versions.", {
+    { "rotate", "Add a master key version and rewrap every tenant's data key under it; reports leftovers." },
+    { "retire", "Remove the master key version VERSION once no data key is wrapped under it.",
+      args = { "VERSION" } },
   } },
   { "audit", "The audit trail.", {
     { "verify", "Verify the audit trail (the records since the last verify; --full: all of it).",

@@ -166,6 +166,11 @@ M.migrations = {
   CREATE INDEX audit_execution_calls ON audit_log (tenant_id, execution_id, agent_id, id) WHERE kind = 'call';
   CREATE INDEX escalations_tenant_id ON escalations (tenant_id, id);
   ]],
+  [[
+  -- The master key version a tenant's data key is wrapped under (the key
+  -- rotation rewraps them; a version is retired once no row names it).
+  ALTER TABLE tenants ADD COLUMN data_key_version INTEGER NOT NULL DEFAULT 1;
+  ]],
 }
 
 function M.now()

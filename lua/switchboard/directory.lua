@@ -52,7 +52,12 @@ function M.add_tenant(db, master, name)
   id, err = db:insert("INSERT INTO tenants (name, data_key, created_at) VALUES (?, ?, ?)",
     name, blob(""), db_mod.now())
   if id then
-    ok, err = db:run("UPDATE tenants SET data_key = ? WHERE id = ?", blob(master:new_data_key(M.key_context(id))), id)
+    local wrapped, version = master:new_data_key(M.key_context(id))
+    if not wrapped then
+      ok, err = nil, version
+    else
+      ok, err = db:run("UPDATE tenants SET data_key = ?, data_key_version = ? WHERE id = ?", blob(wrapped), version, id)
+    end
     if ok then ok, err = db:commit() end
   end
   if not (id and ok) then
@@ -66,6 +71,61 @@ end
 function M.key_context(tenant_id)
   return "tenant:" .. tostring(tenant_id)
 end
+
+-- {======================================================
+-- Master key rotation: the tenants' data keys are rewrapped under the
+-- master's primary version; an older version is retired once nothing is
+-- wrapped under it. The data keys themselves (and so every sealed field)
+-- stay as they are.
+-- =======================================================
+
+-- Rewrap, in one transaction, every data key not under the primary version.
+-- Returns { version, rewrapped = { [tenant id] = wrapped key }, count,
+-- failed = { { tenant, version, why } } } or nil, err (nothing changed).
+-- A key that cannot be opened (damaged, or under a version the master no
+-- longer holds) is left as it is and reported in failed.
+function M.rewrap_all(db, master)
+  local blob = require("core.store").blob
+  local _, primary = master:versions()
+  local ok, err = db:begin()
+  if not ok then return nil, "could not begin the rewrap: " .. tostring(err) end
+  local res = { version = primary, rewrapped = {}, count = 0, failed = {} }
+  local rows
+  rows, err = db:query("SELECT id, name, data_key, data_key_version FROM tenants ORDER BY id")
+  for _, r in ipairs(rows or {}) do
+    if r.data_key_version ~= primary or master:key_version(r.data_key) ~= primary then
+      local wrapped, version = master:rewrap(r.data_key, M.key_context(r.id))
+      if wrapped then
+        ok, err = db:run("UPDATE tenants SET data_key = ?, data_key_version = ? WHERE id = ?",
+          blob(wrapped), version, r.id)
+        if not ok then break end
+        res.rewrapped[r.id], res.count = wrapped, res.count + 1
+      else
+        res.failed[#res.failed + 1] = { tenant = r.name, version = r.data_key_version, why = version }
+      end
+    end
+  end
+  if rows and ok then ok, err = db:commit() end
+  if not (rows and ok) then
+    if db:in_transaction() then db:rollback() end
+    return nil, "could not rewrap the data keys: " .. tostring(err)
+  end
+  return res
+end
+
+-- The tenants whose data key is wrapped under version (by the row's
+-- version or by the wrapped key's own prefix): a list of names.
+function M.tenants_on_version(db, master, version)
+  local names = {}
+  for _, r in ipairs(assert(db:query("SELECT name, data_key, data_key_version FROM tenants ORDER BY name"))) do
+    if r.data_key_version == version or master:key_version(r.data_key) == version then
+      names[#names + 1] = r.name
+    end
+  end
+  return names
+end
+
+-- }======================================================
 
 -- Seal and open a field of a tenant's data with that tenant's key (tenant:
 -- a row or a session tenant with id and data_key). The blob opens only for

@@ -163,7 +163,9 @@ describe("core.vault", function()
       assert.equal(1, blob:byte(2))
       -- header 2 + IV 16 + one padded block 16 + tag 32
       assert.equal(2 + 16 + 16 + 32, #blob)
-      assert.equal(2 + 16 + 48 + 32, #wk)
+      -- the wrapped key: the 4-byte version prefix, then the v1 blob
+      assert.equal(4 + 2 + 16 + 48 + 32, #wk)
+      assert.equal("\0\0\0\1", wk:sub(1, 4))
     end)
 
     it("uses a fresh IV each time", function()
@@ -384,6 +386,163 @@ describe("core.vault", function()
       local m = assert(vault.load_master(dir .. "/other.key"))
       m:close()
       assert.has_error(function() m:audit_mac("x") end, "attempt to use a closed master key")
+    end)
+  end)
+
+  describe("key versions", function()
+    local kdir
+    local function read(path) return assert(io.open(path, "rb")):read("a") end
+    local function stat(path)
+      local out = io.popen("stat -c '%a %s' " .. path)
+      local line = out:read("l")
+      out:close()
+      return line
+    end
+
+    before_each(function()
+      kdir = tmpdir()
+      assert.is_true(vault.create_master(kdir .. "/master.key"))
+    end)
+    after_each(function() sh("rm -rf " .. kdir) end)
+
+    it("rotate adds a primary version, rewrap moves a data key to it, retire wipes the old one", function()
+      local path = kdir .. "/master.key"
+      local m <close> = assert(vault.load_master(path))
+      local v1 = read(path)
+      local mac = m:audit_mac("chain")
+      local w1, ver = m:new_data_key("tenant:1")
+      assert.equal(1, ver)
+      assert.equal(1, m:key_version(w1))
+      local sealed = assert(m:seal(w1, "tenant:1", "f", "secret"))
+      assert.same({ 1 }, (m:versions()))
+
+      assert.equal(2, m:rotate(path))
+      local held, primary = m:versions()
+      assert.same({ 1, 2 }, held)
+      assert.equal(2, primary)
+      -- the key set: header 6, audit key 32, two entries of 4 + 32
+      assert.equal("600 " .. (6 + 32 + 2 * 36), stat(path))
+      assert.is_nil(io.open(path .. ".tmp", "rb"))
+      local set = read(path)
+      assert.truthy(set:find(v1, 1, true), "version 1 is still in the key set")
+      -- the old version still opens; new keys are wrapped under the new one
+      assert.equal("secret", m:open(w1, "tenant:1", "f", sealed))
+      local wn, vn = m:new_data_key("tenant:2")
+      assert.equal(2, vn)
+      assert.equal("\0\0\0\2", wn:sub(1, 4))
+      -- rewrap: the same data key under version 2, bound to its tenant
+      local w2, v = assert(m:rewrap(w1, "tenant:1"))
+      assert.equal(2, v)
+      assert.equal(2, m:key_version(w2))
+      assert.equal("secret", m:open(w2, "tenant:1", "f", sealed))
+      assert.same({ nil, FAIL }, { m:rewrap(w1, "tenant:9") })
+      -- the audit key does not change
+      assert.equal(mac, m:audit_mac("chain"))
+
+      assert.is_true(m:retire(path, 1))
+      assert.same({ 2 }, (m:versions()))
+      assert.equal("600 " .. (6 + 32 + 36), stat(path))
+      assert.is_nil(read(path):find(v1, 1, true), "version 1 is gone from the file")
+      assert.same({ nil, FAIL }, { m:open(w1, "tenant:1", "f", sealed) })
+      assert.same({ nil, FAIL }, { m:rewrap(w1, "tenant:1") })
+      assert.equal("secret", m:open(w2, "tenant:1", "f", sealed))
+      assert.equal(mac, m:audit_mac("chain"))
+
+      -- reloaded: the same versions and audit key
+      local again <close> = assert(vault.load_master(path))
+      assert.same({ 2 }, (again:versions()))
+      assert.equal("secret", again:open(w2, "tenant:1", "f", sealed))
+      assert.equal(mac, again:audit_mac("chain"))
+      -- the old key file opens nothing wrapped under version 2
+      local old = kdir .. "/old.key"
+      local f = assert(io.open(old, "wb"))
+      f:write(v1)
+      f:close()
+      assert(sh("chmod 600 " .. old))
+      local om <close> = assert(vault.load_master(old))
+      assert.same({ nil, FAIL }, { om:open(w2, "tenant:1", "f", sealed) })
+      assert.same({ nil, FAIL }, { om:rewrap(w2, "tenant:1") })
+    end)
+
+    it("retire refuses the primary and an unknown version, the file unchanged", function()
+      local path = kdir .. "/master.key"
+      local m <close> = assert(vault.load_master(path))
+      local ok, err = m:retire(path, 1)
+      assert.is_nil(ok)
+      assert.truthy(err:find("version 1 is the primary key", 1, true), err)
+      assert.equal(2, m:rotate(path))
+      local before = read(path)
+      ok, err = m:retire(path, 7)
+      assert.is_nil(ok)
+      assert.truthy(err:find("holds no key version 7", 1, true), err)
+      assert.is_nil((m:retire(path, 2)))
+      assert.equal(before, read(path))
+      assert.same({ 1, 2 }, (m:versions()))
+    end)
+
+    it("rotate that cannot write the file changes nothing", function()
+      local path = kdir .. "/master.key"
+      local m <close> = assert(vault.load_master(path))
+      local w = m:new_data_key("t")
+      local ok, err = m:rotate(kdir .. "/no/such/dir/master.key")
+      assert.is_nil(ok)
+      assert.truthy(err:find("No such file or directory", 1, true), err)
+      assert.same({ 1 }, (m:versions()))
+      assert.equal(1, select(2, m:new_data_key("t")))
+      assert.equal(w:sub(1, 4), (m:new_data_key("t")):sub(1, 4))
+    end)
+
+    it("holds at most 16 versions", function()
+      local path = kdir .. "/master.key"
+      local m <close> = assert(vault.load_master(path))
+      for v = 2, 16 do assert.equal(v, m:rotate(path)) end
+      local ok, err = m:rotate(path)
+      assert.is_nil(ok)
+      assert.truthy(err:find("holds 16 key versions", 1, true), err)
+      assert.is_true(m:retire(path, 3))
+      assert.equal(17, m:rotate(path))
+      local again <close> = assert(vault.load_master(path))
+      local held = again:versions()
+      assert.equal(16, #held)
+      assert.equal(17, held[16])
+    end)
+
+    it("refuses a damaged key set", function()
+      local path = kdir .. "/master.key"
+      local m <close> = assert(vault.load_master(path))
+      assert.equal(2, m:rotate(path))
+      local set = read(path)
+      local function try(bytes)
+        local p = kdir .. "/bad.key"
+        local f = assert(io.open(p, "wb"))
+        f:write(bytes)
+        f:close()
+        assert(sh("chmod 600 " .. p))
+        local ok, err = vault.load_master(p)
+        assert.is_nil(ok)
+        return err
+      end
+      assert.truthy(try("XBMK" .. set:sub(5)):find("neither a 32-byte key nor a key set", 1, true))
+      assert.truthy(try(set:sub(1, 5) .. "\3" .. set:sub(7)):find("count of versions", 1, true))
+      -- version 2 then 1: not increasing
+      local swapped = set:sub(1, 38) .. set:sub(75, 110) .. set:sub(39, 74)
+      assert.truthy(try(swapped):find("increasing", 1, true))
+      assert.truthy(try(set .. "x"):find("count of versions", 1, true))
+      assert.truthy(try(set:sub(1, 38) .. "\0\0\0\0" .. set:sub(43)):find("increasing", 1, true))
+    end)
+
+    it("key_version reads the prefix, a bare v1 blob is version 1, anything else nil", function()
+      local m <close> = assert(vault.load_master(kdir .. "/master.key"))
+      local w = m:new_data_key("t")
+      assert.equal(1, m:key_version(w))
+      assert.equal(1, m:key_version(w:sub(5)))
+      assert.equal(0x01020304, m:key_version("\1\2\3\4" .. w:sub(5)))
+      assert.is_nil(m:key_version("short"))
+      -- a bare blob (from before versions) still opens under version 1
+      local sealed = m:seal(w, "t", "f", "x")
+      assert.equal("x", m:open(w:sub(5), "t", "f", sealed))
+      -- a prefix naming another version does not open
+      assert.same({ nil, FAIL }, { m:open("\0\0\0\2" .. w:sub(5), "t", "f", sealed) })
     end)
   end)
 
