@@ -13,6 +13,10 @@
 
 #define SB_VERSION "0.1.0"
 
+/* A macro's value as a string literal: SB_STR(64) is "64". */
+#define SB_STR_(x) #x
+#define SB_STR(x) SB_STR_(x)
+
 /* The one libev loop of the process (EV_DEFAULT). */
 struct ev_loop *sb_loop(void);
 
@@ -105,6 +109,10 @@ int sb_push_errno(lua_State *L, const char *what, int err);
 ** NULL, a table of methods as __index. */
 void sb_createmeta(lua_State *L, const char *name, const luaL_Reg *meta,
                    const luaL_Reg *methods);
+
+/* [-0, +0, m] Hide the metatable name from Lua: getmetatable answers
+** "locked" and setmetatable refuses. */
+void sb_lockmeta(lua_State *L, const char *name);
 
 /* [-0, +0, m] Pin the value at idx in *ref (a registry ref) unless it is
 ** pinned already. */

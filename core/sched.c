@@ -96,9 +96,7 @@ sb_push_errno(lua_State *L, const char *what, int err)
 {
   char msg[256];
   nb_errmsg(msg, sizeof msg, what, err);
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
+  return sb_pushfail(L, msg);
 }
 
 int
@@ -134,6 +132,15 @@ sb_createmeta(lua_State *L, const char *name, const luaL_Reg *meta,
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
   }
+  lua_pop(L, 1);
+}
+
+void
+sb_lockmeta(lua_State *L, const char *name)
+{
+  luaL_getmetatable(L, name);
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 }
 
@@ -374,9 +381,7 @@ push_pending(lua_State *co, void *ud)
 {
   Pending *p = ud;
   if (p->err != NULL) {
-    lua_pushnil(co);
-    lua_pushstring(co, p->err);
-    return 2;
+    return sb_pushfail(co, p->err);
   }
   if (p->argref == LUA_NOREF)
     return 0;

@@ -259,9 +259,7 @@ push_read(lua_State *co, void *ud)
     consume(r->s, r->consume);
     return 1;
   }
-  lua_pushnil(co);
-  lua_pushstring(co, r->err);
-  return 2;
+  return sb_pushfail(co, r->err);
 }
 
 /* The reader's wait is over: stop its watchers and resume it. */
