@@ -438,6 +438,46 @@ describe("core.loop", function()
       assert.matches("after run\tfalse\nagain\ttrue\nrc=0", out, 1, true)
     end)
 
+    it("in an accept: reported, the listener pauses and then serves", function()
+      local out = run_script(([[
+        local loop = require("core.loop")
+        local mem = require("core.mem")
+        local path = %q
+        local reported
+        loop.set_error_handler(function(msg)
+          mem.limit(nil)
+          reported = msg
+          loop.stop()
+        end)
+        local l = assert(loop.listen(path, tonumber("600", 8), function(s)
+          s:write("hi\n")
+          s:flush(5)
+          s:close()
+        end))
+        local got
+        loop.spawn(function()
+          local c = assert(loop.connect(path))
+          got = c:read_line(100, 5)
+          loop.stop()
+        end)
+        -- room for half a coroutine: the accept cannot start the
+        -- listener's, the report fits
+        collectgarbage(); collectgarbage("stop")
+        local before = mem.used()
+        coroutine.create(print)
+        local room = (mem.used() - before) // 2
+        collectgarbage("restart"); collectgarbage(); collectgarbage()
+        mem.limit(room)
+        loop.run()
+        print("reported", reported)
+        loop.run()                -- accepting again after the pause
+        l:close()
+        print("got", got)
+      ]]):format(dir .. "/accept.sock"))
+      assert.matches("reported\tcore.loop: listener: accept (pausing 0.5 s): not enough memory\n", out, 1, true)
+      assert.matches("got\thi\nrc=0", out, 1, true)
+    end)
+
     it("in a stream read's wakeup: the error handler has it", function()
       local out = run_script(([[
         local loop = require("core.loop")
