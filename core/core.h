@@ -144,14 +144,14 @@ void sb_listener_open(lua_State *L);    /* listener.c */
 int sb_loop_listen(lua_State *L);
 int sb_loop_listen_fd(lua_State *L);
 
-typedef struct Stream Stream;           /* stream.c */
+typedef struct SbStream SbStream;       /* stream.c: core.loop.Stream */
 void sb_stream_open(lua_State *L);
 int sb_loop_connect(lua_State *L);
 int sb_loop_stream(lua_State *L);
 /* [-0, +1, m] A new Stream, closed. */
-Stream *sb_stream_new(lua_State *L);
+SbStream *sb_stream_new(lua_State *L);
 /* Open s on fd (nonblocking); fds it must not close: noclose. */
-void sb_stream_attach(Stream *s, int fd, int noclose);
+void sb_stream_attach(SbStream *s, int fd, int noclose);
 
 void sb_timer_open(lua_State *L);       /* timer.c */
 int sb_loop_timer(lua_State *L);

@@ -70,7 +70,7 @@ accept_p(lua_State *L)
   a->more = 0;
   lua_newthread(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, li->fn_ref);
-  Stream *s = sb_stream_new(L);
+  SbStream *s = sb_stream_new(L);
   int fd = nb_accept(&li->ln, NULL, NULL);
   if (fd < 0) {
     lua_pop(L, 3);

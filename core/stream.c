@@ -32,7 +32,9 @@
 enum { ST_OPEN, ST_CONNECTING };
 enum { RD_LINE, RD_SOME };
 
-struct Stream {
+typedef SbStream Stream;
+
+struct SbStream {
   ev_io rio;
   ev_io wio;
   ev_timer rtimer;              /* read timeout; connect retries */
