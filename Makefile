@@ -18,7 +18,8 @@ ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
 LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lcjose -lphonenumber -lsystemd -lm -ldl
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
+SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/listener.c core/stream.c \
+       core/timer.c core/signal.c core/wait.c core/http.c core/vault.c core/store.c core/httpd.c \
        core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc

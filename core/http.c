@@ -1284,11 +1284,8 @@ http_parse(lua_State *L)
   CURLUcode rc = curl_url_set(b->u, CURLUPART_URL, s, 0);
   if (rc == CURLUE_OUT_OF_MEMORY)
     luaL_error(L, "not enough memory");
-  if (rc != CURLUE_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, url_error(rc));
-    return 2;
-  }
+  if (rc != CURLUE_OK)
+    return sb_pushfail(L, url_error(rc));
   push_url(L, b);
   return 1;
 }
@@ -1306,11 +1303,8 @@ http_resolve(lua_State *L)
     rc = curl_url_set(b->u, CURLUPART_URL, ref, 0);
   if (rc == CURLUE_OUT_OF_MEMORY)
     luaL_error(L, "not enough memory");
-  if (rc != CURLUE_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, url_error(rc));
-    return 2;
-  }
+  if (rc != CURLUE_OK)
+    return sb_pushfail(L, url_error(rc));
   push_url(L, b);
   return 1;
 }
@@ -1376,24 +1370,20 @@ luaopen_core_http(lua_State *L)
   };
   luaL_checkversion(L);
 
-  if (luaL_newmetatable(L, REQUEST_MT)) {
-    lua_pushcfunction(L, req_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, req_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushliteral(L, "locked");
-    lua_setfield(L, -2, "__metatable");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, URL_MT)) {
-    lua_pushcfunction(L, url_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, url_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushliteral(L, "locked");
-    lua_setfield(L, -2, "__metatable");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg req_meta[] = {
+    { "__gc", req_close },
+    { "__close", req_close },
+    { NULL, NULL }
+  };
+  static const luaL_Reg url_meta[] = {
+    { "__gc", url_close },
+    { "__close", url_close },
+    { NULL, NULL }
+  };
+  sb_createmeta(L, REQUEST_MT, req_meta, NULL);
+  sb_lockmeta(L, REQUEST_MT);
+  sb_createmeta(L, URL_MT, url_meta, NULL);
+  sb_lockmeta(L, URL_MT);
 
   if (!S.alive) {
     if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,

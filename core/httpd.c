@@ -62,6 +62,7 @@ struct Req {
   int refs;
   int state;
   int started;                  /* the access handler saw the headers */
+  int running;                  /* its handler's coroutine has begun */
   int suspended;
   int too_big;
   size_t dropped;
@@ -479,6 +480,7 @@ run_handler_k(lua_State *L, int status, lua_KContext ctx)
 static int
 run_handler(lua_State *L)
 {
+  ((Req *)lua_touserdata(L, 1))->running = 1;
   lua_pushcfunction(L, sb_traceback);
   lua_insert(L, 2);
   return run_handler_k(L, lua_pcallk(L, 1, 3, 2, 0, run_handler_k), 0);
@@ -509,6 +511,27 @@ refuse(Req *r, struct MHD_Connection *mc, unsigned status)
   r->status = status;
   r->state = R_ANSWERED;
   return queue(r, mc);
+}
+
+/* What start_handler needs, through sb_protect's light userdata. */
+typedef struct Start {
+  Req *r;
+  const char *method;
+  const char *version;
+} Start;
+
+/* [-0, +0, m] handler(req) in a new coroutine (run_handler). */
+static int
+start_handler(lua_State *L)
+{
+  Start *a = lua_touserdata(L, 1);
+  luaL_checkstack(L, 8, NULL);
+  lua_pushcfunction(L, run_handler);
+  lua_pushlightuserdata(L, a->r);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->r->srv->handler_ref);
+  push_request(L, a->r, a->method, a->version);
+  sb_spawn(L, 3);
+  return 0;
 }
 
 static enum MHD_Result
@@ -552,17 +575,16 @@ on_access(void *cls, struct MHD_Connection *mc, const char *url,
   }
   if (r->too_big)
     return refuse(r, mc, MHD_HTTP_CONTENT_TOO_LARGE);
-  /* the request is complete: run the handler */
-  lua_State *L = sb_main();
-  lua_checkstack(L, 8);
+  /* the request is complete: run the handler, in Lua under protection
+  ** (a memory error must not unwind through MHD and ev_run) */
   r->state = R_RUNNING;
   r->refs++;
   s->requests++;
-  lua_pushcfunction(L, run_handler);
-  lua_pushlightuserdata(L, r);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->handler_ref);
-  push_request(L, r, method, version);
-  sb_spawn(L, 3);
+  Start start = { r, method, version };
+  if (sb_protect(start_handler, &start, "core.httpd: request") != 0 && !r->running) {
+    req_unref(r);               /* the coroutine never began: answer here */
+    return refuse(r, mc, MHD_HTTP_INTERNAL_SERVER_ERROR);
+  }
   if (r->mc == NULL || !s->open)
     return MHD_NO;
   if (r->state == R_RUNNING) {
@@ -583,19 +605,26 @@ on_access(void *cls, struct MHD_Connection *mc, const char *url,
 ** =======================================================
 */
 
+/* [-0, +0, m] st's on_close in a new coroutine. */
+static int
+start_on_close(lua_State *L)
+{
+  Stream *st = lua_touserdata(L, 1);
+  luaL_checkstack(L, 4, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->on_close_ref);
+  sb_unref(&st->on_close_ref);
+  sb_spawn(L, 0);
+  return 0;
+}
+
 static void
 stream_gone(Stream *st)
 {
   if (st->gone || st->ended)
     return;
   st->gone = 1;
-  if (st->on_close_ref != LUA_NOREF && st->on_close_ref != LUA_REFNIL) {
-    lua_State *L = sb_main();
-    lua_checkstack(L, 4);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, st->on_close_ref);
-    sb_unref(&st->on_close_ref);
-    sb_spawn(L, 0);
-  }
+  if (st->on_close_ref != LUA_NOREF && st->on_close_ref != LUA_REFNIL)
+    sb_protect(start_on_close, st, "core.httpd: stream on_close");
 }
 
 static ssize_t

@@ -241,6 +241,15 @@ nb_listener_start(NbListener *l)
 }
 
 void
+nb_listener_pause(NbListener *l, double secs)
+{
+  ev_io_stop(sb_loop(), &l->io);
+  ev_timer_stop(sb_loop(), &l->backoff);
+  ev_timer_set(&l->backoff, secs, 0.);
+  ev_timer_start(sb_loop(), &l->backoff);
+}
+
+void
 nb_listener_close(NbListener *l)
 {
   ev_io_stop(sb_loop(), &l->io);
@@ -264,9 +273,7 @@ nb_accept(NbListener *l, struct sockaddr *addr, socklen_t *len)
   snprintf(msg, sizeof msg, "%s: accept: %s (pausing 0.5 s)", l->what,
            strerror(err));
   sb_report_error(msg);
-  ev_io_stop(sb_loop(), &l->io);
-  ev_timer_set(&l->backoff, 0.5, 0.);
-  ev_timer_start(sb_loop(), &l->backoff);
+  nb_listener_pause(l, 0.5);
   return NB_AGAIN;
 }
 

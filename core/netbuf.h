@@ -112,6 +112,10 @@ void nb_listener_init(NbListener *l, nb_accept_cb cb, void *owner,
 /* Start watching l->fd, a listening socket. */
 void nb_listener_start(NbListener *l);
 
+/* Stop accepting for secs seconds (after an error the next accept would
+** repeat: EMFILE, out of memory). */
+void nb_listener_pause(NbListener *l, double secs);
+
 /* Stop the watchers and close the fd; l->fd must be open. */
 void nb_listener_close(NbListener *l);
 

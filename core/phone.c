@@ -20,23 +20,14 @@ l_parse(lua_State *L)
 {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
-  if (len > PHONE_MAX_INPUT) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "too long (more than %d characters)", PHONE_MAX_INPUT);
-    return 2;
-  }
-  if (strlen(s) != len) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "not a phone number (a NUL character)");
-    return 2;
-  }
+  if (len > PHONE_MAX_INPUT)
+    return sb_pushfail(L, "too long (more than " SB_STR(PHONE_MAX_INPUT) " characters)");
+  if (strlen(s) != len)
+    return sb_pushfail(L, "not a phone number (a NUL character)");
   struct pn_info info;
   int rc = pn_parse(s, &info);
-  if (rc != PN_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, pn_strerror(rc));
-    return 2;
-  }
+  if (rc != PN_OK)
+    return sb_pushfail(L, pn_strerror(rc));
   lua_createtable(L, 0, 8);
   lua_pushboolean(L, info.valid);
   lua_setfield(L, -2, "valid");

@@ -138,15 +138,6 @@ db_tostring(lua_State *L)
   return 1;
 }
 
-/* [-0, +2, m] nil, msg */
-static int
-fail(lua_State *L, const char *msg)
-{
-  luaL_pushfail(L);
-  lua_pushstring(L, msg);
-  return 2;
-}
-
 /* store.open(path) -> Db | nil, err */
 static int
 store_open(lua_State *L)
@@ -169,13 +160,13 @@ store_open(lua_State *L)
     copy_msg(msg, sizeof msg,
              db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     sqlite3_close_v2(db);
-    return fail(L, msg);
+    return sb_pushfail(L, msg);
   }
   int in_memory = path[0] == '\0' || strcmp(path, ":memory:") == 0;
   if (configure(db, in_memory, msg, sizeof msg) != 0) {
     finalize_all(db);
     sqlite3_close_v2(db);
-    return fail(L, msg);
+    return sb_pushfail(L, msg);
   }
   d->db = db;
   return 1;
@@ -343,8 +334,7 @@ push_row(lua_State *L, sqlite3_stmt *st)
 static int
 step_fail(lua_State *L, Db *d, sqlite3_stmt *st)
 {
-  luaL_pushfail(L);
-  lua_pushstring(L, sqlite3_errmsg(d->db));
+  sb_pushfail(L, sqlite3_errmsg(d->db));
   sqlite3_reset(st);
   return 2;
 }
@@ -372,8 +362,7 @@ exec_result(lua_State *L, Db *d, const char *sql)
 {
   char *err = NULL;
   if (sqlite3_exec(d->db, sql, NULL, NULL, &err) != SQLITE_OK) {
-    luaL_pushfail(L);
-    lua_pushstring(L, err != NULL ? err : sqlite3_errmsg(d->db));
+    sb_pushfail(L, err != NULL ? err : sqlite3_errmsg(d->db));
     sqlite3_free(err);
     return 2;
   }
@@ -401,7 +390,7 @@ db_query(lua_State *L)
   Db *d = check_db(L);
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
-    return fail(L, lua_tostring(L, -1));
+    return sb_pushfail(L, lua_tostring(L, -1));
   bind_args(L, st, 3);
   lua_newtable(L);
   lua_Integer n = 0;
@@ -423,7 +412,7 @@ db_row(lua_State *L)
   Db *d = check_db(L);
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
-    return fail(L, lua_tostring(L, -1));
+    return sb_pushfail(L, lua_tostring(L, -1));
   bind_args(L, st, 3);
   int rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
@@ -444,7 +433,7 @@ run_stmt(lua_State *L, Db *d)
 {
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
-    return fail(L, lua_tostring(L, -1));
+    return sb_pushfail(L, lua_tostring(L, -1));
   bind_args(L, st, 3);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -479,7 +468,7 @@ db_insert(lua_State *L)
   if (nret != 0)
     return nret;
   if (sqlite3_total_changes64(d->db) == before || sqlite3_changes64(d->db) < 1)
-    return fail(L, "no row was inserted");
+    return sb_pushfail(L, "no row was inserted");
   lua_pushinteger(L, (lua_Integer)sqlite3_last_insert_rowid(d->db));
   return 1;
 }
@@ -503,7 +492,7 @@ run_simple(lua_State *L, const char *sql)
   lua_pushstring(L, sql);
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
-    return fail(L, lua_tostring(L, -1));
+    return sb_pushfail(L, lua_tostring(L, -1));
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW)
     ;
@@ -541,7 +530,7 @@ db_user_version(lua_State *L)
   lua_pushliteral(L, "PRAGMA user_version");
   sqlite3_stmt *st = get_stmt(L, d, 2);
   if (st == NULL)
-    return fail(L, lua_tostring(L, -1));
+    return sb_pushfail(L, lua_tostring(L, -1));
   if (sqlite3_step(st) != SQLITE_ROW)
     return step_fail(L, d, st);
   lua_pushinteger(L, (lua_Integer)sqlite3_column_int64(st, 0));
@@ -627,7 +616,7 @@ backup_fail(lua_State *L, const char *what, const char *why)
   snprintf(msg, sizeof msg, "%s: %s", what, why != NULL ? why : "unknown error");
   lua_settop(L, 1);
   backup_close(L);
-  return fail(L, msg);
+  return sb_pushfail(L, msg);
 }
 
 /* db:backup(path) -> Backup | nil, err */
@@ -651,7 +640,7 @@ db_backup(lua_State *L)
     char msg[600];
     snprintf(msg, sizeof msg, "%s: %s", path,
              e == EEXIST ? "exists already (a backup never overwrites a file)" : strerror(e));
-    return fail(L, msg);
+    return sb_pushfail(L, msg);
   }
   int ok = fchmod(fd, 0600) == 0;
   int e = errno;
@@ -733,7 +722,7 @@ store_unused(lua_State *L)
     char msg[256];
     copy_msg(msg, sizeof msg, db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     sqlite3_close_v2(db);
-    return fail(L, msg);
+    return sb_pushfail(L, msg);
   }
   /* EXCLUSIVE locking mode before the first access: in WAL mode too the
   ** connection must then lock the file itself, which fails while another
@@ -754,13 +743,12 @@ store_unused(lua_State *L)
     lua_pushstring(L, msg);
     return 2;
   }
-  return fail(L, msg);
+  return sb_pushfail(L, msg);
 }
 
 static const luaL_Reg backup_meta[] = {
   { "__gc", backup_close },
   { "__close", backup_close },
-  { "__index", NULL },
   { NULL, NULL }
 };
 
@@ -815,7 +803,6 @@ static const luaL_Reg db_meta[] = {
   { "__gc", db_close },
   { "__close", db_close },
   { "__tostring", db_tostring },
-  { "__index", NULL },
   { NULL, NULL }
 };
 
@@ -834,19 +821,9 @@ static const luaL_Reg store_funcs[] = {
 int
 luaopen_core_store(lua_State *L)
 {
-  luaL_newmetatable(L, DB_MT);
-  luaL_setfuncs(L, db_meta, 0);
-  luaL_newlib(L, db_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, BLOB_MT);
-  luaL_setfuncs(L, blob_meta, 0);
-  lua_pop(L, 1);
-  luaL_newmetatable(L, BACKUP_MT);
-  luaL_setfuncs(L, backup_meta, 0);
-  luaL_newlib(L, backup_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  sb_createmeta(L, DB_MT, db_meta, db_methods);
+  sb_createmeta(L, BLOB_MT, blob_meta, NULL);
+  sb_createmeta(L, BACKUP_MT, backup_meta, backup_methods);
   luaL_newlib(L, store_funcs);
   return 1;
 }

@@ -398,4 +398,116 @@ describe("core.loop", function()
     assert.same({ nil, "closed" }, { c:read_line(100, 1) })
     c:close(); l:close()
   end))
+
+  -- An allocation that fails inside a libev callback (core.mem's ceiling
+  -- here; a real out-of-memory alike) is reported, never raised through
+  -- ev_run: loop.run returns, the loop works on, what follows runs. Each
+  -- case runs in its own process: raised through ev_run, the error would
+  -- take the whole process (and here the test run) with it.
+  describe("an allocation failure in a callback", function()
+    local function q(p) return "'" .. p:gsub("'", "'\\''") .. "'" end
+    local function run_script(body)
+      local script = dir .. "/oom.lua"
+      local f = assert(io.open(script, "w"))
+      f:write(body)
+      f:close()
+      local bin = os.getenv("SB_BIN") or "./switchboard"
+      local p = assert(io.popen(q(bin) .. " exec " .. q(script) .. " 2>&1; echo \"rc=$?\""))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+
+    it("in a timer's: reported, the loop runs on", function()
+      local out = run_script([[
+        local loop = require("core.loop")
+        local mem = require("core.mem")
+        local ran = false
+        loop.timer(0, 0, function() ran = true end)
+        collectgarbage(); collectgarbage()
+        mem.limit(0)              -- not one byte more: the timer cannot start
+        loop.run()
+        mem.limit(nil)
+        print("after run", ran)
+        loop.timer(0, 0, function() ran = true end)
+        loop.run()
+        print("again", ran)
+      ]])
+      -- no memory for the error handler either: the report goes to stderr
+      assert.matches("switchboard: core.loop: timer: not enough memory", out, 1, true)
+      assert.matches("after run\tfalse\nagain\ttrue\nrc=0", out, 1, true)
+    end)
+
+    it("in an accept: reported, the listener pauses and then serves", function()
+      local out = run_script(([[
+        local loop = require("core.loop")
+        local mem = require("core.mem")
+        local path = %q
+        local reported
+        loop.set_error_handler(function(msg)
+          mem.limit(nil)
+          reported = msg
+          loop.stop()
+        end)
+        local l = assert(loop.listen(path, tonumber("600", 8), function(s)
+          s:write("hi\n")
+          s:flush(5)
+          s:close()
+        end))
+        local got
+        loop.spawn(function()
+          local c = assert(loop.connect(path))
+          got = c:read_line(100, 5)
+          loop.stop()
+        end)
+        -- room for half a coroutine: the accept cannot start the
+        -- listener's, the report fits
+        collectgarbage(); collectgarbage("stop")
+        local before = mem.used()
+        coroutine.create(print)
+        local room = (mem.used() - before) // 2
+        collectgarbage("restart"); collectgarbage(); collectgarbage()
+        mem.limit(room)
+        loop.run()
+        print("reported", reported)
+        loop.run()                -- accepting again after the pause
+        l:close()
+        print("got", got)
+      ]]):format(dir .. "/accept.sock"))
+      assert.matches("reported\tcore.loop: listener: accept (pausing 0.5 s): not enough memory\n", out, 1, true)
+      assert.matches("got\thi\nrc=0", out, 1, true)
+    end)
+
+    it("in a stream read's wakeup: the error handler has it", function()
+      local out = run_script(([[
+        local loop = require("core.loop")
+        local mem = require("core.mem")
+        local path = %q
+        local line = string.rep("x", 4 * 1024 * 1024)    -- kept: not garbage
+        local reported
+        loop.set_error_handler(function(msg)
+          reported = msg
+          loop.stop()
+        end)
+        local l = assert(loop.listen(path, tonumber("600", 8), function(s)
+          s:write(line)
+          s:write("\n")
+          s:flush(5)
+        end))
+        local got = "not resumed"
+        loop.spawn(function()
+          local c = assert(loop.connect(path))
+          mem.limit(1024 * 1024)  -- the 4 MB line does not fit
+          got = c:read_line(8 * 1024 * 1024, 5)
+        end)
+        loop.run()
+        mem.limit(nil)
+        l:close()
+        print("reported", reported)
+        print("got", got)
+      ]]):format(dir .. "/oom.sock"))
+      assert.matches("reported\tcoroutine not resumed: not enough memory\n", out, 1, true)
+      assert.matches("got\tnot resumed\nrc=0", out, 1, true)
+    end)
+  end)
 end)
