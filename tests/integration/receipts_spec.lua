@@ -107,6 +107,12 @@ describe("delivery receipts", function()
     local exec = sql_json(srv, ("SELECT DISTINCT execution_id FROM audit_log WHERE id IN (%d, %d, %d)")
       :format(call.id, recs[1].id, recs[2].id))
     assert.equals(1, #exec)
+    local shown = srv.admin(("execution show %s --tenant acme"):format(H.q(exec[1].execution_id)))
+    local seen = {}
+    for _, c in ipairs(type(shown) == "table" and shown.calls or {}) do
+      if c.decision == "receipt" then seen[#seen + 1] = c.outcome end
+    end
+    assert.same({ "sent", "delivered" }, seen, json.encode(shown))
     local d = TW.with(srv, acme, function(c)
       return TW.call(c, "twilio_search_messages", { action = "get_details", message_sid = row.sid })
     end)
