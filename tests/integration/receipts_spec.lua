@@ -55,6 +55,14 @@ local function sms(srv, token, body)
   return TW.with(srv, token, function(c) return TW.call(c, "twilio_send_sms", { to = ANA, body = body }) end)
 end
 
+-- Wait for n receipt records of send id (the audit trail is written a
+-- moment after the send record), then check that no more come.
+local function receipts_n(srv, id, n)
+  H.wait_for(function() return #receipts_of(srv, id) >= n end, 10, ("%d receipt records of send %d"):format(n, id))
+  H.sh("sleep 0.2")
+  return #receipts_of(srv, id)
+end
+
 local function wait_delivery(srv, id, status)
   H.wait_for(function()
     local r = send_row(srv, id)
@@ -100,8 +108,8 @@ describe("delivery receipts", function()
     local _, code = H.sh(("grep -c -a -F %s %s/data/switchboard.db*"):format(H.q(token), H.q(srv.dir)))
     assert.are_not.equals(0, code)
     -- in the call's execution, and in get_details
+    assert.equals(2, receipts_n(srv, id, 2)) -- sent, delivered
     local recs = receipts_of(srv, id)
-    assert.equals(2, #recs) -- sent, delivered
     assert.equals("delivered", recs[2].outcome)
     local call = TW.audit_last(srv, "twilio_send_sms")
     local exec = sql_json(srv, ("SELECT DISTINCT execution_id FROM audit_log WHERE id IN (%d, %d, %d)")
@@ -149,7 +157,7 @@ describe("delivery receipts", function()
     assert.equals(400, post(base, ida, toka, { MessageSid = a.sid, MessageStatus = "bogus" }))
     assert.same(a, send_row(srv, ida))
     assert.same(b, send_row(srv, idb))
-    assert.equals(2, #receipts_of(srv, ida))
+    assert.equals(2, receipts_n(srv, ida, 2))
   end)
 
   it("ignores replays and Twilio's retries: one change, one audit record per status", function()
@@ -163,7 +171,7 @@ describe("delivery receipts", function()
       for _, c in ipairs(cbs) do if c.sid == row.sid and c.http_status == 200 then n = n + 1 end end
       return n == 6
     end, 10, "the six posts (two statuses, three times each)")
-    assert.equals(2, #receipts_of(srv, id))
+    assert.equals(2, receipts_n(srv, id, 2))
     row = send_row(srv, id)
     -- a replay of what came, with its key and without
     local f = { MessageSid = row.sid, MessageStatus = "delivered", AccountSid = TW.SIM.ACCOUNT }
@@ -172,7 +180,7 @@ describe("delivery receipts", function()
     f.MessageStatus = "sent"
     assert.equals(200, post(base, id, token, f, "another-key"))
     assert.same(row, send_row(srv, id))
-    assert.equals(2, #receipts_of(srv, id))
+    assert.equals(2, receipts_n(srv, id, 2))
   end)
 
   it("keeps delivered when the callbacks come out of order, and keeps the error code", function()
@@ -187,7 +195,7 @@ describe("delivery receipts", function()
     end, 10, "the late sent callback")
     row = send_row(srv, id)
     assert.equals("delivered", row.delivery_status)
-    assert.equals(1, #receipts_of(srv, id))
+    assert.equals(1, receipts_n(srv, id, 1))
     -- an error code is kept through a later step without one
     assert.is_falsy(sms(srv, acme, "receipts: undelivered").isError)
     local id2, token = split(last_callback(sim))
@@ -223,11 +231,13 @@ describe("delivery receipts", function()
     assert.truthy(row.sid:match("^SM%x+$"))
     assert.equals("reconciled by a status callback", row.error_message)
     local found
-    for _, a in ipairs(TW.audit(srv)) do
-      if a.decision == "recovery" and type(a.detail) == "table" and a.detail.send_id == id
-        and a.detail.reconciled == "status callback" then found = a end
-    end
-    assert.truthy(found, "no audit record of the resolution")
+    H.wait_for(function()
+      for _, a in ipairs(TW.audit(srv)) do
+        if a.decision == "recovery" and type(a.detail) == "table" and a.detail.send_id == id
+          and a.detail.reconciled == "status callback" then found = a end
+      end
+      return found ~= nil
+    end, 10, "the audit record of the resolution")
     assert.equals("sent", found.outcome)
   end)
 end)
