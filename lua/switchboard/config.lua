@@ -44,6 +44,9 @@ local spec = {
     allowed_hosts = { type = "list", item = "string", default = {} },
     allowed_origins = { type = "list", item = "string", default = {} },
     metrics_token = { type = "string" },
+    -- the runtime's address as Twilio reaches it: sends carry a StatusCallback
+    -- to <public_url>/twilio/status/… (delivery receipts); off when unset
+    public_url = { type = "string", pattern = "^https?://[^%s/?#]+[^%s?#]*$" },
   } },
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
@@ -174,6 +177,9 @@ function M.build(given, root)
   cfg.audit.anchor_file = expand(cfg.audit.anchor_file)
   for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end
   cfg.agent_socket_mode = tonumber(cfg.agent_socket_mode, 8)
+  if cfg.http.public_url and not cfg.http.listen then
+    return nil, "config: 'http.public_url' needs 'http.listen' (the listener Twilio's status callbacks reach)"
+  end
   return cfg
 end
 

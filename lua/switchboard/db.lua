@@ -171,6 +171,21 @@ M.migrations = {
   -- rotation rewraps them; a version is retired once no row names it).
   ALTER TABLE tenants ADD COLUMN data_key_version INTEGER NOT NULL DEFAULT 1;
   ]],
+  [[
+  -- Delivery receipts (Twilio's status callbacks): the message's delivery
+  -- status, which only moves forward, its error code, when it was
+  -- delivered; the SHA-256 of the send's callback token (the token itself
+  -- is never stored), the key of the last callback applied, and the
+  -- execution of the call (its receipts are shown with it).
+  ALTER TABLE sends ADD COLUMN delivery_status TEXT;
+  ALTER TABLE sends ADD COLUMN delivery_error INTEGER;
+  ALTER TABLE sends ADD COLUMN delivery_updated_at TEXT;
+  ALTER TABLE sends ADD COLUMN delivered_at TEXT;
+  ALTER TABLE sends ADD COLUMN callback_token_hash TEXT;
+  ALTER TABLE sends ADD COLUMN callback_key TEXT;
+  ALTER TABLE sends ADD COLUMN execution_id TEXT;
+  CREATE INDEX sends_delivery ON sends (tenant_id, delivery_status) WHERE delivery_status IS NOT NULL;
+  ]],
 }
 
 function M.now()

@@ -19,6 +19,7 @@ end
 -- One audit record of a call (tool, decision, outcome, duration_ms).
 function M.observe(rec)
   if type(rec) ~= "table" or type(rec.tool) ~= "string" then return end
+  if rec.decision == "receipt" then return end -- a delivery receipt, not a call
   local k = table.concat({ rec.tool, tostring(rec.decision or "none"), tostring(rec.outcome or "none") }, "\0")
   calls[k] = (calls[k] or 0) + 1
   local s = (tonumber(rec.duration_ms) or 0) / 1000
@@ -77,6 +78,22 @@ function M.render(server)
   for _, r in ipairs(db:query("SELECT status, count(*) AS n FROM sends GROUP BY status") or {}) do by[r.status] = r.n end
   for _, st in ipairs({ "pending", "in_flight", "sent", "failed", "unknown" }) do
     add('switchboard_sends{status="', st, '"} ', num(by[st] or 0))
+  end
+  add("# HELP switchboard_delivery_receipts_total Twilio status callbacks: applied, ignored (replays,"
+    .. " not a step forward) and refused (bad token or fields).")
+  add("# TYPE switchboard_delivery_receipts_total counter")
+  local sends_mod = require("switchboard.sends")
+  for _, k in ipairs({ "applied", "duplicate", "refused" }) do
+    add('switchboard_delivery_receipts_total{result="', k, '"} ', num(sends_mod.receipt_counts[k]))
+  end
+  add("# HELP switchboard_delivered_ratio Of a tenant's messages with a final delivery receipt, the share"
+    .. " delivered (or read).")
+  add("# TYPE switchboard_delivered_ratio gauge")
+  local ratio = db:query("SELECT t.name AS tenant, sum(s.delivery_status IN ('delivered', 'read')) AS ok,"
+    .. " count(*) AS n FROM sends s JOIN tenants t ON t.id = s.tenant_id WHERE s.delivery_status IN"
+    .. " ('delivered', 'read', 'undelivered', 'failed') GROUP BY t.name ORDER BY t.name") or {}
+  for _, r in ipairs(ratio) do
+    add('switchboard_delivered_ratio{tenant="', lv(r.tenant), '"} ', num(r.ok / r.n))
   end
   add("# HELP switchboard_connections Open MCP connections and HTTP sessions.")
   add("# TYPE switchboard_connections gauge")

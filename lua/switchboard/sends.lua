@@ -27,7 +27,8 @@ M.NOT_SENT = "not sent: interrupted before the request"
 -- plan: none may scan the table).
 M.SQL = {
   insert = "INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request, body_hash,"
-    .. " status, created_at, created_unix, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?)",
+    .. " status, created_at, created_unix, updated_at, callback_token_hash,"
+    .. " execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?)",
   settle = "UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
   opt_out = "INSERT OR IGNORE INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)",
   opted_out = "SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?",
@@ -166,6 +167,10 @@ function M.post(ctx, spec)
   local request = json.encode({ product = spec.product, path = spec.path, form = spec.form })
   local sealed = directory.seal(rt.master, tenant, FIELD, request)
   local now, created = db_mod.now(), os.time()
+  -- a message send carries a status callback with a token of its own (only
+  -- its hash is stored; the sealed request above never holds it)
+  local token = M.callback_base(rt) and spec.path and spec.path:find("/Messages.json", 1, true)
+    and vault.base64url(vault.random(32)) or nil
   local hash = M.body_hash(spec.text)
   if not hash and spec.form and spec.form.ContentSid then
     hash = M.template_hash(spec.form.ContentSid, spec.form.ContentVariables)
@@ -178,7 +183,8 @@ function M.post(ctx, spec)
     if ctx.send_claim then ctx.send_claim() end
     if rowid then counted(db, tenant.id, created, 1) end
   end, M.SQL.insert, tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action,
-    spec.recipient, store.blob(sealed), hash, now, created, now)
+    spec.recipient, store.blob(sealed), hash, now, created, now, token and vault.sha256_hex(token) or nil,
+    ctx.execution_id)
   if not id then
     log.error("sends: the write-ahead record of a %s send for tenant %d could not be stored, so it was not"
       .. " sent: %s", ctx.tool_name, tenant.id, tostring(err))
@@ -191,7 +197,13 @@ function M.post(ctx, spec)
     settle_status(db, row, "failed", nil, nil, M.NOT_SENT_CANCELLED)
     return not_sent(ctx, "cancelled", M.CANCELLED, { send_id = id })
   end
-  local body, perr = ctx.twilio:post(spec.product, spec.path, spec.form, { cancelled = ctx.cancelled })
+  local form = spec.form
+  if token then
+    form = {}
+    for k, v in pairs(spec.form) do form[k] = v end
+    form.StatusCallback = ("%s/%d/%s"):format(M.callback_base(rt), id, token)
+  end
+  local body, perr = ctx.twilio:post(spec.product, spec.path, form, { cancelled = ctx.cancelled })
   local outcome = settle(db, row, body, perr)
   if outcome == "unknown" then M.reconcile_later(rt, id) end
   ctx.outcome = outcome
@@ -425,5 +437,166 @@ function M.reconcile_later(rt, id, delay)
     if not ok then log.warn("sends: reconciling send %d failed: %s", id, tostring(err)) end
   end)
 end
+
+-- {======================================================
+-- Delivery receipts: Twilio's status callbacks.
+--
+-- With http.public_url set, every message send carries a StatusCallback
+-- <public_url>/twilio/status/<send id>/<token>, the token 32 random bytes
+-- of its own (the record keeps only its SHA-256, compared in constant
+-- time). Twilio signs callbacks with the account's Auth Token, which this
+-- runtime never holds, so the token in the URL is what authenticates one.
+-- A receipt moves the send's delivery status forward only (a replay, a
+-- retry or a late one changes nothing), keeps the error code, closes an
+-- unknown outcome at once (the callback names the message's sid) and is
+-- written to the audit trail in the execution of the call that sent it.
+-- =======================================================
+
+M.CALLBACK_PATH = "/twilio/status/"
+
+-- The status callback's base URL, or nil (receipts off).
+function M.callback_base(rt)
+  local url = rt.cfg and rt.cfg.http and rt.cfg.http.public_url
+  if not url then return nil end
+  return (url:gsub("/+$", "")) .. M.CALLBACK_PATH:gsub("/$", "")
+end
+
+-- The order of Twilio's message statuses: a receipt applies only when it
+-- moves the status forward; read (WhatsApp) follows delivered only.
+M.DELIVERY_RANK = { accepted = 0, scheduled = 0, queued = 0, sending = 1, sent = 2, delivered = 3,
+                    undelivered = 3, failed = 3, canceled = 3, read = 4 }
+local RANK = M.DELIVERY_RANK
+local FINAL_BAD = { undelivered = true, failed = true, canceled = true }
+
+-- The statuses a receipt of `status` may follow.
+local function before(status)
+  local out = {}
+  for st, r in pairs(RANK) do
+    if r < RANK[status] and not (status == "read" and FINAL_BAD[st]) then out[#out + 1] = st end
+  end
+  table.sort(out)
+  return out
+end
+
+local NO_TOKEN = vault.sha256_hex("no callback token")
+
+local SQL_RECEIPT = "UPDATE sends SET delivery_status = ?, delivery_error = coalesce(?, delivery_error),"
+  .. " delivery_updated_at = ?, delivered_at = CASE WHEN ? THEN coalesce(delivered_at, ?) ELSE delivered_at END,"
+  .. " callback_key = ? WHERE id = ? AND (callback_key IS NULL OR callback_key != ?)"
+  .. " AND (delivery_status IS NULL OR delivery_status IN (%s))"
+local SQL_RESOLVE = "UPDATE sends SET status = 'sent', sid = ?, error_message = ?, updated_at = ?"
+  .. " WHERE id = ? AND status = 'unknown'"
+M.RESOLVED = "reconciled by a status callback"
+M.SETTLE_WAIT = 10
+
+local counts = { applied = 0, duplicate = 0, refused = 0 }
+M.receipt_counts = counts
+
+local function refuse(status, why, id)
+  counts.refused = counts.refused + 1
+  log.warn("sends: a status callback for send %s was refused: %s", tostring(id), why)
+  return status, why
+end
+
+-- One status callback. id: the send id of the URL; token: the URL's
+-- token; f: the decoded form; key: its I-Twilio-Idempotency-Token (or nil).
+-- Returns an HTTP status and a short text (nothing secret in either).
+function M.receipt(rt, id, token, f, key)
+  local db = rt.db
+  local row = db:row("SELECT * FROM sends WHERE id = ?", id)
+  -- the same work and the same answer for a send that does not exist and a
+  -- wrong token: a prober learns nothing
+  local ok = vault.equal(vault.sha256_hex(token), row and row.callback_token_hash or NO_TOKEN)
+  if not (row and row.callback_token_hash and ok) then return refuse(404, "no such callback", id) end
+  local function one(k) local v = f[k] if type(v) == "table" then return nil end return v end
+  local sid, status = one("MessageSid"), one("MessageStatus")
+  if type(sid) ~= "string" or not sid:match("^[SM]M%x+$") or #sid ~= 34 then
+    return refuse(400, "MessageSid must be SM or MM followed by 32 hexadecimal characters", id)
+  end
+  if type(status) ~= "string" or not RANK[status] then
+    return refuse(400, "MessageStatus is not a status of an outbound message", id)
+  end
+  local code = one("ErrorCode")
+  if code ~= nil and code ~= "" then
+    code = code:match("^%d+$") and math.tointeger(tonumber(code))
+    if not code then return refuse(400, "ErrorCode must be a whole number", id) end
+  else
+    code = nil
+  end
+  local conn = require("switchboard.twilio.connection").get(db, row.tenant_id)
+  local acct = one("AccountSid")
+  if acct ~= nil and conn and conn.account_sid and acct ~= conn.account_sid then
+    return refuse(403, "AccountSid is not the account of this send", id)
+  end
+  -- Twilio may call back before its answer to the POST has been read: wait
+  -- (Twilio waits 15 s for an answer) until the send has settled
+  local waited = 0
+  while row.status == "in_flight" and waited < M.SETTLE_WAIT do
+    loop.sleep(0.05)
+    waited = waited + 0.05
+    row = db:row("SELECT * FROM sends WHERE id = ?", id)
+  end
+  if row.status == "in_flight" then return 503, "the send has not settled yet, retry later" end
+  if row.sid and row.sid ~= sid then return refuse(409, "MessageSid is not the message of this send", id) end
+  if row.status == "failed" or row.status == "pending" then
+    return refuse(409, "this send did not reach Twilio", id)
+  end
+  if not row.sid and db:row("SELECT 1 AS x FROM sends WHERE sid = ? AND id != ?", sid, id) then
+    return refuse(409, "MessageSid is another send's message", id)
+  end
+  local writer = db_mod.writer(db)
+  local now = db_mod.now()
+  -- an unknown outcome ends here: the message exists at Twilio
+  if row.status == "unknown" then
+    local n, err = writer:run(nil, SQL_RESOLVE, sid, M.RESOLVED, now, id)
+    if not n then
+      log.error("sends: the status callback of send %d could not be stored: %s", id, tostring(err))
+      return 503, "not stored, retry later"
+    end
+    if n == 1 then
+      log.info("sends: unknown send %d resolved by a status callback: sent as %s", id, sid)
+      row.status = "sent"
+      audit(rt, row, "sent", { sid = sid, reconciled = "status callback", delivery_status = status })
+      if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
+    end
+  end
+  key = key or (sid .. ":" .. status)
+  local prior = before(status)
+  local marks = {}
+  for i = 1, #prior do marks[i] = "?" end
+  local sql = SQL_RECEIPT:format(#prior > 0 and table.concat(marks, ", ") or "NULL")
+  local delivered = status == "delivered" or status == "read"
+  local n, err = writer:run(nil, sql, status, code, now, delivered and 1 or 0, now, key, id, key,
+    table.unpack(prior))
+  if not n then
+    log.error("sends: the status callback of send %d could not be stored: %s", id, tostring(err))
+    return 503, "not stored, retry later"
+  end
+  if n == 0 then
+    counts.duplicate = counts.duplicate + 1
+    return 200, "ignored: a replay, or not a step forward"
+  end
+  counts.applied = counts.applied + 1
+  rt.audit:record({ tenant_id = row.tenant_id, agent_id = row.agent_id, execution_id = row.execution_id,
+                    tool = row.tool, action = row.action, args = { to = row.recipient }, decision = "receipt",
+                    policies = {}, outcome = status, actor = "twilio",
+                    detail = { receipt_for = id, sid = sid, delivery_status = status, error_code = code } })
+  return 200, "ok"
+end
+
+-- The delivery of a message the runtime sent for ctx's tenant, or nil.
+function M.delivery(ctx, sid)
+  local rt = runtime_of[ctx]
+  local tenant = ctx.tenant_row or ctx.tenant
+  if not rt or not tenant or type(sid) ~= "string" then return nil end
+  local row = rt.db:row("SELECT id, status, delivery_status, delivery_error, delivered_at, delivery_updated_at,"
+    .. " callback_token_hash FROM sends WHERE tenant_id = ? AND sid = ?", tenant.id, sid)
+  if not row then return nil end
+  return { send_id = row.id, record = row.status, receipts = row.callback_token_hash ~= nil,
+           status = row.delivery_status, error_code = row.delivery_error,
+           delivered_at = row.delivered_at, updated_at = row.delivery_updated_at }
+end
+
+-- }======================================================
 
 return M

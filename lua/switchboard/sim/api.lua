@@ -6,6 +6,7 @@ local json = require("switchboard.json")
 local U = require("switchboard.sim.util")
 local S = require("switchboard.sim.state")
 local lookups = require("switchboard.sim.lookups")
+local callbacks = require("switchboard.sim.callbacks")
 
 local M = {}
 
@@ -366,6 +367,7 @@ local function create_message(st, acct, form)
   acct.messages[#acct.messages + 1] = msg
   acct.msg_by_sid[msg.sid] = msg
   st.created[#st.created + 1] = { account = acct, msg = msg }
+  callbacks.schedule(st, msg)
   if msg.settle_at <= now then settle(st, msg) end
   return U.json(201, M.message_json(st, acct, msg))
 end

@@ -125,6 +125,23 @@ function M.handle(sim, req)
     return reply(200, { messages = json.array(out) })
   end
 
+  if path == "/__sim/callbacks" and method == "GET" then
+    return reply(200, { callbacks = json.array(st.callbacks or {}) })
+  end
+
+  if path == "/__sim/settings" and (method == "POST" or method == "GET") then
+    if method == "POST" then
+      local v = json.decode(req.body ~= "" and req.body or "null")
+      if type(v) ~= "table" then return fail(400, "expected an object of settings") end
+      for k, x in pairs(v) do
+        if st.settings[k] == nil then return fail(400, "unknown setting: " .. tostring(k)) end
+        if type(x) ~= type(st.settings[k]) then return fail(400, ("setting %s must be a %s"):format(k, type(st.settings[k]))) end
+      end
+      for k, x in pairs(v) do st.settings[k] = x end
+    end
+    return reply(200, { settings = st.settings })
+  end
+
   if path == "/__sim/clock" and (method == "POST" or method == "GET") then
     if method == "POST" then
       local v = json.decode(req.body ~= "" and req.body or "{}")

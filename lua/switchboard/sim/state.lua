@@ -12,6 +12,9 @@ local DEFAULTS = {
   verify_max_sends = 5,
   verify_send_window = 600,
   verify_max_checks = 5,
+  callback_retries = 0,
+  callback_order = "in_order",
+  callback_delay_ms = 0,
 }
 
 -- Load a fixture: a path to a Lua file returning a table, or the table.
@@ -68,6 +71,7 @@ function M.new(fx, now)
     contents = {},
     content_order = {},
     created = {},             -- messages created through the API, oldest first
+    callbacks = {},           -- status callbacks posted (GET /__sim/callbacks)
   }
   for k, v in pairs(DEFAULTS) do st.settings[k] = v end
   for k, v in pairs(fx.settings or {}) do st.settings[k] = v end

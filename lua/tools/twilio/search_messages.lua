@@ -2,6 +2,7 @@
 -- message's delivery details (get_details) and its media (get_media).
 local json = require("switchboard.json")
 local T = require("switchboard.twilio.tools")
+local sends = require("switchboard.sends")
 
 local ACTIONS = {
   search = { to = true, from = true, date_sent_after = true, date_sent_before = true, limit = true },
@@ -74,6 +75,13 @@ local function get_details(ctx, args)
   end
   local data = v
   data.action = "get_details"
+  -- a message this runtime sent: its send record and delivery receipts
+  data.delivery = sends.delivery(ctx, v.sid or args.message_sid)
+  local d = data.delivery
+  if d and d.status then
+    text = text .. (" Delivery receipt (status callback): %s%s."):format(d.status,
+      d.error_code and (", error %d"):format(d.error_code) or "")
+  end
   return { text = text, data = data }
 end
 
@@ -161,6 +169,14 @@ return {
       (function()
         local d = T.message_schema(true)
         d.properties.action = { type = "string", const = "get_details" }
+        d.properties.delivery = { type = "object", additionalProperties = false,
+          required = { "send_id", "record", "receipts" },
+          description = "Only for a message this runtime sent: its send record and what Twilio's status"
+            .. " callbacks reported (receipts false: no callback was asked for).",
+          properties = { send_id = { type = "integer" }, record = { type = "string" },
+                         receipts = { type = "boolean" }, status = { type = "string" },
+                         error_code = { type = "integer" }, delivered_at = { type = "string" },
+                         updated_at = { type = "string" } } }
         d.required, d.additionalProperties = { "action" }, false
         return d
       end)(),
