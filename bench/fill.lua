@@ -42,6 +42,7 @@ loop.spawn(function()
   -- When the writer has no queue of such records, record() is used and
   -- the time stamps are the current time.
   local direct = type(w.queue) == "table"
+  local last_t, last_at
   for i = 1, n do
     -- half to the first agent, the rest round-robin over all of them
     local a = (i % 2 == 0) and agents[1] or agents[(i // 2) % #agents + 1]
@@ -50,8 +51,9 @@ loop.spawn(function()
     local t = t_start + math.floor((i - 1) * step)
     local send = i % 5 == 0
     local to = ("+1415867%04d"):format(i * 7919 % 10000)
+    if t ~= last_t then last_t, last_at = t, os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
     local rec = {
-      at = os.date("!%Y-%m-%dT%H:%M:%SZ", t), kind = "call", tenant_id = a.tenant_id, agent_id = a.id,
+      at = last_at, kind = "call", tenant_id = a.tenant_id, agent_id = a.id,
       execution_id = ("fill-%d-%d-%d"):format(t_start, a.id, k // 10), sender_tier = "owner",
       tool = send and "twilio_send_sms" or "twilio_search_messages", action = (not send) and "search" or nil,
       decision = "allow", outcome = "ok", retries = 0, duration_ms = send and 1.042 or 0.203,

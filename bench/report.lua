@@ -291,6 +291,7 @@ if #full > 0 then
   w("|---|---:|")
   w(("| verify wall time | %s ms%s |"):format(fmt(V.full_ms),
     V.ok and "" or " (a run did not succeed: " .. tostring(full[1].err):gsub("\n", " ") .. ")"))
+  w(("| verify wall time per round | %s ms |"):format(table.concat(map(full, function(r) return fmt(r.ms) end), ", ")))
   w(("| floor wall time | %s ms |"):format(fmt(V.floor_ms)))
   w(("| verify / floor | %s |"):format(ratio(V.ratio)))
   w(("| server RSS before → peak during verify | %s → %s MiB%s |"):format(mib(V.rss0), mib(V.hwm),
