@@ -204,7 +204,9 @@ if #peer > 0 then
   w("`@twilio-alpha/mcp` (Node) from ../shared/peer, copied to a scratch folder and run with its own harness"
     .. " (sb-bench.mjs: the official MCP SDK client, `ListMessage {PageSize: 20}` / `CreateMessage`), against the"
     .. " same nginx; Switchboard measured by the same harness and client in the same round (direct: the SDK client"
-    .. " on the Unix socket; bridge: `switchboard connect` spawned by the SDK's stdio transport).")
+    .. " on the Unix socket; bridge: `switchboard connect` spawned by the SDK's stdio transport). In the scratch"
+    .. " copy the harness's write recipients are +1415867xxxx (its +1555867xxxx are not valid numbers, which"
+    .. " the recipient checks refuse). Each figure is the median over the rounds; ratios of the same round.")
   w()
   w("| figure (C=16 unless said) | peer | Switchboard | Switchboard / peer |")
   w("|---|---:|---:|---:|")
