@@ -235,6 +235,11 @@ for _, r in ipairs(hist) do
   if not lseen[r.level] then lseen[r.level] = true; levels[#levels + 1] = r end
 end
 local H = {}
+-- a rate of 0: no call was answered inside the window
+local function none(x)
+  if x == 0 then return "0 (no answer in the window)" end
+  return fmt(x)
+end
 w("## History: the cost of a call with a large database")
 w()
 w("Each round measures a fresh, empty state (E) and the state with history (H) next to each other, 16 calls in"
@@ -256,8 +261,8 @@ for _, lv in ipairs(levels) do
   H[lv.level] = h
   h.sends, h.audit = lv.sends, lv.audit
   w(("| %s earlier sends, %s audit records | %s | %s | %s | %s | %s | %s | %s |"):format(fmt(lv.sends), fmt(lv.audit),
-    fmt(median(map(sel("H", "write"), rps))), fmt(median(map(sel("E", "write"), rps))), ratio(h.wr),
-    fmt(median(map(sel("H", "write"), function(r) return r.r.p50_us / 1000 end)), 2),
+    none(median(map(sel("H", "write"), rps))), fmt(median(map(sel("E", "write"), rps))), ratio(h.wr),
+    fmt(median(map(sel("H", "write"), function(r) return (r.r.timed or 1) > 0 and r.r.p50_us / 1000 or nil end)), 2),
     fmt(median(map(sel("H", "read"), rps))), fmt(median(map(sel("E", "read"), rps))), ratio(h.rr)))
 end
 for _, f in ipairs(of("fill")) do
