@@ -2,7 +2,10 @@
 -- server, written by the runtime's own audit writer (the server state that
 -- `switchboard serve` builds from the same config, so the chain is
 -- whatever the runtime writes and `audit verify` walks it).
---   switchboard exec bench/fill.lua ROOT CONFIG N [DAYS=30]
+--   switchboard exec bench/fill.lua ROOT CONFIG N [DAYS=30] [SECONDS]
+-- With SECONDS, the fill stops at the first batch boundary after that many
+-- seconds (every batch is one committed transaction, so the chain stays
+-- whole) and says how many records it wrote: "fill: N call records …".
 -- The records are spread over the agents in the database (the first one,
 -- the benchmark's, gets half), over the last DAYS days in id order, an
 -- execution every 10 calls of an agent; 4 in 5 are searches, 1 in 5 sends.
@@ -11,6 +14,8 @@ local server = require("switchboard.server")
 local loop = require("core.loop")
 
 local root, conf, n, days = arg[1], arg[2], math.tointeger(tonumber(arg[3] or "")), tonumber(arg[4] or "30")
+local budget = tonumber(arg[5] or "")
+local deadline = budget and budget > 0 and os.time() + budget or nil
 if not (root and conf and n and days) then
   io.stderr:write("usage: switchboard exec bench/fill.lua ROOT CONFIG N [DAYS]\n")
   return 2
@@ -28,6 +33,8 @@ local BATCH = 20000
 loop.spawn(function()
   local srv = assert(server.start(cfg))
   for _, l in ipairs(srv.listeners) do l:close() end
+  -- nothing here yields to the loop: give SIGTERM and SIGINT back their defaults
+  for _, sg in ipairs(srv.signals) do sg:close() end
   local agents = assert(srv.db:query("SELECT id, tenant_id FROM agents ORDER BY id"))
   assert(#agents > 0, "fill.lua: no agents in the database")
   local w = srv.audit
@@ -37,6 +44,7 @@ loop.spawn(function()
   local c0 = os.clock()
   local per_agent = {}
   local ok, err
+  local written = n
   -- The records a serving runtime queues (what record() builds), queued
   -- directly with their time stamps; flush() chains and commits them.
   -- When the writer has no queue of such records, record() is used and
@@ -72,13 +80,17 @@ loop.spawn(function()
     if i % BATCH == 0 then
       ok, err = w:flush()
       if not ok then error("fill.lua: audit flush: " .. tostring(err)) end
+      if deadline and os.time() >= deadline and i < n then
+        written = i
+        io.stderr:write(("fill.lua: stopped at the %d s budget after %d of %d records\n"):format(budget, i, n))
+        break
+      end
     end
   end
   ok, err = w:flush()
   if not ok then error("fill.lua: audit flush: " .. tostring(err)) end
   local r = srv.db:row("SELECT count(*) AS n FROM audit_log")
-  print(("fill: %d call records in %.1f s of CPU; audit_log has %d rows"):format(n, os.clock() - c0, r.n))
-  for _, sg in ipairs(srv.signals) do sg:close() end
+  print(("fill: %d call records in %.1f s of CPU; audit_log has %d rows"):format(written, os.clock() - c0, r.n))
   srv.db:close()
   srv.master:close()
   loop.stop()

@@ -265,10 +265,15 @@ for _, lv in ipairs(levels) do
     fmt(median(map(sel("H", "write"), function(r) return (r.r.timed or 1) > 0 and r.r.p50_us / 1000 or nil end)), 2),
     fmt(median(map(sel("H", "read"), rps))), fmt(median(map(sel("E", "read"), rps))), ratio(h.rr)))
 end
+local fill_stopped
 for _, f in ipairs(of("fill")) do
   w()
-  w(("Audit fill: %s records through the runtime's writer in %s s (%s records/s); database %s MiB after it."):format(
-    fmt(f.records), fmt(f.ms / 1000, 1), fmt(f.records / (f.ms / 1000)), fmt(f.db_bytes / 1048576)))
+  local short = f.asked and f.records < f.asked
+  if short then fill_stopped = f end
+  w(("Audit fill: %s records through the runtime's writer in %s s (%s records/s); database %s MiB after it.%s"):format(
+    fmt(f.records), fmt(f.ms / 1000, 1), fmt(f.records / (f.ms / 1000)), fmt(f.db_bytes / 1048576),
+    short and (" It stopped at its time budget of %s s (BENCH_FILL_SECONDS), %s records short of the %s asked for.")
+      :format(fmt(f.budget_s), fmt(f.asked - f.records), fmt(f.asked)) or ""))
 end
 w()
 
@@ -416,6 +421,10 @@ if V.records and V.records < 1000000 then
 end
 if last and (last.audit or 0) < 10000000 then
   sizes_note[#sizes_note + 1] = ("the last history level had %s audit records, not 10M"):format(fmt(last.audit))
+end
+if fill_stopped then
+  sizes_note[#sizes_note + 1] = ("the audit fill stopped at its time budget (%s records in %s s on this machine)")
+    :format(fmt(fill_stopped.records), fmt(fill_stopped.budget_s))
 end
 if #sizes_note > 0 then
   w("Scaled down by the knobs: " .. table.concat(sizes_note, "; ") .. ".")

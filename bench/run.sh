@@ -32,6 +32,8 @@
 #  BENCH_HISTORY="0 100000 1000000"  earlier sends in the table
 #  BENCH_VERIFY_ROWS=1000000         audit records for verify and the 1M page
 #  BENCH_AUDIT_ROWS=10000000         audit records for the last history level
+#  BENCH_FILL_SECONDS=480            time budget of the fill from VERIFY_ROWS up to AUDIT_ROWS
+#                                    (0: none); the report gives the size reached
 #  BENCH_EXEC_TIMEOUT=60             seconds before an executions page is given up
 #  BENCH_FLOOR_N=2000                requests in the curl floor
 #  BENCH_PEER=0|1  BENCH_PEER_DIR=../shared/peer
@@ -57,6 +59,7 @@ HISTORY=${BENCH_HISTORY:-"0 100000 1000000"}
 VERIFY_ROWS=${BENCH_VERIFY_ROWS:-1000000}
 AUDIT_ROWS=${BENCH_AUDIT_ROWS:-10000000}
 EXEC_TIMEOUT=${BENCH_EXEC_TIMEOUT:-60}
+FILL_SECONDS=${BENCH_FILL_SECONDS:-480}
 FLOOR_N=${BENCH_FLOOR_N:-2000}
 PEER=${BENCH_PEER:-0}
 # ../shared/peer next to the repository (or next to the main checkout of a git worktree)
@@ -340,14 +343,18 @@ add_sends() { # K: total earlier sends in H's table
   say "history: $k earlier sends in the table (+$add in $(ms_since "$t0") ms)"
 }
 AUDIT_NOW=0
-add_audit() { # N: total call records written by the fill
-  local n=$1 add=$(($1 - AUDIT_NOW)) t0
+add_audit() { # N [SECONDS]: total call records written by the fill, its time budget
+  local n=$1 add=$(($1 - AUDIT_NOW)) t0 done_n
   [ "$add" -gt 0 ] || return 0
   t0=$(now_ns)
-  "$SB_BIN" exec bench/fill.lua "$ROOT" "$OUT/H/switchboard.conf.lua" "$add" 30 >&2 || die "bench/fill.lua failed"
-  AUDIT_NOW=$n
-  emit "{\"kind\":\"fill\",\"records\":$add,\"total\":$n,\"ms\":$(ms_since "$t0"),\"db_bytes\":$(stat -c %s "$OUT/H/data/switchboard.db")}"
-  say "audit: $n records written by the runtime's writer (+$add in $(ms_since "$t0") ms)"
+  "$SB_BIN" exec bench/fill.lua "$ROOT" "$OUT/H/switchboard.conf.lua" "$add" 30 "${2:-0}" >"$OUT/fill.out" \
+    || die "bench/fill.lua failed"
+  cat "$OUT/fill.out" >&2
+  done_n=$(awk '/^fill: / { print $2 }' "$OUT/fill.out")
+  [[ $done_n =~ ^[0-9]+$ ]] || die "bench/fill.lua did not say how many records it wrote"
+  AUDIT_NOW=$((AUDIT_NOW + done_n))
+  emit "{\"kind\":\"fill\",\"records\":$done_n,\"asked\":$add,\"budget_s\":${2:-0},\"total\":$AUDIT_NOW,\"ms\":$(ms_since "$t0"),\"db_bytes\":$(stat -c %s "$OUT/H/data/switchboard.db")}"
+  say "audit: $AUDIT_NOW records written by the runtime's writer (+$done_n in $(ms_since "$t0") ms)"
 }
 history_level() { # label sends audit
   local label=$1 r order st
@@ -448,14 +455,14 @@ executions_page "at_verify_rows"
 stop_serve
 
 if [ "$AUDIT_ROWS" -gt "$VERIFY_ROWS" ]; then
-  add_audit "$AUDIT_ROWS"
+  add_audit "$AUDIT_ROWS" "$FILL_SECONDS"
   STATE=$OUT/H; start_serve "$STATE"
   say "executions page at $AUDIT_NOW records (timeout ${EXEC_TIMEOUT}s)"
   executions_page "at_audit_rows"
   stop_serve
 fi
 fi
-part history && [ "$AUDIT_ROWS" -gt "$AUDIT_NOW" ] && add_audit "$AUDIT_ROWS"
+part history && ! part audit && [ "$AUDIT_ROWS" -gt "$AUDIT_NOW" ] && add_audit "$AUDIT_ROWS" "$FILL_SECONDS"
 part history && history_level "sends=$SENDS_NOW+audit=$AUDIT_NOW" "$SENDS_NOW" "$AUDIT_NOW"
 
 # --- report --------------------------------------------------------------------------
@@ -467,8 +474,8 @@ model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   echo "\"cpus\":$(nproc),\"model\":$(printf '%s' "${model:-unknown}" | jstr),\"kernel\":$(uname -r | jstr),"
   echo "\"nginx\":$("$NGINX" -v 2>&1 | sed 's/^nginx version: //' | jstr),\"curl\":$(curl --version | head -n 1 | cut -d' ' -f1-2 | jstr),"
   echo "\"node\":$( (node -v 2>/dev/null || echo -) | jstr),\"peer\":$PEER,\"parts\":$(printf '%s' "$PARTS" | jstr),\"command\":$(printf '%s' "$CMDLINE" | jstr),"
-  echo "\"knobs\":$(printf 'ROUNDS=%s BENCH_DURATION=%s BENCH_WARMUP=%s BENCH_INFLIGHT="%s" BENCH_HISTORY="%s" BENCH_VERIFY_ROWS=%s BENCH_AUDIT_ROWS=%s BENCH_EXEC_TIMEOUT=%s BENCH_FLOOR_N=%s BENCH_PEER=%s' \
-     "$ROUNDS" "$DURATION" "$WARMUP" "$INFLIGHT" "$HISTORY" "$VERIFY_ROWS" "$AUDIT_ROWS" "$EXEC_TIMEOUT" "$FLOOR_N" "$PEER" | jstr),"
+  echo "\"knobs\":$(printf 'ROUNDS=%s BENCH_DURATION=%s BENCH_WARMUP=%s BENCH_INFLIGHT="%s" BENCH_HISTORY="%s" BENCH_VERIFY_ROWS=%s BENCH_AUDIT_ROWS=%s BENCH_FILL_SECONDS=%s BENCH_EXEC_TIMEOUT=%s BENCH_FLOOR_N=%s BENCH_PEER=%s' \
+     "$ROUNDS" "$DURATION" "$WARMUP" "$INFLIGHT" "$HISTORY" "$VERIFY_ROWS" "$AUDIT_ROWS" "$FILL_SECONDS" "$EXEC_TIMEOUT" "$FLOOR_N" "$PEER" | jstr),"
   echo "\"load_begin\":$(printf '%s' "$LOAD_BEGIN" | jstr),\"load_end\":$(cut -d' ' -f1-3 /proc/loadavg | jstr),\"seconds\":$((T_END - T_BEGIN))}"
 } | tr -d '\n' >>"$RES"
 echo >>"$RES"
