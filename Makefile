@@ -126,9 +126,11 @@ asan: deps build/asan/switchboard
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
 
-bench: deps all
-	@$(MAKE) --no-print-directory PKGS="$(BENCH_PKGS)" deb-pkgs
-	@bench/run.sh
+# Debian packages only (nginx-light too); BENCH_PEER=1 npm-installs the peer in a scratch folder.
+bench:
+	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS) $(BENCH_PKGS)" deb-pkgs
+	@$(MAKE) --no-print-directory all
+	@BENCH_COMMAND="make bench" bench/run.sh
 
 demo: deps all
 	@examples/demo.sh
