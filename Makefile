@@ -19,7 +19,7 @@ LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lhttp_parser -lphonenu
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c core/phone.c core/fs.c core/notify.c
+       core/mem.c core/phone.c core/fs.c core/notify.c core/jsonint.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
 SRCS += core/init.c
