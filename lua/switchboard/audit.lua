@@ -255,6 +255,7 @@ function M:write_anchor()
     return nil, err
   end
   self.anchored_id, self.anchor_written = self.last_id, true
+  if self.anchor_timer then self.anchor_timer:close() self.anchor_timer = nil end
   return true
 end
 
@@ -277,11 +278,10 @@ function M:schedule_anchor()
     end)
     return
   end
-  if self.anchor_scheduled then return end
-  self.anchor_scheduled = true
-  loop.spawn(function()
-    loop.sleep(self.anchor_ms / 1000)
-    self.anchor_scheduled = false
+  if self.anchor_timer then return end
+  -- a timer, stopped when the anchor is written sooner (a verify, a stop)
+  self.anchor_timer = loop.timer(self.anchor_ms / 1000, 0, function()
+    if self.anchor_timer then self.anchor_timer:close() self.anchor_timer = nil end
     -- a writer opened on the database since owns its anchor
     if writers[self.db] == self then self:write_anchor() end
   end)
