@@ -290,6 +290,7 @@ describe("audit", function()
     v = audit.verify_trail(db, master, anchor)
     assert.is_false(v.ok)
     assert.equal(4, v.id)
+    w:flush()   -- its anchor now, not from a coroutine after the key is closed
     db:close()
     master:close()
     H.sh("rm -rf " .. H.q(dir))
