@@ -47,6 +47,7 @@ sb_new_state(const char *root)
   preload(L, "core.fs", luaopen_core_fs);
   preload(L, "core.notify", luaopen_core_notify);
   preload(L, "core.jose", luaopen_core_jose);
+  preload(L, "core.jsonint", luaopen_core_jsonint);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");

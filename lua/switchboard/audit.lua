@@ -176,12 +176,15 @@ end
 
 -- db: the store; master: core.vault.Master (the chain's key);
 -- opts: { anchor_file (required), checkpoint_file (default anchor_file ..
--- ".verified"), flush_ms, bodies }.
+-- ".verified"), flush_ms, anchor_ms, anchor_records, bodies }.
 -- At start the anchor is checked against the trail's tail: records after it
 -- (the last batch before a crash) are anchored; a tail that does not match
 -- (deleted, rewritten, the anchor lost or replaced) is logged and
 -- recorded in the trail itself (action audit.reanchor) before the chain is
 -- anchored again from where it is.
+M.ANCHOR_MS = 250        -- the anchor of call batches lags by at most this (ms)
+M.ANCHOR_RECORDS = 1024  -- or by this many records
+
 function M.new(db, master, opts)
   opts = opts or {}
   assert(master and master.audit_mac, "audit.new: the master key is required")
@@ -189,6 +192,8 @@ function M.new(db, master, opts)
   local self = setmetatable({ db = db, master = master, anchor_file = opts.anchor_file, queue = {},
                               checkpoint_file = opts.checkpoint_file or (opts.anchor_file .. ".verified"),
                               flush_ms = opts.flush_ms or 20, bodies = opts.bodies or "redacted",
+                              anchor_ms = opts.anchor_ms or M.ANCHOR_MS,
+                              anchor_records = opts.anchor_records or M.ANCHOR_RECORDS,
                               scheduled = false, anchored_id = 0, legacy = 0 }, M)
   local last = db:row("SELECT id, hash, chain, anchored FROM audit_log ORDER BY id DESC LIMIT 1")
   self.last_id, self.last_hash = last and last.id or 0, last and last.hash or M.GENESIS
@@ -250,19 +255,35 @@ function M:write_anchor()
     return nil, err
   end
   self.anchored_id, self.anchor_written = self.last_id, true
+  if self.anchor_timer then self.anchor_timer:close() self.anchor_timer = nil end
   return true
 end
 
--- The anchor of batches committed on a call's path is written on the next
--- loop turn: the batches committed in one turn share one write (two
--- fsyncs), and the call is answered without waiting for it.
+-- The anchor of batches committed on a call's path is written later, off
+-- the call's path: at most every anchor_ms (the batches committed meanwhile
+-- share one write, two fsyncs), or on the next loop turn once
+-- anchor_records records wait for it. Records committed and not anchored
+-- yet when the process dies are what verify reports as "not yet anchored"
+-- and the next start anchors; a stop (flush without defer) anchors them.
+-- With flush_ms = 0 (no group commit) each batch is anchored on the next
+-- loop turn, as is a writer's backlog of anchor_records.
 function M:schedule_anchor()
-  if self.anchor_scheduled then return end
-  self.anchor_scheduled = true
-  loop.spawn(function()
-    loop.sleep(0)
-    self.anchor_scheduled = false
-    self:write_anchor()
+  if self.flush_ms == 0 or self.last_id - self.anchored_id >= self.anchor_records then
+    if self.anchor_soon then return end
+    self.anchor_soon = true
+    loop.spawn(function()
+      loop.sleep(0)
+      self.anchor_soon = false
+      if writers[self.db] == self then self:write_anchor() end
+    end)
+    return
+  end
+  if self.anchor_timer then return end
+  -- a timer, stopped when the anchor is written sooner (a verify, a stop)
+  self.anchor_timer = loop.timer(self.anchor_ms / 1000, 0, function()
+    if self.anchor_timer then self.anchor_timer:close() self.anchor_timer = nil end
+    -- a writer opened on the database since owns its anchor
+    if writers[self.db] == self then self:write_anchor() end
   end)
 end
 

@@ -51,6 +51,7 @@ local spec = {
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
     flush_ms = { type = "integer", default = 20, min = 0 },
+    anchor_ms = { type = "integer", default = 250, min = 0 },
     anchor_file = { type = "string", default = "@data/audit.head" },
   } },
   tool_settings = { type = "map", item = "table", default = {} },

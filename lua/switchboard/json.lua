@@ -38,25 +38,9 @@ end
 -- lua-cjson 2.1 reads every number as a float (it has no decode option
 -- for integers), so 5 would become 5.0 and be written back as "5.0". A
 -- number with no fraction within ±2^53 (where floats are exact) becomes a
--- Lua integer; others stay floats.
-local tointeger, mtype = math.tointeger, math.type
-local LIMIT = 2 ^ 53
-
-local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do
-      if mtype(x) == "float" then
-        if x > -LIMIT and x < LIMIT then
-          local i = tointeger(x)
-          if i then v[k] = i end
-        end
-      elseif type(x) == "table" then
-        integers(x)
-      end
-    end
-  end
-  return v
-end
+-- Lua integer; others stay floats. The walk over the decoded tree is in C
+-- (core.jsonint): in Lua it was most of the instructions of a small call.
+local integers = require("core.jsonint").integers
 
 -- s with every byte that is not part of valid UTF-8 replaced by U+FFFD
 -- (s itself when it is valid): for text from outside that JSON requires to
@@ -81,9 +65,6 @@ end
 function M.decode(s)
   local ok, v = pcall(codec.decode, s)
   if not ok then return nil, (tostring(v):gsub("^.-:%d+: ", "")) end
-  if mtype(v) == "float" then
-    return (v > -LIMIT and v < LIMIT and tointeger(v)) or v
-  end
   return integers(v)
 end
 

@@ -82,18 +82,23 @@ local function set_status(db, id, status, sid, code, message)
   return db:run(M.SQL.settle, status, sid, code, message, db_mod.now(), id)
 end
 
--- A settle after the request went out, through the group commit: a
--- failed write is logged, the record then stays in_flight and becomes
--- unknown at the next start. row: { id, tenant_id, created_unix }.
+-- A settle after the request went out, through the group commit, without
+-- waiting for it: the call is answered at once and the settle is committed
+-- with the next batch (before the call's audit record, which flushes the
+-- writer first). It is recoverable: a settle lost to a crash or a failed
+-- write leaves the record in_flight, which becomes unknown at the next
+-- start and is reconciled. row: { id, tenant_id, created_unix }.
+-- A failure leaves the daily count at once (the next call sees it) and
+-- comes back to it if its settle is not stored (the record still counts).
 local function settle_status(db, row, status, sid, code, message)
-  local ok, err = db_mod.writer(db):run(function(n)
-    if n and status == "failed" then counted(db, row.tenant_id, row.created_unix, -1) end
+  if status == "failed" then counted(db, row.tenant_id, row.created_unix, -1) end
+  return db_mod.writer(db):later(function(n, err)
+    if not n then
+      if status == "failed" then counted(db, row.tenant_id, row.created_unix, 1) end
+      log.error("sends: send %d ended %s but that could not be stored (%s); it stays in_flight and is"
+        .. " marked unknown at the next start", row.id, status, tostring(err))
+    end
   end, M.SQL.settle, status, sid, code, message, db_mod.now(), row.id)
-  if not ok then
-    log.error("sends: send %d ended %s but that could not be stored (%s); it stays in_flight and is"
-      .. " marked unknown at the next start", row.id, status, tostring(err))
-  end
-  return ok
 end
 
 function M.body_hash(text)

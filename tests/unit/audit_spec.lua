@@ -2,6 +2,7 @@
 -- on real SQLite files: every tamper someone who can write the database
 -- (but has no master key) can make is found.
 local H = require("helpers")
+local loop = require("core.loop")
 local audit = require("switchboard.audit")
 local db_mod = require("switchboard.db")
 local store = require("core.store")
@@ -289,8 +290,89 @@ describe("audit", function()
     v = audit.verify_trail(db, master, anchor)
     assert.is_false(v.ok)
     assert.equal(4, v.id)
+    w:flush()   -- its anchor now, not from a coroutine after the key is closed
     db:close()
     master:close()
     H.sh("rm -rf " .. H.q(dir))
+  end)
+
+  it("batches the anchor of call batches: one write for many, records meanwhile not yet anchored", function()
+    local t = trail(2)
+    local before = H.read(t.anchor)
+    local w = audit.new(t.db, t.master, { flush_ms = 1000, anchor_ms = 3600000, anchor_file = t.anchor })
+    H.async(function()
+      for i = 3, 7 do
+        assert.is_true(w:record(call(i)))
+        assert.is_true(w:flush(true))   -- committed; the anchor is left for later
+        loop.sleep(0.005)
+      end
+    end)
+    assert.equal(before, H.read(t.anchor))
+    local v = t.verify()
+    assert.is_true(v.ok, v.problem)
+    assert.same({ 7, 2, 5 }, { v.records, v.anchored, v.unanchored })
+    -- the writer itself finds it intact (its verify anchors first), as does a stop
+    v = w:verify()
+    assert.is_true(v.ok, v.problem)
+    assert.same({ 7, 7, 0 }, { v.records, v.anchored, v.unanchored })
+    t.close()
+  end)
+
+  it("writes the anchor on the next loop turn once anchor_records records wait", function()
+    local t = trail(1)
+    local w = audit.new(t.db, t.master, { flush_ms = 1000, anchor_ms = 3600000, anchor_records = 3,
+                                          anchor_file = t.anchor })
+    H.async(function()
+      for i = 2, 3 do
+        w:record(call(i))
+        w:flush(true)
+      end
+      loop.sleep(0.01)
+      assert.same({ 3, 1 }, { t.verify().records, t.verify().anchored })
+      w:record(call(4))
+      w:flush(true)
+      loop.sleep(0.01)
+      assert.same({ 4, 4 }, { t.verify().records, t.verify().anchored })
+    end)
+    t.close()
+  end)
+
+  it("after kill -9 with the anchor lagging, verifies the records after it as not yet anchored", function()
+    local t = trail(3)
+    local script = t.dir .. "/crash.lua"
+    H.write(script, ([[
+      local audit = require("switchboard.audit")
+      local db = assert(require("switchboard.db").open(%q))
+      local master = assert(require("core.vault").load_master(%q))
+      local w = audit.new(db, master, { flush_ms = 1000, anchor_ms = 3600000, anchor_file = %q })
+      local loop = require("core.loop")
+      loop.spawn(function()
+        for i = 4, 9 do
+          assert(w:record({ tenant_id = 1, agent_id = 1, execution_id = "e", sender_tier = "owner", tool = "t" .. i,
+            args = { n = i }, decision = "allow", policies = {}, outcome = "ok", duration_ms = 1 }))
+          assert(w:flush(true))
+          loop.sleep(0.005)             -- the loop runs between the batches
+        end
+        local pid = io.open("/proc/self/stat"):read("l"):match("^(%%d+)")
+        io.stdout:write("committed\n")
+        io.stdout:flush()
+        os.execute("kill -9 " .. pid)
+        os.execute("sleep 5")
+      end)
+      loop.run()
+    ]]):format(t.dir .. "/a.db", t.dir .. "/master.key", t.anchor))
+    local out, code = H.sh(H.q(H.BIN) .. " exec " .. H.q(script) .. " 2>&1")
+    assert.truthy(out:find("^committed\n"), out)
+    assert.not_equal(0, code)
+    local v = t.verify()
+    assert.is_true(v.ok, v.problem)
+    assert.same({ 9, 3, 6 }, { v.records, v.anchored, v.unanchored }, out)
+    -- the next start anchors them and records nothing else
+    local w = audit.new(t.db, t.master, { flush_ms = 0, anchor_file = t.anchor })
+    v = w:verify()
+    assert.is_true(v.ok, v.problem)
+    assert.same({ 9, 9, 0 }, { v.records, v.anchored, v.unanchored })
+    assert.same({}, v.warnings)
+    t.close()
   end)
 end)
