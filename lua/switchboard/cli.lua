@@ -844,14 +844,19 @@ function M.commands.connect(opts, root)
     while true do
       local line = stdin:read_line(64 * 1048576)
       if not line then break end
-      if not injected and token and token ~= "" and line:find('"initialize"', 1, true) then
+      -- the token goes into initialize and into each 2026-07-28 request
+      -- (stateless: its version in _meta, no initialize)
+      if token and token ~= "" and line:find("protocolVersion", 1, true) then
         local msg = json.decode(line)
-        if type(msg) == "table" and msg.method == "initialize" and type(msg.params) == "table" then
+        local params = type(msg) == "table" and msg.id ~= nil and msg.params
+        local modern = type(params) == "table" and type(params._meta) == "table"
+          and params._meta["io.modelcontextprotocol/protocolVersion"] ~= nil
+        if modern or (not injected and type(params) == "table" and msg.method == "initialize") then
           local meta = type(msg.params._meta) == "table" and msg.params._meta or {}
           meta["io.switchboard/token"] = token
           msg.params._meta = meta
           line = json.encode(msg)
-          injected = true
+          if msg.method == "initialize" then injected = true end
         end
       end
       if not sock:write(line .. "\n") then break end

@@ -23,6 +23,8 @@ local Http = {}
 Http.__index = Http
 
 local SSE = "text/event-stream"
+-- 2026-07-28: a routing header that disagrees with the body (HTTP 400)
+M.HEADER_MISMATCH = -32020
 local LOOPBACK_NAMES = { localhost = true, ["127.0.0.1"] = true, ["::1"] = true, ["[::1]"] = true }
 
 -- "host:port" or "[v6]:port" → host, port (or nil, err).
@@ -339,17 +341,23 @@ function Http:handle_mcp(req)
     return plain(400, -32600, "Mcp-Session-Id is required: send initialize first (or a " .. mcp.MODERN
       .. " request with its _meta)")
   end
-  -- 2026-07-28: the routing headers must match the body
-  if modern then
+  -- 2026-07-28: a request's routing headers must match its body (400 with
+  -- HeaderMismatch, answered to the request's id so the client can tell
+  -- which call failed); notifications need none
+  if modern and msg.id ~= nil then
+    local id = mcp.as_id(msg.id)
+    local function mismatch(message)
+      return 400, { ["Content-Type"] = "application/json" }, jsonrpc_error(id, M.HEADER_MISMATCH, message)
+    end
     if pv ~= nil and pv ~= meta[mcp.META_VERSION] then
-      return plain(400, -32600, "MCP-Protocol-Version does not match params._meta's protocol version")
+      return mismatch("MCP-Protocol-Version does not match params._meta's protocol version")
     end
     if req.headers["mcp-method"] ~= msg.method then
-      return plain(400, -32600, "the Mcp-Method header must name the request's method")
+      return mismatch("the Mcp-Method header must name the request's method")
     end
     local name = params.name
     if (msg.method == "tools/call") and req.headers["mcp-name"] ~= name then
-      return plain(400, -32600, "the Mcp-Name header must name the tool called")
+      return mismatch("the Mcp-Name header must name the tool called")
     end
   end
   if self.server.nsessions >= self.server.cfg.limits.connections then

@@ -120,8 +120,13 @@ function Session:send(msg)
 end
 
 function Session:reply(id, res)
-  -- 2026-07-28: every result says what kind it is
-  if self.modern and type(res) == "table" then res.resultType = res.resultType or "complete" end
+  -- 2026-07-28: every result says what kind it is and names the server
+  if self.modern and type(res) == "table" then
+    res.resultType = res.resultType or "complete"
+    local meta = type(res._meta) == "table" and res._meta or {}
+    meta[M.META_SERVER] = meta[M.META_SERVER] or M.SERVER_INFO
+    res._meta = meta
+  end
   self:send({ id = id, result = res })
 end
 
@@ -216,22 +221,43 @@ function Session:bind(agent)
   self.fingerprint = self.server.registry:view_fingerprint(agent.groups, self.tenant.enabled)
 end
 
+-- 2026-07-28: a cacheable result (tools/list, server/discover) says for how
+-- long and for whom: never cached (the view changes with the agent's groups),
+-- and private (it is this agent's view).
+local function uncached(res)
+  res.ttlMs, res.cacheScope = 0, "private"
+  return res
+end
+
 -- 2026-07-28: what the server offers, with no session and no state.
 function handlers.discover(self, id)
-  self:reply(id, {
+  self:reply(id, uncached({
     supportedVersions = json.array(M.ALL_VERSIONS),
     capabilities = { tools = { listChanged = true } },
     serverInfo = M.SERVER_INFO,
     instructions = self.agent and self:instructions() or nil,
     _meta = { [M.META_SERVER] = M.SERVER_INFO },
-  })
+  }))
 end
 
--- 2026-07-28: a long-lived request; the list changes of this agent's view
--- arrive as notifications tagged with the request's id, until the client
--- cancels it or the connection ends (no result until then).
-function handlers.listen(self, id)
-  self.subscriptions[id_key(id)] = { id = id, view = self, fingerprint = self.fingerprint }
+-- 2026-07-28: a long-lived request; first notifications/subscriptions/acknowledged
+-- with the filter honoured (of params.notifications, only toolsListChanged:
+-- this server has no prompts or resources; no filter means every list this
+-- server has), then the list changes of this agent's view, all tagged with
+-- the request's id, until the client cancels it or the connection ends (no
+-- result until then).
+function handlers.listen(self, id, params)
+  local filter = type(params) == "table" and params.notifications or nil
+  if filter ~= nil and (type(filter) ~= "table" or rawget(filter, 1) ~= nil) then
+    return self:fail(id, INVALID_PARAMS, "subscriptions/listen: params.notifications must be an object"
+      .. " (like {\"toolsListChanged\": true})")
+  end
+  local tools = filter == nil or filter.toolsListChanged == true
+  self:notify("notifications/subscriptions/acknowledged", { _meta = { [M.META_SUBSCRIPTION] = id },
+    notifications = tools and { toolsListChanged = true } or {} })
+  if tools then
+    self.subscriptions[id_key(id)] = { id = id, view = self, fingerprint = self.fingerprint }
+  end
 end
 
 function handlers.ping(self, id)
@@ -242,7 +268,8 @@ function handlers.list_tools(self, id, params)
   if type(params) == "table" and params.cursor ~= nil then
     return self:fail(id, INVALID_PARAMS, "tools/list: unknown cursor (this server returns every tool in one page)")
   end
-  self:reply(id, { tools = json.array(self:tool_list()) })
+  local res = { tools = json.array(self:tool_list()) }
+  self:reply(id, self.modern and uncached(res) or res)
 end
 
 local function sender_tier(self, meta)

@@ -23,10 +23,13 @@ local srv = TW.server({ config = { tool_settings = { example_fetch = { base_url 
 local token = srv.agent("nodetest", "sdk", "caioo", "Examples")
 local twilio_token = TW.connect_sim(srv, sim, "nodetwilio")
 H.wait_for(function() return (H.read(srv.log) or ""):find("http: MCP on", 1, true) ~= nil end, 10, "the HTTP listener")
-local cmd = ("cd %s/tests/node && SB_BIN=%s SB_SOCKET=%s SWITCHBOARD_TOKEN=%s SB_TWILIO_TOKEN=%s SB_HTTP_URL=%s"
-  .. " node --test --test-reporter=tap 2>&1")
-  :format(H.q(H.ROOT), H.q(H.BIN), H.q(srv.agent_socket), H.q(token), H.q(twilio_token),
-    H.q(("http://127.0.0.1:%d/mcp"):format(port)))
+-- SB_NODE_DIR: another copy of tests/node (with its own node_modules);
+-- SB_NODE_CMD: another command than the whole node --test run
+local node_dir = os.getenv("SB_NODE_DIR") or (H.ROOT .. "/tests/node")
+local node_cmd = os.getenv("SB_NODE_CMD") or "node --test --test-reporter=tap"
+local cmd = ("cd %s && SB_BIN=%s SB_SOCKET=%s SWITCHBOARD_TOKEN=%s SB_TWILIO_TOKEN=%s SB_HTTP_URL=%s %s 2>&1")
+  :format(H.q(node_dir), H.q(H.BIN), H.q(srv.agent_socket), H.q(token), H.q(twilio_token),
+    H.q(("http://127.0.0.1:%d/mcp"):format(port)), node_cmd)
 local out, code = H.sh(cmd)
 io.stdout:write(out)
 srv.stop()
