@@ -199,6 +199,13 @@ function Http:new_session(agent, stateless)
   if not stateless then
     hs.id = vault.hex(vault.random(16))
     s.execution_id = ("http-%d-%d"):format(os.time(), s.n)
+  else
+    -- stateless requests have no connection to be the execution: without
+    -- an execution id in _meta, the agent's stateless requests are one
+    -- execution, so what one of them read taints the next (kept when this
+    -- request's session closes; it ages out with the taint store)
+    s.execution_id = ("http-stateless-%s"):format(agent.id)
+    s.keep_taint = true
   end
   srv.sessions[s] = true
   srv.nsessions = srv.nsessions + 1
