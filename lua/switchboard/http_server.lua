@@ -389,7 +389,10 @@ function Http:handle(req)
       if not given or not vault.equal(vault.sha256(given), vault.sha256(tok)) then
         return 401, { ["WWW-Authenticate"] = 'Bearer realm="metrics"' }, ""
       end
-    elseif not M.is_loopback(req.remote) then
+    elseif not (M.is_loopback(req.remote) and LOOPBACK_NAMES[h or ""] and req.headers.forwarded == nil
+                and req.headers["x-forwarded-for"] == nil) then
+      -- a proxy on this host connects from loopback: what it relays carries
+      -- the public Host or a forwarding header, and is not a loopback client
       return 403, { ["Content-Type"] = "text/plain" }, "forbidden: /metrics answers loopback clients only"
         .. " (or set http.metrics_token)\n"
     end
