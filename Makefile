@@ -153,7 +153,7 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 LUA_FILES   = $(shell find lua -name '*.lua' | sort)
 POLICY_FILES = $(wildcard policies/*.lua)
-UNITS       = systemd/switchboard.socket systemd/switchboard-admin.socket
+UNITS       = systemd/switchboard.socket systemd/switchboard-admin.socket systemd/switchboard-http.socket
 
 install: switchboard
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(MANDIR)/man1 \
@@ -181,7 +181,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/switchboard $(DESTDIR)$(MANDIR)/man1/switchboard.1 \
 	  $(DESTDIR)$(MANDIR)/man5/switchboard.conf.5 $(DESTDIR)$(SYSUSERSDIR)/switchboard.conf \
 	  $(DESTDIR)$(UNITDIR)/switchboard.service $(DESTDIR)$(UNITDIR)/switchboard.socket \
-	  $(DESTDIR)$(UNITDIR)/switchboard-admin.socket
+	  $(DESTDIR)$(UNITDIR)/switchboard-admin.socket $(DESTDIR)$(UNITDIR)/switchboard-http.socket
 	rm -rf $(DESTDIR)$(DATADIR)
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/switchboard/ (the configuration)"
 

@@ -26,6 +26,8 @@
 */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -93,6 +95,7 @@ struct Server {
   ev_io io;
   ev_timer timer;
   int port;
+  char addr[INET6_ADDRSTRLEN];  /* the bound address, numeric */
   int handler_ref, self_ref;
   size_t max_body;
   unsigned idle;
@@ -886,6 +889,13 @@ server_port(lua_State *L)
 }
 
 static int
+server_address(lua_State *L)
+{
+  lua_pushstring(L, check_server(L)->addr);
+  return 1;
+}
+
+static int
 server_closed(lua_State *L)
 {
   Server *s = luaL_checkudata(L, 1, SERVER_MT);
@@ -988,18 +998,75 @@ bind_socket(const char *host, int port, int backlog, int *family, int *err)
   return fd;
 }
 
+/* The port fd is bound to (0 if unknown); its numeric address in addr. */
 static int
-local_port(int fd)
+local_port(int fd, char *addr, size_t addrlen)
 {
   struct sockaddr_storage ss;
   socklen_t slen = sizeof ss;
+  addr[0] = '\0';
   if (getsockname(fd, (struct sockaddr *)&ss, &slen) != 0)
     return 0;
-  if (ss.ss_family == AF_INET)
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-  if (ss.ss_family == AF_INET6)
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    if (inet_ntop(AF_INET, &sin->sin_addr, addr, (socklen_t)addrlen) == NULL)
+      addr[0] = '\0';
+    return ntohs(sin->sin_port);
+  }
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_ntop(AF_INET6, &sin6->sin6_addr, addr, (socklen_t)addrlen) == NULL)
+      addr[0] = '\0';
+    return ntohs(sin6->sin6_port);
+  }
   return 0;
+}
+
+/* A listening TCP socket passed in (systemd socket activation): checked,
+** made non-blocking, its family in *family; 0 or an errno. */
+static int
+adopt_socket(int fd, int *family)
+{
+  int type = 0, accepting = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+    return errno;
+  len = sizeof accepting;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0)
+    return errno;
+  struct sockaddr_storage ss;
+  socklen_t slen = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &slen) != 0)
+    return errno;
+  if (type != SOCK_STREAM || !accepting
+      || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    return ENOTSOCK;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+    return errno;
+  *family = ss.ss_family;
+  return 0;
+}
+
+/* httpd.socket_address(fd) -> numeric address, port of a passed listening
+** TCP socket (nothing changes on it), or nil, err. */
+static int
+l_socket_address(lua_State *L)
+{
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  if (fd < 0 || fd > INT_MAX)
+    return luaL_error(L, "httpd.socket_address: invalid fd");
+  int family = 0, err = adopt_socket((int)fd, &family);
+  if (err != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "fd %d is not a listening TCP socket (%s)", (int)fd, strerror(err));
+    return 2;
+  }
+  char addr[INET6_ADDRSTRLEN];
+  int port = local_port((int)fd, addr, sizeof addr);
+  lua_pushstring(L, addr);
+  lua_pushinteger(L, port);
+  return 2;
 }
 
 static int
@@ -1013,6 +1080,7 @@ l_listen(lua_State *L)
   lua_Integer port = opt_integer(L, "port", 0);
   lua_Integer max_body = opt_integer(L, "max_body", DEFAULT_MAX_BODY);
   lua_Integer backlog = opt_integer(L, "backlog", 511);
+  lua_Integer passed = opt_integer(L, "fd", -1);
   lua_getfield(L, 1, "idle_timeout");
   double idle = luaL_optnumber(L, -1, DEFAULT_IDLE_TIMEOUT);
   lua_pop(L, 1);
@@ -1044,7 +1112,20 @@ l_listen(lua_State *L)
   luaL_setmetatable(L, SERVER_MT);
 
   int family = AF_INET, err = 0;
-  int fd = bind_socket(host, (int)port, (int)backlog, &family, &err);
+  int fd;
+  if (passed >= 0) {
+    if (passed > INT_MAX)
+      return luaL_error(L, "httpd.listen: invalid fd");
+    fd = (int)passed;
+    err = adopt_socket(fd, &family);
+    if (err != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "fd %d is not a listening TCP socket (%s)", fd, strerror(err));
+      return 2;
+    }
+  } else {
+    fd = bind_socket(host, (int)port, (int)backlog, &family, &err);
+  }
   if (fd < 0) {
     if (err < 0) {
       lua_pushnil(L);
@@ -1053,7 +1134,7 @@ l_listen(lua_State *L)
     }
     return sb_push_errno(L, "bind", err);
   }
-  s->port = local_port(fd);
+  s->port = local_port(fd, s->addr, sizeof s->addr);
   unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
   if (family == AF_INET6)
     flags |= MHD_USE_IPv6;
@@ -1107,11 +1188,13 @@ l_listen(lua_State *L)
 static const luaL_Reg httpd_funcs[] = {
   { "listen", l_listen },
   { "stream", l_stream },
+  { "socket_address", l_socket_address },
   { NULL, NULL }
 };
 
 static const luaL_Reg server_meth[] = {
   { "port", server_port },
+  { "address", server_address },
   { "close", server_close },
   { "closed", server_closed },
   { "stats", server_stats },

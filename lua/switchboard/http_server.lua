@@ -201,6 +201,13 @@ function Http:new_session(agent, stateless)
   if not stateless then
     hs.id = vault.hex(vault.random(16))
     s.execution_id = ("http-%d-%d"):format(os.time(), s.n)
+  else
+    -- stateless requests have no connection to be the execution: without
+    -- an execution id in _meta, the agent's stateless requests are one
+    -- execution, so what one of them read taints the next (kept when this
+    -- request's session closes; it ages out with the taint store)
+    s.execution_id = ("http-stateless-%s"):format(agent.id)
+    s.keep_taint = true
   end
   srv.sessions[s] = true
   srv.nsessions = srv.nsessions + 1
@@ -390,7 +397,10 @@ function Http:handle(req)
       if not given or not vault.equal(vault.sha256(given), vault.sha256(tok)) then
         return 401, { ["WWW-Authenticate"] = 'Bearer realm="metrics"' }, ""
       end
-    elseif not M.is_loopback(req.remote) then
+    elseif not (M.is_loopback(req.remote) and LOOPBACK_NAMES[h or ""] and req.headers.forwarded == nil
+                and req.headers["x-forwarded-for"] == nil) then
+      -- a proxy on this host connects from loopback: what it relays carries
+      -- the public Host or a forwarding header, and is not a loopback client
       return 403, { ["Content-Type"] = "text/plain" }, "forbidden: /metrics answers loopback clients only"
         .. " (or set http.metrics_token)\n"
     end
@@ -447,10 +457,22 @@ function Http:sweep()
 end
 
 -- Start the listener of cfg.http; returns the Http or nil, err.
+-- Under socket activation the socket systemd passed as "http" is served as
+-- it is (its unit chooses the address; http.listen is then not used).
 function M.start(server)
   local cfg = server.cfg.http
-  local host, port = M.parse_listen(cfg.listen)
-  if not host then return nil, port end
+  local fd = server.passed and server.passed.http
+  local host, port, where
+  if fd then
+    server.passed.http = nil
+    local addr, aerr = httpd.socket_address(fd)
+    if not addr then return nil, "the http socket passed by systemd: " .. aerr end
+    host, where = addr, ("the http socket passed by systemd (fd %d, %s)"):format(fd, addr)
+  else
+    host, port = M.parse_listen(cfg.listen)
+    if not host then return nil, port end
+    where = "http.listen " .. cfg.listen
+  end
   local loopback = M.is_loopback(host)
   local tls_cert, tls_key
   if cfg.tls_cert or cfg.tls_key then
@@ -463,8 +485,8 @@ function M.start(server)
       if k == "tls_cert" then tls_cert = text else tls_key = text end
     end
   elseif not loopback and not cfg.behind_tls_proxy then
-    return nil, ("http.listen %s is not a loopback address: set http.tls_cert and http.tls_key, or"
-      .. " http.behind_tls_proxy = true when a TLS proxy is in front"):format(cfg.listen)
+    return nil, ("%s is not a loopback address: set http.tls_cert and http.tls_key, or"
+      .. " http.behind_tls_proxy = true when a TLS proxy is in front"):format(where)
   end
   local self = setmetatable({ server = server, cfg = cfg, sessions = {}, allowed_hosts = {},
                               metadata_paths = {} }, Http)
@@ -487,15 +509,16 @@ function M.start(server)
   if not loopback and host ~= "0.0.0.0" and host ~= "::" then
     self.allowed_hosts[#self.allowed_hosts + 1] = host:find(":", 1, true) and "[" .. host .. "]" or host
   end
-  local srv, err = httpd.listen{ host = host, port = port, max_body = server.cfg.limits.line_bytes,
+  local srv, err = httpd.listen{ host = host, port = port, fd = fd, max_body = server.cfg.limits.line_bytes,
     tls_cert = tls_cert, tls_key = tls_key, handler = function(req) return self:handle(req) end }
-  if not srv then return nil, ("http.listen %s: %s"):format(cfg.listen, err) end
+  if not srv then return nil, ("%s: %s"):format(where, err) end
   self.httpd = srv
   self.port = srv:port()
   self.sweeper = loop.timer(30, 30, function() self:sweep() end)
-  log.info("http: MCP on %s://%s:%d/mcp%s", tls_cert and "https" or "http",
+  log.info("http: MCP on %s://%s:%d/mcp%s%s", tls_cert and "https" or "http",
     host:find(":", 1, true) and "[" .. host .. "]" or host, self.port,
-    (not tls_cert and not loopback) and " (TLS from the proxy in front)" or "")
+    (not tls_cert and not loopback) and " (TLS from the proxy in front)" or "",
+    fd and (" (systemd fd %d)"):format(fd) or "")
   return self
 end
 

@@ -141,8 +141,9 @@ end
 function Session:close()
   if self.closed then return end
   self.closed = true
-  -- the taint of the connection's own execution goes with it
-  require("switchboard.taint").forget(self.server, self.agent, self.execution_id)
+  -- the taint of the connection's own execution goes with it (not that of
+  -- an execution that outlives the session: stateless HTTP requests)
+  if not self.keep_taint then require("switchboard.taint").forget(self.server, self.agent, self.execution_id) end
   for _, call in pairs(self.calls) do call.cancelled = true end
   self.transport:close()
   self.server:forget(self)

@@ -388,14 +388,13 @@ function M.start(cfg)
     self.admin:serve(stream)
   end)
   if not admin_l then return nil, aerr end
-  for name in pairs(self.passed) do
-    log.warn("systemd passed a socket named '%s' that nothing here serves (known: agent, admin)", name)
-  end
-
-  if cfg.http.listen then
+  if cfg.http.listen or self.passed.http then
     local h, herr = require("switchboard.http_server").start(self)
     if not h then return nil, herr end
     self.http = h
+  end
+  for name in pairs(self.passed) do
+    log.warn("systemd passed a socket named '%s' that nothing here serves (known: agent, admin, http)", name)
   end
 
   for _, name in ipairs({ "TERM", "INT" }) do

@@ -23,7 +23,8 @@ describe("MCP over HTTP", function()
     up = H.upstream()
     local port = free_port()
     srv = H.server({ config = {
-      http = { listen = "127.0.0.1:" .. port, allowed_origins = { "https://app.example.com" } },
+      http = { listen = "127.0.0.1:" .. port, allowed_origins = { "https://app.example.com" },
+               allowed_hosts = { "mcp.example.com" } },
       tool_settings = { example_fetch = { base_url = up.url } },
       tool_dirs = { H.ROOT .. "/examples/tools", H.ROOT .. "/tests/fixtures/tools" } } })
     H.wait_for(function() return (H.read(srv.log) or ""):find("http: MCP on", 1, true) ~= nil end, 10, "http listener")
@@ -277,6 +278,13 @@ describe("MCP over HTTP", function()
       assert.matches("switchboard_escalations_open %d+", res.body)
       assert.matches('switchboard_sends{status="sent"} %d+', res.body)
       assert.matches('switchboard_connections{transport="http"} %d+', res.body)
+      -- a request a proxy on this host relays (the public Host, or a
+      -- forwarding header) is not a loopback client
+      for _, h in ipairs({ { ["X-Forwarded-For"] = "203.0.113.9" }, { Forwarded = "for=203.0.113.9" },
+                           { Host = "mcp.example.com" } }) do
+        res = assert(http.request{ url = base .. "/metrics", headers = h })
+        assert.equal(403, res.status, json.encode(h))
+      end
       res = assert(http.request{ url = base .. "/nowhere" })
       assert.equal(404, res.status)
     end)

@@ -43,7 +43,8 @@ describe("make install", function()
         "share/switchboard/policies/safety_gateway.lua", "share/man/man1/switchboard.1",
         "share/man/man5/switchboard.conf.5", "etc/switchboard/switchboard.conf.lua",
         "lib/systemd/system/switchboard.service", "lib/systemd/system/switchboard.socket",
-        "lib/systemd/system/switchboard-admin.socket", "lib/sysusers.d/switchboard.conf" }) do
+        "lib/systemd/system/switchboard-admin.socket", "lib/systemd/system/switchboard-http.socket",
+        "lib/sysusers.d/switchboard.conf" }) do
       assert.is_true(H.exists(prefix .. "/" .. f), f .. " is missing")
     end
     local unit = H.read(prefix .. "/lib/systemd/system/switchboard.service")
@@ -82,11 +83,12 @@ describe("make install", function()
     assert.is_false(H.exists(other .. "/usr/bin/switchboard"))
     assert.is_false(H.exists(other .. "/usr/share/switchboard"))
     assert.is_false(H.exists(other .. "/usr/lib/systemd/system/switchboard.service"))
+    assert.is_false(H.exists(other .. "/usr/lib/systemd/system/switchboard-http.socket"))
     assert.is_true(H.exists(other .. "/etc/switchboard/switchboard.conf.lua"))
   end)
 
   describe("started by socket activation", function()
-    local dir, sink_pid, pid, conf, note_file, agent_sock, admin_sock, ino_agent, ino_admin
+    local dir, sink_pid, pid, conf, note_file, agent_sock, admin_sock, ino_agent, ino_admin, http_port
     setup(function()
       dir = H.tmpdir("act")
       note_file = dir .. "/notes"
@@ -99,9 +101,14 @@ describe("make install", function()
         .. " log = { level = 'debug', file = %q }, audit = { flush_ms = 0 }, tool_dirs = { %q } }\n"):format(
         dir .. "/data", agent_sock, admin_sock, dir .. "/data/master.key", dir .. "/server.log",
         H.ROOT .. "/examples/tools"))
+      -- a port free right now for the HTTP listener's socket
+      local probe = assert(require("core.httpd").listen{ port = 0, handler = function() return 200, {}, "" end })
+      http_port = probe:port()
+      probe:close()
       pid = H.sh(("cd / && exec env -u SWITCHBOARD_HOME NOTIFY_SOCKET=%s WATCHDOG_USEC=400000 systemd-socket-activate"
-        .. " -l %s -l %s --fdname=agent:admin -E NOTIFY_SOCKET -E WATCHDOG_USEC %s serve --config %s >%s 2>&1 & echo $!")
-        :format(H.q(dir .. "/notify.sock"), H.q(agent_sock), H.q(admin_sock), H.q(bin), H.q(conf),
+        .. " -l %s -l %s -l 127.0.0.1:%d --fdname=agent:admin:http -E NOTIFY_SOCKET -E WATCHDOG_USEC %s serve"
+        .. " --config %s >%s 2>&1 & echo $!")
+        :format(H.q(dir .. "/notify.sock"), H.q(agent_sock), H.q(admin_sock), http_port, H.q(bin), H.q(conf),
           H.q(dir .. "/stderr.log"))):gsub("%s+", "")
       H.wait_for(function() return H.exists(agent_sock) and H.exists(admin_sock) end, 10, "the activated sockets")
       ino_agent, ino_admin = inode(agent_sock), inode(admin_sock)
@@ -138,6 +145,26 @@ describe("make install", function()
       assert.are.equal(ino_agent, inode(agent_sock), "the agent socket was re-created")
       assert.are.equal(ino_admin, inode(admin_sock), "the admin socket was re-created")
       H.wait_for(function() return has_note(note_file, "^WATCHDOG=1") ~= nil end, 10, "WATCHDOG=1")
+    end)
+
+    it("serves MCP over HTTP on the socket passed as http (no http.listen in the config)", function()
+      local log = H.read(dir .. "/server.log")
+      assert.truthy(log:find(("http: MCP on http://127.0.0.1:%d/mcp (systemd fd 5)"):format(http_port), 1, true), log)
+      assert.is_nil(log:find("nothing here serves", 1, true), log)
+      local a, acode = admin("agent add --tenant act --name web --type caioo --groups Examples")
+      assert.are.equal(0, acode, tostring(a))
+      H.async(function()
+        local http = require("core.http")
+        local base = ("http://127.0.0.1:%d"):format(http_port)
+        local res = assert(http.request{ url = base .. "/healthz" })
+        assert.are.equal(200, res.status)
+        res = assert(http.request{ method = "POST", url = base .. "/mcp", body = json.encode({ jsonrpc = "2.0",
+          id = 1, method = "initialize", params = { protocolVersion = "2025-06-18", capabilities = {},
+          clientInfo = { name = "t", version = "1" } } }), headers = { ["Content-Type"] = "application/json",
+          Accept = "application/json, text/event-stream", Authorization = "Bearer " .. a.token } })
+        assert.are.equal(200, res.status, res.body)
+        assert.truthy(res.headers["mcp-session-id"], res.body)
+      end)
     end)
 
     it("sends RELOADING=1 with MONOTONIC_USEC, then READY=1, around a reload", function()
