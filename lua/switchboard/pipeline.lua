@@ -59,7 +59,31 @@ local BLOCKS = {
   audio = { fields = { data = "string", mimeType = "string" }, required = { "data", "mimeType" }, media = "audio" },
   resource_link = { fields = { uri = "string", name = "string", title = "string", description = "string",
                                mimeType = "string", size = "integer" }, required = { "uri", "name" } },
+  -- an embedded resource: { uri, mimeType?, text | blob (base64) }
+  resource = { fields = { resource = "table" }, required = { "resource" } },
 }
+
+-- The embedded resource of a resource block: true, or nil and the rule.
+local function check_resource(at, r)
+  if type(r.uri) ~= "string" or not r.uri:match("^%a[%w%+%-%.]*:%S+$") then
+    return nil, at .. ".resource.uri: must be a URI"
+  end
+  for k, v in pairs(r) do
+    if not (k == "uri" or k == "mimeType" or k == "text" or k == "blob" or k == "_meta") then
+      return nil, ("%s.resource.%s: not a field of an embedded resource"):format(at, tostring(k))
+    end
+    if k ~= "_meta" and (type(v) ~= "string" or not utf8.len(v)) then
+      return nil, ("%s.resource.%s: must be a UTF-8 string"):format(at, k)
+    end
+  end
+  if (r.text == nil) == (r.blob == nil) then
+    return nil, at .. ".resource: needs exactly one of text or blob"
+  end
+  if r.blob and (#r.blob % 4 ~= 0 or not r.blob:match("^[%w%+/]*=?=?$")) then
+    return nil, at .. ".resource.blob: must be base64"
+  end
+  return true
+end
 
 -- Check res.content: true, or nil and "content[i].field: rule".
 local function check_blocks(list)
@@ -74,7 +98,8 @@ local function check_blocks(list)
     if type(b) ~= "table" then return nil, at .. ": must be a table" end
     local spec = BLOCKS[b.type]
     if not spec then
-      return nil, ("%s.type: must be text, image, audio or resource_link (got %s)"):format(at, tostring(b.type))
+      return nil, ("%s.type: must be text, image, audio, resource_link or resource (got %s)"):format(at,
+        tostring(b.type))
     end
     for _, f in ipairs(spec.required) do
       if b[f] == nil or b[f] == "" then return nil, ("%s.%s: required for a %s block"):format(at, f, b.type) end
@@ -102,6 +127,10 @@ local function check_blocks(list)
     end
     if b.type == "resource_link" and not b.uri:match("^%a[%w%+%-%.]*:%S+$") then
       return nil, ("%s.uri: must be a URI (got %q)"):format(at, b.uri)
+    end
+    if b.type == "resource" then
+      local ok, err = check_resource(at, b.resource)
+      if not ok then return nil, err end
     end
   end
   return true

@@ -90,7 +90,7 @@ describe("tool schemas and results", function()
     local log = H.read(srv.log)
     assert.truthy(log:find("content[1].mimeType: must be an image/", 1, true))
     assert.truthy(log:find("content[3].uri: required for a resource_link block", 1, true))
-    assert.truthy(log:find("content[2].type: must be text, image, audio or resource_link", 1, true))
+    assert.truthy(log:find("content[2].type: must be text, image, audio, resource_link or resource", 1, true))
     assert.truthy(log:find("content[1].data: must be base64", 1, true))
   end)
 

@@ -239,7 +239,7 @@ describe("pipeline results", function()
       { type = "resource_link", uri = "https://example.com/a", name = "a", mimeType = "image/png", size = 3 },
     }))
     local cases = {
-      { { { type = "video" } }, "content[1].type: must be text, image, audio or resource_link" },
+      { { { type = "video" } }, "content[1].type: must be text, image, audio, resource_link or resource" },
       { { { type = "text" } }, "content[1].text: required for a text block" },
       { { { type = "text", text = "a" }, { type = "resource_link", name = "x" } },
         "content[2].uri: required for a resource_link block" },
