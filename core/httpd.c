@@ -46,6 +46,7 @@
 
 #define SERVER_MT  "core.httpd.Server"
 #define STREAM_MT  "core.httpd.Stream"
+#define REQREF_MT  "core.httpd.ReqRef"
 
 #define DEFAULT_MAX_BODY      (1024 * 1024)
 #define DEFAULT_IDLE_TIMEOUT  60.0
@@ -65,6 +66,7 @@ struct Req {
   int state;
   int started;                  /* the access handler saw the headers */
   int running;                  /* its handler's coroutine has begun */
+  int armed;                    /* a ReqRef holds the handler's reference */
   int suspended;
   int too_big;
   size_t dropped;
@@ -447,12 +449,32 @@ answer_500(Req *r)
   r->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
 }
 
-/* The handler's coroutine: stack (r, traceback, results or error). */
+/* The handler coroutine's reference to its request: a full userdata on
+** the coroutine's stack, so that a coroutine that never ends (the loop
+** stopped while it waited) still gives its reference back when it is
+** collected. r is NULL once given back. */
+typedef struct ReqRef {
+  Req *r;
+} ReqRef;
+
+static int
+reqref_gc(lua_State *L)
+{
+  ReqRef *g = luaL_checkudata(L, 1, REQREF_MT);
+  Req *r = g->r;
+  g->r = NULL;
+  if (r != NULL)
+    req_unref(r);
+  return 0;
+}
+
+/* The handler's coroutine: stack (ref, traceback, results or error). */
 static int
 run_handler_k(lua_State *L, int status, lua_KContext ctx)
 {
   (void)ctx;
-  Req *r = lua_touserdata(L, 1);
+  ReqRef *g = lua_touserdata(L, 1);
+  Req *r = g->r;
   if (r->mc != NULL && r->state == R_RUNNING) {
     if (status != LUA_OK && status != LUA_YIELD) {
       report("handler failed", lua_tostring(L, -1));
@@ -476,6 +498,7 @@ run_handler_k(lua_State *L, int status, lua_KContext ctx)
   } else if (status != LUA_OK && status != LUA_YIELD) {
     report("handler failed", lua_tostring(L, -1));
   }
+  g->r = NULL;
   req_unref(r);
   return 0;
 }
@@ -483,7 +506,7 @@ run_handler_k(lua_State *L, int status, lua_KContext ctx)
 static int
 run_handler(lua_State *L)
 {
-  ((Req *)lua_touserdata(L, 1))->running = 1;
+  ((ReqRef *)luaL_checkudata(L, 1, REQREF_MT))->r->running = 1;
   lua_pushcfunction(L, sb_traceback);
   lua_insert(L, 2);
   return run_handler_k(L, lua_pcallk(L, 1, 3, 2, 0, run_handler_k), 0);
@@ -530,7 +553,11 @@ start_handler(lua_State *L)
   Start *a = lua_touserdata(L, 1);
   luaL_checkstack(L, 8, NULL);
   lua_pushcfunction(L, run_handler);
-  lua_pushlightuserdata(L, a->r);
+  ReqRef *g = lua_newuserdatauv(L, sizeof *g, 0);
+  g->r = NULL;
+  luaL_setmetatable(L, REQREF_MT);
+  g->r = a->r;
+  a->r->armed = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, a->r->srv->handler_ref);
   push_request(L, a->r, a->method, a->version);
   sb_spawn(L, 3);
@@ -585,7 +612,10 @@ on_access(void *cls, struct MHD_Connection *mc, const char *url,
   s->requests++;
   Start start = { r, method, version };
   if (sb_protect(start_handler, &start, "core.httpd: request") != 0 && !r->running) {
-    req_unref(r);               /* the coroutine never began: answer here */
+    /* the coroutine never began: answer here; the handler's reference
+    ** goes back now, or when its ReqRef is collected */
+    if (!r->armed)
+      req_unref(r);
     return refuse(r, mc, MHD_HTTP_INTERNAL_SERVER_ERROR);
   }
   if (r->mc == NULL || !s->open)
@@ -1221,6 +1251,11 @@ luaopen_core_httpd(lua_State *L)
     lua_setfield(L, -2, "__close");
     lua_pushcfunction(L, server_tostring);
     lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, REQREF_MT)) {
+    lua_pushcfunction(L, reqref_gc);
+    lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
   if (luaL_newmetatable(L, STREAM_MT)) {

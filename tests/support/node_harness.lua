@@ -18,7 +18,11 @@ end
 local up = H.upstream()
 local sim = TW.sim()
 local port = free_port()
+-- the clients' tests read and then send in one session: the untrusted-
+-- content guard flags those sends (its own scenarios run with it holding,
+-- tests/node/untrusted.test.mjs)
 local srv = TW.server({ config = { tool_settings = { example_fetch = { base_url = up.url } },
+                                   policy_settings = { untrusted_content = { action = "flag", mention_action = "flag" } },
                                    http = { listen = "127.0.0.1:" .. port } } })
 local token = srv.agent("nodetest", "sdk", "caioo", "Examples")
 local twilio_token = TW.connect_sim(srv, sim, "nodetwilio")
