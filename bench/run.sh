@@ -430,7 +430,7 @@ fi
 VERIFY_FULL=()
 if [ -n "${BENCH_VERIFY_FULL_ARGS+x}" ]; then
   read -r -a VERIFY_FULL <<<"$BENCH_VERIFY_FULL_ARGS"
-elif "$SB_BIN" admin --help 2>&1 | grep -q 'audit verify[^|]*--full'; then
+elif "$SB_BIN" admin audit verify --help 2>&1 | grep -q -- '--full'; then
   VERIFY_FULL=(--full)
 fi
 if part audit; then
