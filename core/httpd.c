@@ -1241,31 +1241,17 @@ static const luaL_Reg stream_meth[] = {
 int
 luaopen_core_httpd(lua_State *L)
 {
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, server_meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, server_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, server_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, server_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, REQREF_MT)) {
-    lua_pushcfunction(L, reqref_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, STREAM_MT)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, stream_meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, stream_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg server_meta[] = {
+    { "__gc", server_close },
+    { "__close", server_close },
+    { "__tostring", server_tostring },
+    { NULL, NULL },
+  };
+  static const luaL_Reg reqref_meta[] = { { "__gc", reqref_gc }, { NULL, NULL } };
+  static const luaL_Reg stream_meta[] = { { "__gc", stream_gc }, { NULL, NULL } };
+  sb_createmeta(L, SERVER_MT, server_meta, server_meth);
+  sb_createmeta(L, REQREF_MT, reqref_meta, NULL);
+  sb_createmeta(L, STREAM_MT, stream_meta, stream_meth);
   luaL_newlib(L, httpd_funcs);
   lua_pushboolean(L, MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES);
   lua_setfield(L, -2, "tls");

@@ -451,17 +451,13 @@ luaopen_core_jose(lua_State *L)
     { "sign", l_sign },
     { NULL, NULL },
   };
-  if (luaL_newmetatable(L, KEYSET_MT)) {
-    luaL_newlib(L, ks_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ks_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, ks_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, ks_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg ks_meta[] = {
+    { "__gc", ks_close },
+    { "__close", ks_close },
+    { "__tostring", ks_tostring },
+    { NULL, NULL },
+  };
+  sb_createmeta(L, KEYSET_MT, ks_meta, ks_methods);
   luaL_newlib(L, funcs);
   return 1;
 }
