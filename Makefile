@@ -28,7 +28,7 @@ SRCS += core/init.c
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
            libmicrohttpd-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl \
-           libsystemd-dev systemd mandoc libcjose-dev
+           libsystemd-dev systemd mandoc libcjose-dev libpq-dev postgresql chromium
 BENCH_PKGS = nginx-light
 FUZZ_PKGS = clang libclang-rt-14-dev
 # what `make package` needs besides DEB_PKGS
