@@ -151,7 +151,7 @@ MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
-LUA_FILES   = $(shell find lua -name '*.lua' | sort)
+LUA_FILES   = $(shell find lua integrations -name '*.lua' -not -path '*/tests/*' | sort)
 POLICY_FILES = $(wildcard policies/*.lua)
 UNITS       = systemd/switchboard.socket systemd/switchboard-admin.socket systemd/switchboard-http.socket
 
@@ -192,7 +192,7 @@ PKG_DIR = build/pkg
 package:
 	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS) $(PKG_PKGS)" deb-pkgs
 	rm -rf $(PKG_DIR) && mkdir -p $(PKG_DIR)/src
-	tar -cf - Makefile README.md runtime.lua core lua policies man systemd debian | tar -xf - -C $(PKG_DIR)/src
+	tar -cf - Makefile README.md runtime.lua core lua integrations policies man systemd debian | tar -xf - -C $(PKG_DIR)/src
 	cd $(PKG_DIR)/src && dpkg-buildpackage -us -uc -b
 	lintian --fail-on error $(PKG_DIR)/*.deb
 	@ls $(PKG_DIR)/*.deb

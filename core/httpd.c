@@ -1,7 +1,7 @@
 /*
 ** httpd.c -- core.httpd: an HTTP/1.1 server on the libev loop, on GNU
 ** libmicrohttpd (Debian's libmicrohttpd, never a hand-written parser), for
-** the Twilio simulator and the MCP Streamable HTTP transport.
+** the integrations' simulators and the MCP Streamable HTTP transport.
 **
 ** MHD runs in external polling mode with its own epoll set
 ** (MHD_USE_EPOLL): libev watches that one epoll fd and a timer set from

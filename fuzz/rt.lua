@@ -6,15 +6,13 @@
 local lfs = require("lfs")
 local loop = require("core.loop")
 local vault = require("core.vault")
-local store = require("core.store")
 local http = require("core.http")
-local json = require("switchboard.json")
 local config = require("switchboard.config")
 local db_mod = require("switchboard.db")
 local audit = require("switchboard.audit")
 local directory = require("switchboard.directory")
 local server = require("switchboard.server")
-local conn_mod = require("switchboard.twilio.connection")
+local conn_mod = require("integrations.twilio.connection")
 local sends = require("switchboard.sends")
 
 -- an unknown outcome is reconciled minutes later: not in a fuzz run
@@ -101,12 +99,12 @@ function M.new(tag, root)
     default_tier = "owner", trusted_sender = true }))
   t = directory.tenant_by_id(db, t.id)
   local blob = directory.seal(srv.master, t, conn_mod.FIELD, M.SECRET)
-  local now = db_mod.now()
-  assert(db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret, default_number,"
-    .. " whatsapp_number, verify_service_sid, autonomous_sends, status, account_name, account_status,"
-    .. " account_type, numbers, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 'active', ?, ?, ?, ?, ?, ?)",
-    t.id, M.ACCOUNT, M.KEY, store.blob(blob), M.NUMBER, M.WHATSAPP, M.VERIFY, "Fuzz", "active", "Full",
-    json.encode({ { phone_number = M.NUMBER, sms = true, mms = true, voice = true } }), now, now))
+  assert(require("switchboard.store.connections").insert(db, {
+    tenant_id = t.id, integration = "twilio", key_id = M.KEY, secret = blob, status = "active",
+    account_name = "Fuzz", autonomous_sends = true,
+    settings = { account_sid = M.ACCOUNT, default_number = M.NUMBER, whatsapp_number = M.WHATSAPP,
+                 verify_service_sid = M.VERIFY, account_status = "active", account_type = "Full",
+                 numbers = { { phone_number = M.NUMBER, sms = true, mms = true, voice = true } } } }))
   srv.audit = audit.new(db, srv.master, cfg.audit)
   srv.admin = require("switchboard.admin").new(srv)
   local self = setmetatable({ dir = dir, server = srv, token = token, tenant = t, agent = agent }, RT)

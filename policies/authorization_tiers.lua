@@ -10,8 +10,9 @@ local serves = settings.serves or {
 return {
   name = "authorization_tiers",
   priority = 5,
-  tools = settings.tools or { "twilio_send_sms", "twilio_send_whatsapp", "twilio_search_messages",
-    "twilio_lookup_phone", "twilio_manage_calls", "twilio_verify_phone", "twilio_account_overview" },
+  -- every tool of an integration (settings.tools: these tools instead)
+  tools = settings.tools,
+  kinds = not settings.tools and { "connected" } or nil,
   check = function(call)
     local tiers = serves[call.agent.type] or {}
     for _, tier in ipairs(tiers) do

@@ -1,12 +1,13 @@
 -- Autonomous sends: while a tenant's switch is off (the default), messages
 -- and verification codes do not go out on an agent's word alone. The call
 -- becomes an escalation; a person approves it (and it runs once) or not.
--- Turn the switch on with `switchboard admin twilio autonomous-sends on`.
+-- The switch is each connection's: `switchboard admin <integration>
+-- autonomous-sends on`. It applies to every call that sends, whatever the
+-- integration (an action that only reads, such as checking a code, passes).
 return {
   name = "autonomous_sends",
   priority = 20,
-  tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
-  writes_only = true, -- twilio_verify_phone check_code reads, so it passes
+  kinds = { "sends" },
   check = function(call)
     if call.connection and call.connection.autonomous_sends then
       return allow()

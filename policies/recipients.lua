@@ -3,7 +3,7 @@
 --    country (default: the countries of the tenant's own numbers), never of
 --    a refused type (default: premium-rate and shared-cost) nor under one
 --    of the operator's extra `premium_prefixes`;
---  * recipients that opted out (Twilio 21610 once) are refused locally;
+--  * recipients that opted out (the provider said so once) are refused locally;
 --  * at most `per_recipient` sends to one number per `window_seconds`;
 --  * at most `daily_budget` sends per tenant per day (UTC).
 -- luacheck: read globals phone
@@ -65,29 +65,39 @@ local function allowed(call, number)
   return false
 end
 
+-- A phone number recipient: refused, with why, or nil.
+local function refuse_number(call, to)
+  local number = phone(to)
+  if not number or not number.valid or number.e164 ~= to then
+    return ("the recipient must be a valid phone number in E.164 format (short codes and local formats are refused)")
+  end
+  if refused[number.type] then
+    return (("the recipient is a %s number"):format((number.type:gsub("_", "-"))))
+  end
+  for _, prefix in ipairs(prefixes) do
+    if to:sub(1, #prefix) == prefix then
+      return ("the recipient is a premium-rate number")
+    end
+  end
+  if not allowed(call, number) then
+    local where = number.region == "001" and "non-geographic numbers" or number.region
+    return (("sending to %s (+%d) is not allowed for this tenant"):format(where, number.country_code))
+  end
+  return nil
+end
+
 return {
   name = "recipients",
   priority = 17,
-  tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
-  writes_only = true,
+  kinds = { "sends" },
   check = function(call)
-    local to = call.args.to
-    if to:find("@", 1, true) then return allow() end -- a verification email
-    local number = phone(to)
-    if not number or not number.valid or number.e164 ~= to then
-      return deny("the recipient must be a valid phone number in E.164 format (short codes and local formats are refused)")
-    end
-    if refused[number.type] then
-      return deny(("the recipient is a %s number"):format((number.type:gsub("_", "-"))))
-    end
-    for _, prefix in ipairs(prefixes) do
-      if to:sub(1, #prefix) == prefix then
-        return deny("the recipient is a premium-rate number")
-      end
-    end
-    if not allowed(call, number) then
-      local where = number.region == "001" and "non-geographic numbers" or number.region
-      return deny(("sending to %s (+%d) is not allowed for this tenant"):format(where, number.country_code))
+    local to = call.recipient
+    if not to then return allow() end
+    -- an email address (an email send, a verification by email) has no
+    -- number checks; the limits below apply to every recipient
+    if not to:find("@", 1, true) then
+      local why = refuse_number(call, to)
+      if why then return deny(why) end
     end
     if call.opted_out(to) then
       return deny("the recipient opted out of messages from this tenant (they replied STOP); do not retry")

@@ -42,36 +42,30 @@ for _, category in ipairs(ORDER) do
   action[category] = a
 end
 
--- Every text that would be sent, with where it is and what not to act on
--- there (a recipient is a phone number; a verification recipient may be an
--- email address).
+-- Every text that would be sent (call.outbound, from the tool's `sends`
+-- declaration), with where it is and what not to act on there: the
+-- recipient is a phone number or an email address by its nature.
 local function outbound(call)
-  local args, texts = call.args, {}
-  local function add(text, where, ignore)
-    if type(text) == "string" then texts[#texts + 1] = { text = text, where = where, ignore = ignore or {} } end
-  end
-  add(args.body, "the message body")
-  if type(args.template_variables) == "table" then
-    local names = {}
-    for name in pairs(args.template_variables) do names[#names + 1] = tostring(name) end
-    table.sort(names)
-    for _, name in ipairs(names) do
-      local label = (#name <= 32 and name:match("^[%w_]+$") and #detect.scan(name) == 0)
-        and ("template variable '" .. name .. "'") or "a template variable"
-      add(name, "the name of a template variable")
-      add(args.template_variables[name], label)
+  local texts = {}
+  for _, o in ipairs(call.outbound or {}) do
+    local where = o.where
+    if o.part == "value" then
+      local name = o.name
+      where = (#name <= 32 and name:match("^[%w_]+$") and #detect.scan(name) == 0)
+        and (o.where .. " '" .. name .. "'") or ("a " .. o.where)
     end
+    texts[#texts + 1] = { text = o.text, where = where, ignore = {} }
   end
-  add(args.media_url, "the media URL")
-  add(args.to, "the recipient", { phone = true, email = call.tool == "twilio_verify_phone" })
+  if call.recipient then
+    texts[#texts + 1] = { text = call.recipient, where = "the recipient", ignore = { phone = true, email = true } }
+  end
   return texts
 end
 
 return {
   name = "safety_gateway",
   priority = 15,
-  tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
-  writes_only = true,
+  kinds = { "sends" },
   description = "Holds, flags or refuses outbound texts that contain secrets, card numbers, IBANs, SSNs,"
     .. " email addresses or phone numbers.",
   check = function(call)

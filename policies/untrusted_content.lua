@@ -7,7 +7,7 @@
 --     the number whose caller name was looked up): answering them is fine;
 --   * a number in the tenant's `contacts` (an allow-list);
 --   * with `allow_previous_recipients = true`, a number the tenant has
---     sent to before (a send Twilio accepted).
+--     sent to before (a send the provider accepted).
 -- Any other recipient: `action` (default hold, so a person decides), with
 -- a reason naming what was read and from whom.
 -- A number or a link that appeared in untrusted text and appears in the
@@ -38,7 +38,7 @@ for i, n in ipairs(settings.contacts or {}) do
 end
 local previous = settings.allow_previous_recipients == true
 
--- "twilio_search_messages read 2 untrusted fields from +15550001111, +15550002222"
+-- "search_messages read 2 untrusted fields from +15550001111, +15550002222"
 local function summary(t)
   local tools, from, seen = {}, {}, {}
   for _, s in ipairs(t.sources) do
@@ -55,12 +55,11 @@ local function summary(t)
 end
 
 local function sent_text(call)
-  local args, out = call.args, {}
-  out[#out + 1] = { args.to, "the recipient" }
-  out[#out + 1] = { args.body, "the body" }
-  out[#out + 1] = { args.media_url, "the media URL" }
-  if type(args.template_variables) == "table" then
-    for _, v in pairs(args.template_variables) do out[#out + 1] = { v, "a template variable" } end
+  local out = { { call.recipient, "the recipient" } }
+  for _, o in ipairs(call.outbound or {}) do
+    if o.part ~= "name" then
+      out[#out + 1] = { o.text, o.part == "value" and ("a " .. o.where) or o.where }
+    end
   end
   return out
 end
@@ -68,8 +67,7 @@ end
 return {
   name = "untrusted_content",
   priority = 16,
-  tools = { "twilio_send_sms", "twilio_send_whatsapp", "twilio_verify_phone" },
-  writes_only = true,
+  kinds = { "sends" },
   description = "Holds sends of an execution that read third-party text, unless the recipient is one the"
     .. " trusted side chose.",
   check = function(call)
@@ -85,7 +83,7 @@ return {
     if t.truncated then
       return act(("%s, more than can be checked against this send"):format(summary(t)))
     end
-    local to = call.args.to
+    local to = call.recipient
     for _, n in ipairs(t.counterparts) do
       if n == to then return allow() end
     end

@@ -53,7 +53,7 @@ function TW.sim(fixture)
   H.wait_for(function()
     if H.exists(pf) then return true end
     if not alive(pid) then
-      H.write(dir .. "/launch.lua", "return require('switchboard.sim.cli').commands.sim(arg)\n")
+      H.write(dir .. "/launch.lua", "return require('integrations.twilio.sim.cli').commands.sim(arg)\n")
       pid = launch(("%s exec %s"):format(H.q(H.BIN), H.q(dir .. "/launch.lua")))
       H.wait_for(function()
         if H.exists(pf) then return true end

@@ -14,7 +14,10 @@ local json = require("switchboard.json")
 local schema = require("switchboard.schema")
 local registry = require("switchboard.registry")
 
-local reg = assert(registry.load({ root .. "/lua/tools" }))
+local pkgs = assert(require("switchboard.integrations").load({ root .. "/integrations" }))
+local dirs = {}
+for _, pkg in ipairs(pkgs) do dirs[#dirs + 1] = { dir = pkg.tools_dir, package = pkg } end
+local reg = assert(registry.load(dirs))
 local tools = {}
 for _, name in ipairs(reg.order) do tools[#tools + 1] = reg.tools[name] end
 

@@ -5,6 +5,9 @@ local json = require("switchboard.json")
 local log = require("switchboard.log")
 local directory = require("switchboard.directory")
 
+local integrations = require("switchboard.integrations")
+local connections = require("switchboard.connections")
+
 local M = {}
 M.__index = M
 
@@ -340,11 +343,39 @@ end
 
 -- }======================================================
 
-require("switchboard.twilio.connection").install(M)
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)
 
+-- Each integration package's admin methods: the ones every integration
+-- has (switchboard.connections) and its own (its connection model's
+-- install), added once per package.
+local installed = {}
+local function install_integrations()
+  for _, pkg in ipairs(integrations.list()) do
+    if not installed[pkg.name] then
+      installed[pkg.name] = true
+      connections.install(M, pkg)
+      local model, err = integrations.connection(pkg.name)
+      if not model then error(("integration %s: its connection model does not load: %s"):format(pkg.name, err), 0) end
+      if model.install then model.install(M) end
+    end
+  end
+end
+
+-- The installed integrations, for the console and `switchboard admin
+-- integrations`: each with its manifest's name, title, group, feature and
+-- what its connection model shows of itself (console descriptor).
+methods["integrations.list"] = function()
+  local out = {}
+  for _, pkg in ipairs(integrations.list()) do
+    out[#out + 1] = { name = pkg.name, title = pkg.title, group = pkg.group, feature = pkg.feature or json.null,
+                      description = pkg.manifest.description, console = pkg.manifest.console }
+  end
+  return { integrations = json.array(out) }
+end
+
 function M.new(server)
+  install_integrations()
   return setmetatable({ server = server, db = server.db }, M)
 end
 

@@ -7,6 +7,7 @@ local argparse = require("argparse")
 local loop = require("core.loop")
 local json = require("switchboard.json")
 local config = require("switchboard.config")
+local integrations = require("switchboard.integrations")
 
 local M = { commands = {}, VERSION = "0.1.0" }
 
@@ -239,89 +240,13 @@ local function read_secret()
 end
 M.read_secret = read_secret
 
-local CONN_FIELDS = { { "tenant", "tenant" }, { "status", "status" }, { "status_reason", "reason" },
-  { "account_sid", "account" }, { "account_name", "account name" }, { "account_status", "account status" },
-  { "api_key_sid", "API key" }, { "default_number", "default number" }, { "whatsapp_number", "WhatsApp" },
-  { "verify_service_sid", "Verify service" }, { "autonomous_sends", "autonomous sends" },
-  { "number_count", "numbers" }, { "last_tested_at", "last tested" } }
-
-local function conn_text(r)
-  local out = M.fields(r, CONN_FIELDS)
-  if r.problem then out = out .. "problem: " .. r.problem .. "\n" end
-  for _, w in ipairs(r.warnings or {}) do out = out .. "warning: " .. w .. "\n" end
-  return out
-end
-
-local function twilio_settings(c, params)
-  params.default_number = c.opts["default-number"]
-  params.whatsapp_number = c.opts["whatsapp-number"]
-  params.verify_service_sid = c.opts["verify-service-sid"]
-  params.hosts = c.opts.hosts
-  return params
-end
-
+-- A cell of a table: one line, at most width characters.
 local function cut(s, width)
   s = printable((tostring(s or ""):gsub("%s+", " ")))
   if (utf8.len(s) or #s) <= width then return s end
   return s:sub(1, utf8.offset(s, width - 1) - 1) .. "…"
 end
-
-admin.twilio = {
-  connect = function(c)
-    local secret = read_secret()
-    return "twilio.connect", twilio_settings(c, { tenant = c.opts.tenant, account_sid = c.opts["account-sid"],
-      api_key_sid = c.opts["api-key-sid"], api_key_secret = secret }), function(r)
-      return "connected\n" .. conn_text(r) end
-  end,
-  show = function(c) return "twilio.show", { tenant = c.opts.tenant or c.pos[1] }, conn_text end,
-  test = function(c) return "twilio.test", { tenant = c.opts.tenant or c.pos[1] }, function(r)
-    return (r.ok and "connection works\n" or "connection FAILED\n") .. conn_text(r) end end,
-  update = function(c)
-    local params = twilio_settings(c, { tenant = c.opts.tenant })
-    if c.opts["api-key-sid"] then
-      params.api_key_sid = c.opts["api-key-sid"]
-      params.api_key_secret = read_secret()
-    end
-    return "twilio.update", params, function(r) return "updated\n" .. conn_text(r) end
-  end,
-  ["autonomous-sends"] = function(c)
-    local value = c.pos[1]
-    local confirm = c.opts.confirm == true
-    if value == "on" and not confirm and os.execute("test -t 0") then
-      io.stderr:write("WARNING: with autonomous sends on, agents send SMS, WhatsApp messages and verification\n"
-        .. "codes that cost money without a human confirming each one. Type yes to turn it on: ")
-      confirm = io.stdin:read("l") == "yes"
-    end
-    return "twilio.autonomous_sends", { tenant = c.opts.tenant, value = value, confirm = confirm }, function(r)
-      local s = ("autonomous sends for %s: %s%s\n"):format(r.tenant, r.autonomous_sends and "ON" or "off",
-        r.changed and "" or " (unchanged)")
-      if r.autonomous_sends then
-        s = s .. "WARNING: agents now send messages that cost money without human confirmation.\n"
-      end
-      return s
-    end
-  end,
-  disconnect = function(c) return "twilio.disconnect", { tenant = c.opts.tenant or c.pos[1] }, function(r)
-    return ("tenant %s disconnected from Twilio; the tool group was removed\n"):format(r.tenant) end end,
-  numbers = function(c) return "twilio.numbers", { tenant = c.opts.tenant or c.pos[1] }, function(r)
-    return M.table(r.numbers, { { "phone_number", "NUMBER" }, { "friendly_name", "NAME" },
-      { "voice", "VOICE" }, { "sms", "SMS" }, { "mms", "MMS" } }) end end,
-  messages = function(c)
-    return "twilio.messages", { tenant = c.opts.tenant or c.pos[1], page = c.opts.page,
-      page_size = c.opts["page-size"], limit = c.opts.limit, after = c.opts.after }, function(r, later)
-      local rows = {}
-      for i, m in ipairs(r.messages) do
-        rows[i] = { to = m.to, from = m.from, body = cut(m.body, 40), status = m.status, date = m.date }
-      end
-      local out = M.table(rows, { { "to", "TO" }, { "from", "FROM" }, { "body", "BODY" }, { "status", "STATUS" },
-        { "date", "TIME" } }, later)
-      if r.page and c.opts.page then
-        out = out .. ("page %d%s\n"):format(r.page, r.more and (" (more: --page %d)"):format(r.page + 1) or "")
-      end
-      return out
-    end, not c.opts.page
-  end
-}
+M.cut = cut
 
 local ESC_COLS = { { "id", "ID" }, { "agent", "AGENT" }, { "tool", "TOOL" }, { "action", "ACTION" },
   { "kind", "KIND" }, { "policy", "POLICY" }, { "reason", "REASON" }, { "status", "STATUS" },
@@ -427,15 +352,7 @@ local OPTS = {
   groups = { '"G1,G2"', "Tool groups, comma-separated." },
   tier = { "TIER", "Default sender tier: owner, admin, vip, internal or external (default external)." },
   ["trusted-sender"] = { false, "The agent may state the sender tier per call." },
-  ["account-sid"] = { "AC…", "The Twilio account SID." },
-  ["api-key-sid"] = { "SK…", "The API key SID; its secret is read from standard input." },
-  ["default-number"] = { "+E164", "The default sender number." },
-  ["whatsapp-number"] = { "+E164", "The WhatsApp sender number." },
-  ["verify-service-sid"] = { "VA…", "The Verify service." },
-  hosts = { "URL|api=URL,…", "Twilio hosts for this connection (a stand-in, for tests)." },
   confirm = { false, "Confirm turning autonomous sends on without a prompt." },
-  page = { "N", "The page (from 1)." },
-  ["page-size"] = { "N", "Messages per page." },
   status = { "STATUS", "open, approved, rejected or all." },
   reason = { "TEXT", "Why (kept with the decision)." },
   days = { "N", "Lookback in days (default 7, at most 30)." },
@@ -446,13 +363,6 @@ local OPTS = {
 }
 local ADMIN_FLAGS = { json = true, confirm = true, ["trusted-sender"] = true, full = true }
 M.ADMIN_FLAGS = ADMIN_FLAGS
-
-local TWILIO_SETTINGS = { "default-number", "whatsapp-number", "verify-service-sid", "hosts" }
-local function with(list, ...)
-  local out = { ... }
-  for _, x in ipairs(list) do out[#out + 1] = x end
-  return out
-end
 
 local ADMIN_SPEC = {
   { "tenant", "Tenants and their features.", {
@@ -472,20 +382,6 @@ local ADMIN_SPEC = {
   { "reload", "Reload tools and policies." },
   { "status", "Connections, calls in flight, tools and policies." },
   { "backup", "Copy the database into the new file FILE (mode 0600) while serving.", args = { "FILE" } },
-  { "twilio", "A tenant's Twilio connection.", {
-    { "connect", "Connect a tenant to Twilio; the API key secret is read from standard input.",
-      opts = with(TWILIO_SETTINGS, "tenant", "account-sid", "api-key-sid") },
-    { "show", "Show the connection.", args = { "TENANT?" }, opts = { "tenant" } },
-    { "test", "Test the connection against Twilio.", args = { "TENANT?" }, opts = { "tenant" } },
-    { "update", "Change settings, or the API key (its secret from standard input).",
-      opts = with(TWILIO_SETTINGS, "tenant", "api-key-sid") },
-    { "autonomous-sends", "Turn sends without a human's confirmation on or off.", args = { "VALUE" },
-      opts = { "tenant", "confirm" } },
-    { "disconnect", "Remove the sealed key and the tool group.", args = { "TENANT?" }, opts = { "tenant" } },
-    { "numbers", "The account's phone numbers.", args = { "TENANT?" }, opts = { "tenant" } },
-    { "messages", "A preview of the account's messages (--page: the old page number).", args = { "TENANT?" },
-      opts = { "tenant", "limit", "after", "page", "page-size" } },
-  } },
   { "escalations", "List escalations.", opts = { "tenant", "status", "limit", "after" } },
   { "escalation", "One escalation.", {
     { "show", "Show an escalation.", args = { "ID" }, opts = { "tenant" } },
@@ -509,6 +405,72 @@ local ADMIN_SPEC = {
 }
 
 M.ADMIN_SPEC = ADMIN_SPEC
+
+-- {======================================================
+-- Each integration package's noun: its CLI verbs (integrations/<name>/
+-- cli.lua: summary, opts, verbs with run(c, cli)) and the two every
+-- integration has, autonomous-sends and disconnect.
+-- =======================================================
+
+local function generic_verbs(pkg)
+  local name, title = pkg.name, pkg.title
+  return {
+    { "autonomous-sends", "Turn sends without a human's confirmation on or off.", args = { "VALUE" },
+      opts = { "tenant", "confirm" }, run = function(c)
+        local value = c.pos[1]
+        local confirm = c.opts.confirm == true
+        if value == "on" and not confirm and os.execute("test -t 0") then
+          io.stderr:write(("WARNING: with autonomous sends on, agents send %s messages and codes that cost money\n"
+            .. "without a human confirming each one. Type yes to turn it on: "):format(title))
+          confirm = io.stdin:read("l") == "yes"
+        end
+        return name .. ".autonomous_sends", { tenant = c.opts.tenant, value = value, confirm = confirm }, function(r)
+          local out = ("autonomous sends for %s: %s%s\n"):format(r.tenant, r.autonomous_sends and "ON" or "off",
+            r.changed and "" or " (unchanged)")
+          if r.autonomous_sends then
+            out = out .. "WARNING: agents now send messages that cost money without human confirmation.\n"
+          end
+          return out
+        end
+      end },
+    { "disconnect", "Remove the sealed key and the tool group.", args = { "TENANT?" }, opts = { "tenant" },
+      run = function(c)
+        return name .. ".disconnect", { tenant = c.opts.tenant or c.pos[1] }, function(r)
+          return ("tenant %s disconnected from %s; the tool group was removed\n"):format(r.tenant, title)
+        end
+      end },
+  }
+end
+
+local added = {}
+-- Add the nouns of the discovered packages (discovering the built-in ones
+-- when nothing was: a parser built without a configuration).
+local function add_integrations(root)
+  if #integrations.list() == 0 and root then integrations.load({ root .. "/integrations" }) end
+  for _, pkg in ipairs(integrations.list()) do
+    if not added[pkg.name] then
+      added[pkg.name] = true
+      local mod = pkg.manifest.cli and integrations.module(pkg, pkg.manifest.cli) or {}
+      for k, v in pairs(mod.opts or {}) do
+        if OPTS[k] == nil then OPTS[k] = v end
+      end
+      local verbs = {}
+      for _, v in ipairs(mod.verbs or {}) do verbs[#verbs + 1] = v end
+      for _, v in ipairs(generic_verbs(pkg)) do verbs[#verbs + 1] = v end
+      local entries = {}
+      for _, v in ipairs(verbs) do
+        local run = v.run
+        entries[v[1]] = function(c) return run(c, M) end
+      end
+      admin[pkg.name] = entries
+      table.insert(ADMIN_SPEC, #ADMIN_SPEC, { pkg.name, mod.summary or ("A tenant's %s connection."):format(pkg.title),
+        verbs })
+    end
+  end
+end
+M.add_integrations = add_integrations
+
+-- }======================================================
 
 -- Early exits of a parse (help, version) and its errors, raised as
 -- tables so that nothing calls os.exit.
@@ -548,6 +510,7 @@ local function add_verb(c, spec)
 end
 
 local function build_parser()
+  add_integrations(M.root)
   local p = help_of(argparse("switchboard", "Switchboard: safe tools for AI agents over MCP."))
   p:flag("--version", "Print the version and exit."):action(function() stop({ version = true }) end)
   p:command_target("command")
@@ -576,7 +539,8 @@ local function build_parser()
   connect:option("--socket", "The agent socket (default: the configuration's agent_socket)."):argname("PATH")
 
   -- these parse their own arguments
-  local sim = command(p, "sim", "Run the Twilio simulator (switchboard sim --help for its options).")
+  local sim = command(p, "sim", "Run an integration's simulator: switchboard sim [INTEGRATION] … (--help for"
+    .. " its options).")
   sim:add_help(false):handle_options(false)
   sim:argument("args"):args("*"):target("arg args")
   local exec = command(p, "exec", "Run a Lua file with the core modules (tests, benches).")
@@ -595,14 +559,18 @@ end
 M.build_parser = build_parser
 
 -- The value-taking options, to find the words of a command line.
-local VALUED = { ["--config"] = true, ["--socket"] = true }
-for name, info in pairs(OPTS) do
-  if info[1] then VALUED["--" .. name] = true end
+local function valued()
+  local v = { ["--config"] = true, ["--socket"] = true }
+  for name, info in pairs(OPTS) do
+    if info[1] then v["--" .. name] = true end
+  end
+  return v
 end
 
 -- `tenant features T -code` and `agent groups A -"Group"`: an edit that
 -- starts with "-" is not an option; it moves behind "--".
 local function edits_last(argv)
+  local VALUED = valued()
   local words, i = {}, 1
   while i <= #argv and #words < 3 do
     local a = argv[i]
@@ -773,9 +741,26 @@ function M.commands.restore(res, root)
   return 0
 end
 
--- `switchboard sim`: the Twilio simulator (lua/switchboard/sim/).
+-- `switchboard sim [INTEGRATION] …`: an integration package's simulator
+-- (its manifest's `sim` module, with commands.sim(args, root)); without a
+-- name, the first package that has one.
 function M.commands.sim(args, root)
-  return require("switchboard.sim.cli").commands.sim(args, root)
+  local pkg = args[1] and integrations.get(args[1])
+  if pkg and pkg.manifest.sim then
+    args = table.move(args, 2, #args, 1, {})
+  else
+    pkg = nil
+    for _, p in ipairs(integrations.list()) do
+      if p.manifest.sim then pkg = p break end
+    end
+  end
+  if not pkg then
+    io.stderr:write("switchboard sim: no installed integration has a simulator\n")
+    return 2
+  end
+  local mod, err = integrations.module(pkg, pkg.manifest.sim)
+  if not mod then return die(err, 2) end
+  return mod.commands.sim(args, root)
 end
 
 -- `switchboard exec FILE [ARGS...]`: runs a Lua file with the core modules
@@ -872,8 +857,22 @@ end
 
 -- The entry point (runtime.lua): argv without the program name. Returns
 -- the exit status: 2 for a command line the parser refuses.
+-- Discover the integration packages before parsing (their nouns are
+-- commands): from the configuration the command line, $SWITCHBOARD_CONFIG
+-- or the installed file names, else the built-in directory.
+local function discover(argv, root)
+  local path
+  for i, a in ipairs(argv) do
+    if a == "--config" then path = argv[i + 1] elseif a:sub(1, 9) == "--config=" then path = a:sub(10) end
+  end
+  path = path or os.getenv("SWITCHBOARD_CONFIG") or installed_config(root)
+  if not (path and config.load(path, root)) then integrations.load({ root .. "/integrations" }) end
+end
+
 function M.main(argv, root)
   argv = argv or {}
+  M.root = root
+  if argv[1] ~= "exec" then discover(argv, root) end
   if argv[1] == "help" then
     -- `switchboard help [COMMAND...]` is `switchboard [COMMAND...] --help`
     argv = table.move(argv, 2, #argv, 1, {})

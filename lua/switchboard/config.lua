@@ -1,6 +1,9 @@
 -- The configuration: a Lua file returning a table. Every key is known here
 -- with its type and default; an unknown key or a wrong type is refused at
 -- start with the key's dotted name.
+local integrations = require("switchboard.integrations")
+local lfs = require("lfs")
+
 local M = {}
 
 -- spec: { type = "string"|"integer"|"number"|"boolean"|"table"|"list"|"map",
@@ -44,8 +47,9 @@ local spec = {
     allowed_hosts = { type = "list", item = "string", default = {} },
     allowed_origins = { type = "list", item = "string", default = {} },
     metrics_token = { type = "string" },
-    -- the runtime's address as Twilio reaches it: sends carry a StatusCallback
-    -- to <public_url>/twilio/status/… (delivery receipts); off when unset
+    -- the runtime's address as providers reach it: a send whose integration
+    -- takes status callbacks carries <public_url>/<integration>/status/…
+    -- (delivery receipts); off when unset
     public_url = { type = "string", pattern = "^https?://[^%s/?#]+[^%s?#]*$" },
   } },
   audit = { type = "table", fields = {
@@ -56,17 +60,9 @@ local spec = {
   } },
   tool_settings = { type = "map", item = "table", default = {} },
   policy_settings = { type = "map", item = "table", default = {} },
-  twilio = { type = "table", fields = {
-    hosts = { type = "table", fields = {
-      api = { type = "string", default = "https://api.twilio.com" },
-      lookups = { type = "string", default = "https://lookups.twilio.com" },
-      verify = { type = "string", default = "https://verify.twilio.com" },
-      content = { type = "string", default = "https://content.twilio.com" },
-    } },
-    timeout = { type = "number", default = 30, min = 1 },
-    ca_file = { type = "string" },
-    credential_seconds = { type = "number", default = 300, min = 0 },
-  } },
+  -- where integration packages are found (switchboard.integrations); each
+  -- package's own section is the top-level key named after it
+  integration_dirs = { type = "list", item = "string", default = { "@root/integrations" } },
   -- OAuth 2.1 access tokens for remote MCP clients (switchboard.oauth); off
   -- unless issuer is set. The token's claims name the agent: the tenant is
   -- `tenant` (one tenant for every token) or the `tenant_claim` claim, the
@@ -164,11 +160,58 @@ local function check(fields, given, prefix, out)
   return out
 end
 
+-- What every integration's section has besides the fields its manifest
+-- declares (manifest.config).
+local INTEGRATION_FIELDS = {
+  timeout = { type = "number", default = 30, min = 1 },
+  ca_file = { type = "string" },
+  credential_seconds = { type = "number", default = 300, min = 0 },
+}
+
+-- The spec with a section per discovered integration package.
+local function with_integrations(given, root)
+  local dirs = given.integration_dirs
+  if dirs ~= nil and type(dirs) ~= "table" then
+    return nil, "config: 'integration_dirs' must be a list of directories"
+  end
+  local expanded = {}
+  for i, d in ipairs(dirs or spec.integration_dirs.default) do
+    if type(d) ~= "string" then return nil, ("config: 'integration_dirs[%d]' must be a string"):format(i) end
+    d = d:gsub("^@root", root)
+    -- the default directory may be missing (a root without packages); a configured one may not
+    if dirs or lfs.attributes(d, "mode") == "directory" then expanded[#expanded + 1] = d end
+  end
+  local list, err = integrations.load(expanded)
+  if not list then return nil, "config: integration_dirs: " .. err end
+  local s = {}
+  for k, v in pairs(spec) do s[k] = v end
+  for _, pkg in ipairs(list) do
+    if s[pkg.name] then
+      return nil, ("config: integration '%s' has the name of a configuration key"):format(pkg.name)
+    end
+    local fields = {}
+    for k, v in pairs(INTEGRATION_FIELDS) do fields[k] = v end
+    for k, v in pairs(pkg.manifest.config or {}) do fields[k] = v end
+    s[pkg.name] = { type = "table", fields = fields }
+  end
+  return s, expanded
+end
+
+-- The spec with the sections of the packages in root's integrations/ (for
+-- documentation checks), or nil, err.
+function M.full_spec(root)
+  return with_integrations({}, root)
+end
+
 -- Validate a table against the spec, fill defaults; root expands "@root".
 function M.build(given, root)
-  local cfg, err = check(spec, given or {}, "", {})
+  given = given or {}
+  local full, dirs = with_integrations(given, root)
+  if not full then return nil, dirs end
+  local cfg, err = check(full, given, "", {})
   if not cfg then return nil, err end
   cfg.root = root
+  cfg.integration_dirs = dirs
   local function expand(p)
     p = p:gsub("^@root", root):gsub("^@data", cfg.data_dir)
     return p
@@ -179,7 +222,7 @@ function M.build(given, root)
   for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end
   cfg.agent_socket_mode = tonumber(cfg.agent_socket_mode, 8)
   if cfg.http.public_url and not cfg.http.listen then
-    return nil, "config: 'http.public_url' needs 'http.listen' (the listener Twilio's status callbacks reach)"
+    return nil, "config: 'http.public_url' needs 'http.listen' (the listener status callbacks reach)"
   end
   return cfg
 end

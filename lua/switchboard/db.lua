@@ -79,7 +79,7 @@ M.migrations = {
   [[
   CREATE TABLE connections (
     tenant_id INTEGER PRIMARY KEY REFERENCES tenants(id),
-    provider TEXT NOT NULL DEFAULT 'twilio',
+    provider TEXT NOT NULL,
     account_sid TEXT NOT NULL,
     api_key_sid TEXT NOT NULL,
     secret BLOB NOT NULL,
@@ -172,7 +172,7 @@ M.migrations = {
   ALTER TABLE tenants ADD COLUMN data_key_version INTEGER NOT NULL DEFAULT 1;
   ]],
   [[
-  -- Delivery receipts (Twilio's status callbacks): the message's delivery
+  -- Delivery receipts (providers' status callbacks): the message's delivery
   -- status, which only moves forward, its error code, when it was
   -- delivered; the SHA-256 of the send's callback token (the token itself
   -- is never stored), the key of the last callback applied, and the
@@ -185,6 +185,38 @@ M.migrations = {
   ALTER TABLE sends ADD COLUMN callback_key TEXT;
   ALTER TABLE sends ADD COLUMN execution_id TEXT;
   CREATE INDEX sends_delivery ON sends (tenant_id, delivery_status) WHERE delivery_status IS NOT NULL;
+  ]],
+  [[
+  -- Connections per (tenant, integration): the columns every integration
+  -- has, and its own settings as a JSON object (what the first, one-per-
+  -- tenant table held in columns moves there). A send names the integration
+  -- it went through (NULL for the sends recorded before: found from the tool).
+  ALTER TABLE connections RENAME TO connections_v1;
+  CREATE TABLE connections (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    integration TEXT NOT NULL,
+    key_id TEXT,
+    secret BLOB,
+    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
+    status_reason TEXT,
+    account_name TEXT,
+    autonomous_sends INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL DEFAULT '{}',
+    last_tested_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, integration)
+  );
+  INSERT INTO connections (tenant_id, integration, key_id, secret, status, status_reason, account_name,
+    autonomous_sends, settings, last_tested_at, created_at, updated_at)
+  SELECT tenant_id, provider, api_key_sid, secret, status, status_reason, account_name, autonomous_sends,
+    json_object('account_sid', account_sid, 'default_number', default_number, 'whatsapp_number', whatsapp_number,
+      'verify_service_sid', verify_service_sid, 'account_status', account_status, 'account_type', account_type,
+      'numbers', json(numbers), 'hosts', json(hosts)),
+    last_tested_at, created_at, updated_at
+  FROM connections_v1;
+  DROP TABLE connections_v1;
+  ALTER TABLE sends ADD COLUMN integration TEXT;
   ]],
 }
 

@@ -160,7 +160,7 @@ local WORD_HEX32 = "%f[%w]" .. HEX32 .. "%f[%W]"
 -- Secrets found by one pattern each (a frontier on both sides keeps them
 -- from matching inside longer words).
 local SECRET_PATTERNS = {
-  { kind = "twilio_api_key", pattern = "%f[%w]SK" .. HEX32 .. "%f[%W]", entropy = 3 },
+  { kind = "api_key_sid", pattern = "%f[%w]SK" .. HEX32 .. "%f[%W]", entropy = 3 },
   { kind = "aws_access_key", pattern = "%f[%w]A[KS]IA" .. rep("[%u%d]", 16) .. "%f[%W]" },
   { kind = "github_token", pattern = "%f[%w]gh[pousr]_" .. rep("%w", 36) .. "%f[%W]" },
   { kind = "slack_token", pattern = "%f[%w]xox[baprs]%-%w+%-[%w%-]+", min = 24 },
@@ -199,7 +199,7 @@ end
 -- around either side allowed) or " is "/" was ", then a token: 16 to 200
 -- of letters, digits and "-_.=+/", with letters and digits both and a
 -- Shannon entropy of at least 3.5 bits a character. Words ("my password is
--- in the drawer"), numbers and Twilio SIDs (identifiers, not secrets; an
+-- in the drawer"), numbers and provider SIDs (identifiers, not secrets; an
 -- Account SID next to its auth token is found above) are not tokens.
 local function nocase(word)
   return (gsub(word, "%a", function(c) return "[" .. c .. c:upper() .. "]" end))
@@ -262,7 +262,7 @@ local function scan_secrets(text, out, claims)
       init = e + 1
     end
   end
-  -- A Twilio Account SID is not secret on its own: it counts next to a
+  -- An account SID (AC + 32 hex) is not secret on its own: it counts next to a
   -- 32-hex token or the words token/secret/auth (within 40 characters).
   local init = 1
   while true do
@@ -273,7 +273,7 @@ local function scan_secrets(text, out, claims)
     local near = lower(before .. " " .. after)
     if find(before, WORD_HEX32) or find(after, WORD_HEX32) or find(near, "token", 1, true)
        or find(near, "secret", 1, true) or find(near, "auth", 1, true) then
-      add(out, "secret", "twilio_credentials", s, e)
+      add(out, "secret", "account_credentials", s, e)
       claims[#claims + 1] = { s, e, "h" }
     end
     init = e + 1

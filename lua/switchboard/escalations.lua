@@ -53,7 +53,7 @@ function M.settle_from_send(rt, esc_id, at_start)
   local summary
   if s.status == "sent" then
     summary = { is_error = false, text = ("Approved by %s and sent (the run was interrupted by a restart):"
-      .. " %s to %s, Twilio SID %s."):format(who, s.tool, s.recipient, tostring(s.sid)) }
+      .. " %s to %s, provider id %s."):format(who, s.tool, s.recipient, tostring(s.sid)) }
   elseif s.status == "failed" then
     summary = { is_error = true, text = ("Approved by %s; the send to %s failed: %s%s."):format(who, s.recipient,
       tostring(s.error_message), s.error_code and (" (error " .. s.error_code .. ")") or "") }
@@ -168,11 +168,10 @@ function M.install(admin)
     local tool = server.registry:find(r.tool, agent.groups, enabled)
     if not tool then
       refuse(("escalation %d cannot run: the tool %s is no longer available to agent %s"
-        .. " (was the Twilio connection disconnected, or the tool group removed?)"):format(r.id, r.tool, agent.name))
+        .. " (was the connection disconnected, or the tool group removed?)"):format(r.id, r.tool, agent.name))
     end
     if tool.connection then
-      local provider = require("switchboard." .. tool.connection .. ".connection")
-      local conn, cerr = provider.for_call(self.db, t.id)
+      local conn, cerr = require("switchboard.connections").for_call(self.db, tool.connection, t.id)
       if not conn then refuse(("escalation %d cannot run now: %s"):format(r.id, cerr)) end
     end
     local args = arguments(server, r)

@@ -419,11 +419,12 @@ function Http:handle(req)
     end
     return status, headers, body
   end
-  local send_id, token = req.path:match("/twilio/status/(%d+)/([%w_-]+)$")
+  local integration, send_id, token = req.path:match("/([%l][%l%d_]*)/status/(%d+)/([%w_-]+)$")
   if send_id and self.cfg.public_url then
-    local ok, status, text = xpcall(self.handle_receipt, debug.traceback, self, req, tonumber(send_id), token)
+    local ok, status, text = xpcall(self.handle_receipt, debug.traceback, self, req, integration,
+      tonumber(send_id), token)
     if not ok then
-      log.error("http: %s %s failed: %s", req.method, "/twilio/status/…", tostring(status))
+      log.error("http: %s /%s/status/… failed: %s", req.method, integration, tostring(status))
       return 500, { ["Content-Type"] = "text/plain" }, "internal error\n"
     end
     return status, { ["Content-Type"] = "text/plain", ["Cache-Control"] = "no-store" }, text .. "\n"
@@ -431,18 +432,16 @@ function Http:handle(req)
   return 404, { ["Content-Type"] = "text/plain" }, "not found\n"
 end
 
--- A Twilio status callback (delivery receipt) for one send: a
--- form-encoded POST; the token in its path is what authenticates it
--- (switchboard.sends.receipt).
-function Http:handle_receipt(req, send_id, token)
+-- A status callback (delivery receipt) for one send: a form-encoded POST;
+-- the token in its path is what authenticates it (switchboard.sends.receipt).
+function Http:handle_receipt(req, integration, send_id, token)
   if req.method ~= "POST" then return 405, "POST only" end
   local ctype = (req.headers["content-type"] or ""):lower()
   if not ctype:find("application/x-www-form-urlencoded", 1, true) then
     return 415, "Content-Type must be application/x-www-form-urlencoded"
   end
-  local form = require("switchboard.sim.util").parse_form(req.body)
-  return require("switchboard.sends").receipt(self.server, send_id, token, form,
-    req.headers["i-twilio-idempotency-token"])
+  local form = require("switchboard.form").parse(req.body)
+  return require("switchboard.sends").receipt(self.server, integration, send_id, token, form, req.headers)
 end
 
 -- Sessions idle past limits.idle_seconds (no request, no call, no stream).
@@ -498,7 +497,7 @@ function M.start(server)
   end
   for _, h in ipairs(cfg.allowed_hosts) do self.allowed_hosts[#self.allowed_hosts + 1] = h:lower() end
   if cfg.public_url then
-    -- Twilio's status callbacks come for the public URL's host
+    -- providers' status callbacks come for the public URL's host
     local pu = http.parse(cfg.public_url)
     if not pu or (pu.scheme ~= "https" and not (pu.scheme == "http" and M.is_loopback(pu.host))) then
       return nil, ("http.public_url %q must be an https:// URL (http:// only for a loopback host)")

@@ -62,10 +62,8 @@ function M.render(server)
   add("switchboard_call_duration_seconds_sum ", num(hist.sum))
   add("switchboard_call_duration_seconds_count ", num(hist.n))
 
-  local ok, client = pcall(require, "switchboard.twilio.client")
-  add("# HELP switchboard_twilio_retries_total Twilio requests retried after a 429.")
-  add("# TYPE switchboard_twilio_retries_total counter")
-  add("switchboard_twilio_retries_total ", num(ok and client.retries_total or 0))
+  -- each integration's own series (its manifest's `metrics` module: render(add, num))
+  require("switchboard.integrations").each("metrics", function(_, m) m.render(add, num) end)
 
   local db = server.db
   local row = db:row("SELECT count(*) AS n FROM escalations WHERE status = 'open'")
@@ -79,7 +77,7 @@ function M.render(server)
   for _, st in ipairs({ "pending", "in_flight", "sent", "failed", "unknown" }) do
     add('switchboard_sends{status="', st, '"} ', num(by[st] or 0))
   end
-  add("# HELP switchboard_delivery_receipts_total Twilio status callbacks: applied, ignored (replays,"
+  add("# HELP switchboard_delivery_receipts_total Status callbacks: applied, ignored (replays,"
     .. " not a step forward) and refused (bad token or fields).")
   add("# TYPE switchboard_delivery_receipts_total counter")
   local sends_mod = require("switchboard.sends")

@@ -10,6 +10,7 @@ local registry = require("switchboard.registry")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local sends = require("switchboard.sends")
+local connections = require("switchboard.connections")
 local taint = require("switchboard.taint")
 
 local M = {}
@@ -248,13 +249,14 @@ function M.run(rt, call)
   rec.args = args
 
   -- the tenant's connection, when the tool needs one
-  local provider, conn
+  local conn
   if tool.connection then
-    provider = require("switchboard." .. tool.connection .. ".connection")
     local cerr
-    conn, cerr = provider.for_call(rt.db, s.tenant.id)
+    conn, cerr = connections.for_call(rt.db, tool.connection, s.tenant.id)
     if not conn then return finish(result(cerr, nil, true), "invalid", "connection", { error = cerr }) end
   end
+  -- what the call would send, from the tool's declaration
+  local sending = registry.outbound(tool, args)
 
   -- 2. policies in priority order
   local view = {
@@ -262,7 +264,11 @@ function M.run(rt, call)
     sender = call.sender, agent = { name = s.agent.name, type = s.agent.type },
     tenant = { name = s.tenant.name, features = s.tenant.features },
     approved = call.approved_by ~= nil,
-    connection = conn and provider.policy_view(conn) or nil,
+    connection = conn and connections.policy_view(tool.connection, conn) or nil,
+    integration = tool.connection,
+    -- what the call is: policies apply by kind (see switchboard.policy)
+    sends = sending ~= nil, connected = tool.connection ~= nil, reads_untrusted = tool.untrusted ~= nil,
+    recipient = sending and sending.recipient, outbound = sending and sending.outbound,
   }
   if conn then
     for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
@@ -321,30 +327,53 @@ function M.run(rt, call)
     progress = call.progress or function() end, cancelled = call.is_cancelled,
     tool_name = tool.name, action = args.action, escalation_id = call.escalation_id,
   }
-  sends.bind(ctx, rt) -- for sends.post; the tool itself never sees rt (master key, database)
-  local cred
+  local cred, client, tenant_row
   if conn then
     -- the session holds the tenant's (wrapped) data key; an approval reads it
-    local tenant_row = s.tenant.data_key and s.tenant or directory.tenant_by_id(rt.db, s.tenant.id)
-    local client
-    client, cred = provider.open_client(rt, tenant_row, conn)
+    tenant_row = s.tenant.data_key and s.tenant or directory.tenant_by_id(rt.db, s.tenant.id)
+    client, cred = connections.open_client(rt, tool.connection, tenant_row, conn)
     if not client then
       return finish(result("The tenant's stored credentials could not be opened; an operator must update them.",
         nil, true), d.decision, "error", { error = "credential" })
     end
-    ctx.connection, ctx[tool.connection], ctx.tenant_row = conn, client, tenant_row
+    ctx.connection, ctx.client, ctx[tool.connection] = conn, client, client
   end
-  if conn and view.writes and type(args.to) == "string" then
-    ctx.send_claim = sends.claim(s.tenant.id, args.to)
+  -- the one way a tool sends (the tool never sees rt: master key, database)
+  local release, sent
+  if sending and conn and sending.recipient then release = sends.claim(s.tenant.id, sending.recipient) end
+  if sending and conn then
+    ctx.send = function(spec)
+      local body, serr, info = sends.send(rt, {
+        tenant = tenant_row, agent = s.agent, escalation_id = call.escalation_id, tool = tool.name,
+        action = args.action, execution_id = call.execution_id, call_id = call.id, recipient = sending.recipient,
+        integration = tool.connection, cancelled = call.is_cancelled, release = release }, spec)
+      sent = info
+      return body, serr
+    end
+  else
+    ctx.send = function() error("ctx.send: this call sends nothing (its tool declares no `sends`)", 2) end
+  end
+  if conn then
+    ctx.delivery = function(ref) return sends.delivery(rt, s.tenant, ref) end
   end
   local ok, res, herr = pcall(tool.handler, ctx, args)
-  if ctx.send_claim then ctx.send_claim() end
+  if release then release() end
   if cred then
     cred:close()
-    local client = ctx[tool.connection]
     rec.retries = client.retries
   end
-  local outcome_detail = ctx.audit_detail
+  -- the audit's account: the send's, with what the tool adds (its result's
+  -- or error's `outcome` and `audit`)
+  local function account(r)
+    local detail
+    if sent then detail = {}; for k, v in pairs(sent.detail) do detail[k] = v end end
+    if type(r) == "table" and type(r.audit) == "table" then
+      detail = detail or {}
+      for k, v in pairs(r.audit) do detail[k] = v end
+    end
+    local outcome = type(r) == "table" and type(r.outcome) == "string" and r.outcome or (sent and sent.outcome)
+    return outcome, detail
+  end
   if not ok then
     log.error("tool %s raised: %s", tool.name, tostring(res))
     return finish(result(("The tool %s failed with an internal error; the operator can find it in the log."
@@ -352,7 +381,8 @@ function M.run(rt, call)
   end
   if res == nil then
     local r, msg = error_result(herr or "the tool returned nothing", { limit = limit })
-    return finish(r, d.decision, ctx.outcome or "failed", outcome_detail or { error = msg })
+    local outcome, detail = account(herr)
+    return finish(r, d.decision, outcome or "failed", detail or { error = msg })
   end
   local malformed = (type(res) ~= "table" or type(res.text) ~= "string")
     and ("%s instead of { text = …, data = …, content = … }"):format(type(res))
@@ -369,8 +399,9 @@ function M.run(rt, call)
   if #flagged > 0 and res.notice ~= false then
     text = text .. " Note: this call was flagged for review (" .. table.concat(flagged, "; ") .. ")."
   end
+  local outcome, detail = account(res)
   return finish(result(text, res.data, false, { limit = limit, blocks = blocks_for(s.version, res.content) }),
-    d.decision, ctx.outcome or "ok", outcome_detail)
+    d.decision, outcome or "ok", detail)
 end
 
 return M

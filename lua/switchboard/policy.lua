@@ -131,9 +131,16 @@ function M.set_memory_ceiling(bytes)
   memory_ceiling = bytes
 end
 
+-- What a call is, for `kinds`: a policy applies to the calls that are all
+-- of its kinds (the call view's fields of the same names are true): sends
+-- (its tool declares what it sends), writes, connected (its tool needs an
+-- integration's connection), reads_untrusted (its result carries
+-- third-party text).
+M.KINDS = { sends = true, writes = true, connected = true, reads_untrusted = true }
+
 local function check_policy(p, file)
   if type(p) ~= "table" then return nil, ("%s: must return a table"):format(file) end
-  local known = { name = true, priority = true, tools = true, writes_only = true,
+  local known = { name = true, priority = true, tools = true, writes_only = true, kinds = true,
                   check = true, description = true }
   for k in pairs(p) do
     if not known[k] then return nil, ("%s: unknown field '%s'"):format(file, tostring(k)) end
@@ -152,6 +159,14 @@ local function check_policy(p, file)
   end
   if p.writes_only ~= nil and type(p.writes_only) ~= "boolean" then
     return nil, ("%s: writes_only: must be a boolean"):format(file)
+  end
+  if p.kinds ~= nil then
+    if type(p.kinds) ~= "table" then return nil, ("%s: kinds: must be a list of call kinds"):format(file) end
+    for i, k in ipairs(p.kinds) do
+      if not M.KINDS[k] then
+        return nil, ("%s: kinds[%d]: must be one of sends, writes, connected, reads_untrusted"):format(file, i)
+      end
+    end
   end
   if type(p.check) ~= "function" then
     return nil, ("%s: check: must be a function(call) returning a decision"):format(file)
@@ -176,7 +191,7 @@ function M.load_source(src, file, settings, budget)
     for _, t in ipairs(p.tools) do tools[t] = true end
   end
   return { name = p.name, priority = p.priority, tools = tools, writes_only = p.writes_only,
-           check = p.check, file = file, description = p.description }
+           kinds = p.kinds and { table.unpack(p.kinds) }, check = p.check, file = file, description = p.description }
 end
 
 -- Load every *.lua in dir. Returns a policy set or nil, err.
@@ -214,6 +229,9 @@ end
 local function applies(p, call)
   if p.tools and not p.tools[call.tool] then return false end
   if p.writes_only and not call.writes then return false end
+  for _, k in ipairs(p.kinds or {}) do
+    if not call[k] then return false end
+  end
   return true
 end
 

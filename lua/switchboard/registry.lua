@@ -1,5 +1,5 @@
--- The tool registry: loads tool files (lua/tools/ and the configured
--- tool_dirs), checks each definition, and answers which tools an agent's
+-- The tool registry: loads tool files (each integration package's tools/
+-- and the configured tool_dirs), checks each definition, and answers which tools an agent's
 -- groups let it see. A reload builds a new registry; a broken file leaves
 -- the previous one in force.
 local lfs = require("lfs")
@@ -7,6 +7,7 @@ local json = require("switchboard.json")
 local schema = require("switchboard.schema")
 local vault = require("core.vault")
 local directory = require("switchboard.directory")
+local integrations = require("switchboard.integrations")
 
 local M = {}
 M.__index = M
@@ -16,7 +17,7 @@ local annotation_keys = { title = "string", readOnlyHint = "boolean", destructiv
 local known_fields = { name = true, title = true, description = true, group = true,
                        input_schema = true, output_schema = true, annotations = true,
                        writes = true, handler = true, check = true, timeout = true,
-                       instructions = true, connection = true, untrusted = true }
+                       instructions = true, connection = true, untrusted = true, sends = true }
 
 -- What the pipeline itself puts in structuredContent, whatever the tool
 -- (an error the handler returned, a call held or escalated): every
@@ -107,6 +108,35 @@ local function check_untrusted(def)
   return true
 end
 
+-- `sends`: what a write tool sends, { recipient = "<argument>", texts = {
+-- "<argument>" | { "<argument>", "label", map = true } … } }; the pipeline
+-- hands policies call.recipient and call.outbound from it, and ctx.send
+-- records the send to that recipient. It applies to the calls that write.
+local function check_sends(def, writes)
+  local s = def.sends
+  if s == nil then return true end
+  if type(s) ~= "table" then return nil, "sends: must be a table { recipient = …, texts = { … } }" end
+  for k in pairs(s) do
+    if k ~= "recipient" and k ~= "texts" then return nil, ("sends.%s: unknown field"):format(tostring(k)) end
+  end
+  if writes == false then return nil, "sends: a tool that does not write sends nothing" end
+  local props = type(def.input_schema) == "table" and def.input_schema.properties or {}
+  if type(s.recipient) ~= "string" or not props[s.recipient] then
+    return nil, "sends.recipient: must name an argument of the input_schema"
+  end
+  if s.texts ~= nil and type(s.texts) ~= "table" then return nil, "sends.texts: must be a list" end
+  for i, t in ipairs(s.texts or {}) do
+    local field = type(t) == "table" and t[1] or t
+    if type(field) ~= "string" or not props[field] then
+      return nil, ("sends.texts[%d]: must name an argument of the input_schema"):format(i)
+    end
+    if type(t) == "table" and t[2] ~= nil and type(t[2]) ~= "string" then
+      return nil, ("sends.texts[%d]: the label must be a string"):format(i)
+    end
+  end
+  return true
+end
+
 -- Check one definition; returns the tool or nil, "field: rule".
 function M.check(def)
   if type(def) ~= "table" then return nil, "the file must return a table" end
@@ -172,9 +202,11 @@ function M.check(def)
     return nil, "instructions: must be a string"
   end
   if def.connection ~= nil and (type(def.connection) ~= "string" or not def.connection:match("^%l+$")) then
-    return nil, "connection: must name a provider, such as \"twilio\""
+    return nil, "connection: must name an integration package"
   end
   ok, err = check_untrusted(def)
+  if not ok then return nil, err end
+  ok, err = check_sends(def, writes)
   if not ok then return nil, err end
   local tool = {}
   for k, v in pairs(def) do tool[k] = v end
@@ -187,6 +219,42 @@ function M.check(def)
   tool.fingerprint = vault.sha256_hex(json.encode({ def.name, def.title or "", def.description,
     def.group, tool.exported, tool.exported_output or "", def.annotations }))
   return tool
+end
+
+-- The send declaration of this call, or nil.
+function M.sends(tool, args)
+  if tool.sends and M.writes(tool, args) then return tool.sends end
+  return nil
+end
+
+-- What this call would send: { recipient, outbound = { { text, where,
+-- field, name (of a map entry), part ("name"/"value") } … } }, or nil.
+function M.outbound(tool, args)
+  local decl = M.sends(tool, args)
+  if not decl then return nil end
+  local out = {}
+  for _, t in ipairs(decl.texts or {}) do
+    local field, label = t, nil
+    if type(t) == "table" then field, label = t[1], t[2] end
+    label = label or ("the " .. field)
+    local v = args[field]
+    if type(t) == "table" and t.map and type(v) == "table" then
+      local names = {}
+      for name in pairs(v) do names[#names + 1] = tostring(name) end
+      table.sort(names)
+      for _, name in ipairs(names) do
+        out[#out + 1] = { text = name, where = "the name of a " .. label, field = field, name = name, part = "name" }
+        local val = v[name]
+        if type(val) == "string" then
+          out[#out + 1] = { text = val, where = label, field = field, name = name, part = "value" }
+        end
+      end
+    elseif type(v) == "string" then
+      out[#out + 1] = { text = v, where = label, field = field }
+    end
+  end
+  local r = args[decl.recipient]
+  return { recipient = type(r) == "string" and r or nil, outbound = out }
 end
 
 -- Does this call write? (a whole tool, or one of its actions)
@@ -217,7 +285,17 @@ local function lua_files(dir, out)
   return true
 end
 
-local function load_tool(path)
+-- A package's tools take its group, connection and instructions unless
+-- they say otherwise.
+local function with_package(def, pkg)
+  if not pkg or type(def) ~= "table" then return def end
+  if def.group == nil then def.group = pkg.group end
+  if def.connection == nil then def.connection = pkg.name end
+  if def.instructions == nil then def.instructions = pkg.instructions end
+  return def
+end
+
+local function load_tool(path, pkg)
   local env = setmetatable({}, { __index = _G, __newindex = function(_, k)
     error(("tool files must not set globals (tried '%s')"):format(tostring(k)), 2)
   end })
@@ -225,7 +303,7 @@ local function load_tool(path)
   if not chunk then return nil, err end
   local ok, def = pcall(chunk)
   if not ok then return nil, ("%s: %s"):format(path, tostring(def)) end
-  local tool, cerr = M.check(def)
+  local tool, cerr = M.check(with_package(def, pkg))
   if not tool then return nil, ("%s: %s"):format(path, cerr) end
   tool.file = path
   return tool
@@ -239,12 +317,15 @@ function M.load(dirs, opts)
   local skip = opts and opts.skip_broken
   local self = setmetatable({ tools = {}, order = {}, gated = {} }, M)
   local broken = {}
-  for _, dir in ipairs(dirs) do
+  for _, entry in ipairs(dirs) do
+    -- a directory, or { dir = …, package = pkg } for a package's tools
+    local dir, pkg = entry, nil
+    if type(entry) == "table" then dir, pkg = entry.dir, entry.package end
     local files = {}
     local ok, err = lua_files(dir, files)
     if not ok then return nil, err end
     for _, path in ipairs(files) do
-      local tool, terr = load_tool(path)
+      local tool, terr = load_tool(path, pkg)
       local prev = tool and self.tools[tool.name]
       if prev then
         tool, terr = nil, ("%s: name: '%s' is already defined by %s"):format(path, tool.name, prev.file)
@@ -263,14 +344,15 @@ function M.load(dirs, opts)
   return self, broken
 end
 
--- The tenant feature a connection's tools need (its provider's FEATURE,
--- e.g. custom.twilio), true when the provider needs none. A provider that
--- does not load needs a feature no tenant has: its tools stay hidden.
+-- The tenant feature a connection's tools need (the feature of the
+-- integration package it names), true when the package needs none. A
+-- connection no installed package provides needs a feature no tenant has:
+-- its tools stay hidden.
 local UNAVAILABLE = "\0unavailable"
 function M.required_feature(connection)
-  local ok, provider = pcall(require, "switchboard." .. connection .. ".connection")
-  if not ok or type(provider) ~= "table" then return UNAVAILABLE end
-  return provider.FEATURE or true
+  local pkg = integrations.get(connection)
+  if not pkg then return UNAVAILABLE end
+  return pkg.feature or true
 end
 
 -- May a tenant with this entitlement (directory.tenant_groups) use group g?

@@ -11,7 +11,7 @@ local null = json.null
 local EMPTY_ARRAY = json.array(nil) -- what json.array gives for no items
 M.DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
--- A Twilio-style SID: prefix followed by 32 hexadecimal characters.
+-- A SID: a two-letter prefix followed by 32 hexadecimal characters.
 local function hex32(s, prefix)
   return type(s) == "string" and #s == 34 and s:sub(1, 2) == prefix and s:sub(3):match("^%x+$") ~= nil
 end
@@ -30,7 +30,7 @@ function M.is_e164(s)
   return true
 end
 
--- Written in E.164 form, valid or not (for a lookup that asks Twilio).
+-- Written in E.164 form, valid or not (for a lookup that asks the provider).
 local function e164_syntax(s)
   return s:match("^%+[1-9]%d+$") ~= nil and #s >= 8 and #s <= 16
 end
@@ -103,7 +103,7 @@ M.formats = {
           rule = "a URI" },
 }
 
--- Twilio-style SIDs: "sid:AC" means "AC" followed by 32 hex digits.
+-- SIDs: "sid:AC" means "AC" followed by 32 hex digits.
 local function format_of(name)
   local f = M.formats[name]
   if f then return f end

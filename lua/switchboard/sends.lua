@@ -1,12 +1,13 @@
 -- Write-ahead sends: before a message or a verification code goes out,
 -- its record is committed (in_flight) in the group commit of the db
--- writer, shared with the sends queued meanwhile; it ends sent (with
--- Twilio's SID), failed (with Twilio's error) or unknown (the request went
--- out and no answer came back). A send whose record cannot be committed is
--- not sent. On start, in_flight records become unknown (and pending ones,
--- from earlier versions, failed: they never went out); unknown messages
--- are reconciled by listing the recipient's messages; every change
--- recovery makes is written to the audit trail. Nothing is ever sent twice.
+-- writer, shared with the sends queued meanwhile; it ends sent (with the
+-- provider's id for it), failed (with the provider's error) or unknown (the
+-- request went out and no answer came back). A send whose record cannot be
+-- committed is not sent. On start, in_flight records become unknown (and
+-- pending ones, from earlier versions, failed: they never went out);
+-- unknown sends are reconciled by their integration's reconcile hook; every
+-- change recovery makes is written to the audit trail. Nothing is ever
+-- sent twice. Tools reach this through ctx.send, which the pipeline owns.
 local loop = require("core.loop")
 local vault = require("core.vault")
 local store = require("core.store")
@@ -14,7 +15,8 @@ local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
-local T = require("switchboard.twilio.tools")
+local integrations = require("switchboard.integrations")
+local connections = require("switchboard.connections")
 
 local M = {}
 
@@ -28,9 +30,10 @@ M.NOT_SENT = "not sent: interrupted before the request"
 M.SQL = {
   insert = "INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request, body_hash,"
     .. " status, created_at, created_unix, updated_at, callback_token_hash,"
-    .. " execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?)",
+    .. " execution_id, integration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?, ?)",
   settle = "UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
-  opt_out = "INSERT OR IGNORE INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)",
+  opt_out = "INSERT INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)"
+    .. " ON CONFLICT (tenant_id, recipient) DO NOTHING",
   opted_out = "SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?",
   recent = "SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ? AND created_unix >= ?"
     .. " AND status != 'failed'",
@@ -111,17 +114,18 @@ function M.template_hash(sid, variables)
   return "template:" .. vault.sha256_hex(sid .. "\n" .. (variables or ""))
 end
 
--- After the POST: record the end and the opt-out, if any.
-local function settle(db, row, body, err)
+-- After the request: record the end and the opt-out, if any. ref: the
+-- provider's id for what was sent.
+local function settle(db, row, body, err, ref)
   if body then
-    settle_status(db, row, "sent", type(body.sid) == "string" and body.sid or nil, nil, nil)
+    settle_status(db, row, "sent", type(ref) == "string" and ref or nil, nil, nil)
     return "sent"
   end
   if err.unknown then
     settle_status(db, row, "unknown", nil, nil, err.message)
     return "unknown"
   end
-  if err.code == 21610 then
+  if err.opted_out then
     -- in the same commit as the failure
     db_mod.writer(db):later(function(n, oerr)
       if not n then log.error("sends: the opt-out of a recipient could not be stored: %s", tostring(oerr)) end
@@ -131,94 +135,89 @@ local function settle(db, row, body, err)
   return "failed"
 end
 
-local function not_sent(ctx, outcome, message, detail)
-  if ctx.send_claim then ctx.send_claim() end
-  ctx.outcome = outcome
+local function not_sent(outcome, message, detail)
   detail = detail or {}
   detail.outcome, detail.error = outcome, message
-  ctx.audit_detail = detail
-  return nil, { message = message, unknown = false, not_sent = true, cancelled = outcome == "cancelled" }
+  return nil, { message = message, unknown = false, not_sent = true, cancelled = outcome == "cancelled" },
+    { outcome = outcome, detail = detail }
 end
 
 M.STORAGE_UNAVAILABLE = "Not sent: storage unavailable. The send could not be recorded before going out, so"
-  .. " nothing was sent to Twilio"
+  .. " nothing was sent"
 M.CANCELLED = "Not sent: the call was cancelled or passed its deadline before the request went out"
 M.NOT_SENT_CANCELLED = "not sent: the call was cancelled before the request"
 
--- The runtime (database, master key) behind a call's ctx, out of the
--- tool's reach: the pipeline binds it, sends.post finds it.
-local runtime_of = setmetatable({}, { __mode = "k" })
-function M.bind(ctx, rt) runtime_of[ctx] = rt end
-
--- Send through ctx.twilio with a write-ahead record.
--- spec: { recipient, product, path, form, text (the body, for matching) }
--- Returns what client:post returns; sets ctx.outcome and ctx.audit_detail.
-function M.post(ctx, spec)
-  local rt = assert(runtime_of[ctx], "sends.post: a ctx the pipeline did not bind")
+-- One send with a write-ahead record: what ctx.send does (the pipeline
+-- makes ctx.send for a call whose tool declares `sends`).
+-- call: { tenant (row), agent, escalation_id, tool, action, execution_id,
+--         call_id, recipient (from the declaration), integration,
+--         cancelled (function), release (the recipient claim's release) }
+-- spec: { request (a table kept sealed in the record, for reconciliation),
+--         text (what was sent, matched by its hash) or hash,
+--         callback (true: give post a status-callback URL, when receipts are on),
+--         ref (the field of the answer that is the provider's id, default "id"),
+--         post = function(info) → body or nil, err } where info is
+--         { send_id, callback_url } and err { message, code, unknown, opted_out }.
+-- Returns body or nil, err, and { outcome, detail } (the audit's account of
+-- the send: send_id, ref, outcome).
+function M.send(rt, call, spec)
   local db = rt.db
-  local tenant = ctx.tenant_row
+  local tenant = call.tenant
+  local function release() if call.release then call.release() end end
   -- the agent was answered already (deadline or cancel): nothing goes out
-  if ctx.cancelled and ctx.cancelled() then
-    log.info("sends: %s call %s cancelled before its send: not sent", ctx.tool_name, tostring(ctx.call_id))
-    return not_sent(ctx, "cancelled", M.CANCELLED)
+  if call.cancelled and call.cancelled() then
+    release()
+    log.info("sends: %s call %s cancelled before its send: not sent", call.tool, tostring(call.call_id))
+    return not_sent("cancelled", M.CANCELLED)
   end
   -- a record written inside an open transaction is not durable until
   -- someone commits it: never send on one
   if db:in_transaction() then
+    release()
     log.error("sends: a %s send was refused: a database transaction is open, so its record would not be"
-      .. " durable", ctx.tool_name)
-    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { storage = "transaction open" })
+      .. " durable", call.tool)
+    return not_sent("failed", M.STORAGE_UNAVAILABLE, { storage = "transaction open" })
   end
-  local request = json.encode({ product = spec.product, path = spec.path, form = spec.form })
-  local sealed = directory.seal(rt.master, tenant, FIELD, request)
+  local sealed = directory.seal(rt.master, tenant, FIELD, json.encode(spec.request or {}))
   local now, created = db_mod.now(), os.time()
-  -- a message send carries a status callback with a token of its own (only
+  -- a send that takes status callbacks carries a token of its own (only
   -- its hash is stored; the sealed request above never holds it)
-  local token = M.callback_base(rt) and spec.path and spec.path:find("/Messages.json", 1, true)
-    and vault.base64url(vault.random(32)) or nil
-  local hash = M.body_hash(spec.text)
-  if not hash and spec.form and spec.form.ContentSid then
-    hash = M.template_hash(spec.form.ContentSid, spec.form.ContentVariables)
-  end
+  local base = spec.callback and M.callback_base(rt, call.integration)
+  local token = base and vault.base64url(vault.random(32)) or nil
+  local hash = spec.hash or M.body_hash(spec.text)
   -- one commit before the request, shared with the sends queued meanwhile:
   -- the record is in_flight from the start (a record that never went out
   -- because the process died in between is reconciled as unknown)
   local id, err = db_mod.writer(db):insert(function(rowid)
     -- the claim ends in the same step that commits the record (or fails to)
-    if ctx.send_claim then ctx.send_claim() end
+    release()
     if rowid then counted(db, tenant.id, created, 1) end
-  end, M.SQL.insert, tenant.id, ctx.agent and ctx.agent.id, ctx.escalation_id, ctx.tool_name, ctx.action,
-    spec.recipient, store.blob(sealed), hash, now, created, now, token and vault.sha256_hex(token) or nil,
-    ctx.execution_id)
+  end, M.SQL.insert, tenant.id, call.agent and call.agent.id, call.escalation_id, call.tool, call.action,
+    call.recipient, store.blob(sealed), hash, now, created, now, token and vault.sha256_hex(token) or nil,
+    call.execution_id, call.integration)
   if not id then
     log.error("sends: the write-ahead record of a %s send for tenant %d could not be stored, so it was not"
-      .. " sent: %s", ctx.tool_name, tenant.id, tostring(err))
-    return not_sent(ctx, "failed", M.STORAGE_UNAVAILABLE, { storage = tostring(err) })
+      .. " sent: %s", call.tool, tenant.id, tostring(err))
+    return not_sent("failed", M.STORAGE_UNAVAILABLE, { storage = tostring(err) })
   end
-  local row = { id = id, tenant_id = tenant.id, recipient = spec.recipient, created_unix = created }
+  local row = { id = id, tenant_id = tenant.id, recipient = call.recipient, created_unix = created }
   -- the commit took a loop turn: a call given up meanwhile sends nothing
-  if ctx.cancelled and ctx.cancelled() then
-    log.info("sends: %s call %s cancelled before its send: not sent", ctx.tool_name, tostring(ctx.call_id))
+  if call.cancelled and call.cancelled() then
+    log.info("sends: %s call %s cancelled before its send: not sent", call.tool, tostring(call.call_id))
     settle_status(db, row, "failed", nil, nil, M.NOT_SENT_CANCELLED)
-    return not_sent(ctx, "cancelled", M.CANCELLED, { send_id = id })
+    return not_sent("cancelled", M.CANCELLED, { send_id = id })
   end
-  local form = spec.form
-  if token then
-    form = {}
-    for k, v in pairs(spec.form) do form[k] = v end
-    form.StatusCallback = ("%s/%d/%s"):format(M.callback_base(rt), id, token)
-  end
-  local body, perr = ctx.twilio:post(spec.product, spec.path, form, { cancelled = ctx.cancelled })
-  local outcome = settle(db, row, body, perr)
+  local info = { send_id = id, callback_url = token and ("%s/%d/%s"):format(base, id, token) or nil }
+  local body, perr = spec.post(info)
+  if not body and type(perr) ~= "table" then perr = { message = tostring(perr or "the send failed") } end
+  local ref = body and body[spec.ref or "id"]
+  local outcome = settle(db, row, body, perr, ref)
   if outcome == "unknown" then M.reconcile_later(rt, id) end
-  ctx.outcome = outcome
-  ctx.audit_detail = { send_id = id, sid = body and body.sid or nil, status = body and body.status or nil,
-                       error_code = perr and perr.code or nil, outcome = outcome }
-  return body, perr
+  return body, perr, { outcome = outcome, detail = { send_id = id, outcome = outcome } }
 end
 
 -- Write calls that passed the policies and have no send record yet (their
--- handler may wait on Twilio before it sends): counted with the records, so
+-- handler may wait on the provider before it sends): counted with the records, so
 -- concurrent calls cannot all pass the same limit. tenant -> { total, [to] }.
 local claims = {}
 
@@ -262,7 +261,7 @@ function M.policy_helpers(db, tenant_id)
 end
 
 -- call.sent_before(recipient) for policies: has the tenant sent to this
--- recipient before (a send Twilio accepted)? Raises when it cannot tell.
+-- recipient before (a send the provider accepted)? Raises when it cannot tell.
 function M.sent_before(db, tenant_id)
   return function(recipient)
     local r, err = db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND recipient = ? AND sid IS NOT NULL LIMIT 1",
@@ -272,46 +271,28 @@ function M.sent_before(db, tenant_id)
   end
 end
 
+-- The integration a send went through: its record's, or (records from
+-- before the column) the integration of its tool.
+local function integration_of(rt, row)
+  if row.integration then return row.integration end
+  local tool = rt.registry and rt.registry.tools[row.tool]
+  return tool and tool.connection
+end
+
 -- A client for a tenant's stored connection (recovery runs outside calls).
-local function with_client(rt, tenant_id, fn)
-  local conn_mod = require("switchboard.twilio.connection")
-  local conn = conn_mod.get(rt.db, tenant_id)
-  if not conn then return nil, "the tenant's Twilio connection was removed" end
-  local tenant = directory.tenant_by_id(rt.db, tenant_id)
+local function with_client(rt, integration, tenant, fn)
+  local conn = connections.get(rt.db, integration, tenant.id)
+  if not conn then return nil, "the tenant's connection was removed" end
   local ok, res = pcall(function()
-    return table.pack(conn_mod.with_client(rt, tenant, conn, function(c) return fn(c, tenant) end))
+    return table.pack(connections.with_client(rt, integration, tenant, conn, fn))
   end)
   if not ok then return nil, tostring(res) end
   if not res[1] then return nil, res[2] end
   return table.unpack(res, 2, res.n)
 end
 
-local function day_of(created_unix)
-  return T.date(created_unix - 60)
-end
-
--- The text a template send shows in the message list: the template's
--- text with its {{n}} placeholders filled (nil when it has no text).
-local function template_text(c, sid, variables)
-  local body = c:get("content", ("/v1/Content/%s"):format(sid))
-  local types = type(body) == "table" and type(body.types) == "table" and body.types or nil
-  local text
-  for _, kind in ipairs({ "twilio/text", "twilio/media", "twilio/quick-reply", "twilio/call-to-action" }) do
-    local t = types and types[kind]
-    if type(t) == "table" and type(t.body) == "string" then text = t.body break end
-  end
-  if not text then return nil end
-  local vars = type(variables) == "string" and json.decode(variables) or {}
-  if type(vars) ~= "table" then vars = {} end
-  return (text:gsub("{{%s*([%w_]+)%s*}}", function(k)
-    local v = vars[k]
-    if v == nil then return nil end
-    return tostring(v)
-  end))
-end
-
 -- An audit record of what recovery or reconciliation did to a send: each
--- send that may have reached Twilio has one, whatever happened to the
+-- send that may have reached the provider has one, whatever happened to the
 -- record of its call.
 local function audit(rt, row, outcome, detail)
   detail.send_id, detail.outcome = row.id, outcome
@@ -320,46 +301,37 @@ local function audit(rt, row, outcome, detail)
                     policies = {}, outcome = outcome, detail = detail, actor = "recovery" })
 end
 
--- Match an unknown message send against the recipient's messages.
+-- Look for an unknown send at the provider, through its integration's
+-- reconcile hook (integrations/<name>/reconcile.lua):
+--   find(client, request, row, helpers) → the provider's id for it, false
+--   (not found) or nil, err ("not reconcilable" for a send it cannot look for)
+-- helpers: { body_hash(text), claimed(ref) (another record has it) }.
 -- Returns true (now sent), false (not found) or nil, err.
 local function reconcile_one(rt, row)
-  local req = directory.open(rt.master, directory.tenant_by_id(rt.db, row.tenant_id), FIELD, row.request)
+  local name = integration_of(rt, row)
+  local pkg = name and integrations.get(name)
+  local hook = pkg and pkg.manifest.reconcile and integrations.module(pkg, pkg.manifest.reconcile)
+  if not hook then return nil, M.NOT_RECONCILABLE end
+  local tenant = directory.tenant_by_id(rt.db, row.tenant_id)
+  local req = directory.open(rt.master, tenant, FIELD, row.request)
   if not req then return nil, "the record could not be opened" end
   req = json.decode(req)
-  if type(req) ~= "table" or not req.path or not req.path:find("/Messages.json", 1, true) then
-    return nil, "not a message"
-  end
-  if not row.body_hash then return nil, "nothing to match it by" end
-  return with_client(rt, row.tenant_id, function(c)
-    local form = req.form or {}
-    local want = row.body_hash
-    if want:find("^template:") then
-      local text = template_text(c, form.ContentSid, form.ContentVariables)
-      if not text then return nil, "its template's text could not be read" end
-      want = M.body_hash(text)
-    end
-    local items = c:list("api", c:acct("Messages.json"), { To = form.To, ["DateSent>"] = day_of(row.created_unix),
-      PageSize = 100 }, "messages", 500)
-    -- oldest first: the earliest unclaimed match is this record's message
-    for i = #(items or {}), 1, -1 do
-      local m = items[i]
-      -- the same text from the same sender, created after this record was
-      -- (a minute of clock skew allowed), and not already another record's
-      local created = T.parse_rfc2822(m.date_created)
-      if type(m.body) == "string" and M.body_hash(m.body) == want
-        and (form.From == nil or m.from == nil or m.from == form.From)
-        and created and created >= row.created_unix - 60
-        and not rt.db:row(M.SQL.by_sid, row.tenant_id, m.sid) then
-        local ok, err = set_status(rt.db, row.id, "sent", m.sid, nil, "reconciled by listing messages")
-        if not ok then return nil, "the match could not be stored: " .. tostring(err) end
-        audit(rt, row, "sent", { sid = m.sid, reconciled = "found in the message list" })
-        if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
-        return true
-      end
-    end
-    return false
+  if type(req) ~= "table" then return nil, "the record could not be read" end
+  local helpers = {
+    body_hash = M.body_hash,
+    claimed = function(ref) return rt.db:row(M.SQL.by_sid, row.tenant_id, ref) ~= nil end,
+  }
+  return with_client(rt, name, tenant, function(c)
+    local ref, err = hook.find(c, req, row, helpers)
+    if not ref then return ref, err end
+    local ok, serr = set_status(rt.db, row.id, "sent", ref, nil, "reconciled with the provider")
+    if not ok then return nil, "the match could not be stored: " .. tostring(serr) end
+    audit(rt, row, "sent", { sid = ref, reconciled = "found at the provider" })
+    if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
+    return true
   end)
 end
+M.NOT_RECONCILABLE = "not reconcilable"
 
 -- Send records whose call left no audit record (the process died between
 -- the send's end and the audit commit): they get one now.
@@ -417,9 +389,9 @@ function M.recover(rt)
         found = found + 1
       elseif not ok or res == false then
         if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
-        -- Twilio lists a message once it is created: look once more later
+        -- a provider may list a message only once it is created: look once more later
         M.reconcile_later(rt, row.id)
-      elseif err ~= "not a message" then
+      elseif err ~= M.NOT_RECONCILABLE then
         log.warn("sends: send %d cannot be reconciled: %s", row.id, tostring(err))
       end
       if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
@@ -430,8 +402,8 @@ end
 
 M.RECONCILE_DELAY = 60
 
--- An unknown send is looked for again a minute later (Twilio lists a
--- message once it is created), not only at the next start.
+-- An unknown send is looked for again a minute later (a provider may list
+-- a message only once it is created), not only at the next start.
 function M.reconcile_later(rt, id, delay)
   loop.spawn(function()
     loop.sleep(delay or M.RECONCILE_DELAY)
@@ -444,40 +416,37 @@ function M.reconcile_later(rt, id, delay)
 end
 
 -- {======================================================
--- Delivery receipts: Twilio's status callbacks.
+-- Delivery receipts: status callbacks.
 --
--- With http.public_url set, every message send carries a StatusCallback
--- <public_url>/twilio/status/<send id>/<token>, the token 32 random bytes
--- of its own (the record keeps only its SHA-256, compared in constant
--- time). Twilio signs callbacks with the account's Auth Token, which this
--- runtime never holds, so the token in the URL is what authenticates one.
--- A receipt moves the send's delivery status forward only (a replay, a
--- retry or a late one changes nothing), keeps the error code, closes an
--- unknown outcome at once (the callback names the message's sid) and is
--- written to the audit trail in the execution of the call that sent it.
+-- With http.public_url set, a send whose tool asks for it carries a status
+-- callback URL <public_url>/<integration>/status/<send id>/<token>, the
+-- token 32 random bytes of its own (the record keeps only its SHA-256,
+-- compared in constant time): the token is what authenticates a callback.
+-- The integration's receipts module reads a callback (parse) and orders
+-- its statuses (RANK, DELIVERED, can_follow). A receipt moves the send's
+-- delivery status forward only (a replay, a retry or a late one changes
+-- nothing), keeps the error code, closes an unknown outcome at once (the
+-- callback names the provider's id) and is written to the audit trail in
+-- the execution of the call that sent it.
 -- =======================================================
 
-M.CALLBACK_PATH = "/twilio/status/"
-
--- The status callback's base URL, or nil (receipts off).
-function M.callback_base(rt)
+-- The status callback's base URL for an integration, or nil (receipts off).
+function M.callback_base(rt, integration)
   local url = rt.cfg and rt.cfg.http and rt.cfg.http.public_url
-  if not url then return nil end
-  return (url:gsub("/+$", "")) .. M.CALLBACK_PATH:gsub("/$", "")
+  if not url or not integration then return nil end
+  local pkg = integrations.get(integration)
+  if not (pkg and pkg.manifest.receipts) then return nil end
+  return ("%s/%s/status"):format((url:gsub("/+$", "")), integration)
 end
 
--- The order of Twilio's message statuses: a receipt applies only when it
--- moves the status forward; read (WhatsApp) follows delivered only.
-M.DELIVERY_RANK = { accepted = 0, scheduled = 0, queued = 0, sending = 1, sent = 2, delivered = 3,
-                    undelivered = 3, failed = 3, canceled = 3, read = 4 }
-local RANK = M.DELIVERY_RANK
-local FINAL_BAD = { undelivered = true, failed = true, canceled = true }
-
--- The statuses a receipt of `status` may follow.
-local function before(status)
+-- The statuses a receipt of `status` may follow: those ranked before it
+-- (and that the package's can_follow allows, when it has one).
+local function before(r, status)
   local out = {}
-  for st, r in pairs(RANK) do
-    if r < RANK[status] and not (status == "read" and FINAL_BAD[st]) then out[#out + 1] = st end
+  for st, rank in pairs(r.RANK) do
+    if rank < r.RANK[status] and (not r.can_follow or r.can_follow(st, status)) then
+      out[#out + 1] = st
+    end
   end
   table.sort(out)
   return out
@@ -503,38 +472,26 @@ local function refuse(status, why, id)
   return status, why
 end
 
--- One status callback. id: the send id of the URL; token: the URL's
--- token; f: the decoded form; key: its I-Twilio-Idempotency-Token (or nil).
--- Returns an HTTP status and a short text (nothing secret in either).
-function M.receipt(rt, id, token, f, key)
+-- One status callback. integration: the URL's; id: its send id; token: its
+-- token; form: the decoded body; headers: lowercase names. Returns an HTTP
+-- status and a short text (nothing secret in either).
+function M.receipt(rt, integration, id, token, form, headers)
   local db = rt.db
+  local pkg = integrations.get(integration)
+  local r = pkg and pkg.manifest.receipts and integrations.module(pkg, pkg.manifest.receipts)
   local row = db:row("SELECT * FROM sends WHERE id = ?", id)
   -- the same work and the same answer for a send that does not exist and a
   -- wrong token: a prober learns nothing
   local ok = vault.equal(vault.sha256_hex(token), row and row.callback_token_hash or NO_TOKEN)
-  if not (row and row.callback_token_hash and ok) then return refuse(404, "no such callback", id) end
-  local function one(k) local v = f[k] if type(v) == "table" then return nil end return v end
-  local sid, status = one("MessageSid"), one("MessageStatus")
-  if type(sid) ~= "string" or not sid:match("^[SM]M%x+$") or #sid ~= 34 then
-    return refuse(400, "MessageSid must be SM or MM followed by 32 hexadecimal characters", id)
+  if not (r and row and row.callback_token_hash and ok and integration_of(rt, row) == integration) then
+    return refuse(404, "no such callback", id)
   end
-  if type(status) ~= "string" or not RANK[status] then
-    return refuse(400, "MessageStatus is not a status of an outbound message", id)
-  end
-  local code = one("ErrorCode")
-  if code ~= nil and code ~= "" then
-    code = code:match("^%d+$") and math.tointeger(tonumber(code))
-    if not code then return refuse(400, "ErrorCode must be a whole number", id) end
-  else
-    code = nil
-  end
-  local conn = require("switchboard.twilio.connection").get(db, row.tenant_id)
-  local acct = one("AccountSid")
-  if acct ~= nil and conn and conn.account_sid and acct ~= conn.account_sid then
-    return refuse(403, "AccountSid is not the account of this send", id)
-  end
-  -- Twilio may call back before its answer to the POST has been read: wait
-  -- (Twilio waits 15 s for an answer) until the send has settled
+  local conn = connections.get(db, integration, row.tenant_id)
+  local got, status_code, why = r.parse(form, headers or {}, conn)
+  if not got then return refuse(status_code, why, id) end
+  local sid, status, code = got.ref, got.status, got.error_code
+  -- the provider may call back before its answer to the request has been
+  -- read: wait until the send has settled
   local waited = 0
   while row.status == "in_flight" and waited < M.SETTLE_WAIT do
     loop.sleep(0.05)
@@ -542,16 +499,16 @@ function M.receipt(rt, id, token, f, key)
     row = db:row("SELECT * FROM sends WHERE id = ?", id)
   end
   if row.status == "in_flight" then return 503, "the send has not settled yet, retry later" end
-  if row.sid and row.sid ~= sid then return refuse(409, "MessageSid is not the message of this send", id) end
+  if row.sid and row.sid ~= sid then return refuse(409, "the callback's id is not the message of this send", id) end
   if row.status == "failed" or row.status == "pending" then
-    return refuse(409, "this send did not reach Twilio", id)
+    return refuse(409, "this send did not reach the provider", id)
   end
   if not row.sid and db:row("SELECT 1 AS x FROM sends WHERE sid = ? AND id != ?", sid, id) then
-    return refuse(409, "MessageSid is another send's message", id)
+    return refuse(409, "the callback's id is another send's message", id)
   end
   local writer = db_mod.writer(db)
   local now = db_mod.now()
-  -- an unknown outcome ends here: the message exists at Twilio
+  -- an unknown outcome ends here: the message exists at the provider
   if row.status == "unknown" then
     local n, err = writer:run(nil, SQL_RESOLVE, sid, M.RESOLVED, now, id)
     if not n then
@@ -565,12 +522,12 @@ function M.receipt(rt, id, token, f, key)
       if row.escalation_id then require("switchboard.escalations").settle_from_send(rt, row.escalation_id) end
     end
   end
-  key = key or (sid .. ":" .. status)
-  local prior = before(status)
+  local key = got.key or (sid .. ":" .. status)
+  local prior = before(r, status)
   local marks = {}
   for i = 1, #prior do marks[i] = "?" end
   local sql = SQL_RECEIPT:format(#prior > 0 and table.concat(marks, ", ") or "NULL")
-  local delivered = status == "delivered" or status == "read"
+  local delivered = r.DELIVERED[status] == true
   local n, err = writer:run(nil, sql, status, code, now, delivered and 1 or 0, now, key, id, key,
     table.unpack(prior))
   if not n then
@@ -584,16 +541,15 @@ function M.receipt(rt, id, token, f, key)
   counts.applied = counts.applied + 1
   rt.audit:record({ tenant_id = row.tenant_id, agent_id = row.agent_id, execution_id = row.execution_id,
                     tool = row.tool, action = row.action, args = { to = row.recipient }, decision = "receipt",
-                    policies = {}, outcome = status, actor = "twilio",
+                    policies = {}, outcome = status, actor = integration,
                     detail = { receipt_for = id, sid = sid, delivery_status = status, error_code = code } })
   return 200, "ok"
 end
 
--- The delivery of a message the runtime sent for ctx's tenant, or nil.
-function M.delivery(ctx, sid)
-  local rt = runtime_of[ctx]
-  local tenant = ctx.tenant_row or ctx.tenant
-  if not rt or not tenant or type(sid) ~= "string" then return nil end
+-- The delivery of a message the runtime sent for the tenant (by the
+-- provider's id for it), or nil: what ctx.delivery(ref) answers.
+function M.delivery(rt, tenant, sid)
+  if not tenant or type(sid) ~= "string" then return nil end
   local row = rt.db:row("SELECT id, status, delivery_status, delivery_error, delivered_at, delivery_updated_at,"
     .. " callback_token_hash FROM sends WHERE tenant_id = ? AND sid = ?", tenant.id, sid)
   if not row then return nil end

@@ -11,6 +11,7 @@ local fs = require("core.fs")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local registry = require("switchboard.registry")
+local integrations = require("switchboard.integrations")
 local policy = require("switchboard.policy")
 local audit = require("switchboard.audit")
 local mcp = require("switchboard.mcp")
@@ -108,10 +109,13 @@ function M.open_master(cfg)
   return vault.load_master(path)
 end
 
+-- Each integration package's tools/ (with the package's group,
+-- connection and instructions as defaults), then the configured tool_dirs.
 function M:tool_dirs()
   local dirs = {}
-  local builtin = self.cfg.root .. "/lua/tools"
-  if lfs.attributes(builtin, "mode") == "directory" then dirs[#dirs + 1] = builtin end
+  for _, pkg in ipairs(integrations.list()) do
+    if pkg.tools_dir then dirs[#dirs + 1] = { dir = pkg.tools_dir, package = pkg } end
+  end
   for _, d in ipairs(self.cfg.tool_dirs) do dirs[#dirs + 1] = d end
   return dirs
 end
@@ -435,7 +439,7 @@ function M.serve(cfg)
     self.watchdog = loop.timer(wd / 2, wd / 2, function() self:notify("WATCHDOG=1") end)
   end
   loop.run()
-  require("switchboard.twilio.connection").forget_all()
+  require("switchboard.credentials").forget_all()
   self.audit:flush()
   self.db:close()
   self.master:close()

@@ -58,7 +58,7 @@ describe("conformance with Twilio's OpenAPI specs (Prism)", function()
       ("--whatsapp-number %s --verify-service-sid %s"):format(TW.WHATSAPP, TW.VERIFY))
     -- Prism's example number is not SMS-capable, so connect chose no
     -- default number; give the tenant that number to send from.
-    TW.sql(srv, "UPDATE connections SET default_number = '+18089255327'")
+    TW.sql(srv, "UPDATE connections SET settings = json_set(settings, '$.default_number', '+18089255327')")
   end)
 
   teardown(function()

@@ -315,8 +315,9 @@ describe("twilio secrets and isolation", function()
 
   it("does not open a sealed secret copied into another tenant's row", function()
     TW.sql(srv, "UPDATE connections SET secret = (SELECT secret FROM connections c2 WHERE c2.tenant_id ="
-      .. " (SELECT id FROM tenants WHERE name = 'tenant-a')), api_key_sid = '" .. MAIN_SK .. "',"
-      .. " account_sid = '" .. TW.SIM.ACCOUNT .. "' WHERE tenant_id = (SELECT id FROM tenants WHERE name = 'tenant-b')")
+      .. " (SELECT id FROM tenants WHERE name = 'tenant-a')), key_id = '" .. MAIN_SK .. "',"
+      .. " settings = json_set(settings, '$.account_sid', '" .. TW.SIM.ACCOUNT .. "')"
+      .. " WHERE tenant_id = (SELECT id FROM tenants WHERE name = 'tenant-b')")
     local res = H.async(function()
       local c = TW.session(srv, token_b)
       local out = TW.call(c, "twilio_account_overview", { action = "account_info" })

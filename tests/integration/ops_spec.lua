@@ -39,7 +39,7 @@ describe("make install", function()
 
   it("puts the binary, the Lua runtime, tools, policies, pages, units and config under the prefix", function()
     for _, f in ipairs({ "bin/switchboard", "share/switchboard/runtime.lua",
-        "share/switchboard/lua/switchboard/cli.lua", "share/switchboard/lua/tools/twilio/send_sms.lua",
+        "share/switchboard/lua/switchboard/cli.lua", "share/switchboard/integrations/twilio/tools/send_sms.lua",
         "share/switchboard/policies/safety_gateway.lua", "share/man/man1/switchboard.1",
         "share/man/man5/switchboard.conf.5", "etc/switchboard/switchboard.conf.lua",
         "lib/systemd/system/switchboard.service", "lib/systemd/system/switchboard.socket",

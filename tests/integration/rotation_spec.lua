@@ -13,7 +13,7 @@ local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 
 local ANA = TW.SIM.ANA
-local FIELD = require("switchboard.twilio.connection").FIELD
+local FIELD = require("integrations.twilio.connection").FIELD
 
 local function db_path(srv) return srv.dir .. "/data/switchboard.db" end
 

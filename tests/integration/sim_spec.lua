@@ -66,7 +66,7 @@ local function alive(pid)
 end
 
 -- Start `switchboard sim`; until the runtime dispatches the command, run
--- the same entry (switchboard.sim.cli) through `switchboard exec`.
+-- the same entry (integrations.twilio.sim.cli) through `switchboard exec`.
 local function start_sim()
   local dir = H.tmpdir("sim")
   local pf, out = dir .. "/port", dir .. "/stdout"
@@ -78,7 +78,7 @@ local function start_sim()
   while not H.exists(pf) do
     if not alive(pid) then
       H.write(dir .. "/launch.lua",
-        "return require('switchboard.sim.cli').commands.sim(arg)\n")
+        "return require('integrations.twilio.sim.cli').commands.sim(arg)\n")
       pid = launch(("%s exec %s --port 0 --port-file %s"):format(H.q(H.BIN), H.q(dir .. "/launch.lua"), H.q(pf)))
       break
     end

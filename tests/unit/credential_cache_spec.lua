@@ -1,5 +1,5 @@
 -- The per-tenant cache of opened Twilio credentials
--- (switchboard.twilio.connection open_client / with_client / forget):
+-- (switchboard.credentials, through the Twilio connection's open_client):
 -- keyed by the tenant and checked against the sealed key it was opened
 -- from, wiped on rotation, forget, expiry, and with a zero lifetime.
 -- Run: ./switchboard exec /usr/bin/busted --lpath='tests/?.lua' tests/unit/credential_cache_spec.lua
@@ -7,7 +7,9 @@ local H = require("helpers")
 local loop = require("core.loop")
 local vault = require("core.vault")
 local directory = require("switchboard.directory")
-local conn_mod = require("switchboard.twilio.connection")
+local credentials = require("switchboard.credentials")
+assert(require("switchboard.integrations").load({ H.ROOT .. "/integrations" }))
+local conn_mod = require("integrations.twilio.connection")
 
 local SK1 = "SK" .. ("11"):rep(16)
 local SK2 = "SK" .. ("22"):rep(16)
@@ -18,7 +20,7 @@ describe("twilio credential cache", function()
   local dir, master, rt, t1, t2
 
   local function conn_for(t, secret, sk)
-    return { account_sid = "AC" .. ("00"):rep(16), api_key_sid = sk or SK1,
+    return { account_sid = "AC" .. ("00"):rep(16), api_key_sid = sk or SK1, key_id = sk or SK1,
              secret = assert(directory.seal(master, t, conn_mod.FIELD, secret)) }
   end
 
@@ -33,13 +35,13 @@ describe("twilio credential cache", function()
   end)
 
   teardown(function()
-    conn_mod.forget_all()
+    credentials.forget_all()
     master:close()
     os.execute("rm -rf " .. H.q(dir))
   end)
 
   before_each(function()
-    conn_mod.forget_all()
+    credentials.forget_all()
     rt.cfg.twilio.credential_seconds = 300
   end)
 
@@ -47,7 +49,7 @@ describe("twilio credential cache", function()
     local conn = conn_for(t1, "first-secret-0000000001")
     local c1, h1 = assert(conn_mod.open_client(rt, t1, conn))
     h1:close()
-    local cred = conn_mod.cached(1)
+    local cred = credentials.cached("twilio", 1)
     assert.is_false(closed(cred))
     local c2, h2 = assert(conn_mod.open_client(rt, t1, conn))
     assert.equal(c1.credential, c2.credential)
@@ -78,7 +80,7 @@ describe("twilio credential cache", function()
     local old = conn_for(t1, "old-secret-000000000001")
     local _, h = assert(conn_mod.open_client(rt, t1, old))
     h:close()
-    local old_cred = conn_mod.cached(1)
+    local old_cred = credentials.cached("twilio", 1)
     local new = conn_for(t1, "new-secret-000000000002", SK2)
     local c, h2 = assert(conn_mod.open_client(rt, t1, new))
     assert.equal(SK2, c.credential:username())
@@ -97,7 +99,7 @@ describe("twilio credential cache", function()
     local conn = conn_for(t1, "forget-secret-000000001")
     local c, h = assert(conn_mod.open_client(rt, t1, conn))
     conn_mod.forget(1)
-    assert.is_nil(conn_mod.cached(1))
+    assert.is_nil(credentials.cached("twilio", 1))
     assert.is_false(closed(c.credential))     -- the call in progress keeps it
     h:close()
     assert.is_true(closed(c.credential))
@@ -107,8 +109,8 @@ describe("twilio credential cache", function()
     local _, ha = assert(conn_mod.open_client(rt, t1, conn_for(t1, "all-secret-000000000001")))
     local _, hb = assert(conn_mod.open_client(rt, t2, conn_for(t2, "all-secret-000000000002")))
     ha:close(); hb:close()
-    local a, b = conn_mod.cached(1), conn_mod.cached(2)
-    conn_mod.forget_all()
+    local a, b = credentials.cached("twilio", 1), credentials.cached("twilio", 2)
+    credentials.forget_all()
     assert.is_true(closed(a))
     assert.is_true(closed(b))
   end)
@@ -119,21 +121,21 @@ describe("twilio credential cache", function()
     local cred = H.async(function()
       local _, h = assert(conn_mod.open_client(rt, t1, conn))
       h:close()
-      local cred = conn_mod.cached(1)
+      local cred = credentials.cached("twilio", 1)
       assert.is_false(closed(cred))
       local deadline = loop.time() + 10
       while not closed(cred) and loop.time() < deadline do loop.sleep(0.02) end
       return cred
     end, 15)
     assert.is_true(closed(cred))
-    assert.is_nil(conn_mod.cached(1))
+    assert.is_nil(credentials.cached("twilio", 1))
   end)
 
   it("keeps nothing with credential_seconds = 0, nor for a key being validated", function()
     rt.cfg.twilio.credential_seconds = 0
     local conn = conn_for(t1, "nocache-secret-00000001")
     local c, h = assert(conn_mod.open_client(rt, t1, conn))
-    assert.is_nil(conn_mod.cached(1))
+    assert.is_nil(credentials.cached("twilio", 1))
     h:close()
     assert.is_true(closed(c.credential))
     rt.cfg.twilio.credential_seconds = 300
@@ -142,6 +144,6 @@ describe("twilio credential cache", function()
       probe.secret, SK2)
     assert.is_true(ok)
     assert.equal(SK2, user)
-    assert.is_nil(conn_mod.cached(1))
+    assert.is_nil(credentials.cached("twilio", 1))
   end)
 end)

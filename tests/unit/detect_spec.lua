@@ -3,6 +3,7 @@
 -- Run: ./switchboard exec /usr/bin/busted --lpath="$PWD/tests/?.lua" tests/unit/detect_spec.lua
 local detect = require("switchboard.detect")
 local policy = require("switchboard.policy")
+local send_view = require("send_view")
 
 local ROOT = os.getenv("SB_ROOT") or "."
 local BUDGET = 1000000
@@ -297,7 +298,7 @@ describe("secrets", function()
   local TOKEN = "9f86d081884c7d659a2feaa0c55ad015"
 
   it("finds a Twilio API key (SK + 32 hex, not low-entropy, not longer)", function()
-    assert.equal("secret/twilio_api_key", kinds("key " .. SK))
+    assert.equal("secret/api_key_sid", kinds("key " .. SK))
     assert.equal("", cats("SK" .. ("a"):rep(32)))
     assert.equal("", cats(SK .. "0"))
     assert.equal("", cats("XSK0123456789abcdef0123456789abcdef"))
@@ -305,9 +306,9 @@ describe("secrets", function()
 
   it("counts an Account SID only next to a token or the words token/secret/auth", function()
     assert.equal("", cats("account " .. AC))
-    assert.equal("secret/twilio_credentials", kinds(AC .. " token"))
-    assert.equal("secret/twilio_credentials", kinds("auth: " .. AC))
-    assert.equal("secret/twilio_credentials", kinds(AC .. ":" .. TOKEN))
+    assert.equal("secret/account_credentials", kinds(AC .. " token"))
+    assert.equal("secret/account_credentials", kinds("auth: " .. AC))
+    assert.equal("secret/account_credentials", kinds(AC .. ":" .. TOKEN))
     assert.equal("", cats(AC .. (" "):rep(60) .. "token"))
   end)
 
@@ -438,7 +439,7 @@ local function run(call, settings)
   call.tool = call.tool or "twilio_send_sms"
   if call.writes == nil then call.writes = true end
   call.args = call.args or {}
-  return set:evaluate(call)
+  return set:evaluate(send_view(call))
 end
 
 local function sms(body, extra)
@@ -453,8 +454,8 @@ describe("Safety Gateway policy", function()
   it("loads with the defaults and names what it applies to", function()
     local p = assert(load_gateway())
     assert.equal("safety_gateway", p.name)
-    assert.is_true(p.writes_only)
-    assert.same({ twilio_send_sms = true, twilio_send_whatsapp = true, twilio_verify_phone = true }, p.tools)
+    assert.same({ "sends" }, p.kinds)
+    assert.is_nil(p.tools)
   end)
 
   it("allows a clean message", function()

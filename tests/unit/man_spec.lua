@@ -105,7 +105,9 @@ local function page5_problems(text)
           local d = f.default
           local shown
           if type(d) == "table" then
-            shown = "{}"
+            local items = {}
+            for i, v in ipairs(d) do items[i] = ("%q"):format(v) end
+            shown = #items == 0 and "{}" or ("{ " .. table.concat(items, ", ") .. " }")
           elseif type(d) == "string" then
             shown = d:gsub("^@data", "<data_dir>"):gsub("^@root", "<root>")
           elseif d ~= nil then
@@ -120,7 +122,7 @@ local function page5_problems(text)
       end
     end
   end
-  walk(config.spec, "")
+  walk(assert(config.full_spec(os.getenv("SB_ROOT") or ".")), "")
   for key in pairs(e) do
     if not known[key] then problems[#problems + 1] = ("the entry %s is not a configuration key"):format(key) end
   end

@@ -1,5 +1,5 @@
 -- The media_url allow-list of the Twilio send tools (tool_settings.<tool>.media_domains).
-local T = require("switchboard.twilio.tools")
+local T = require("integrations.twilio.common")
 
 describe("media_url allow-list", function()
   local function check(domains, url)

@@ -5,6 +5,7 @@
 local phone = require("core.phone")
 local schema = require("switchboard.schema")
 local policy = require("switchboard.policy")
+local send_view = require("send_view")
 
 local ROOT = os.getenv("SB_ROOT") or "."
 
@@ -157,13 +158,13 @@ describe("recipients policy (number types, countries)", function()
   local function run(to, settings, numbers)
     local p = assert(load(settings))
     local set = setmetatable({ list = { p }, budget = 1000000 }, policy)
-    return set:evaluate({
+    return set:evaluate(send_view({
       tool = "twilio_send_sms", writes = true, args = { to = to, body = "hi" },
       connection = { numbers = numbers or { "+14155550100" } },
       opted_out = function() return false end,
       recent_sends = function() return 0 end,
       sends_today = function() return 0 end,
-    })
+    }))
   end
 
   it("refuses premium-rate and shared-cost numbers by type", function()

@@ -39,7 +39,7 @@ describe("README", function()
         end
       end
     end
-    walk(config.spec, "")
+    walk(assert(config.full_spec(os.getenv("SB_ROOT") or ".")), "")
     table.sort(missing)
     assert.are.same({}, missing)
   end)

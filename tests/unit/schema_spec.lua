@@ -123,7 +123,9 @@ describe("tool files with $defs, $ref, oneOf, anyOf and const", function()
 end)
 
 describe("the export (tools/list)", function()
-  local reg = load({ ROOT .. "/lua/tools", ROOT .. "/examples/tools", ROOT .. "/tests/fixtures/schema_tools" })
+  local pkgs = assert(require("switchboard.integrations").load({ ROOT .. "/integrations" }))
+  local reg = load({ { dir = pkgs[1].tools_dir, package = pkgs[1] }, ROOT .. "/examples/tools",
+                     ROOT .. "/tests/fixtures/schema_tools" })
   local STANDARD = { date = true, ["date-time"] = true, email = true, uri = true }
 
   it("declares JSON Schema 2020-12 and writes no named format", function()

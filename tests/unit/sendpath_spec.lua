@@ -11,7 +11,8 @@ local vault = require("core.vault")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local sends = require("switchboard.sends")
-local connection = require("switchboard.twilio.connection")
+local connections = require("switchboard.connections")
+local connection_repo = require("switchboard.store.connections")
 
 local function open_db(dir)
   return assert(db_mod.open(dir .. "/sb.db"))
@@ -61,14 +62,14 @@ describe("the call path's queries", function()
     add(sends.SQL.opted_out, "tenant_id=? AND recipient=?")
     add(sends.SQL.settle, "rowid=?")
     add(sends.SQL.by_sid, "sid=?")
-    add(connection.SQL.get, "rowid=?")
+    add(connection_repo.SQL.get, "tenant_id=? AND integration=?")
     -- and what the modules send on their own, recorded as they run
     local rec, seen = recording(db)
     local helpers = sends.policy_helpers(rec, tenant.id)
     helpers.recent_sends("+14155550100", 600)
     helpers.sends_today()
     helpers.opted_out("+14155550100")
-    connection.for_call(rec, tenant.id)
+    connections.for_call(rec, "twilio", tenant.id)
     directory.authenticate(rec, "sbt_" .. string.rep("x", 43))
     directory.tenant_groups(rec, tenant.id)
     directory.tenant_by_id(rec, tenant.id)
@@ -198,11 +199,9 @@ describe("the daily count", function()
       return nil, { code = 21211, message = "invalid", unknown = false }
     end }
     local function send(to)
-      local ctx = { tenant_row = tenant, tool_name = "twilio_send_sms", twilio = twilio }
-      sends.bind(ctx, rt)
-      ctx.send_claim = sends.claim(tenant.id, to)
-      return sends.post(ctx, { recipient = to, product = "api", path = "/Messages.json", form = { To = to },
-                               text = "hello" })
+      return sends.send(rt, { tenant = tenant, tool = "twilio_send_sms", recipient = to,
+                              release = sends.claim(tenant.id, to) },
+        { request = { form = { To = to } }, text = "hello", ref = "sid", post = function() return twilio.post() end })
     end
     local h = sends.policy_helpers(db, tenant.id)
     local function stored()
@@ -255,12 +254,11 @@ describe("the outcome of a send", function()
     local twilio = { post = function() return { sid = "SM" .. vault.hex(vault.random(16)), status = "queued" } end }
     local status_after, batches_after
     H.async(function()
-      local ctx = { rt = rt, tenant_row = tenant, tool_name = "twilio_send_sms", twilio = twilio }
-      sends.bind(ctx, rt)
-      ctx.send_claim = sends.claim(tenant.id, "+14155550123")
       local before = w.batches
-      assert.truthy(sends.post(ctx, { recipient = "+14155550123", product = "api", path = "/Messages.json",
-                                      form = { To = "+14155550123" }, text = "hello" }))
+      assert.truthy(sends.send(rt, { tenant = tenant, tool = "twilio_send_sms", recipient = "+14155550123",
+                                     release = sends.claim(tenant.id, "+14155550123") },
+        { request = { form = { To = "+14155550123" } }, text = "hello", ref = "sid",
+          post = function() return twilio.post() end }))
       -- answered after one commit (the write-ahead record); the settle is queued
       batches_after = w.batches - before
       status_after = db:row("SELECT status FROM sends ORDER BY id DESC LIMIT 1").status

@@ -3,6 +3,7 @@
 local taint = require("switchboard.taint")
 local registry = require("switchboard.registry")
 local policy = require("switchboard.policy")
+local send_view = require("send_view")
 
 local SEARCH = { { "messages[].body", from = "messages[].from", except = { ["messages[].direction"] = "^outbound" } } }
 
@@ -184,7 +185,7 @@ describe("policy untrusted_content settings", function()
     local rt = {}
     read(rt, call(1, "e"), { { body = "text +1 212 555 9990", from = "+14155550177", direction = "inbound" } })
     local function decide(to, body, execution)
-      local view = { tool = "twilio_send_sms", writes = true, args = { to = to, body = body } }
+      local view = send_view({ tool = "twilio_send_sms", writes = true, args = { to = to, body = body } })
       taint.view(rt, call(1, execution or "e"), view)
       return set:evaluate(view)
     end
@@ -196,6 +197,6 @@ describe("policy untrusted_content settings", function()
     assert.truthy(d.reason:find("1 untrusted field (twilio_search_messages) from +14155550177", 1, true), d.reason)
     d = decide("+14155550177", "I will text 212 555 9990")
     assert.equal("hold", d.decision)
-    assert.truthy(d.reason:find("the body contains the number +12125559990", 1, true), d.reason)
+    assert.truthy(d.reason:find("the message body contains the number +12125559990", 1, true), d.reason)
   end)
 end)

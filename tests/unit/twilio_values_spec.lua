@@ -1,9 +1,9 @@
--- The value conversions of the Twilio tools (switchboard.twilio.tools):
+-- The value conversions of the Twilio tools (integrations.twilio.common):
 -- dates, numbers, nulls and truncation, the same whether a time takes the
 -- UTC fast path, the epoch round trip or comes from the memo.
 -- Run: ./switchboard exec /usr/bin/busted tests/unit/twilio_values_spec.lua
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
+local T = require("integrations.twilio.common")
 
 describe("twilio tool values", function()
   it("converts Twilio times to ISO 8601 UTC, normalising what is out of range", function()

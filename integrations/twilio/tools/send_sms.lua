@@ -1,7 +1,6 @@
 -- twilio_send_sms: one SMS (or MMS with a media URL) from the tenant's
 -- default number. Never resent: an unknown outcome is reported as such.
-local T = require("switchboard.twilio.tools")
-local sends = require("switchboard.sends")
+local T = require("integrations.twilio.common")
 
 local function sent_text(m, media)
   local parts = { ("SMS %s to %s from %s was accepted by Twilio with status %s"):format(
@@ -25,9 +24,6 @@ return {
   description = "Sends one SMS (or an MMS when media_url is given) from the tenant's default Twilio number to"
     .. " an E.164 number. Costs money and cannot be undone: send once, never retry after an unknown outcome."
     .. " Returns the message sid, status (queued means accepted, not delivered), segments and price if known.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {
@@ -56,6 +52,7 @@ return {
   },
   annotations = T.WRITE,
   writes = true,
+  sends = { recipient = "to", texts = { { "body", "the message body" }, { "media_url", "the media URL" } } },
   check = function(args)
     if not args.body:find("%S") then return nil, "`body` must contain some text, not only spaces" end
     if args.media_url then
@@ -70,17 +67,15 @@ return {
     if not allowed then return nil, merr end
     local from = ctx.connection.default_number
     if not from then
-      return nil, T.not_configured(ctx, "No phone number configured: the tenant's Twilio connection has no"
+      return nil, T.not_configured("No phone number configured: the tenant's Twilio connection has no"
         .. " default SMS number to send from.",
         "Do not retry. An operator sets one with `switchboard admin twilio update --default-number +E164`.")
     end
     local form = { To = args.to, From = from, Body = args.body }
     if args.media_url then form.MediaUrl = { args.media_url } end
-    local c = ctx.twilio
-    local m, err = sends.post(ctx, { recipient = args.to, product = "api", path = c:acct("Messages.json"),
-                                     form = form, text = args.body })
+    local m, err = T.send(ctx, "api", ctx.twilio:acct("Messages.json"), form, { text = args.body })
     if not m then
-      return nil, T.send_failure(ctx, err, "message",
+      return nil, T.send_failure(err, "message",
         ("Check with twilio_search_messages (action search, to = %s, date_sent_after = today) whether it went out.")
           :format(args.to), { to = args.to, from = from })
     end
@@ -91,13 +86,13 @@ return {
                    date_created = v.date_created, error_code = v.error_code,
                    error_explanation = v.error_explanation }
     if v.error_code and T.FAILED[v.status or ""] then
-      T.settle(ctx, "failed", { sid = v.sid, status = v.status, error_code = v.error_code })
       data.outcome = "failed"
       return nil, { message = ("The message %s failed: %s"):format(v.sid or "", v.error_explanation),
-                    code = v.error_code, hint = T.hint_for(v.error_code), data = data }
+                    code = v.error_code, hint = T.hint_for(v.error_code), data = data, outcome = "failed",
+                    audit = T.audit("failed", { sid = v.sid, status = v.status, error_code = v.error_code }) }
     end
-    T.settle(ctx, "sent", { sid = v.sid, status = v.status, error_code = v.error_code })
     data.outcome = "sent"
-    return { text = sent_text(v, args.media_url ~= nil), data = data }
+    return { text = sent_text(v, args.media_url ~= nil), data = data, outcome = "sent",
+             audit = T.audit("sent", { sid = v.sid, status = v.status, error_code = v.error_code }) }
   end,
 }

@@ -2,14 +2,13 @@
 -- sends a code that costs money, and goes through the send policies);
 -- check_code only reads. A wrong code is an answer (approved: false), not
 -- an error.
-local T = require("switchboard.twilio.tools")
+local T = require("integrations.twilio.common")
 local schema = require("switchboard.schema")
-local sends = require("switchboard.sends")
 
 local function is_email(s) return schema.formats.email.check(s) end
 
-local function no_service(ctx)
-  return T.not_configured(ctx, "Verification is not set up: no Verify Service SID is configured for this"
+local function no_service()
+  return T.not_configured("Verification is not set up: no Verify Service SID is configured for this"
     .. " tenant's Twilio connection.",
     "Do not retry. An operator must create a Verify Service in the Twilio Console and configure its Verify Service"
       .. " SID (VA…) with `switchboard admin twilio update --verify-service-sid VA…`.")
@@ -22,11 +21,11 @@ local EXPIRED = {
 }
 
 local function send_code(ctx, args, service)
-  local body, err = sends.post(ctx, { recipient = args.to, product = "verify",
-    path = ("/v2/Services/%s/Verifications"):format(service), form = { To = args.to, Channel = args.channel } })
+  local body, err = T.send(ctx, "verify", ("/v2/Services/%s/Verifications"):format(service),
+    { To = args.to, Channel = args.channel })
   local detail = { to = args.to, channel = args.channel }
   if not body then
-    return nil, T.send_failure(ctx, err, "code",
+    return nil, T.send_failure(err, "code",
       "Ask the person whether a code arrived before sending another; check_code works with any code that did.",
       detail, { [20404] = { message = "Twilio could not find the Verify Service configured for this tenant.",
                             hint = "Do not retry; an operator must check the Verify Service SID." } })
@@ -36,7 +35,6 @@ local function send_code(ctx, args, service)
                  date_created = T.time(body.date_created), valid_minutes = 10 }
   local attempts = T.table(body.send_code_attempts)
   if attempts then data.send_attempts = #attempts end
-  T.settle(ctx, "sent", { sid = data.sid, status = data.status, channel = data.channel })
   data.outcome = "sent"
   local how = ({ sms = "by SMS", call = "by a voice call", whatsapp = "on WhatsApp", email = "by email" })[args.channel]
   local text = ("A verification code was sent to %s %s (verification %s, status %s). Ask the person for the code,"
@@ -46,7 +44,8 @@ local function send_code(ctx, args, service)
   if data.send_attempts and data.send_attempts > 1 then
     text = text .. (" This destination has had %s in this verification."):format(T.plural(data.send_attempts, "send"))
   end
-  return { text = text, data = data }
+  return { text = text, data = data, outcome = "sent",
+           audit = T.audit("sent", { sid = data.sid, status = data.status, channel = data.channel }) }
 end
 
 local function check_code(ctx, args, service)
@@ -64,7 +63,7 @@ local function check_code(ctx, args, service)
   local approved = status == "approved" or (T.bool(body.valid) == true and status ~= "pending")
   local data = { action = "check_code", approved = approved, status = status, sid = T.str(body.sid),
                  to = T.str(body.to) or args.to, channel = T.str(body.channel) }
-  ctx.audit_detail = T.compact({ sid = data.sid, status = status, approved = approved })
+  local audit = T.compact({ sid = data.sid, status = status, approved = approved })
   local text
   if approved then
     text = ("The code is correct: %s is verified (verification %s)."):format(data.to, data.sid or "?")
@@ -77,7 +76,7 @@ local function check_code(ctx, args, service)
     text = ("The code is not correct (status %s); %s is not verified. Ask the person to read the code again;"
       .. " after 5 wrong attempts the verification is locked."):format(status, data.to)
   end
-  return { text = text, data = data }
+  return { text = text, data = data, audit = audit }
 end
 
 return {
@@ -87,9 +86,6 @@ return {
     .. " an email address with channel email) by sms (default), call, whatsapp or email; this costs money."
     .. " action \"check_code\": checks the `code` the person gives back; a wrong code returns approved: false,"
     .. " not an error. Codes last about 10 minutes; never send codes in a loop.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {
@@ -125,6 +121,8 @@ return {
   },
   annotations = T.WRITE,
   writes = { "send_code" },
+  -- what send_code sends (the declaration applies to the actions that write)
+  sends = { recipient = "to" },
   check = function(args)
     local email = is_email(args.to)
     if not email and not T.is_e164(args.to) then
@@ -151,7 +149,7 @@ return {
   end,
   handler = function(ctx, args)
     local service = ctx.connection.verify_service_sid
-    if not service then return nil, no_service(ctx) end
+    if not service then return nil, no_service() end
     if args.action == "send_code" then return send_code(ctx, args, service) end
     return check_code(ctx, args, service)
   end,

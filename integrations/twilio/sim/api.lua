@@ -3,10 +3,10 @@
 -- records. Shapes follow twilio_api_v2010.json; lists page like Twilio
 -- (next_page_uri holds Page and PageToken, newest first).
 local json = require("switchboard.json")
-local U = require("switchboard.sim.util")
-local S = require("switchboard.sim.state")
-local lookups = require("switchboard.sim.lookups")
-local callbacks = require("switchboard.sim.callbacks")
+local U = require("integrations.twilio.sim.util")
+local S = require("integrations.twilio.sim.state")
+local lookups = require("integrations.twilio.sim.lookups")
+local callbacks = require("integrations.twilio.sim.callbacks")
 
 local M = {}
 

@@ -1,4 +1,4 @@
--- Shared pieces of the seven Twilio tools (lua/tools/twilio/): the
+-- Shared pieces of the seven Twilio tools (integrations/twilio/tools/): the
 -- working rules every agent holding the group reads, Twilio's error codes
 -- turned into a plain sentence and what to do next, the outcome of sends
 -- for the audit, paging with a filter, and the small conversions (dates,
@@ -7,21 +7,7 @@ local json = require("switchboard.json")
 
 local M = {}
 
-M.GROUP = "Twilio Communications"
-
--- One text for every Twilio tool (the server shows it once).
-M.INSTRUCTIONS = table.concat({
-  "Twilio tools (SMS, WhatsApp, lookups, calls, verification, usage). Working rules:",
-  "- Write every phone number in E.164 form, like +14155550123: a plus, the country code, no spaces.",
-  "- Before texting a number you have not contacted before, look it up with twilio_lookup_phone;"
-    .. " do not text invalid numbers or landlines.",
-  "- Sends cost money and cannot be taken back: send once. After an error that says not to retry, or an"
-    .. " unknown outcome, do not resend; check with twilio_search_messages instead.",
-  "- Narrow history searches (twilio_search_messages, twilio_manage_calls) with dates and a small limit.",
-  "- Verification is two steps: twilio_verify_phone send_code, then check_code with the code the person"
-    .. " gives you. A wrong code is not an error; never send codes in a loop.",
-  "- Check usage and spend with twilio_account_overview (usage_summary) before large outreach.",
-}, "\n")
+M.GROUP = require("integrations.twilio").group
 
 -- Annotations that tell the truth: reads never change anything; sends
 -- add (not destroy) and are not idempotent.
@@ -528,7 +514,7 @@ function M.hint_for(code)
   return c and c[2] or nil
 end
 
--- A client error (from switchboard.twilio.client) as a tool error:
+-- A client error (from integrations.twilio.client) as a tool error:
 -- { message, code, hint, more_info, data }. `over` may replace message or
 -- hint per code: over[code] = { message = …, hint = … }, over.default.
 function M.failure(err, over)
@@ -575,50 +561,72 @@ function M.failure(err, over)
   return e
 end
 
--- Record how a send ended for the audit: the outcome, the write-ahead
--- record's id (set by sends.post) and what Twilio said.
-function M.settle(ctx, outcome, detail)
-  detail.send_id = ctx.audit_detail and ctx.audit_detail.send_id
-  detail.outcome = outcome
-  ctx.outcome = outcome
-  ctx.audit_detail = compact(detail)
+-- Send through ctx.send (the pipeline's write-ahead send): the request
+-- kept sealed for reconciliation, a status callback when receipts are on
+-- (message sends), an opt-out (21610) marked as one. opts: { text (what is
+-- matched at reconciliation), hash }. Returns body or nil, err.
+function M.send(ctx, product, path, form, opts)
+  opts = opts or {}
+  local c = ctx.twilio
+  return ctx.send({
+    request = { product = product, path = path, form = form },
+    text = opts.text, hash = opts.hash, ref = "sid",
+    callback = path:find("/Messages.json", 1, true) ~= nil,
+    post = function(info)
+      local f = form
+      if info.callback_url then
+        f = {}
+        for k, v in pairs(form) do f[k] = v end
+        f.StatusCallback = info.callback_url
+      end
+      local body, err = c:post(product, path, f, { cancelled = ctx.cancelled })
+      if err and err.code == 21610 then err.opted_out = true end
+      return body, err
+    end,
+  })
 end
 
--- A write that failed: record the outcome and explain it. A request that
--- went out without an answer has an unknown outcome and must not be
--- resent. what: "message" or "code"; check_hint: where to look.
-function M.send_failure(ctx, err, what, check_hint, detail, over)
-  local merged = {}
-  for k, v in pairs(ctx.audit_detail or {}) do merged[k] = v end
-  for k, v in pairs(detail or {}) do merged[k] = v end
-  detail = merged
+-- How a send ended, for the audit (a result's or an error's `audit`).
+function M.audit(outcome, detail)
+  detail.outcome = outcome
+  return compact(detail)
+end
+
+-- A write that failed: explain it, with the outcome and the audit's detail
+-- on the error. A request that went out without an answer has an unknown
+-- outcome and must not be resent. what: "message" or "code"; check_hint:
+-- where to look.
+function M.send_failure(err, what, check_hint, detail, over)
+  detail = detail or {}
   if err.unknown then
-    ctx.outcome = "unknown"
     detail.error = err.transport or err.message
-    detail.outcome = "unknown"
-    ctx.audit_detail = compact(detail)
     local e = { message = ("The outcome is unknown: the request reached Twilio but no answer came back (%s)."
                   .. " The %s may have been sent."):format(err.transport or err.message or "no answer", what),
                 hint = "Do not resend. " .. check_hint,
                 code = M.int(err.code), more_info = err.more_info,
-                data = compact({ outcome = "unknown", http_status = err.status }) }
+                data = compact({ outcome = "unknown", http_status = err.status }),
+                outcome = "unknown", audit = M.audit("unknown", detail) }
     return e
   end
-  ctx.outcome = "failed"
+  if err.not_sent then
+    -- the pipeline's send did not go out (cancelled, storage): its own account stands
+    local e = M.failure(err, over)
+    e.data.outcome = "failed"
+    return e
+  end
   local e = M.failure(err, over)
   detail.error_code = M.int(err.code)
   detail.http_status = err.status
   detail.error = err.message
-  ctx.audit_detail = compact(detail)
+  e.outcome, e.audit = "failed", M.audit("failed", detail)
   e.data.outcome = "failed"
   return e
 end
 
 -- Configuration missing on the tenant's connection (before any request).
-function M.not_configured(ctx, message, hint)
-  ctx.outcome = "failed"
-  ctx.audit_detail = { error = message }
-  return { message = message, hint = hint, data = { outcome = "failed", not_configured = true } }
+function M.not_configured(message, hint)
+  return { message = message, hint = hint, data = { outcome = "failed", not_configured = true },
+           outcome = "failed", audit = { error = message } }
 end
 
 ---------------------------------------------------------------------------

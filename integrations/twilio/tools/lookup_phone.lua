@@ -2,7 +2,7 @@
 -- answer (valid: false with the reasons), not an error; a package's own
 -- error is reported for that package alone.
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
+local T = require("integrations.twilio.common")
 
 local FIELDS = { "line_type_intelligence", "caller_name", "sim_swap", "identity_match", "reassigned_number" }
 
@@ -99,9 +99,6 @@ return {
     .. " format and country, and the requested data packages: line_type_intelligence (mobile, landline, VoIP,"
     .. " carrier; the default), caller_name, sim_swap, identity_match, reassigned_number. Use it before texting"
     .. " an unfamiliar number. Read-only; some packages are billed per lookup.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {

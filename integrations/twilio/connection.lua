@@ -5,15 +5,17 @@ local json = require("switchboard.json")
 local schema = require("switchboard.schema")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
-local store = require("core.store")
-local loop = require("core.loop")
+local connections = require("switchboard.connections")
+local credentials = require("switchboard.credentials")
+local repo = require("switchboard.store.connections")
 local http = require("core.http")
-local client_mod = require("switchboard.twilio.client")
+local client_mod = require("integrations.twilio.client")
 
 local M = {}
 
-M.GROUP = "Twilio Communications"
-M.FEATURE = "custom.twilio"
+local manifest = require("integrations.twilio")
+M.GROUP = manifest.group
+M.FEATURE = manifest.feature
 M.FIELD = "twilio.api_key_secret"
 M.PRODUCTS = { "api", "lookups", "verify", "content" }
 
@@ -24,23 +26,25 @@ local function trim(s)
   return (s:match("^%s*(.-)%s*$"))
 end
 
-local function decode(s, default)
-  if s == nil then return default end
-  local v = json.decode(s)
-  if v == nil then return default end
-  return v
+-- The stored connection (switchboard.store.connections) as this package
+-- reads it: its settings as fields, the key id as api_key_sid.
+local SETTINGS = { "account_sid", "default_number", "whatsapp_number", "verify_service_sid", "account_status",
+                   "account_type", "numbers", "hosts" }
+function M.decode(r)
+  local s = r.settings or {}
+  for _, k in ipairs(SETTINGS) do
+    local v = s[k]
+    if v == json.null then v = nil end
+    r[k] = v
+  end
+  if type(r.numbers) ~= "table" then r.numbers = {} end
+  r.api_key_sid = r.key_id
+  return r
 end
 
-M.SQL = { get = "SELECT * FROM connections WHERE tenant_id = ?" }
-
--- The connection row of a tenant, decoded, or nil.
+-- The tenant's Twilio connection, decoded, or nil.
 function M.get(db, tenant_id)
-  local r = db:row(M.SQL.get, tenant_id)
-  if not r then return nil end
-  r.numbers = decode(r.numbers, {})
-  r.hosts = decode(r.hosts, nil)
-  r.autonomous_sends = r.autonomous_sends == 1
-  return r
+  return connections.get(db, "twilio", tenant_id)
 end
 
 function M.hosts(cfg, hosts)
@@ -49,111 +53,29 @@ function M.hosts(cfg, hosts)
   return out
 end
 
----------------------------------------------------------------------------
--- Opened credentials, kept per tenant for twilio.credential_seconds: a
--- credential handle holds the secret in locked memory (core.vault), and
--- opening one costs two decryptions and a page. An entry is keyed by the
--- tenant and checked against the sealed blob, the key SID and the tenant's
--- wrapped data key it was opened from, so a rotated key or another tenant
--- never gets it. It is wiped (closed) on expiry, on `twilio update`, `twilio
--- test` finding the key refused, `twilio disconnect` and at stop; a call
--- still using it keeps it open until that call releases it.
-
-local cache = {}          -- tenant id -> entry
-local Lease = {}
-Lease.__index = Lease
-
--- entry: { cred, blob, user, data_key, leases, retired, timer }
-local function retire(e)
-  e.retired = true
-  if e.timer then e.timer:close(); e.timer = nil end
-  if e.leases == 0 then e.cred:close() end
+-- A client for the connection with an opened credential (the API key
+-- SID and secret as HTTP Basic, applied by core.http).
+function M.client(rt, conn, cred)
+  local cfg = rt.cfg.twilio
+  return client_mod.new({ account_sid = conn.account_sid, credential = cred,
+    hosts = M.hosts(rt.cfg, conn.hosts), timeout = cfg.timeout, ca_file = cfg.ca_file })
 end
 
--- Give back a credential open_client handed out. Idempotent.
-function Lease:close()
-  local e = self.entry
-  if not e then return end
-  self.entry = nil
-  e.leases = e.leases - 1
-  if e.retired and e.leases == 0 then e.cred:close() end
-end
-Lease.__close = Lease.close
-
-local function lease(e)
-  e.leases = e.leases + 1
-  return setmetatable({ entry = e }, Lease)
-end
-
--- Wipe the tenant's cached credential (a call in progress keeps its own
--- until it ends).
-function M.forget(tenant_id)
-  local e = cache[tenant_id]
-  if e then
-    cache[tenant_id] = nil
-    retire(e)
-  end
-end
-
--- Wipe every cached credential (at stop).
-function M.forget_all()
-  for id in pairs(cache) do M.forget(id) end
-end
-
--- The cached credential handle of a tenant, or nil (for tests).
-function M.cached(tenant_id)
-  local e = cache[tenant_id]
-  return e and e.cred
-end
-
--- An opened credential for the tenant's stored key (conn.secret), from
--- the cache when it is the same key, or a new one (cached when
--- twilio.credential_seconds > 0). blob/key_sid: a key being validated,
--- opened for this use only. Returns entry or nil.
-local function credential(rt, tenant, conn, blob, key_sid)
-  local sealed, user = blob or conn.secret, key_sid or conn.api_key_sid
-  local seconds = blob == nil and rt.cfg.twilio.credential_seconds or 0
-  seconds = seconds or 0
-  local e = seconds > 0 and cache[tenant.id] or nil
-  if e then
-    if e.blob == sealed and e.user == user and e.data_key == tenant.data_key then return e end
-    M.forget(tenant.id)
-  end
-  local cred = directory.credential(rt.master, tenant, M.FIELD, sealed, user)
-  if not cred then return nil end
-  e = { cred = cred, blob = sealed, user = user, data_key = tenant.data_key, leases = 0, retired = seconds <= 0 }
-  if seconds > 0 then
-    local id = tenant.id
-    cache[id] = e
-    e.timer = loop.timer(seconds, 0, function()
-      if cache[id] == e then M.forget(id) end
-    end)
-  end
-  return e
-end
-
--- A client for the tenant with an opened credential. The caller closes
--- the returned handle (h:close()) when done: that releases the credential
--- (wiped then unless the cache keeps it). Returns client, handle or nil, err.
+-- A client for the tenant with an opened credential (switchboard.connections);
+-- blob/key_sid: a key being validated, opened for this use only. The
+-- caller closes the returned handle. Returns client, handle or nil, err.
 function M.open_client(rt, tenant, conn, blob, key_sid)
-  local e = credential(rt, tenant, conn, blob, key_sid)
-  if not e then return nil, "the stored API key could not be opened" end
-  local c = client_mod.new({ account_sid = conn.account_sid, credential = e.cred,
-    hosts = M.hosts(rt.cfg, conn.hosts), timeout = rt.cfg.twilio.timeout, ca_file = rt.cfg.twilio.ca_file })
-  return c, lease(e)
+  local c, h = connections.open_client(rt, "twilio", tenant, conn, { blob = blob, key_id = key_sid })
+  if not c then return nil, "the stored API key could not be opened" end
+  return c, h
 end
 
--- Run fn(client) with the tenant's credential open, and release it after
--- (also when fn raises; the error is raised again). Returns false, err when
--- the credential does not open, else true and what fn returned.
 function M.with_client(rt, tenant, conn, fn, blob, key_sid)
-  local c, h = M.open_client(rt, tenant, conn, blob, key_sid)
-  if not c then return false, h end
-  local res = table.pack(pcall(fn, c))
-  h:close()
-  if not res[1] then error(res[2], 0) end
-  return true, table.unpack(res, 2, res.n)
+  return connections.with_client(rt, "twilio", tenant, conn, fn, { blob = blob, key_id = key_sid })
 end
+
+-- Wipe the tenant's cached credential.
+function M.forget(tenant_id) credentials.forget("twilio", tenant_id) end
 
 local function number_view(n)
   local caps = type(n.capabilities) == "table" and n.capabilities or {}
@@ -312,24 +234,7 @@ local function view(tenant, conn)
 end
 M.view = view
 
--- {======================================================
--- The call path's connections: each tenant's row decoded once, with its
--- policy view and the countries of its numbers, kept until an admin change
--- that touches the connection or the tenant drops it (M.invalidate: connect,
--- update, test, autonomous-sends, disconnect, tenant features). db ->
--- tenant_id -> row, or false (no connection).
--- =======================================================
-
-local cached = setmetatable({}, { __mode = "k" })
-
--- Drop the cached connection of tenant_id (all tenants without one).
-function M.invalidate(db, tenant_id)
-  local per = cached[db]
-  if not per then return end
-  if tenant_id == nil then cached[db] = nil else per[tenant_id] = nil end
-end
-
-db_mod.on_tenant_change(M.invalidate)
+function M.invalidate(db, tenant_id) connections.invalidate(db, tenant_id, "twilio") end
 
 -- The regions of a connection's own numbers ("US", "GB"), each once.
 local function countries(numbers)
@@ -348,46 +253,24 @@ local function countries(numbers)
 end
 M.countries = countries
 
--- For the call path: the tenant's connection, or nil and what the agent
--- should be told. The row is shared between calls: read it, never change it.
-function M.for_call(db, tenant_id)
-  local per = cached[db]
-  if not per then
-    per = {}
-    cached[db] = per
-  end
-  local conn = per[tenant_id]
-  if conn == nil then
-    conn = M.get(db, tenant_id) or false
-    per[tenant_id] = conn
-  end
-  if not conn then
-    return nil, "Twilio is not connected for this tenant. An operator connects it with"
-      .. " `switchboard admin twilio connect`."
-  end
-  if conn.status ~= "active" then
-    return nil, ("The tenant's Twilio connection needs attention (%s). Ask an operator to check it with"
-      .. " `switchboard admin twilio test` and update the API key; do not retry until then.")
-      :format(conn.status_reason or conn.status)
-  end
-  return conn
-end
-
 -- What policies may read about the connection (policies get it read-only;
 -- computed once per cached row). countries: the regions of its numbers.
 function M.policy_view(conn)
-  if conn.policy_view then return conn.policy_view end
   local numbers = {}
   for i, n in ipairs(conn.numbers) do numbers[i] = n.phone_number end
-  local v = { provider = "twilio", autonomous_sends = conn.autonomous_sends, default_number = conn.default_number,
-              whatsapp_number = conn.whatsapp_number, numbers = numbers, countries = countries(conn.numbers) }
-  conn.policy_view = v
-  return v
+  return { provider = "twilio", default_number = conn.default_number, whatsapp_number = conn.whatsapp_number,
+           numbers = numbers, countries = countries(conn.numbers) }
 end
 
 -- }======================================================
 
--- Register the admin methods on the admin module's table.
+-- What the settings audit keeps of a connection that was removed.
+function M.disconnected(conn)
+  return { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }
+end
+
+-- Register the admin methods on the admin module's table (autonomous-sends
+-- and disconnect are every integration's: switchboard.connections).
 function M.install(admin)
   local refuse = admin.refuse
   local methods = admin.methods
@@ -431,25 +314,14 @@ function M.install(admin)
     if not info then refuse("validation failed: " .. verr) end
     local settings = check_settings(refuse, p, info.numbers)
     local default = settings.default_number or first_sms(info.numbers)
-    local now = db_mod.now()
-    local ok, err = self.db:begin()
+    local ok, err = repo.insert(self.db, {
+      tenant_id = t.id, integration = "twilio", key_id = cr.api_key_sid, secret = blob, status = "active",
+      account_name = info.account_name, group = M.GROUP,
+      settings = { account_sid = cr.account_sid, default_number = default, whatsapp_number = pre.whatsapp_number,
+                   verify_service_sid = pre.verify_service_sid, account_status = info.account_status,
+                   account_type = info.account_type, numbers = json.array(info.numbers), hosts = hosts },
+    })
     if not ok then refuse("could not store the connection: " .. tostring(err)) end
-    ok, err = self.db:run("INSERT INTO connections (tenant_id, account_sid, api_key_sid, secret,"
-      .. " default_number, whatsapp_number, verify_service_sid, autonomous_sends, status, account_name,"
-      .. " account_status, account_type, numbers, hosts, last_tested_at, created_at, updated_at)"
-      .. " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
-      t.id, cr.account_sid, cr.api_key_sid, store.blob(blob), default, pre.whatsapp_number,
-      pre.verify_service_sid, info.account_name, info.account_status, info.account_type,
-      json.encode(json.array(info.numbers)), hosts and json.encode(hosts) or nil, now, now, now)
-    if ok then
-      ok, err = self.db:run("INSERT OR IGNORE INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)",
-        t.id, M.GROUP, now)
-    end
-    if ok then ok, err = self.db:commit() end
-    if not ok then
-      if self.db:in_transaction() then self.db:rollback() end
-      refuse("could not store the connection: " .. tostring(err))
-    end
     M.invalidate(self.db, t.id)
     directory.settings_audit(self.db, t.id, p.actor, "twilio.connect", nil,
       { account_sid = cr.account_sid, api_key_sid = cr.api_key_sid, default_number = default,
@@ -476,8 +348,8 @@ function M.install(admin)
   end
 
   local function set_status(self, t, status, reason)
-    local ok, err = self.db:run("UPDATE connections SET status = ?, status_reason = ?, last_tested_at = ?,"
-      .. " updated_at = ? WHERE tenant_id = ?", status, reason, db_mod.now(), db_mod.now(), t.id)
+    local ok, err = repo.update(self.db, t.id, "twilio", { status = status, status_reason = reason or json.null,
+      last_tested_at = db_mod.now() })
     M.invalidate(self.db, t.id)
     if not ok then refuse("could not store the connection's status: " .. tostring(err)) end
   end
@@ -506,11 +378,10 @@ function M.install(admin)
       v.ok = false
       return v
     end
-    local stored, serr = self.db:run("UPDATE connections SET status = 'active', status_reason = NULL, numbers = ?,"
-      .. " account_name = ?, account_status = ?, account_type = ?, last_tested_at = ?, updated_at = ?"
-      .. " WHERE tenant_id = ?",
-      json.encode(json.array(info.numbers)), info.account_name, info.account_status, info.account_type,
-      db_mod.now(), db_mod.now(), t.id)
+    local stored, serr = repo.update(self.db, t.id, "twilio", { status = "active", status_reason = json.null,
+      account_name = info.account_name or json.null, last_tested_at = db_mod.now(),
+      settings = { numbers = json.array(info.numbers), account_status = info.account_status or json.null,
+                   account_type = info.account_type or json.null } })
     if not stored then refuse("the key works, but the result could not be stored: " .. tostring(serr)) end
     M.invalidate(self.db, t.id)
     if conn.status ~= "active" then
@@ -537,14 +408,15 @@ function M.install(admin)
       refuse("validation failed; the previous settings stay in force: " .. verr)
     end
     local settings = check_settings(refuse, p, info.numbers)
-    local sets, args = {}, {}
+    local cols, sets = {}, {}
     local function set(col, v, shown)
-      sets[#sets + 1] = col .. " = ?"
-      args[#sets] = v
       if shown ~= false then changes[col] = v; old[col] = conn[col] end
+      if col == "api_key_sid" then cols.key_id = v
+      elseif col == "secret" or col == "account_name" then cols[col] = v
+      else sets[col] = v end
     end
-    if cr.api_key_sid then set("api_key_sid", cr.api_key_sid); set("secret", store.blob(blob), false) end
-    if hosts then set("hosts", json.encode(hosts), false); changes.hosts = hosts; old.hosts = conn.hosts end
+    if cr.api_key_sid then set("api_key_sid", cr.api_key_sid); set("secret", blob, false) end
+    if hosts then sets.hosts = hosts; changes.hosts = hosts; old.hosts = conn.hosts end
     for _, k in ipairs({ "default_number", "whatsapp_number", "verify_service_sid" }) do
       if settings[k] then set(k, settings[k]) end
     end
@@ -552,17 +424,13 @@ function M.install(admin)
       local d = first_sms(info.numbers)
       if d then set("default_number", d) end
     end
-    set("numbers", json.encode(json.array(info.numbers)), false)
-    set("account_name", info.account_name, false)
-    set("account_status", info.account_status, false)
-    set("account_type", info.account_type, false)
-    set("status", "active", false)
-    set("status_reason", nil, false)
-    set("last_tested_at", db_mod.now(), false)
-    set("updated_at", db_mod.now(), false)
-    args[#sets + 1] = t.id
-    local stored, serr = self.db:run("UPDATE connections SET " .. table.concat(sets, ", ") .. " WHERE tenant_id = ?",
-      table.unpack(args, 1, #sets + 1))
+    sets.numbers = json.array(info.numbers)
+    cols.account_name = info.account_name or json.null
+    sets.account_status = info.account_status or json.null
+    sets.account_type = info.account_type or json.null
+    cols.status, cols.status_reason, cols.last_tested_at = "active", json.null, db_mod.now()
+    cols.settings = sets
+    local stored, serr = repo.update(self.db, t.id, "twilio", cols)
     M.invalidate(self.db, t.id)
     if not stored then
       refuse("could not store the update; the previous settings stay in force: " .. tostring(serr))
@@ -573,47 +441,6 @@ function M.install(admin)
     local v = view(t, M.get(self.db, t.id))
     v.changed = changes.status and { "status" } or {}
     return v
-  end
-
-  methods["twilio.autonomous_sends"] = function(self, p)
-    local t, conn = connected(self, p, "twilio autonomous-sends")
-    local want
-    if p.value == "on" then want = true elseif p.value == "off" then want = false
-    else refuse("autonomous-sends: give on or off", -32602) end
-    if want and p.confirm ~= true then
-      refuse("turning autonomous sends on needs --confirm: agents will then send messages and codes"
-        .. " that cost money without a human confirming each one")
-    end
-    if want ~= conn.autonomous_sends then
-      local stored, serr = self.db:run("UPDATE connections SET autonomous_sends = ?, updated_at = ? WHERE tenant_id = ?",
-        want and 1 or 0, db_mod.now(), t.id)
-      M.invalidate(self.db, t.id)
-      if not stored then
-        refuse("could not store the setting; autonomous sends stay " .. (conn.autonomous_sends and "on" or "off")
-          .. ": " .. tostring(serr))
-      end
-      directory.settings_audit(self.db, t.id, p.actor, "twilio.autonomous_sends",
-        { autonomous_sends = conn.autonomous_sends }, { autonomous_sends = want })
-    end
-    return { tenant = t.name, autonomous_sends = want, changed = want ~= conn.autonomous_sends }
-  end
-
-  methods["twilio.disconnect"] = function(self, p)
-    local t, conn = connected(self, p, "twilio disconnect")
-    local ok, err = self.db:begin()
-    if ok then ok, err = self.db:run("DELETE FROM connections WHERE tenant_id = ?", t.id) end
-    if ok then ok, err = self.db:run("DELETE FROM tenant_groups WHERE tenant_id = ? AND name = ?", t.id, M.GROUP) end
-    if ok then ok, err = self.db:commit() end
-    if not ok then
-      if self.db:in_transaction() then self.db:rollback() end
-      refuse("could not remove the connection; it stays in force: " .. tostring(err))
-    end
-    M.invalidate(self.db, t.id)
-    M.forget(t.id)
-    directory.settings_audit(self.db, t.id, p.actor, "twilio.disconnect",
-      { account_sid = conn.account_sid, api_key_sid = conn.api_key_sid }, nil)
-    self.server:refresh_agents(t.id)
-    return { tenant = t.name, disconnected = true }
   end
 
   methods["twilio.numbers"] = function(self, p)

@@ -10,19 +10,20 @@
 -- template.
 local loop = require("core.loop")
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
-local sends = require("switchboard.sends")
+local T = require("integrations.twilio.common")
+local vault = require("core.vault")
+local reconcile = require("integrations.twilio.reconcile")
 
 local function wa(n) return "whatsapp:" .. n end
 local function plain(n) return n and (n:gsub("^whatsapp:", "")) or nil end
 
-local function failed_message(ctx, v, data)
-  T.settle(ctx, "failed", { sid = v.sid, status = v.status, error_code = v.error_code })
+local function failed_message(v, data)
   data.outcome = "failed"
   data.status, data.error_code, data.error_explanation = v.status, v.error_code, v.error_explanation
   return nil, { message = ("The WhatsApp message %s failed: %s"):format(v.sid or "", v.error_explanation),
                 code = v.error_code, hint = T.hint_for(v.error_code),
-                more_info = ("https://www.twilio.com/docs/errors/%d"):format(v.error_code), data = data }
+                more_info = ("https://www.twilio.com/docs/errors/%d"):format(v.error_code), data = data,
+                outcome = "failed", audit = T.audit("failed", { sid = v.sid, status = v.status, error_code = v.error_code }) }
 end
 
 local PENDING = { queued = true, accepted = true, sending = true, scheduled = true }
@@ -35,9 +36,8 @@ local function template_check(ctx, sid)
   local body, err = c:get("content", ("/v1/Content/%s/ApprovalRequests"):format(sid))
   if not body then
     if err.status == 404 then
-      ctx.outcome = "failed"
-      ctx.audit_detail = { error = "template not found", template_sid = sid }
-      return nil, { message = ("The template %s was not found on this account."):format(sid),
+      return nil, { outcome = "failed", audit = { error = "template not found", template_sid = sid },
+                    message = ("The template %s was not found on this account."):format(sid),
                     code = T.int(err.code), more_info = err.more_info,
                     hint = "Check the template SID (HX…) in the Twilio Console's Content Template Builder; do not"
                       .. " retry unchanged.", data = { outcome = "failed" } }
@@ -48,9 +48,8 @@ local function template_check(ctx, sid)
   local info = { name = T.str(approval.name), status = T.str(approval.status),
                  reason = T.str(approval.rejection_reason) }
   if info.status and UNUSABLE[info.status] then
-    ctx.outcome = "failed"
-    ctx.audit_detail = { error = "template " .. info.status, template_sid = sid }
-    return nil, { message = ("The template %s%s is %s for WhatsApp%s, so it was not sent."):format(sid,
+    return nil, { outcome = "failed", audit = { error = "template " .. info.status, template_sid = sid },
+                  message = ("The template %s%s is %s for WhatsApp%s, so it was not sent."):format(sid,
                     info.name and (" (" .. info.name .. ")") or "", info.status,
                     info.reason and (": " .. info.reason) or ""),
                   hint = "Use an approved template instead; an operator can list them in the Twilio Console.",
@@ -66,9 +65,6 @@ return {
     .. " when the recipient wrote to the business in the last 24 hours) or an approved template (`template_sid`"
     .. " HX…, with `template_variables`), which works any time. Give exactly one of body or template_sid."
     .. " Costs money and cannot be undone: send once.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {
@@ -106,6 +102,8 @@ return {
   },
   annotations = T.WRITE,
   writes = true,
+  sends = { recipient = "to", texts = { { "body", "the message body" },
+            { "template_variables", "template variable", map = true }, { "media_url", "the media URL" } } },
   check = function(args)
     if args.body and args.template_sid then
       return nil, "give exactly one of `body` (a free-form message) or `template_sid` (an approved template),"
@@ -136,7 +134,7 @@ return {
     if not allowed then return nil, merr end
     local number = ctx.connection.whatsapp_number
     if not number then
-      return nil, T.not_configured(ctx, "No WhatsApp number configured: the tenant's Twilio connection has no"
+      return nil, T.not_configured("No WhatsApp number configured: the tenant's Twilio connection has no"
         .. " WhatsApp sender to send from.",
         "Do not retry. An operator sets one with `switchboard admin twilio update --whatsapp-number +E164`;"
           .. " SMS may still work with twilio_send_sms.")
@@ -156,8 +154,8 @@ return {
       form.Body = args.body
       if args.media_url then form.MediaUrl = { args.media_url } end
     end
-    local m, err = sends.post(ctx, { recipient = args.to, product = "api", path = c:acct("Messages.json"),
-                                     form = form, text = args.body })
+    local m, err = T.send(ctx, "api", c:acct("Messages.json"), form, { text = args.body,
+      hash = form.ContentSid and reconcile.template_hash(form.ContentSid, form.ContentVariables, vault.sha256_hex) })
     local detail = { to = wa(args.to), from = wa(number), template_sid = args.template_sid }
     if not m then
       local over = {}
@@ -168,7 +166,7 @@ return {
         over[21656] = { message = "The template variables are not valid for this template.",
                         hint = "Give a value for each placeholder as {\"1\": \"…\"}; do not retry unchanged." }
       end
-      return nil, T.send_failure(ctx, err, "message",
+      return nil, T.send_failure(err, "message",
         ("Check with twilio_search_messages (action search, to = whatsapp:%s, date_sent_after = today) whether it"
           .. " went out."):format(args.to), detail, over)
     end
@@ -179,7 +177,7 @@ return {
                    segments = v.segments, price = v.price, price_unit = v.price_unit,
                    date_created = v.date_created, error_code = v.error_code,
                    error_explanation = v.error_explanation }
-    if v.error_code and T.FAILED[v.status or ""] then return failed_message(ctx, v, data) end
+    if v.error_code and T.FAILED[v.status or ""] then return failed_message(v, data) end
     -- a free-form message outside the window fails shortly after it was accepted
     local budget = tonumber(ctx.settings.recheck_seconds) or 3
     local step = math.min(0.5, budget)
@@ -192,10 +190,8 @@ return {
       if not again then break end
       local v2 = T.message_view(again)
       if v2.status then v.status, data.status = v2.status, v2.status end
-      if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(ctx, v2, data) end
+      if v2.error_code and T.FAILED[v2.status or ""] then return failed_message(v2, data) end
     end
-    T.settle(ctx, "sent", { sid = v.sid, status = v.status, error_code = v.error_code,
-                            template_sid = args.template_sid })
     data.outcome = "sent"
     local what = "free-form message"
     if args.template_sid then
@@ -209,6 +205,7 @@ return {
       text = text .. " A free-form message reaches the recipient only if they wrote to the business in the last"
         .. " 24 hours; if it fails with error 63016, send an approved template instead. Do not send it again."
     end
-    return { text = text, data = data }
+    return { text = text, data = data, outcome = "sent", audit = T.audit("sent", { sid = v.sid, status = v.status,
+             error_code = v.error_code, template_sid = args.template_sid }) }
   end,
 }

@@ -1,7 +1,7 @@
 -- twilio_manage_calls: recent calls, one call's details and its
 -- recordings. Read-only: it never places, changes or ends a call.
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
+local T = require("integrations.twilio.common")
 
 local ACTIONS = {
   list_recent = { to = true, from = true, start_time_after = true, start_time_before = true, limit = true },
@@ -145,9 +145,6 @@ return {
     .. " calls newest first, filtered by to, from and start times (ISO 8601), limit default 20, at most 100."
     .. " action \"get_details\": one call's status, direction, duration and price, by call_sid. action"
     .. " \"get_recordings\": a call's recordings (sid, duration, status, media URL).",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {

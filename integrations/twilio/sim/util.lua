@@ -3,6 +3,7 @@
 -- bodies and JSON responses.
 local json = require("switchboard.json")
 
+local form = require("switchboard.form")
 local M = {}
 
 local byte, char, format = string.byte, string.char, string.format
@@ -10,10 +11,7 @@ local byte, char, format = string.byte, string.char, string.format
 M.null = json.null
 
 -- Percent-decode; form = true also turns '+' into a space.
-function M.unescape(s, form)
-  if form then s = s:gsub("%+", " ") end
-  return (s:gsub("%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
+M.unescape = form.unescape
 
 -- Percent-encode everything but the unreserved characters.
 function M.escape(s)
@@ -21,27 +19,7 @@ function M.escape(s)
 end
 
 -- Decode an application/x-www-form-urlencoded string (also a query).
--- Returns params (a single value as a string, a repeated key as an array of
--- strings) and the ordered list of { key, value } pairs.
-function M.parse_form(s)
-  local params, pairs_ = {}, {}
-  if not s or s == "" then return params, pairs_ end
-  for part in s:gmatch("[^&]+") do
-    local k, v = part:match("^([^=]*)=(.*)$")
-    if not k then k, v = part, "" end
-    k, v = M.unescape(k, true), M.unescape(v, true)
-    pairs_[#pairs_ + 1] = { k, v }
-    local old = params[k]
-    if old == nil then
-      params[k] = v
-    elseif type(old) == "table" then
-      old[#old + 1] = v
-    else
-      params[k] = { old, v }
-    end
-  end
-  return params, pairs_
-end
+M.parse_form = form.parse
 
 -- Paging parameters as Twilio reads them: PageSize a whole number from 1
 -- to 1000 written in digits (default 50; "5.0", "abc", 0 and 1001 are

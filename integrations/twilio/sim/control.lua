@@ -1,9 +1,9 @@
 -- The simulator's control API under /__sim/ (not Twilio's): no auth,
 -- loopback clients only. JSON in, JSON out. See docs/simulator.md.
 local json = require("switchboard.json")
-local U = require("switchboard.sim.util")
-local S = require("switchboard.sim.state")
-local api = require("switchboard.sim.api")
+local U = require("integrations.twilio.sim.util")
+local S = require("integrations.twilio.sim.state")
+local api = require("integrations.twilio.sim.api")
 
 local M = {}
 

@@ -13,7 +13,7 @@
 local loop = require("core.loop")
 local http = require("core.http")
 local vault = require("core.vault")
-local S = require("switchboard.sim.state")
+local S = require("integrations.twilio.sim.state")
 
 local M = {}
 

@@ -3,19 +3,19 @@
 -- core.httpd port (their paths do not collide), plus a control API under
 -- /__sim/. See docs/simulator.md.
 --
---   local sim = require("switchboard.sim")
+--   local sim = require("integrations.twilio.sim")
 --   local s = assert(sim.start{ port = 0, fixture = "tests/fixtures/sim.lua" })
 --   s.port, s.url, s.state, s:reset(), s:close()
 local httpd = require("core.httpd")
 local json = require("switchboard.json")
 local loop = require("core.loop")
-local U = require("switchboard.sim.util")
-local S = require("switchboard.sim.state")
-local api = require("switchboard.sim.api")
-local lookups = require("switchboard.sim.lookups")
-local verify = require("switchboard.sim.verify")
-local content = require("switchboard.sim.content")
-local control = require("switchboard.sim.control")
+local U = require("integrations.twilio.sim.util")
+local S = require("integrations.twilio.sim.state")
+local api = require("integrations.twilio.sim.api")
+local lookups = require("integrations.twilio.sim.lookups")
+local verify = require("integrations.twilio.sim.verify")
+local content = require("integrations.twilio.sim.content")
+local control = require("integrations.twilio.sim.control")
 
 local M = {}
 

@@ -2,7 +2,7 @@
 -- [--port-file FILE]`: run the Twilio simulator until SIGTERM or SIGINT.
 -- The runtime's command dispatch calls M.commands.sim(args, root).
 local loop = require("core.loop")
-local sim = require("switchboard.sim")
+local sim = require("integrations.twilio.sim")
 
 local M = { commands = {} }
 

@@ -3,7 +3,7 @@
 -- computed answers (validity from the number's length per country).
 -- Invalid numbers are HTTP 200 with valid = false, as in v2.
 local json = require("switchboard.json")
-local U = require("switchboard.sim.util")
+local U = require("integrations.twilio.sim.util")
 
 local M = {}
 

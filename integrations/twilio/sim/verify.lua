@@ -8,8 +8,8 @@
 -- codes live verify_ttl seconds. Approved, canceled, expired and exhausted
 -- verifications are deleted, so later checks get 404/20404.
 local json = require("switchboard.json")
-local U = require("switchboard.sim.util")
-local S = require("switchboard.sim.state")
+local U = require("integrations.twilio.sim.util")
+local S = require("integrations.twilio.sim.state")
 
 local M = {}
 

@@ -1,7 +1,7 @@
 -- The simulator's content.twilio.com: GET /v1/Content (list),
 -- /v1/Content/{HX} and /v1/Content/{HX}/ApprovalRequests.
 local json = require("switchboard.json")
-local U = require("switchboard.sim.util")
+local U = require("integrations.twilio.sim.util")
 
 local M = {}
 

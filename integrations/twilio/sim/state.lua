@@ -2,7 +2,7 @@
 -- tests/fixtures/sim.lua and docs/simulator.md), kept in Lua tables, reset
 -- on demand. Every time is integer seconds since the epoch on the
 -- simulator's clock, which the control API can move forward.
-local U = require("switchboard.sim.util")
+local U = require("integrations.twilio.sim.util")
 
 local M = {}
 

@@ -1,8 +1,7 @@
 -- twilio_search_messages: the account's message history (search), one
 -- message's delivery details (get_details) and its media (get_media).
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
-local sends = require("switchboard.sends")
+local T = require("integrations.twilio.common")
 
 local ACTIONS = {
   search = { to = true, from = true, date_sent_after = true, date_sent_before = true, limit = true },
@@ -76,7 +75,7 @@ local function get_details(ctx, args)
   local data = v
   data.action = "get_details"
   -- a message this runtime sent: its send record and delivery receipts
-  data.delivery = sends.delivery(ctx, v.sid or args.message_sid)
+  data.delivery = ctx.delivery(v.sid or args.message_sid)
   local d = data.delivery
   if d and d.status then
     text = text .. (" Delivery receipt (status callback): %s%s."):format(d.status,
@@ -133,9 +132,6 @@ return {
     .. " to, from and sent dates (ISO 8601), limit default 20, at most 100. action \"get_details\": one message's"
     .. " delivery status, error code (with what it means) and price, by message_sid. action \"get_media\": the"
     .. " media of one message (sid, content type, URL). Read-only.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {

@@ -1,8 +1,8 @@
 -- twilio_account_overview: the account (never its auth token), its phone
 -- numbers, and usage with costs per category over a date range.
 local json = require("switchboard.json")
-local T = require("switchboard.twilio.tools")
-local connection = require("switchboard.twilio.connection")
+local T = require("integrations.twilio.common")
+local connection = require("integrations.twilio.connection")
 
 local CATEGORIES = { "sms", "sms-outbound", "sms-inbound", "calls", "calls-outbound", "calls-inbound",
                      "phonenumbers", "recordings", "totalprice" }
@@ -145,9 +145,6 @@ return {
     .. " action \"usage_summary\": counts and costs per category (sms, sms-outbound, sms-inbound, calls,"
     .. " calls-outbound, calls-inbound, phonenumbers, recordings, totalprice) from start_date (default the first"
     .. " day of this month) to end_date (default today), dates as YYYY-MM-DD. Check usage before large outreach.",
-  group = T.GROUP,
-  connection = "twilio",
-  instructions = T.INSTRUCTIONS,
   input_schema = {
     type = "object",
     properties = {
