@@ -99,15 +99,31 @@ describe("store.tenants", function()
     close()
   end)
 
-  it("reads a tenant's enabled tool groups", function()
+  it("enables, reads and disables a tenant's tool groups", function()
     local db, close = open()
     local a = assert(tenants.add(db, "acme", function() return "ka", 1 end))
+    local b = assert(tenants.add(db, "beta", function() return "kb", 1 end))
     assert.same({}, assert(tenants.groups(db, a)))
-    assert(db:run("INSERT INTO tenant_groups (tenant_id, name, created_at) VALUES (?, 'messaging', 'now'),"
-      .. " (?, 'lookup', 'now')", a, a))
+    assert(tenants.enable_group(db, a, "messaging"))
+    assert(tenants.enable_group(db, a, "lookup"))
+    assert(tenants.enable_group(db, a, "messaging"))   -- enabled already: kept, no error
+    assert(tenants.enable_group(db, b, "messaging"))
     local g = assert(tenants.groups(db, a))
     table.sort(g)
     assert.same({ "lookup", "messaging" }, g)
+    assert(tenants.disable_group(db, a, "messaging"))
+    assert(tenants.disable_group(db, a, "messaging"))  -- disabled already
+    assert.same({ "lookup" }, assert(tenants.groups(db, a)))
+    assert.same({ "messaging" }, assert(tenants.groups(db, b)))
+    -- inside the caller's transaction: rolled back with it
+    assert(db:begin())
+    assert(tenants.enable_group(db, a, "voice"))
+    db:rollback()
+    assert.same({ "lookup" }, assert(tenants.groups(db, a)))
+    local ok, err = tenants.enable_group(db, 999, "messaging")   -- no such tenant
+    assert.is_nil(ok)
+    assert.truthy(err:find("FOREIGN KEY", 1, true), err)
+    assert.has_error(function() tenants.enable_group(db, a, "") end)
     close()
   end)
 

@@ -112,6 +112,24 @@ function M.groups(db, tenant_id)
   return out
 end
 
+-- Enable a tool group for a tenant (kept when it is enabled already);
+-- disable it. Both return true or nil, err, and run inside the caller's
+-- transaction when one is open (a connection and its group change together).
+function M.enable_group(db, tenant_id, name)
+  assert(type(name) == "string" and name ~= "", "tenants.enable_group: name must be a group's name")
+  local n, err = db:run("INSERT OR IGNORE INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)",
+    tenant_id, name, db_mod.now())
+  if not n then return nil, err end
+  return true
+end
+
+function M.disable_group(db, tenant_id, name)
+  assert(type(name) == "string" and name ~= "", "tenants.disable_group: name must be a group's name")
+  local n, err = db:run("DELETE FROM tenant_groups WHERE tenant_id = ? AND name = ?", tenant_id, name)
+  if not n then return nil, err end
+  return true
+end
+
 -- A tenant's feature codes (a list), or nil when there is no such tenant.
 function M.features(db, tenant_id)
   local r, err = db:row("SELECT features FROM tenants WHERE id = ?", tenant_id)
