@@ -4,6 +4,8 @@
 local json = require("switchboard.json")
 local log = require("switchboard.log")
 local directory = require("switchboard.directory")
+local agents_store = require("switchboard.store.agents")
+local tenants_store = require("switchboard.store.tenants")
 
 local integrations = require("switchboard.integrations")
 local connections = require("switchboard.connections")
@@ -51,10 +53,10 @@ function M:agent(p, what)
     if not a then refuse(("no agent '%s' in tenant '%s'"):format(name, t.name)) end
     return a, t
   end
-  local rows = assert(self.db:query("SELECT tenant_id FROM agents WHERE name = ?", name))
-  if #rows == 0 then refuse(("no agent named '%s'"):format(name)) end
-  if #rows > 1 then refuse(("several tenants have an agent named '%s': add --tenant"):format(name)) end
-  local t = directory.tenant_by_id(self.db, rows[1].tenant_id)
+  local ids = assert(agents_store.tenants_with(self.db, name))
+  if #ids == 0 then refuse(("no agent named '%s'"):format(name)) end
+  if #ids > 1 then refuse(("several tenants have an agent named '%s': add --tenant"):format(name)) end
+  local t = directory.tenant_by_id(self.db, ids[1])
   return directory.agent(self.db, t.id, name), t
 end
 
@@ -143,9 +145,9 @@ end
 methods["tenant.list"] = function(self)
   local out = {}
   for _, t in ipairs(directory.tenants(self.db)) do
-    local n = self.db:row("SELECT count(*) AS n FROM agents WHERE tenant_id = ? AND revoked_at IS NULL", t.id)
+    local n = agents_store.count_live(self.db, t.id)
     out[#out + 1] = { id = t.id, name = t.name, features = json.array(t.features),
-                      agents = n and n.n or 0, created_at = t.created_at }
+                      agents = n or 0, created_at = t.created_at }
   end
   return { tenants = json.array(out) }
 end
@@ -289,8 +291,7 @@ methods["vault.rotate"] = function(self, p)
     end
   end
   local leftovers = {}
-  for _, t in ipairs(assert(self.db:query("SELECT name, data_key_version FROM tenants"
-      .. " WHERE data_key_version <> ? ORDER BY name", version))) do
+  for _, t in ipairs(assert(tenants_store.not_on_version(self.db, version))) do
     leftovers[#leftovers + 1] = { tenant = t.name, version = t.data_key_version }
   end
   local held = master:versions()

@@ -22,6 +22,7 @@ local vault = require("core.vault")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
+local store = require("switchboard.store.audit")
 
 local M = {}
 M.__index = M
@@ -164,8 +165,8 @@ local function tail_problem(db, a, last)
   if last_id < a.id then
     return ("the trail ends at record %d but its anchor reached record %d"):format(last_id, a.id)
   end
-  local at = a.id > 0 and db:row("SELECT hash FROM audit_log WHERE id = ?", a.id)
-  if (at and at.hash or M.GENESIS) ~= a.head then
+  local at = a.id > 0 and store.hash_at(db, a.id)
+  if (at or M.GENESIS) ~= a.head then
     return ("record %d is not the record the anchor holds"):format(a.id)
   end
   if last and last.chain == M.KEYED and (last.anchored or 0) > a.id then
@@ -195,7 +196,7 @@ function M.new(db, master, opts)
                               anchor_ms = opts.anchor_ms or M.ANCHOR_MS,
                               anchor_records = opts.anchor_records or M.ANCHOR_RECORDS,
                               scheduled = false, anchored_id = 0, legacy = 0 }, M)
-  local last = db:row("SELECT id, hash, chain, anchored FROM audit_log ORDER BY id DESC LIMIT 1")
+  local last = store.last(db)
   self.last_id, self.last_hash = last and last.id or 0, last and last.hash or M.GENESIS
   local a, kind, why = M.read_anchor(master, self.anchor_file)
   local problem
@@ -206,7 +207,7 @@ function M.new(db, master, opts)
       log.info("audit: %d records after the anchor (the last batch before the previous stop) are anchored now",
         self.last_id - a.id)
     end
-  elseif kind == "missing" and not db:row("SELECT id FROM audit_log WHERE chain <> ? LIMIT 1", M.PLAIN) then
+  elseif kind == "missing" and not store.other_chain(db, M.PLAIN) then
     -- a new trail, or one written before the chain was keyed
     self.legacy = self.last_id
     if self.legacy > 0 then
@@ -215,8 +216,7 @@ function M.new(db, master, opts)
     end
   else
     problem = ("the anchor file %s %s"):format(self.anchor_file, why)
-    local row = db:row("SELECT max(id) AS id FROM audit_log WHERE chain = ?", M.PLAIN)
-    self.legacy = row and row.id or 0
+    self.legacy = store.last_of_chain(db, M.PLAIN) or 0
   end
   writers[db] = self
   if problem then
@@ -287,9 +287,6 @@ function M:schedule_anchor()
   end)
 end
 
-local INSERT = "INSERT INTO audit_log (" .. table.concat(COLUMNS, ", ") .. ", chain, anchored, prev_hash, hash)"
-  .. " VALUES (" .. string.rep("?, ", #COLUMNS + 3) .. "?)"
-
 -- Commit what is queued, then write the anchor (now, or on the next loop
 -- turn when defer_anchor).
 function M:flush(defer_anchor)
@@ -313,11 +310,8 @@ function M:flush(defer_anchor)
       id = id + 1
       r.id, r.chain, r.anchored = id, M.KEYED, self.anchored_id
       local h = M.mac(self.master, prev, r)
-      local args = {}
-      for i, c in ipairs(COLUMNS) do args[i] = r[c] end
-      local n = #COLUMNS
-      args[n + 1], args[n + 2], args[n + 3], args[n + 4] = r.chain, r.anchored, prev, h
-      local stored, serr = db:run(INSERT, table.unpack(args, 1, n + 4))
+      r.prev_hash, r.hash = prev, h
+      local stored, serr = store.append(db, r)
       if not stored then return nil, serr end
       prev = h
     end
@@ -460,15 +454,16 @@ M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
 function M.verify_trail(db, master, anchor_file, written_id, opts)
   opts = opts or {}
   local a, _, why = M.read_anchor(master, anchor_file)
-  local top_row = assert(db:row("SELECT max(id) AS id FROM audit_log"))
-  local top = top_row.id or 0
+  local top, terr = store.top_id(db)
+  if terr then error("audit: the trail cannot be read: " .. tostring(terr)) end
+  top = top or 0
   local prev, n, legacy, keyed, claim, claim_by = M.GENESIS, 0, 0, false, 0, nil
   local warnings, notes = {}, {}
   if opts.checkpoint and not opts.full then
     local c, kind, cwhy = M.read_checkpoint(master, opts.checkpoint)
-    local r = c and c.id <= top and db:row("SELECT * FROM audit_log WHERE id = ?", c.id)
-    local first = c and db:row("SELECT min(id) AS id FROM audit_log")
-    if c and not (r and r.hash == c.head and first and first.id == 1
+    local r = c and c.id <= top and store.record(db, c.id)
+    local first = c and store.first_id(db)
+    if c and not (r and r.hash == c.head and first == 1
         and ((r.chain == M.KEYED and vault.equal(M.mac(master, r.prev_hash, r), r.hash))
           or (r.chain == M.PLAIN and M.plain_hash(r.prev_hash, r) == r.hash))) then
       -- the trail changed below the checkpoint: the full walk says how
@@ -484,8 +479,7 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
   local from, total = n, top - n
   local yield, slice_at = opts.yield, loop.time()
   while n < top do
-    local rows = assert(db:query("SELECT * FROM audit_log WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-      n, top, M.BATCH))
+    local rows = assert(store.records(db, n, top, M.BATCH))
     if #rows == 0 then break end
     for _, r in ipairs(rows) do
       n = n + 1
@@ -548,8 +542,8 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
     return broken(n + 1, n, "the trail ends at record %d but its anchor reached record %d: records %d to %d"
       .. " were deleted", n, a.id, n + 1, a.id)
   end
-  local head_at = a.id > 0 and db:row("SELECT hash FROM audit_log WHERE id = ?", a.id)
-  if (head_at and head_at.hash or M.GENESIS) ~= a.head or a.count ~= a.id then
+  local head_at = a.id > 0 and store.hash_at(db, a.id)
+  if (head_at or M.GENESIS) ~= a.head or a.count ~= a.id then
     return broken(a.id, n, "record %d is not the record the anchor holds: the trail was rewritten from there",
       a.id)
   end

@@ -8,6 +8,8 @@ local store = require("core.store")
 local lfs = require("lfs")
 local db_mod = require("switchboard.db")
 local audit = require("switchboard.audit")
+local audit_store = require("switchboard.store.audit")
+local backup_store = require("switchboard.store.backup")
 
 local M = {}
 
@@ -38,10 +40,10 @@ end
 
 -- The anchor of a database's audit trail as it ends: { id, count, head, legacy }.
 local function tail_anchor(db)
-  local last = db:row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-  local plain = db:row("SELECT count(*) AS n FROM audit_log WHERE chain = ?", audit.PLAIN)
+  local last = audit_store.last(db)
+  local plain = audit_store.count_of_chain(db, audit.PLAIN)
   local id = last and last.id or 0
-  return { id = id, count = id, head = last and last.hash or audit.GENESIS, legacy = plain and plain.n or 0 }
+  return { id = id, count = id, head = last and last.hash or audit.GENESIS, legacy = plain or 0 }
 end
 
 -- The backup's own anchor, FILE.head (mode 0600), written by the server
@@ -88,15 +90,14 @@ local function check_copy(path, file, master, scratch_anchor)
   local db, err = store.open(path)
   if not db then return nil, ("%s is not a readable SQLite database: %s"):format(file, err) end
   local function fail(why) db:close() return nil, why end
-  local qc = db:row("PRAGMA quick_check")
+  local qc = backup_store.integrity(db)
   if not qc then return fail(("%s is not a database (or is damaged)"):format(file)) end
-  if qc.quick_check ~= "ok" then
-    return fail(("%s is damaged: %s"):format(file, tostring(qc.quick_check)))
+  if qc ~= "ok" then
+    return fail(("%s is damaged: %s"):format(file, tostring(qc)))
   end
   local version = db:user_version()
-  local tables = db:row("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'"
-    .. " AND name IN ('tenants', 'agents', 'audit_log')")
-  if version == 0 or not tables or tables.n ~= 3 then
+  local tables = backup_store.has_tables(db, { "tenants", "agents", "audit_log" })
+  if version == 0 or not tables then
     return fail(("%s is not a Switchboard database (no schema version or tables of one)"):format(file))
   end
   if version > #db_mod.migrations then

@@ -1,38 +1,30 @@
 -- Tenants and agents: who may connect, and with which tools. Every query
 -- is scoped by tenant; agent tokens are stored only as SHA-256 hashes.
-local json = require("switchboard.json")
+-- The records are read and written through the store's repositories
+-- (switchboard.store.tenants, switchboard.store.agents).
 local db_mod = require("switchboard.db")
 local vault = require("core.vault")
+local tenants = require("switchboard.store.tenants")
+local agents = require("switchboard.store.agents")
 
 local M = {}
 
 M.AGENT_TYPES = { caioo = true, personal_assistant = true }
 M.TIERS = { owner = true, admin = true, vip = true, internal = true, external = true }
 
-local function decode_list(s)
-  local v = json.decode(s or "[]")
-  return type(v) == "table" and v or {}
-end
-M.decode_list = decode_list
-
-local function tenant_row(r)
-  if not r then return nil end
-  r.features = decode_list(r.features)
-  return r
-end
+-- A list as the store returns it (or a JSON list): a Lua list.
+M.decode_list = tenants.decode_list
 
 function M.tenant(db, name)
-  return tenant_row(db:row("SELECT * FROM tenants WHERE name = ?", name))
+  return tenants.by_name(db, name)
 end
 
 function M.tenant_by_id(db, id)
-  return tenant_row(db:row("SELECT * FROM tenants WHERE id = ?", id))
+  return tenants.by_id(db, id)
 end
 
 function M.tenants(db)
-  local rows = assert(db:query("SELECT id, name, features, created_at FROM tenants ORDER BY name"))
-  for _, r in ipairs(rows) do tenant_row(r) end
-  return rows
+  return assert(tenants.list(db))
 end
 
 -- Tenant names: what operators type, so short and plain.
@@ -45,25 +37,10 @@ function M.add_tenant(db, master, name)
     return nil, "tenant name: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
   end
   if M.tenant(db, name) then return nil, ("tenant '%s' already exists"):format(name) end
-  local blob = require("core.store").blob
-  local ok, err = db:begin()
-  if not ok then return nil, "could not add the tenant: " .. tostring(err) end
-  local id
-  id, err = db:insert("INSERT INTO tenants (name, data_key, created_at) VALUES (?, ?, ?)",
-    name, blob(""), db_mod.now())
-  if id then
-    local wrapped, version = master:new_data_key(M.key_context(id))
-    if not wrapped then
-      ok, err = nil, version
-    else
-      ok, err = db:run("UPDATE tenants SET data_key = ?, data_key_version = ? WHERE id = ?", blob(wrapped), version, id)
-    end
-    if ok then ok, err = db:commit() end
-  end
-  if not (id and ok) then
-    if db:in_transaction() then db:rollback() end
-    return nil, "could not add the tenant: " .. tostring(err)
-  end
+  local id, err = tenants.add(db, name, function(tid)
+    return master:new_data_key(M.key_context(tid))
+  end)
+  if not id then return nil, "could not add the tenant: " .. tostring(err) end
   return M.tenant_by_id(db, id)
 end
 
@@ -85,31 +62,19 @@ end
 -- A key that cannot be opened (damaged, or under a version the master no
 -- longer holds) is left as it is and reported in failed.
 function M.rewrap_all(db, master)
-  local blob = require("core.store").blob
   local _, primary = master:versions()
-  local ok, err = db:begin()
-  if not ok then return nil, "could not begin the rewrap: " .. tostring(err) end
   local res = { version = primary, rewrapped = {}, count = 0, failed = {} }
-  local rows
-  rows, err = db:query("SELECT id, name, data_key, data_key_version FROM tenants ORDER BY id")
-  for _, r in ipairs(rows or {}) do
-    if r.data_key_version ~= primary or master:key_version(r.data_key) ~= primary then
-      local wrapped, version = master:rewrap(r.data_key, M.key_context(r.id))
-      if wrapped then
-        ok, err = db:run("UPDATE tenants SET data_key = ?, data_key_version = ? WHERE id = ?",
-          blob(wrapped), version, r.id)
-        if not ok then break end
-        res.rewrapped[r.id], res.count = wrapped, res.count + 1
-      else
-        res.failed[#res.failed + 1] = { tenant = r.name, version = r.data_key_version, why = version }
-      end
+  local ok, err = tenants.rewrap(db, function(r)
+    if r.data_key_version == primary and master:key_version(r.data_key) == primary then return nil end
+    local wrapped, version = master:rewrap(r.data_key, M.key_context(r.id))
+    if wrapped then
+      res.rewrapped[r.id], res.count = wrapped, res.count + 1
+      return wrapped, version
     end
-  end
-  if rows and ok then ok, err = db:commit() end
-  if not (rows and ok) then
-    if db:in_transaction() then db:rollback() end
-    return nil, "could not rewrap the data keys: " .. tostring(err)
-  end
+    res.failed[#res.failed + 1] = { tenant = r.name, version = r.data_key_version, why = version }
+    return nil
+  end)
+  if not ok then return nil, "could not rewrap the data keys: " .. tostring(err) end
   return res
 end
 
@@ -117,7 +82,7 @@ end
 -- version or by the wrapped key's own prefix): a list of names.
 function M.tenants_on_version(db, master, version)
   local names = {}
-  for _, r in ipairs(assert(db:query("SELECT name, data_key, data_key_version FROM tenants ORDER BY name"))) do
+  for _, r in ipairs(assert(tenants.keys(db))) do
     if r.data_key_version == version or master:key_version(r.data_key) == version then
       names[#names + 1] = r.name
     end
@@ -144,33 +109,17 @@ function M.credential(master, tenant, field, blob, username)
 end
 
 function M.set_features(db, tenant, features)
-  local ok, err = db:run("UPDATE tenants SET features = ? WHERE id = ?", json.encode(json.array(features)), tenant.id)
+  local ok, err = tenants.set_features(db, tenant.id, features)
   db_mod.tenant_changed(db, tenant.id)
   return ok, err
 end
 
-local function agent_row(r)
-  if not r then return nil end
-  r.groups = decode_list(r.groups)
-  r.trusted_sender = r.trusted_sender == 1
-  return r
-end
-
 function M.agent(db, tenant_id, name)
-  return agent_row(db:row("SELECT * FROM agents WHERE tenant_id = ? AND name = ?", tenant_id, name))
+  return agents.get(db, tenant_id, name)
 end
 
 function M.agents(db, tenant_id)
-  local rows
-  if tenant_id then
-    rows = assert(db:query("SELECT a.*, t.name AS tenant FROM agents a JOIN tenants t ON t.id = a.tenant_id"
-      .. " WHERE a.tenant_id = ? ORDER BY a.name", tenant_id))
-  else
-    rows = assert(db:query("SELECT a.*, t.name AS tenant FROM agents a JOIN tenants t ON t.id = a.tenant_id"
-      .. " ORDER BY t.name, a.name"))
-  end
-  for _, r in ipairs(rows) do agent_row(r) end
-  return rows
+  return assert(agents.list(db, tenant_id))
 end
 
 -- Create an agent; returns the row and its token (shown once, stored hashed).
@@ -189,12 +138,11 @@ function M.add_agent(db, tenant, opts)
     return nil, ("agent '%s' already exists in tenant '%s'"):format(opts.name, tenant.name)
   end
   local token = vault.token("sbt_")
-  local id, err = db:insert("INSERT INTO agents (tenant_id, name, type, groups, default_tier, trusted_sender,"
-    .. " token_hash, token_hint, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    tenant.id, opts.name, opts.type, json.encode(json.array(opts.groups or {})), tier,
-    opts.trusted_sender and 1 or 0, M.hash_token(token), token:sub(1, 8) .. "…", db_mod.now())
+  local id, err = agents.add(db, { tenant_id = tenant.id, name = opts.name, type = opts.type,
+    groups = opts.groups or {}, default_tier = tier, trusted_sender = opts.trusted_sender and true or false,
+    token_hash = M.hash_token(token), token_hint = token:sub(1, 8) .. "…" })
   if not id then return nil, "could not add the agent: " .. tostring(err) end
-  return agent_row(db:row("SELECT * FROM agents WHERE id = ?", id)), token
+  return agents.by_id(db, id), token
 end
 
 function M.hash_token(token)
@@ -204,23 +152,20 @@ end
 -- The live agent (and its tenant) a token belongs to, or nil.
 function M.authenticate(db, token)
   if type(token) ~= "string" or #token < 20 or #token > 200 then return nil end
-  local r = db:row("SELECT a.*, t.name AS tenant_name, t.features AS tenant_features, t.data_key AS tenant_data_key"
-    .. " FROM agents a JOIN tenants t ON t.id = a.tenant_id"
-    .. " WHERE a.token_hash = ? AND a.revoked_at IS NULL", M.hash_token(token))
-  return agent_row(r)
+  return (agents.by_token_hash(db, M.hash_token(token)))
 end
 
 function M.revoke_agent(db, tenant, name)
   local a = M.agent(db, tenant.id, name)
   if not a then return nil, ("no agent '%s' in tenant '%s'"):format(name, tenant.name) end
   if a.revoked_at then return nil, ("agent '%s' is already revoked"):format(name) end
-  local ok, err = db:run("UPDATE agents SET revoked_at = ? WHERE id = ?", db_mod.now(), a.id)
+  local ok, err = agents.revoke(db, a.id)
   if not ok then return nil, ("could not revoke agent '%s': %s"):format(name, tostring(err)) end
   return M.agent(db, tenant.id, name)
 end
 
 function M.set_groups(db, agent, groups)
-  return db:run("UPDATE agents SET groups = ? WHERE id = ?", json.encode(json.array(groups)), agent.id)
+  return agents.set_groups(db, agent.id, groups)
 end
 
 -- A tenant's feature code as a key of its tenant_groups set.
@@ -233,11 +178,10 @@ end
 -- counts only with the feature its provider needs (registry:visible).
 function M.tenant_groups(db, tenant_id)
   local set = {}
-  for _, r in ipairs(assert(db:query("SELECT name FROM tenant_groups WHERE tenant_id = ?", tenant_id))) do
-    set[r.name] = true
+  for _, name in ipairs(assert(tenants.groups(db, tenant_id))) do
+    set[name] = true
   end
-  local t = db:row("SELECT features FROM tenants WHERE id = ?", tenant_id)
-  for _, f in ipairs(decode_list(t and t.features)) do
+  for _, f in ipairs(tenants.features(db, tenant_id) or {}) do
     if type(f) == "string" then set[M.feature_key(f)] = true end
   end
   return set

@@ -10,7 +10,7 @@
 -- look); one with no send record sent nothing and is opened again.
 local json = require("switchboard.json")
 local log = require("switchboard.log")
-local db_mod = require("switchboard.db")
+local store = require("switchboard.store.escalations")
 local directory = require("switchboard.directory")
 local pipeline = require("switchboard.pipeline")
 local sends = require("switchboard.sends")
@@ -25,15 +25,13 @@ M.REOPENED = "the approval by %s was interrupted by a restart before anything wa
 -- finds the message.
 function M.settle_from_send(rt, esc_id, at_start)
   local db = rt.db
-  local e = db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
-    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))", esc_id)
+  local e = store.unsettled(db, esc_id)
   if not e then return end
-  local s = db:row("SELECT * FROM sends WHERE escalation_id = ? ORDER BY id DESC LIMIT 1", esc_id)
+  local s = store.last_send(db, esc_id)
   if e.result and (not s or s.status == "unknown") then return end
   if not s or (s.status == "failed" and s.error_message == sends.NOT_SENT) then
     local note = M.REOPENED:format(tostring(e.decided_by))
-    local n, err = db:run("UPDATE escalations SET status = 'open', decided_by = NULL, decided_at = NULL,"
-      .. " decision_note = ? WHERE id = ? AND status = 'approved' AND result IS NULL", note, esc_id)
+    local n, err = store.reopen(db, esc_id, note)
     if not n then
       log.error("escalations: escalation %d could not be opened again: %s", esc_id, tostring(err))
       return
@@ -63,7 +61,7 @@ function M.settle_from_send(rt, esc_id, at_start)
       .. " sending it again."):format(who, s.recipient) }
   end
   summary.data = { outcome = s.status, send_id = s.id, sid = s.sid, recovered = true }
-  local n, err = db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), esc_id)
+  local n, err = store.set_result(db, esc_id, summary)
   if not n then
     log.error("escalations: the result of escalation %d could not be stored: %s", esc_id, tostring(err))
   else
@@ -73,9 +71,8 @@ end
 
 -- At start: each approved escalation without a result.
 function M.recover(rt)
-  for _, e in ipairs(assert(rt.db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL"
-      .. " ORDER BY id"))) do
-    M.settle_from_send(rt, e.id, true)
+  for _, id in ipairs(assert(store.approved_without_result(rt.db))) do
+    M.settle_from_send(rt, id, true)
   end
 end
 
@@ -91,11 +88,8 @@ local function view(r, server)
            action = r.action, kind = r.kind, reason = r.reason, policy = r.policy, status = r.status,
            decided_by = r.decided_by, decided_at = r.decided_at, note = r.decision_note,
            created_at = r.created_at, arguments = server and arguments(server, r) or nil,
-           result = r.result and json.decode(r.result) or nil }
+           result = r.result }
 end
-
-local SELECT = "SELECT e.*, t.name AS tenant_name, a.name AS agent_name FROM escalations e"
-  .. " JOIN tenants t ON t.id = e.tenant_id JOIN agents a ON a.id = e.agent_id"
 
 function M.install(admin)
   local refuse, methods = admin.refuse, admin.methods
@@ -104,7 +98,7 @@ function M.install(admin)
     local t = self:tenant(p, what)
     local id = math.tointeger(tonumber(p.id))
     if not id then refuse(what .. ": give the escalation's number", -32602) end
-    local r = self.db:row(SELECT .. " WHERE e.id = ? AND e.tenant_id = ?", id, t.id)
+    local r = store.get(self.db, id, t.id)
     if not r then refuse(("no escalation %d in tenant '%s'"):format(id, t.name)) end
     return r, t
   end
@@ -115,17 +109,10 @@ function M.install(admin)
     local status = p.status or "open"
     local limit = admin.page_limit(p, "escalations")
     local after = admin.read_cursor(p, "es1", 1, "escalations") or math.maxinteger
-    local rows
-    if status == "all" then
-      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.id < ? ORDER BY e.id DESC LIMIT ?",
-        t.id, after, limit + 1))
-    else
-      rows = assert(self.db:query(SELECT .. " WHERE e.tenant_id = ? AND e.status = ? AND e.id < ?"
-        .. " ORDER BY e.id DESC LIMIT ?", t.id, status, after, limit + 1))
-    end
+    local rows = assert(store.page(self.db, t.id, status ~= "all" and status or nil, after, limit + 1))
     local out, bytes, more = {}, 0, #rows > limit
     for i = 1, math.min(#rows, limit) do
-      bytes = bytes + #rows[i].reason + #(rows[i].decision_note or "") + #(rows[i].result or "")
+      bytes = bytes + #rows[i].reason + #(rows[i].decision_note or "") + rows[i].result_bytes
       if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
       out[i] = view(rows[i])
     end
@@ -141,8 +128,7 @@ function M.install(admin)
     local r, t = find(self, p, "escalation reject")
     local reason = type(p.reason) == "string" and p.reason ~= "" and p.reason or nil
     if not reason then refuse("escalation reject: --reason is required", -32602) end
-    local n, err = self.db:run("UPDATE escalations SET status = 'rejected', decided_by = ?, decided_at = ?,"
-      .. " decision_note = ? WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), reason, r.id)
+    local n, err = store.reject(self.db, r.id, p.actor, reason)
     if not n then refuse(("escalation %d: the decision could not be stored (%s)"):format(r.id, tostring(err))) end
     if n ~= 1 then
       refuse(("escalation %d was already decided (%s by %s); nothing was done"):format(r.id, r.status,
@@ -150,7 +136,7 @@ function M.install(admin)
     end
     directory.settings_audit(self.db, t.id, p.actor, "escalation.reject", { status = "open" },
       { id = r.id, status = "rejected", reason = reason })
-    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
+    return view(store.get(self.db, r.id), self.server)
   end
 
   methods["escalation.approve"] = function(self, p)
@@ -177,8 +163,7 @@ function M.install(admin)
     local args = arguments(server, r)
     if not args then refuse(("escalation %d: its arguments could not be opened"):format(r.id)) end
     -- decide first, atomically: a second approve finds it decided
-    local n, err = self.db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
-      .. " WHERE id = ? AND status = 'open'", p.actor, db_mod.now(), r.id)
+    local n, err = store.approve(self.db, r.id, p.actor)
     if not n then
       refuse(("escalation %d: the approval could not be stored (%s); nothing was run"):format(r.id, tostring(err)))
     end
@@ -197,14 +182,14 @@ function M.install(admin)
     })
     if not ok then res = pipeline.result("internal error: " .. tostring(res), nil, true) end
     local summary = { is_error = res.isError == true, text = res.content[1].text, data = res.structuredContent }
-    local stored, serr = self.db:run("UPDATE escalations SET result = ? WHERE id = ?", json.encode(summary), r.id)
+    local stored, serr = store.set_result(self.db, r.id, summary)
     if not stored then
       -- the next start settles it from its send record
       log.error("escalations: the result of escalation %d could not be stored: %s", r.id, tostring(serr))
     end
     server.inflight = server.inflight - 1
     server:call_done()
-    return view(self.db:row(SELECT .. " WHERE e.id = ?", r.id), self.server)
+    return view(store.get(self.db, r.id), self.server)
   end
 end
 

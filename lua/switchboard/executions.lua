@@ -5,6 +5,8 @@
 local loop = require("core.loop")
 local json = require("switchboard.json")
 local directory = require("switchboard.directory")
+local store = require("switchboard.store.audit")
+local agents_store = require("switchboard.store.agents")
 
 local M = {}
 
@@ -14,8 +16,7 @@ M.MAX_DAYS = 30
 local function call_view(r)
   return { id = r.id, at = r.at, tool = r.tool, action = r.action, decision = r.decision,
            outcome = r.outcome, duration_ms = r.duration_ms, sender_tier = r.sender_tier,
-           retries = r.retries, actor = r.actor, params = json.decode(r.params or "{}"),
-           policies = json.decode(r.policies or "[]"), detail = r.detail and json.decode(r.detail) or nil }
+           retries = r.retries, actor = r.actor, params = r.params, policies = r.policies, detail = r.detail }
 end
 
 -- The executions of one page: the calls of a tenant are walked newest
@@ -30,33 +31,20 @@ M.BATCH = 256
 M.SCAN = 4096
 M.CALLS = 20        -- the last calls shown per execution in a list
 
-local WALK = "SELECT id, agent_id, execution_id FROM audit_log WHERE tenant_id = ? AND kind = 'call'"
-  .. " AND id < ? AND id >= ? ORDER BY id DESC LIMIT ?"
-local LATER = "SELECT id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
-  .. " AND agent_id IS ? AND id > ? AND id <= ? LIMIT 1"
-local CALLS = "SELECT id, at, tool, action, duration_ms, outcome, decision FROM audit_log WHERE tenant_id = ?"
-  .. " AND kind = 'call' AND execution_id IS ? AND agent_id IS ? AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"
-local FIRST = "SELECT at FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
-  .. " AND agent_id IS ? AND id >= ? ORDER BY id LIMIT 1"
-
-local AGENT_OF = "SELECT agent_id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id = ?"
-
-M.SQL = { walk = WALK, later = LATER, calls = CALLS, first = FIRST }
-
 -- One page: the executions whose last call up to top is below after (and
 -- at or above floor), at most limit of them; returns them and the id to
 -- go on from (nil at the floor). yield (optional) runs between batches.
 function M.page(db, tenant_id, top, floor, after, limit, yield)
   local out, seen, names, scanned, pos = {}, {}, {}, 0, after
   while true do
-    local rows = assert(db:query(WALK, tenant_id, pos, floor, M.BATCH))
+    local rows = assert(store.walk(db, tenant_id, pos, floor, M.BATCH))
     local full = false
     for _, r in ipairs(rows) do
       pos, scanned = r.id, scanned + 1
       local key = ("%s\0%s"):format(tostring(r.agent_id), tostring(r.execution_id))
       if not seen[key] then
         seen[key] = true
-        if not db:row(LATER, tenant_id, r.execution_id, r.agent_id, r.id, top) then
+        if not store.called_later(db, tenant_id, r.execution_id, r.agent_id, r.id, top) then
           out[#out + 1] = M.summary(db, tenant_id, r, floor, names)
         end
       end
@@ -71,7 +59,7 @@ end
 
 -- An execution in a list: its last calls up to its row r.
 function M.summary(db, tenant_id, r, floor, names)
-  local calls = assert(db:query(CALLS, tenant_id, r.execution_id, r.agent_id, floor, r.id, M.CALLS + 1))
+  local calls = assert(store.execution_tail(db, tenant_id, r.execution_id, r.agent_id, floor, r.id, M.CALLS + 1))
   local more = #calls > M.CALLS
   local shown = {}
   for i = math.min(#calls, M.CALLS), 1, -1 do
@@ -79,12 +67,12 @@ function M.summary(db, tenant_id, r, floor, names)
     shown[#shown + 1] = { tool = c.tool, action = c.action, duration_ms = c.duration_ms, outcome = c.outcome,
                           decision = c.decision }
   end
-  local first = more and db:row(FIRST, tenant_id, r.execution_id, r.agent_id, floor) or calls[#calls]
+  local started_at = more and store.execution_start(db, tenant_id, r.execution_id, r.agent_id, floor)
+    or (calls[#calls] and calls[#calls].at)
   if r.agent_id and names[r.agent_id] == nil then
-    local a = db:row("SELECT name FROM agents WHERE id = ?", r.agent_id)
-    names[r.agent_id] = a and a.name or false
+    names[r.agent_id] = agents_store.name(db, r.agent_id) or false
   end
-  return { id = r.execution_id, agent = r.agent_id and names[r.agent_id] or nil, started_at = first and first.at,
+  return { id = r.execution_id, agent = r.agent_id and names[r.agent_id] or nil, started_at = started_at,
            ended_at = calls[1].at, calls = json.array(shown), more_calls = more or nil }
 end
 
@@ -104,12 +92,8 @@ function M.install(admin)
           -32602)
       end
       local since = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - days * 86400)
-      local last = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND kind = 'call'"
-        .. " ORDER BY id DESC LIMIT 1", t.id)
-      local first = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND at >= ? ORDER BY at, id LIMIT 1",
-        t.id, since)
-      top = last and last.id or 0
-      floor = first and first.id or top + 1
+      top = store.last_call(self.db, t.id) or 0
+      floor = store.first_since(self.db, t.id, since) or top + 1
       after = top + 1
     end
     local out, pos = M.page(self.db, t.id, top, floor, after, limit, function() loop.sleep(0) end)
@@ -137,36 +121,31 @@ function M.install(admin)
       local a = directory.agent(db, t.id, p.agent)
       if not a then none() end
       agent_id = a.id
-      if not db:row(FIRST, t.id, p.id, agent_id, 0) then none() end
+      if not store.execution_start(db, t.id, p.id, agent_id, 0) then none() end
     else
-      local lo = db:row(AGENT_OF .. " ORDER BY agent_id LIMIT 1", t.id, p.id)
-      if not lo then none() end
-      local hi = db:row(AGENT_OF .. " ORDER BY agent_id DESC LIMIT 1", t.id, p.id)
-      if lo.agent_id ~= hi.agent_id then
+      local found, lo, hi = store.execution_agents(db, t.id, p.id)
+      if not found then none() end
+      if lo ~= hi then
         -- each agent's id is its own: the same id of two agents is not one execution
         local names = {}
-        for _, r in ipairs(assert(db:query("SELECT DISTINCT l.agent_id, a.name FROM audit_log l LEFT JOIN agents a"
-            .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? LIMIT 10",
-            t.id, p.id))) do
+        for _, r in ipairs(assert(store.execution_agent_names(db, t.id, p.id, 10))) do
           names[#names + 1] = r.name or tostring(r.agent_id)
         end
         refuse(("execution '%s' is the id of executions of several agents (%s): add --agent NAME to show one")
           :format(p.id, table.concat(names, ", ")), -32602)
       end
-      agent_id = lo.agent_id
+      agent_id = lo
     end
-    local rows = assert(db:query("SELECT l.*, a.name AS agent_name FROM audit_log l LEFT JOIN agents a"
-      .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? AND l.agent_id IS ?"
-      .. " AND l.id > ? ORDER BY l.id LIMIT ?", t.id, p.id, agent_id, after, limit + 1))
+    local rows = assert(store.execution_calls(db, t.id, p.id, agent_id, after, limit + 1))
     local calls, bytes, more = {}, 0, #rows > limit
     for i = 1, math.min(#rows, limit) do
       local r = rows[i]
-      bytes = bytes + #(r.params or "") + #(r.detail or "") + #(r.policies or "")
+      bytes = bytes + r.bytes
       if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
       calls[i] = call_view(r)
     end
-    local a = agent_id and db:row("SELECT name FROM agents WHERE id = ?", agent_id)
-    return { tenant = t.name, id = p.id, agent = a and a.name or nil, calls = json.array(calls),
+    local a = agent_id and agents_store.name(db, agent_id)
+    return { tenant = t.name, id = p.id, agent = a or nil, calls = json.array(calls),
              next = more and admin.cursor("xs1", calls[#calls].id) or json.null }
   end
 
@@ -198,15 +177,13 @@ function M.install(admin)
     local t = self:tenant(p, "audit settings")
     local limit = admin.page_limit(p, "audit settings")
     local after = admin.read_cursor(p, "st1", 1, "audit settings") or math.maxinteger
-    local rows = assert(self.db:query("SELECT id, at, actor, action, params FROM audit_log"
-      .. " WHERE tenant_id = ? AND kind = 'setting' AND id < ? ORDER BY id DESC LIMIT ?", t.id, after, limit + 1))
+    local rows = assert(store.settings(self.db, t.id, after, limit + 1))
     local out, bytes, more = {}, 0, #rows > limit
     for i = 1, math.min(#rows, limit) do
       local r = rows[i]
-      bytes = bytes + #(r.params or "") + #(r.actor or "")
+      bytes = bytes + r.bytes
       if i > 1 and bytes > admin.PAGE_BYTES then more = true break end
-      local v = json.decode(r.params or "{}") or {}
-      out[i] = { id = r.id, at = r.at, actor = r.actor, action = r.action, old = v.old, new = v.new }
+      out[i] = { id = r.id, at = r.at, actor = r.actor, action = r.action, old = r.old, new = r.new }
     end
     return { tenant = t.name, changes = json.array(out),
              next = more and admin.cursor("st1", out[#out].id) or json.null }

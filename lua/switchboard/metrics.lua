@@ -2,6 +2,9 @@
 -- served at /metrics by switchboard.http_server. Calls are counted from
 -- the audit records (one per tools/call, whatever its end), so every
 -- transport is counted the same way.
+local escalations_store = require("switchboard.store.escalations")
+local stats = require("switchboard.store.stats")
+
 local M = {}
 
 local BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 }
@@ -66,14 +69,13 @@ function M.render(server)
   require("switchboard.integrations").each("metrics", function(_, m) m.render(add, num) end)
 
   local db = server.db
-  local row = db:row("SELECT count(*) AS n FROM escalations WHERE status = 'open'")
+  local open = escalations_store.count_open(db)
   add("# HELP switchboard_escalations_open Escalations and holds waiting for a person.")
   add("# TYPE switchboard_escalations_open gauge")
-  add("switchboard_escalations_open ", num(row and row.n or 0))
+  add("switchboard_escalations_open ", num(open or 0))
   add("# HELP switchboard_sends Write-ahead send records by status.")
   add("# TYPE switchboard_sends gauge")
-  local by = {}
-  for _, r in ipairs(db:query("SELECT status, count(*) AS n FROM sends GROUP BY status") or {}) do by[r.status] = r.n end
+  local by = stats.sends_by_status(db) or {}
   for _, st in ipairs({ "pending", "in_flight", "sent", "failed", "unknown" }) do
     add('switchboard_sends{status="', st, '"} ', num(by[st] or 0))
   end
@@ -87,9 +89,7 @@ function M.render(server)
   add("# HELP switchboard_delivered_ratio Of a tenant's messages with a final delivery receipt, the share"
     .. " delivered (or read).")
   add("# TYPE switchboard_delivered_ratio gauge")
-  local ratio = db:query("SELECT t.name AS tenant, sum(s.delivery_status IN ('delivered', 'read')) AS ok,"
-    .. " count(*) AS n FROM sends s JOIN tenants t ON t.id = s.tenant_id WHERE s.delivery_status IN"
-    .. " ('delivered', 'read', 'undelivered', 'failed') GROUP BY t.name ORDER BY t.name") or {}
+  local ratio = stats.delivery_by_tenant(db) or {}
   for _, r in ipairs(ratio) do
     add('switchboard_delivered_ratio{tenant="', lv(r.tenant), '"} ', num(r.ok / r.n))
   end

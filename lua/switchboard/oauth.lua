@@ -341,7 +341,7 @@ local function identity(self, claims, scopes)
   local agent_name = value
   if self.agents then agent_name = self.agents[value] end
   local directory = require("switchboard.directory")
-  local t = agent_name and self.db:row("SELECT id, name, features, data_key FROM tenants WHERE name = ?", tenant_name)
+  local t = agent_name and directory.tenant(self.db, tenant_name)
   local a = t and directory.agent(self.db, t.id, agent_name)
   if not a or a.revoked_at then
     log.warn("oauth: a valid token for %s agent '%s' of tenant '%s' was refused",

@@ -7,7 +7,7 @@ local json = require("switchboard.json")
 local log = require("switchboard.log")
 local schema = require("switchboard.schema")
 local registry = require("switchboard.registry")
-local db_mod = require("switchboard.db")
+local escalations_store = require("switchboard.store.escalations")
 local directory = require("switchboard.directory")
 local sends = require("switchboard.sends")
 local connections = require("switchboard.connections")
@@ -187,18 +187,17 @@ end
 -- sealed with the tenant's key, like credentials.
 local function seal_arguments(rt, tenant_id, args)
   local t = directory.tenant_by_id(rt.db, tenant_id)
-  return require("core.store").blob(directory.seal(rt.master, t, M.ARGUMENTS_FIELD, json.encode(args)))
+  return directory.seal(rt.master, t, M.ARGUMENTS_FIELD, json.encode(args))
 end
 M.ARGUMENTS_FIELD = "escalation.arguments"
 
 -- The escalation's id, or nil, err when it could not be stored.
 local function escalate(rt, call, d)
-  local db = rt.db
-  local id, err = db:insert("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, action,"
-    .. " arguments, kind, reason, policy, created_at, execution_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    call.tenant.id, call.agent.id, call.sender, call.tool, call.action,
-    seal_arguments(rt, call.tenant.id, call.args), d.decision == "hold" and "hold" or "escalate", d.reason, d.policy,
-    db_mod.now(), call.execution_id)
+  local id, err = escalations_store.open(rt.db, {
+    tenant_id = call.tenant.id, agent_id = call.agent.id, sender_tier = call.sender, tool = call.tool,
+    action = call.action, arguments = seal_arguments(rt, call.tenant.id, call.args),
+    kind = d.decision == "hold" and "hold" or "escalate", reason = d.reason, policy = d.policy,
+    execution_id = call.execution_id })
   if not id then
     log.error("pipeline: the escalation of a %s call (policy %s) could not be stored: %s", call.tool, d.policy,
       tostring(err))

@@ -4,6 +4,7 @@
 local H = require("helpers")
 local db_mod = require("switchboard.db")
 local executions = require("switchboard.executions")
+local audit_store = require("switchboard.store.audit")
 
 local function open()
   local dir = H.tmpdir("expages")
@@ -80,7 +81,7 @@ describe("executions pages", function()
     local args = {
       walk = { 1, 10, 1, 5 }, later = { 1, "e", 1, 1, 5 }, calls = { 1, "e", 1, 1, 5, 3 }, first = { 1, "e", 1, 1 },
     }
-    for name, sql in pairs(executions.SQL) do
+    for name, sql in pairs(audit_store.SQL) do
       local plan = {}
       for _, r in ipairs(assert(db:query("EXPLAIN QUERY PLAN " .. sql, table.unpack(args[name])))) do
         plan[#plan + 1] = r.detail
