@@ -5,6 +5,7 @@
 local loop = require("core.loop")
 local json = require("switchboard.json")
 local directory = require("switchboard.directory")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -103,7 +104,7 @@ function M.install(admin)
         refuse(("executions: --days %d is over the limit: the lookback is at most %d days"):format(days, M.MAX_DAYS),
           -32602)
       end
-      local since = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - days * 86400)
+      local since = time.iso(time.unix() - days * 86400)
       local last = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND kind = 'call'"
         .. " ORDER BY id DESC LIMIT 1", t.id)
       local first = self.db:row("SELECT id FROM audit_log WHERE tenant_id = ? AND at >= ? ORDER BY at, id LIMIT 1",
