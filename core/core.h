@@ -122,7 +122,20 @@ void sb_pin_value(lua_State *L, int idx, int *ref);
 ** non-string error object) with a traceback. */
 int sb_traceback(lua_State *L);
 
-int sb_credential_basic(lua_State *L, int idx, const char **user, const char **secret);
+/* An open core.vault.Credential at idx, as core.http applies it (vault.c):
+** kind; name is the Basic username or the header kind's header name (NULL
+** for bearer); secret is in the credential's locked page, NUL-terminated,
+** valid while the credential stays open (checked for a header value when
+** the kind is bearer or header). 0 when idx is not an open credential. */
+typedef enum { SB_CRED_BASIC, SB_CRED_BEARER, SB_CRED_HEADER } SbCredKind;
+typedef struct SbCredential {
+  SbCredKind kind;
+  const char *name;
+  size_t nlen;
+  const char *secret;
+  size_t slen;
+} SbCredential;
+int sb_credential(lua_State *L, int idx, SbCredential *out);
 
 /* The main Lua state with the standard libraries, the core.* modules
 ** preloaded and package.path starting at root's lua/ (init.c); sets
@@ -176,6 +189,7 @@ int luaopen_core_fs(lua_State *L);
 int luaopen_core_notify(lua_State *L);
 int luaopen_core_jose(lua_State *L);
 int luaopen_core_jsonint(lua_State *L);
+int luaopen_core_time(lua_State *L);
 
 /* The Lua state's allocator (core/mem.c): counts bytes, honours the
 ** ceiling core.mem sets. */

@@ -49,7 +49,7 @@
 #define DEFAULT_CONNECT_TIMEOUT  10.0
 #define DEFAULT_MAX_BYTES        (8u * 1024u * 1024u)
 #define MAX_HEAD_BYTES           (256u * 1024u)
-#define MAX_CRED_BYTES           4096u       /* user + secret, for Basic */
+#define MAX_CRED_BYTES           4096u       /* name + secret of opts.auth */
 
 /* {====================================================================
 ** Module state
@@ -63,7 +63,7 @@ typedef struct Request {
   int oom;                      /* a callback ran out of memory */
   size_t max_bytes;
   struct curl_slist *headers;
-  struct AuthHeader *auth;      /* the Basic header, in locked memory */
+  struct AuthHeader *auth;      /* opts.auth's header, in locked memory */
   NbBuf body;                   /* response body */
   NbBuf head;                   /* header lines of the last response */
   /* outcome, filled when the transfer is done */
@@ -144,8 +144,8 @@ easy_put(CURL *e)
 ** line, is built in a buffer of its own and freed after the send. So that
 ** no freed block keeps a copy, libcurl allocates through the functions
 ** below (curl_global_init_mem), which remember each block's size and wipe
-** it before giving it back. The Basic header itself is built from the
-** credential handle in a page of its own (sb_secure_alloc: mlock'd,
+** it before giving it back. The credential's header itself (Basic, Bearer
+** or a named key header) is built from the credential handle in a page of its own (sb_secure_alloc: mlock'd,
 ** MADV_DONTDUMP, wiped when the transfer ends) and handed to libcurl as a list
 ** node that lives in that page, so libcurl holds no other copy of it.
 ** ===================================================================== */
@@ -221,35 +221,51 @@ wipe_calloc(size_t nmemb, size_t size)
 typedef struct AuthHeader {
   struct curl_slist node;       /* node.data points at line */
   size_t maplen;
-  char line[];                  /* "Authorization: Basic …" */
+  char line[];                  /* "Authorization: Basic …", "Name: secret" */
 } AuthHeader;
 
-#define AUTH_PREFIX "Authorization: Basic "
+#define BASIC_PREFIX "Authorization: Basic "
+#define BEARER_PREFIX "Authorization: Bearer "
 
-/* The Basic header for user and secret, in a locked page of its own; NULL
-** when out of memory. */
+/* The credential's header line, in a locked page of its own; NULL when
+** out of memory. Basic: the Base64 of "user:secret", built after the line
+** in the same page and wiped once encoded; bearer and header: the secret
+** as is (vault.c checked it is a header value). */
 static AuthHeader *
-auth_new(const char *user, size_t ulen, const char *secret, size_t slen)
+auth_new(const SbCredential *c)
 {
-  size_t plain = ulen + 1 + slen;
+  size_t plain = c->kind == SB_CRED_BASIC ? c->nlen + 1 + c->slen : 0;
   size_t b64 = 4 * ((plain + 2) / 3);
-  size_t need = sizeof(AuthHeader) + sizeof AUTH_PREFIX + b64 + plain + 1;
+  size_t need = sizeof(AuthHeader) + sizeof BEARER_PREFIX + c->nlen + 2
+                + c->slen + b64 + plain + 1;
   size_t maplen = 0;
   unsigned char *m = sb_secure_alloc(need, &maplen);
   if (m == NULL)
     return NULL;
   AuthHeader *a = (AuthHeader *)m;
   a->maplen = maplen;
-  memcpy(a->line, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
-  /* "user:secret" goes after the line, in the same page, and is wiped
-  ** once encoded */
-  unsigned char *tmp = (unsigned char *)a->line + sizeof AUTH_PREFIX + b64;
-  memcpy(tmp, user, ulen);
-  tmp[ulen] = ':';
-  memcpy(tmp + ulen + 1, secret, slen);
-  EVP_EncodeBlock((unsigned char *)a->line + sizeof AUTH_PREFIX - 1, tmp,
-                  (int)plain);
-  OPENSSL_cleanse(tmp, plain);
+  char *p = a->line;
+  if (c->kind == SB_CRED_BASIC) {
+    memcpy(p, BASIC_PREFIX, sizeof BASIC_PREFIX - 1);
+    unsigned char *tmp = (unsigned char *)p + sizeof BASIC_PREFIX + b64;
+    memcpy(tmp, c->name, c->nlen);
+    tmp[c->nlen] = ':';
+    memcpy(tmp + c->nlen + 1, c->secret, c->slen);
+    EVP_EncodeBlock((unsigned char *)p + sizeof BASIC_PREFIX - 1, tmp,
+                    (int)plain);
+    OPENSSL_cleanse(tmp, plain);
+  } else {
+    if (c->kind == SB_CRED_BEARER) {
+      memcpy(p, BEARER_PREFIX, sizeof BEARER_PREFIX - 1);
+      p += sizeof BEARER_PREFIX - 1;
+    } else {
+      memcpy(p, c->name, c->nlen);
+      memcpy(p + c->nlen, ": ", 2);
+      p += c->nlen + 2;
+    }
+    memcpy(p, c->secret, c->slen);
+    p[c->slen] = '\0';
+  }
   a->node.data = a->line;
   a->node.next = NULL;
   return a;
@@ -814,21 +830,21 @@ opt_seconds(lua_State *L, const char *name, double def)
 
 /* Check opts.auth (at idx): an open core.vault.Credential. */
 static void
-check_auth(lua_State *L, int idx, const char **user, const char **secret)
+check_auth(lua_State *L, int idx, SbCredential *c)
 {
-  if (!sb_credential_basic(L, idx, user, secret))
+  if (!sb_credential(L, idx, c))
     luaL_error(L, "opts.auth: expected an open core.vault.Credential");
-  if (strlen(*user) + strlen(*secret) > MAX_CRED_BYTES)
+  if (c->nlen > MAX_CRED_BYTES || c->slen > MAX_CRED_BYTES - c->nlen)
     luaL_error(L, "opts.auth: credential too long");
 }
 
-/* HTTP Basic from the credential: r's own Authorization line (see
-** auth_new), first in the header list. Nothing below raises but the
-** out-of-memory error, after which r's close frees what was made. */
+/* The credential's header line: r's own (see auth_new), first in the
+** header list. Nothing below raises but the out-of-memory error, after
+** which r's close frees what was made. */
 static void
-set_auth(lua_State *L, Request *r, const char *user, const char *secret)
+set_auth(lua_State *L, Request *r, const SbCredential *c)
 {
-  r->auth = auth_new(user, strlen(user), secret, strlen(secret));
+  r->auth = auth_new(c);
   if (r->auth == NULL)
     luaL_error(L, "not enough memory");
   r->auth->node.next = r->headers;
@@ -895,9 +911,10 @@ http_request(lua_State *L)
   if (ca && lua_type(L, ca) != LUA_TSTRING)
     luaL_error(L, "opts.ca_file: expected a string");
   int auth = lua_getfield(L, 1, "auth") == LUA_TNIL ? 0 : 9;   /* 9 */
-  const char *user = NULL, *secret = NULL;
+  SbCredential cred;
+  memset(&cred, 0, sizeof cred);
   if (auth)
-    check_auth(L, auth, &user, &secret);
+    check_auth(L, auth, &cred);
   double timeout = opt_seconds(L, "timeout", DEFAULT_TIMEOUT);
   double ctimeout = opt_seconds(L, "connect_timeout",
                                 DEFAULT_CONNECT_TIMEOUT);
@@ -1040,10 +1057,12 @@ http_request(lua_State *L)
     r->headers = l;
   }
   if (auth) {
-    if (has_header(L, headers, "Authorization"))
-      luaL_error(L, "opts.headers: Authorization cannot be combined with "
-                 "opts.auth");
-    set_auth(L, r, user, secret);
+    const char *aname = cred.kind == SB_CRED_HEADER ? cred.name
+                                                    : "Authorization";
+    if (has_header(L, headers, aname))
+      luaL_error(L, "opts.headers: %s cannot be combined with opts.auth",
+                 aname);
+    set_auth(L, r, &cred);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, &r->auth->node);
   } else if (r->headers != NULL) {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);

@@ -21,7 +21,7 @@
 ** Secrets (the master key, opened credentials) live in mlock'd,
 ** MADV_DONTDUMP pages of their own, wiped with OPENSSL_cleanse before
 ** they are unmapped or kept, locked, in a small pool for the next secret. A credential's secret never goes back to Lua: only C
-** (sb_credential_basic, for core.http) reads it.
+** (sb_credential, for core.http) reads it.
 */
 #define OPENSSL_API_COMPAT 30000
 #define OPENSSL_NO_DEPRECATED 1
@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1114,21 +1115,44 @@ master_audit_mac(lua_State *L)
 ** =======================================================
 */
 
+/* A credential is applied by core.http as one request header, by kind:
+**   basic   Authorization: Basic base64(username ":" secret)
+**   bearer  Authorization: Bearer secret
+**   header  <name>: secret          (an API key header, e.g. X-Api-Key)
+** The secret is only ever in this locked page and in the request's own
+** header line (core.http, locked too); it never becomes a Lua value. */
 typedef struct Credential {
-  char *username;             /* malloc'd, NUL-terminated; NULL: closed */
-  size_t ulen;
-  unsigned char *secret;      /* locked memory, NUL-terminated */
+  unsigned char *secret;      /* locked memory, NUL-terminated; NULL: closed */
   size_t slen;
   size_t maplen;
+  SbCredKind kind;
+  char *name;                 /* malloc'd: basic: username; header: header
+                              ** name; bearer: NULL */
+  size_t nlen;
+  char *id;                   /* malloc'd label for the hint, or NULL */
+  size_t idlen;
 } Credential;
+
+static const char *const cred_kinds[] = { "basic", "bearer", "header", NULL };
 
 static Credential *
 check_cred(lua_State *L)
 {
   Credential *c = (Credential *)luaL_checkudata(L, 1, CRED_MT);
-  if (c->username == NULL)
+  if (c->secret == NULL)
     luaL_error(L, "attempt to use a closed credential");
   return c;
+}
+
+static void
+free_label(char **p, size_t *len)
+{
+  if (*p != NULL) {
+    OPENSSL_cleanse(*p, *len);
+    free(*p);
+    *p = NULL;
+  }
+  *len = 0;
 }
 
 static void
@@ -1138,12 +1162,9 @@ cred_release(Credential *c)
     sec_free(c->secret, c->maplen);
     c->secret = NULL;
   }
-  if (c->username != NULL) {
-    OPENSSL_cleanse(c->username, c->ulen);
-    free(c->username);
-    c->username = NULL;
-  }
-  c->ulen = c->slen = c->maplen = 0;
+  free_label(&c->name, &c->nlen);
+  free_label(&c->id, &c->idlen);
+  c->slen = c->maplen = 0;
 }
 
 static int
@@ -1155,26 +1176,46 @@ cred_close(lua_State *L)
 }
 
 /* [-0, +1, m] "SK…1234": the first two and the last four characters of
-** the username (the whole hint is "…" when the name is too short). */
+** the username (basic) or of the id label (bearer, header); the whole
+** hint is "…" when that is too short or absent. Never the secret. */
 static void
 push_hint(lua_State *L, const Credential *c)
 {
+  const char *s = c->kind == SB_CRED_BASIC ? c->name : c->id;
+  size_t len = c->kind == SB_CRED_BASIC ? c->nlen : c->idlen;
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  if (c->ulen >= 8)
-    luaL_addlstring(&b, c->username, 2);
+  if (s != NULL && len >= 8)
+    luaL_addlstring(&b, s, 2);
   luaL_addstring(&b, "\xe2\x80\xa6");
-  if (c->ulen >= 8)
-    luaL_addlstring(&b, c->username + c->ulen - 4, 4);
+  if (s != NULL && len >= 8)
+    luaL_addlstring(&b, s + len - 4, 4);
   luaL_pushresult(&b);
 }
 
+/* cred:username() -> the Basic username, or nil for another kind */
 static int
 cred_username(lua_State *L)
 {
   Credential *c = check_cred(L);
-  lua_pushlstring(L, c->username, c->ulen);
+  if (c->kind == SB_CRED_BASIC)
+    lua_pushlstring(L, c->name, c->nlen);
+  else
+    lua_pushnil(L);
   return 1;
+}
+
+/* cred:kind() -> "basic" | "bearer" | "header", the header it sets */
+static int
+cred_kind(lua_State *L)
+{
+  Credential *c = check_cred(L);
+  lua_pushstring(L, cred_kinds[c->kind]);
+  if (c->kind == SB_CRED_HEADER)
+    lua_pushlstring(L, c->name, c->nlen);
+  else
+    lua_pushliteral(L, "Authorization");
+  return 2;
 }
 
 static int
@@ -1188,41 +1229,175 @@ static int
 cred_tostring(lua_State *L)
 {
   Credential *c = (Credential *)luaL_checkudata(L, 1, CRED_MT);
-  if (c->username == NULL) {
+  if (c->secret == NULL) {
     lua_pushliteral(L, CRED_MT " (closed)");
     return 1;
   }
   push_hint(L, c);
-  lua_pushfstring(L, CRED_MT " (%s)", lua_tostring(L, -1));
+  if (c->kind == SB_CRED_BASIC)
+    lua_pushfstring(L, CRED_MT " (%s)", lua_tostring(L, -1));
+  else
+    lua_pushfstring(L, CRED_MT " (%s, %s)", cred_kinds[c->kind],
+                    lua_tostring(L, -1));
   return 1;
 }
 
-/* master:credential(wrapped_key, tenant_id, field, blob, username)
-**   -> Credential | nil, "decryption failed" */
+/* Header names a "header" credential may not set: the ones the other
+** kinds set (Authorization), the request's target and session (Host,
+** Cookie) and the ones that frame the message or the connection. */
+static const char *const reserved_headers[] = {
+  "authorization", "proxy-authorization", "host", "cookie", "content-length",
+  "content-type", "transfer-encoding", "connection", "keep-alive", "expect",
+  "te", "trailer", "upgrade", NULL
+};
+
+#define MAX_HEADER_NAME 64
+
+/* NULL when name is a header name a credential may set, else why not */
+static const char *
+header_name_error(const char *name, size_t len)
+{
+  if (len == 0 || len > MAX_HEADER_NAME)
+    return "must be 1 to 64 characters";
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)name[i];
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z')
+          || (ch >= 'A' && ch <= 'Z') || strchr("!#$%&'*+-.^_`|~", ch) != NULL)
+        || ch == '\0')
+      return "must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)";
+  }
+  for (int i = 0; reserved_headers[i] != NULL; i++)
+    if (strlen(reserved_headers[i]) == len
+        && strncasecmp(reserved_headers[i], name, len) == 0)
+      return "is reserved (use kind \"basic\" or \"bearer\" for Authorization)";
+  return NULL;
+}
+
+/* 1 when the opened secret can go into its header as is: bearer, visible
+** ASCII only (RFC 6750's token characters are a subset); header, a field
+** value (visible characters, inner spaces and tabs, no CR, LF or other
+** control byte). Basic secrets are Base64-encoded: any bytes. */
+static int
+secret_fits(SbCredKind kind, const unsigned char *s, size_t len)
+{
+  if (kind == SB_CRED_BASIC)
+    return 1;
+  if (len == 0)
+    return 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = s[i];
+    int visible = ch > 0x20 && ch != 0x7f;
+    int inner = (ch == ' ' || ch == '\t') && i > 0 && i + 1 < len;
+    if (!(visible || (kind == SB_CRED_HEADER && inner)))
+      return 0;
+  }
+  return 1;
+}
+
+/* [-0, +0, m] a malloc'd NUL-terminated copy of the string at idx, or
+** raises; *len its length */
+static char *
+dup_arg(lua_State *L, int idx, const char *what, size_t *len)
+{
+  const char *s = lua_tolstring(L, idx, len);
+  if (strlen(s) != *len)
+    luaL_error(L, "credential %s: contains a NUL byte", what);
+  char *p = (char *)malloc(*len + 1);
+  if (p == NULL)
+    luaL_error(L, "not enough memory");
+  memcpy(p, s, *len + 1);
+  return p;
+}
+
+/* Check the credential's description at idx (a username string, or a
+** table { kind =, username =, header =, id = }) and copy its names into c
+** (which owns them from then on). Raises on misuse. */
+static void
+cred_describe(lua_State *L, int idx, Credential *c)
+{
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    c->kind = SB_CRED_BASIC;
+    c->name = dup_arg(L, idx, "username", &c->nlen);
+    return;
+  }
+  if (lua_type(L, idx) != LUA_TTABLE)
+    luaL_typeerror(L, idx, "username string or credential table");
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    if (k == NULL || !(strcmp(k, "kind") == 0 || strcmp(k, "username") == 0
+                       || strcmp(k, "header") == 0 || strcmp(k, "id") == 0))
+      luaL_error(L, "credential: unknown field '%s' (kind, username, header, id)",
+                 k != NULL ? k : luaL_typename(L, -2));
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "credential %s: expected a string", k);
+    lua_pop(L, 1);
+  }
+  int top = lua_gettop(L);
+  if (lua_getfield(L, idx, "kind") != LUA_TSTRING)
+    luaL_error(L, "credential kind: required, one of \"basic\", \"bearer\", "
+               "\"header\"");
+  const char *kind = lua_tostring(L, -1);
+  int k = 0;
+  while (cred_kinds[k] != NULL && strcmp(cred_kinds[k], kind) != 0)
+    k++;
+  if (cred_kinds[k] == NULL)
+    luaL_error(L, "credential kind: '%s' is not one of \"basic\", \"bearer\", "
+               "\"header\"", kind);
+  c->kind = (SbCredKind)k;
+  int user = lua_getfield(L, idx, "username") != LUA_TNIL;
+  int header = lua_getfield(L, idx, "header") != LUA_TNIL;
+  int id = lua_getfield(L, idx, "id") != LUA_TNIL;
+  if (c->kind == SB_CRED_BASIC && !user)
+    luaL_error(L, "credential username: required for kind \"basic\"");
+  if (c->kind != SB_CRED_BASIC && user)
+    luaL_error(L, "credential username: only for kind \"basic\"");
+  if (c->kind == SB_CRED_HEADER && !header)
+    luaL_error(L, "credential header: required for kind \"header\"");
+  if (c->kind != SB_CRED_HEADER && header)
+    luaL_error(L, "credential header: only for kind \"header\"");
+  if (c->kind == SB_CRED_BASIC && id)
+    luaL_error(L, "credential id: not for kind \"basic\" (its hint is the "
+               "username's)");
+  if (header) {
+    size_t hlen;
+    const char *h = lua_tolstring(L, top + 3, &hlen);
+    const char *why = header_name_error(h, hlen);
+    if (why != NULL)
+      luaL_error(L, "credential header: '%s' %s", h, why);
+  }
+  if (user)
+    c->name = dup_arg(L, top + 2, "username", &c->nlen);
+  else if (header)
+    c->name = dup_arg(L, top + 3, "header", &c->nlen);
+  if (id)
+    c->id = dup_arg(L, top + 4, "id", &c->idlen);
+  lua_settop(L, top);
+}
+
+/* master:credential(wrapped_key, tenant_id, field, blob, username | desc)
+**   -> Credential | nil, err
+** desc = { kind = "basic", username = } | { kind = "bearer", id = } |
+** { kind = "header", header = "X-Api-Key", id = } (id: a label for the
+** hint, never the secret). err is "decryption failed", or for bearer and
+** header kinds, when the secret cannot be sent in a header, "credential
+** secret: not a valid <kind> value" (the secret is not shown). */
 static int
 master_credential(lua_State *L)
 {
   Master *m = check_master(L);
   check_open_args(L);
-  size_t ulen;
-  const char *user = luaL_checklstring(L, 6, &ulen);
-  luaL_argcheck(L, strlen(user) == ulen, 6, "username contains a NUL byte");
+  luaL_checkany(L, 6);
   size_t blen = lua_rawlen(L, 5);
   lua_settop(L, 6);
   Credential *c = (Credential *)lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
   luaL_setmetatable(L, CRED_MT);
+  cred_describe(L, 6, c);               /* c owns its names: its __gc frees */
   size_t maplen = 0;
   unsigned char *secret = sec_alloc(blen + 1, &maplen);
-  char *ucopy = (char *)malloc(ulen + 1);
-  if (secret == NULL || ucopy == NULL) {
-    sec_free(secret, maplen);
-    free(ucopy);
+  if (secret == NULL)
     return luaL_error(L, "not enough memory");
-  }
-  memcpy(ucopy, user, ulen + 1);
-  c->username = ucopy;
-  c->ulen = ulen;
   c->secret = secret;
   c->maplen = maplen;
   size_t n = 0;
@@ -1234,18 +1409,28 @@ master_credential(lua_State *L)
   }
   secret[n] = '\0';
   c->slen = n;
+  if (!secret_fits(c->kind, secret, n)) {
+    SbCredKind kind = c->kind;
+    cred_release(c);
+    luaL_pushfail(L);
+    lua_pushfstring(L, "credential secret: not a valid %s value",
+                    cred_kinds[kind]);
+    return 2;
+  }
   return 1;
 }
 
 int
-sb_credential_basic(lua_State *L, int idx, const char **user,
-                    const char **secret)
+sb_credential(lua_State *L, int idx, SbCredential *out)
 {
   Credential *c = (Credential *)luaL_testudata(L, idx, CRED_MT);
-  if (c == NULL || c->username == NULL || c->secret == NULL)
+  if (c == NULL || c->secret == NULL)
     return 0;
-  *user = c->username;
-  *secret = (const char *)c->secret;
+  out->kind = c->kind;
+  out->name = c->name;
+  out->nlen = c->nlen;
+  out->secret = (const char *)c->secret;
+  out->slen = c->slen;
   return 1;
 }
 
@@ -1449,6 +1634,7 @@ static const luaL_Reg master_meta[] = {
 
 static const luaL_Reg cred_methods[] = {
   { "username", cred_username },
+  { "kind", cred_kind },
   { "hint", cred_hint },
   { "close", cred_close },
   { NULL, NULL }

@@ -4,6 +4,7 @@
 -- for the audit, paging with a filter, and the small conversions (dates,
 -- numbers, nulls) that keep results short and honest.
 local json = require("switchboard.json")
+local time_mod = require("switchboard.time")
 
 local M = {}
 
@@ -101,71 +102,22 @@ M.compact = compact
 
 ---------------------------------------------------------------------------
 -- dates: ISO 8601 in, ISO 8601 out; Twilio's RFC 2822 dates converted
+-- (switchboard.time does the reading and writing)
 
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
-function M.epoch(y, m, d, h, mi, s)
-  return days_from_civil(y, m, d) * 86400 + (h or 0) * 3600 + (mi or 0) * 60 + (s or 0)
-end
+M.epoch = time_mod.timegm
 
 -- Parse "YYYY-MM-DD" or an ISO 8601 date-time (offset or Z; none = UTC).
 -- Returns seconds since the epoch (UTC) and whether only a date was given.
 function M.parse_iso(s)
-  if type(s) ~= "string" then return nil end
-  local y, m, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
-  if not y then return nil end
-  local base = M.epoch(tonumber(y), tonumber(m), tonumber(d))
-  if rest == "" then return base, true end
-  local h, mi, sec, tz = rest:match("^[T ](%d%d):(%d%d):?(%d*%.?%d*)(.*)$")
-  if not h then return nil end
-  local t = base + tonumber(h) * 3600 + tonumber(mi) * 60 + math.floor(tonumber(sec) or 0)
-  if tz ~= "" and tz ~= "Z" and tz ~= "z" then
-    local sign, oh, om = tz:match("^([%+%-])(%d%d):?(%d%d)$")
-    if not sign then return nil end
-    local off = tonumber(oh) * 3600 + tonumber(om) * 60
-    t = sign == "+" and t - off or t + off
-  end
-  return t, false
-end
-
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
-                 Oct = 10, Nov = 11, Dec = 12 }
-local MONTH_DAYS = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-local RFC2822 = "(%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) ?(.*)$"
-
--- The fields of "Fri, 24 May 2019 17:44:46 +0000" as numbers, and the
--- zone text; nil when s is not such a date.
-local function rfc2822_fields(s)
-  local d, mon, y, h, mi, sec, tz = s:match(RFC2822)
-  if not d then return nil end
-  local m = MONTHS[mon]
-  if not m then return nil end
-  return tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(sec), tz
-end
-
-local function rfc2822_epoch(y, m, d, h, mi, sec, tz)
-  local t = M.epoch(y, m, d, h, mi, sec)
-  local sign, oh, om = tz:match("^([%+%-])(%d%d)(%d%d)$")
-  if sign then
-    local off = tonumber(oh) * 3600 + tonumber(om) * 60
-    t = sign == "+" and t - off or t + off
-  end
-  return t
+  local t, is_date = time_mod.parse_iso(s)
+  if not t then return nil end
+  return t, is_date
 end
 
 -- "Fri, 24 May 2019 17:44:46 +0000" → seconds since the epoch.
 function M.parse_rfc2822(s)
-  if type(s) ~= "string" then return nil end
-  local y, m, d, h, mi, sec, tz = rfc2822_fields(s)
-  if not y then return nil end
-  return rfc2822_epoch(y, m, d, h, mi, sec, tz)
+  if type(s) ~= "string" or s:match("^%d%d%d%d%-") then return nil end
+  return (time_mod.parse(s))
 end
 
 -- Any Twilio timestamp (RFC 2822 in v2010, ISO 8601 in v2 products) as
@@ -173,40 +125,24 @@ end
 function M.parse_time(s)
   s = str(s)
   if not s then return nil end
-  return M.parse_rfc2822(s) or (M.parse_iso(s))
+  return (time_mod.parse(s))
 end
 
-local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+local iso = time_mod.iso
 M.iso = iso
-function M.date(t) return os.date("!%Y-%m-%d", t) end
-function M.today() return os.date("!%Y-%m-%d") end
-function M.month_start() return os.date("!%Y-%m-01") end
+M.date = time_mod.date
+function M.today() return time_mod.date(time_mod.unix()) end
+function M.month_start() return time_mod.date(time_mod.month_start(time_mod.unix())) end
 
 -- A Twilio timestamp as ISO 8601 UTC (or as given when it cannot be read).
--- Twilio writes v2010 times in UTC ("+0000"): such a time, with every field
--- in range, is rewritten from its fields, without the round trip through
--- the epoch and os.date that other zones and odd values take. The same
--- times come back page after page (the newest messages, a send and its
--- lookups), so each distinct string is converted once: the last
+-- The same times come back page after page (the newest messages, a send
+-- and its lookups), so each distinct string is converted once: the last
 -- TIME_MEMO_MAX conversions are kept.
-local MONTH_TEXT = { "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12" }
 local TIME_MEMO_MAX = 2048
 local time_memo, time_memo_n = {}, 0
 
 local function convert_time(s)
-  local d, mon, y, h, mi, sec, tz = s:match(RFC2822)
-  local m = d and MONTHS[mon]
-  if m then
-    local yn, dn, hn, min, sn = tonumber(y), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
-    if (tz == "+0000" or tz == "-0000" or tz == "") and yn >= 1000 and dn >= 1 and dn <= MONTH_DAYS[m]
-        and (m ~= 2 or dn <= 28 or (yn % 4 == 0 and (yn % 100 ~= 0 or yn % 400 == 0)))
-        and hn < 24 and min < 60 and sn < 60 then
-      return y .. "-" .. MONTH_TEXT[m] .. "-" .. (#d == 1 and "0" .. d or d) .. "T" .. h .. ":" .. mi .. ":"
-        .. sec .. "Z"
-    end
-    return iso(rfc2822_epoch(yn, m, dn, hn, min, sn, tz))
-  end
-  local t = M.parse_iso(s)
+  local t = time_mod.parse(s)
   return t and iso(t) or s
 end
 

@@ -23,6 +23,7 @@ local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local store = require("switchboard.store.audit")
+local time = require("switchboard.time")
 
 local M = {}
 M.__index = M
@@ -343,8 +344,8 @@ end
 -- The time stamp, formatted once a second.
 local last_sec, last_str = -1, nil
 function M.now()
-  local t = os.time()
-  if t ~= last_sec then last_sec, last_str = t, os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+  local t = time.unix()
+  if t ~= last_sec then last_sec, last_str = t, time.iso(t) end
   return last_str
 end
 

@@ -76,7 +76,11 @@ function M.open(rt, spec)
     if e.blob == spec.blob and e.user == spec.user and e.data_key == tenant.data_key then return lease(e) end
     M.forget(spec.integration, tenant.id)
   end
-  local cred = directory.credential(rt.master, tenant, spec.field, spec.blob, spec.user)
+  -- how core.http applies it: HTTP Basic with the key id as the user, a
+  -- Bearer token, or a named header (the secret stays in C either way)
+  local desc = spec.user
+  if spec.kind and spec.kind ~= "basic" then desc = { kind = spec.kind, header = spec.header, id = spec.user } end
+  local cred = directory.credential(rt.master, tenant, spec.field, spec.blob, desc)
   if not cred then return nil, "the stored credential could not be opened" end
   e = { cred = cred, blob = spec.blob, user = spec.user, data_key = tenant.data_key, leases = 0,
         retired = seconds <= 0 }

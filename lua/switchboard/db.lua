@@ -4,6 +4,7 @@
 local store = require("core.store")
 local loop = require("core.loop")
 local log = require("switchboard.log")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -220,9 +221,7 @@ M.migrations = {
   ]],
 }
 
-function M.now()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
-end
+M.now = time.now
 
 -- {======================================================
 -- One write path: group commit.

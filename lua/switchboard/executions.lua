@@ -7,6 +7,7 @@ local json = require("switchboard.json")
 local directory = require("switchboard.directory")
 local store = require("switchboard.store.audit")
 local agents_store = require("switchboard.store.agents")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -91,7 +92,7 @@ function M.install(admin)
         refuse(("executions: --days %d is over the limit: the lookback is at most %d days"):format(days, M.MAX_DAYS),
           -32602)
       end
-      local since = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - days * 86400)
+      local since = time.iso(time.unix() - days * 86400)
       top = store.last_call(self.db, t.id) or 0
       floor = store.first_since(self.db, t.id, since) or top + 1
       after = top + 1

@@ -6,6 +6,7 @@
 local fs = require("core.fs")
 local printable = require("switchboard.printable").escape
 local cjson = require("cjson")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -59,7 +60,7 @@ function M.reopen()
 end
 
 local function write(level, msg)
-  local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local now = time.now()
   if as_json then
     -- invalid UTF-8 would make the line unreadable as JSON: bytes kept as
     -- \u00XX escapes of their Latin-1 reading

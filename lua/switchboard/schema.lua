@@ -4,6 +4,7 @@
 -- MCP clients are given (M.export).
 local json = require("switchboard.json")
 local phone = require("core.phone")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -72,26 +73,12 @@ M.formats = {
             end,
             rule = "an email address, like name@example.com" },
   date = { check = function(s)
-             local y, m, d = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
-             if not y then return false end
-             m, d = tonumber(m), tonumber(d)
-             if m < 1 or m > 12 or d < 1 then return false end
-             local days = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-             local yn = tonumber(y)
-             if m == 2 and (yn % 4 == 0 and (yn % 100 ~= 0 or yn % 400 == 0)) then return d <= 29 end
-             return d <= days[m]
+             local t, is_date = time.parse_iso(s)
+             return t ~= nil and is_date
            end,
            rule = "a date as YYYY-MM-DD" },
   -- a date alone is taken too: exported as anyOf date / date-time
-  ["date-time"] = { check = function(s)
-                      local date, rest = s:match("^(%d%d%d%d%-%d%d%-%d%d)(.*)$")
-                      if not date or not M.formats.date.check(date) then return false end
-                      if rest == "" then return true end
-                      local h, mi, sec, tz = rest:match("^[T ](%d%d):(%d%d):?(%d*%.?%d*)(.*)$")
-                      if not h or tonumber(h) > 23 or tonumber(mi) > 59 then return false end
-                      if sec ~= "" and (tonumber(sec) or 99) >= 61 then return false end
-                      return tz == "" or tz == "Z" or tz:match("^[%+%-]%d%d:?%d%d$") ~= nil
-                    end,
+  ["date-time"] = { check = function(s) return time.parse_iso(s) ~= nil end,
                     rule = "an ISO 8601 date or date-time, like 2026-01-31 or 2026-01-31T09:00:00Z",
                     export = { dates = true } },
   ["http-url"] = { check = function(s)

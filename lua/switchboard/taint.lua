@@ -20,6 +20,7 @@
 local detect = require("switchboard.detect")
 local http = require("core.http")
 local phone = require("core.phone")
+local time = require("switchboard.time")
 
 local M = {}
 
@@ -262,7 +263,7 @@ local function record(rt, key, tool, found, now, pause)
     st.by[key], st.n = t, st.n + 1
   end
   t.at = now
-  local when = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(now))
+  local when = time.iso(now)
   local keys = {}
   for i, f in ipairs(found) do
     if pause and i % SLICE == 0 then pause() end

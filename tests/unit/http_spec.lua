@@ -432,6 +432,51 @@ describe("core.http", function()
         assert.has_error(function() http.request({ url = up.url .. "/echo", auth = cred }) end)
       end)
     end)
+
+    it("sends a Bearer or a named header credential, each as its one header", function()
+      local vault = require "core.vault"
+      local mk = dir .. "/kinds.key"
+      assert(vault.create_master(mk))
+      local m = assert(vault.load_master(mk))
+      local wk = m:new_data_key("t1")
+      local blob = m:seal(wk, "t1", "auth", "SG.tok-en_0123456789")
+      local bearer = assert(m:credential(wk, "t1", "auth", blob, { kind = "bearer" }))
+      local header = assert(m:credential(wk, "t1", "auth", blob, { kind = "header", header = "X-Api-Key" }))
+      local basic = assert(m:credential(wk, "t1", "auth", blob, { kind = "basic", username = "key-id" }))
+      async(function()
+        local body = get_json({ url = up.url .. "/echo", auth = bearer })
+        assert.are.equal("Bearer SG.tok-en_0123456789", body.authorization)
+        assert.is_nil(body.headers["x-api-key"])
+        body = get_json({ url = up.url .. "/echo", auth = header, headers = { Authorization = "Other x" },
+                          method = "POST", form = { a = "1" } })
+        assert.are.equal("SG.tok-en_0123456789", body.headers["x-api-key"])
+        assert.are.equal("Other x", body.authorization)
+        assert.are.equal("application/x-www-form-urlencoded", body.headers["content-type"])
+        body = get_json({ url = up.url .. "/echo", auth = basic })
+        assert.are.equal("key-id", body.user)
+        assert.are.equal("SG.tok-en_0123456789", body.password)
+        -- nothing of a credential carries over to the next request on the handle
+        body = get_json({ url = up.url .. "/echo" })
+        assert.is_nil(body.authorization)
+        assert.is_nil(body.headers["x-api-key"])
+        -- the header a credential sets cannot also come from opts.headers
+        assert.has_error(function()
+          http.request({ url = up.url .. "/echo", auth = header, headers = { ["x-api-key"] = "other" } })
+        end, "opts.headers: X-Api-Key cannot be combined with opts.auth")
+        assert.has_error(function()
+          http.request({ url = up.url .. "/echo", auth = bearer, headers = { authorization = "Bearer x" } })
+        end, "opts.headers: Authorization cannot be combined with opts.auth")
+        -- a closed credential of any kind is refused, and the error shows no secret
+        for _, cred in ipairs({ bearer, header, basic }) do
+          cred:close()
+          local ok, err = pcall(http.request, { url = up.url .. "/echo", auth = cred })
+          assert.is_false(ok)
+          assert.matches("opts.auth: expected an open core.vault.Credential", err, 1, true)
+          assert.is_nil(tostring(err):find("SG.tok", 1, true))
+        end
+      end)
+      m:close()
+    end)
   end)
 
   describe("failures", function()
@@ -725,7 +770,7 @@ describe("core.http", function()
       return found
     end
 
-    it("keeps no copy of the secret or the Basic header after a transfer", function()
+    it("keeps no copy of the secret or the Basic header after a transfer, for every kind", function()
       local vault = require "core.vault"
       if not vault.load_master then pending("core.vault has not landed") return end
       -- sealed in another process: this one never holds the whole secret
@@ -743,26 +788,31 @@ describe("core.http", function()
       local bin = os.getenv("SB_BIN") or "./switchboard"
       assert(os.execute(q(bin) .. " exec " .. q(kdir .. "/seal.lua")))
       local m = assert(vault.load_master(kdir .. "/master.key"))
-      local cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      local creds = {}
+      for i, desc in ipairs({ USER, { kind = "bearer" }, { kind = "header", header = "X-Api-Key" } }) do
+        creds[i] = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), desc))
+      end
       async(function()
-        for _ = 1, 3 do
-          local res = assert(http.request({ url = up.url .. "/status?code=200", auth = cred }))
-          assert.are.equal(200, res.status)
-          res = assert(http.request({ method = "POST", url = up.url .. "/status?code=201", auth = cred,
-                                      form = { Body = "hello" } }))
-          assert.are.equal(201, res.status)
-          res = assert(http.request({ url = tls.url .. "/status?code=200", auth = cred, ca_file = cert }))
-          assert.are.equal(200, res.status)
+        for _, cred in ipairs(creds) do
+          for _ = 1, 3 do
+            local res = assert(http.request({ url = up.url .. "/status?code=200", auth = cred }))
+            assert.are.equal(200, res.status)
+            res = assert(http.request({ method = "POST", url = up.url .. "/status?code=201", auth = cred,
+                                        form = { Body = "hello" } }))
+            assert.are.equal(201, res.status)
+            res = assert(http.request({ url = tls.url .. "/status?code=200", auth = cred, ca_file = cert }))
+            assert.are.equal(200, res.status)
+          end
         end
       end)
-      cred:close()
+      for _, cred in ipairs(creds) do cred:close() end
       collectgarbage()
       collectgarbage()
-      assert.are.equal(0, scan(A, B), "copies of the secret")
+      assert.are.equal(0, scan(A, B), "copies of the secret (Basic, Bearer and header kinds)")
       assert.are.equal(0, scan(B64A, B64B), "copies of the Basic header")
       -- the scan finds a secret where one is: an open credential's page
       -- (last, as the scan's own reads copy what they find)
-      cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
+      local cred = assert(m:credential(read(kdir .. "/wk"), "t1", "auth", read(kdir .. "/blob"), USER))
       assert.are.equal(1, scan(A, B))
       cred:close()
       m:close()

@@ -259,3 +259,22 @@ describe("pipeline results", function()
     end
   end)
 end)
+
+describe("schema formats", function()
+  it("checks the date and date-time formats with switchboard.time", function()
+    local date, dt = schema.formats.date.check, schema.formats["date-time"].check
+    for _, ok in ipairs({ "2024-02-29", "2000-02-29" }) do assert.is_true(date(ok), ok) end
+    for _, bad in ipairs({ "2023-02-29", "2024-04-31", "2024-1-05", "2024-01-05T10:00:00Z", "x" }) do
+      assert.is_false(date(bad), bad)
+    end
+    for _, ok in ipairs({ "2024-02-29", "2024-02-29T09:00:00Z", "2024-02-29T09:00:00.25+05:30", "2024-02-29 09:00",
+                          "2024-02-29T09:00:00-0800" }) do
+      assert.is_true(dt(ok), ok)
+    end
+    -- a day, hour or offset out of range is refused, not moved
+    for _, bad in ipairs({ "2023-02-29T09:00:00Z", "2024-02-29T24:00:00Z", "2024-02-29T09:00:00+24:00",
+                           "2024-02-29T09:00:00+5", "2024-02-29T9:00:00Z", "2024-02-29T09:00:00 Z" }) do
+      assert.is_false(dt(bad), bad)
+    end
+  end)
+end)

@@ -310,6 +310,107 @@ describe("core.vault", function()
       assert.equal("…", cred:hint())
       cred:close()
     end)
+
+    it("opens basic, bearer and header kinds, each naming the header it sets", function()
+      local basic = assert(master:credential(wk, "tenant-1", "auth_token", blob,
+        { kind = "basic", username = USER }))
+      assert.same({ "basic", "Authorization" }, { basic:kind() })
+      assert.equal(USER, basic:username())
+      assert.equal("core.vault.Credential (SK…1234)", tostring(basic))
+      basic:close()
+      -- the string form is kind basic
+      local legacy = assert(master:credential(wk, "tenant-1", "auth_token", blob, USER))
+      assert.same({ "basic", "Authorization" }, { legacy:kind() })
+      legacy:close()
+      local bearer = assert(master:credential(wk, "tenant-1", "auth_token", blob,
+        { kind = "bearer", id = "key-0123456789-wxyz" }))
+      assert.same({ "bearer", "Authorization" }, { bearer:kind() })
+      assert.is_nil(bearer:username())
+      assert.equal("ke…wxyz", bearer:hint())
+      assert.equal("core.vault.Credential (bearer, ke…wxyz)", tostring(bearer))
+      bearer:close()
+      local header = assert(master:credential(wk, "tenant-1", "auth_token", blob,
+        { kind = "header", header = "X-Api-Key" }))
+      assert.same({ "header", "X-Api-Key" }, { header:kind() })
+      assert.equal("…", header:hint())
+      assert.equal("core.vault.Credential (header, …)", tostring(header))
+      header:close()
+      assert.equal("core.vault.Credential (closed)", tostring(header))
+      assert.has_error(function() header:kind() end, "attempt to use a closed credential")
+    end)
+
+    it("keeps the secret of every kind out of every Lua value", function()
+      for _, desc in ipairs({ USER, { kind = "bearer" }, { kind = "header", header = "X-Key", id = USER } }) do
+        local cred = assert(master:credential(wk, "tenant-1", "auth_token", blob, desc))
+        local seen = { tostring(cred), cred:hint(), tostring(cred:username()), table.concat({ cred:kind() }, " ") }
+        for _, v in ipairs(seen) do assert.is_nil(v:find(SECRET, 1, true)) end
+        for _, name in ipairs({ "secret", "password", "token", "value", "get", "header" }) do
+          assert.is_nil(cred[name])
+        end
+        cred:close()
+      end
+    end)
+
+    it("raises a clear error for a wrong kind or description", function()
+      local function err_of(desc)
+        local ok, e = pcall(master.credential, master, wk, "tenant-1", "auth_token", blob, desc)
+        assert.is_false(ok)
+        assert.is_nil(tostring(e):find(SECRET, 1, true))
+        return tostring(e)
+      end
+      assert.matches([[credential kind: 'digest' is not one of "basic", "bearer", "header"]],
+        err_of({ kind = "digest" }), 1, true)
+      assert.matches("credential kind: required", err_of({ username = USER }), 1, true)
+      assert.matches("credential username: required for kind \"basic\"", err_of({ kind = "basic" }), 1, true)
+      assert.matches("credential username: only for kind \"basic\"",
+        err_of({ kind = "bearer", username = USER }), 1, true)
+      assert.matches("credential header: required for kind \"header\"", err_of({ kind = "header" }), 1, true)
+      assert.matches("credential header: only for kind \"header\"",
+        err_of({ kind = "bearer", header = "X-Key" }), 1, true)
+      assert.matches("credential: unknown field 'secret'", err_of({ kind = "bearer", secret = "x" }), 1, true)
+      assert.matches("credential kind: expected a string", err_of({ kind = 1 }), 1, true)
+      assert.matches("username string or credential table", err_of(42), 1, true)
+      assert.matches("credential username: contains a NUL byte", err_of("a\0b"), 1, true)
+    end)
+
+    it("refuses a header name that is not a token, or is reserved", function()
+      local function err_of(name)
+        local ok, e = pcall(master.credential, master, wk, "tenant-1", "auth_token", blob,
+          { kind = "header", header = name })
+        assert.is_false(ok)
+        return tostring(e)
+      end
+      for _, bad in ipairs({ "", "X-Key\r\nHost: evil", "X Key", "X:Key", "X-Key\0", ("x"):rep(65) }) do
+        assert.matches("credential header: ", err_of(bad), 1, true)
+      end
+      assert.matches("must be an HTTP token", err_of("X-Key\r\nHost: evil"), 1, true)
+      for _, reserved in ipairs({ "Authorization", "authorization", "Host", "COOKIE", "Proxy-Authorization",
+                                  "Content-Length", "Transfer-Encoding", "Connection", "Expect" }) do
+        assert.matches("is reserved", err_of(reserved), 1, true)
+      end
+    end)
+
+    it("refuses a bearer or header secret that cannot go in a header, without showing it", function()
+      for _, bad in ipairs({ "tok\r\nX-Evil: 1", "tok en", " tok", "tok\n", "", "tok\0en", "t\1ok" }) do
+        local b = assert(master:seal(wk, "tenant-1", "auth_token", bad))
+        local cred, err = master:credential(wk, "tenant-1", "auth_token", b, { kind = "bearer" })
+        assert.is_nil(cred)
+        assert.equal("credential secret: not a valid bearer value", err)
+        if bad ~= "tok en" then
+          cred, err = master:credential(wk, "tenant-1", "auth_token", b, { kind = "header", header = "X-Key" })
+          assert.is_nil(cred)
+          assert.equal("credential secret: not a valid header value", err)
+        end
+      end
+      -- inner spaces are a valid header value, not a bearer token
+      local b = assert(master:seal(wk, "tenant-1", "auth_token", "tok en"))
+      local cred = assert(master:credential(wk, "tenant-1", "auth_token", b, { kind = "header", header = "X-Key" }))
+      cred:close()
+      -- a wrong blob still fails as decryption, whatever the kind
+      local c2, err = master:credential(wk, "tenant-2", "auth_token", blob, { kind = "bearer" })
+      assert.is_nil(c2)
+      assert.equal(FAIL, err)
+    end)
   end)
 
   describe("helpers", function()

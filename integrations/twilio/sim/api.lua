@@ -617,10 +617,7 @@ local function usage_day(v, today)
   return t and U.day_start(t)
 end
 
-local function month_start(t)
-  local d = os.date("!*t", t)
-  return U.timegm(d.year, d.month, 1)
-end
+local month_start = U.month_start
 
 local function period_of(sub, day)
   local d = os.date("!*t", day)

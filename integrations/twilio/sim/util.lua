@@ -2,6 +2,7 @@
 -- v2010, ISO 8601 for v2/v1), SMS segment counting, SIDs, Twilio error
 -- bodies and JSON responses.
 local json = require("switchboard.json")
+local time = require("switchboard.time")
 
 local form = require("switchboard.form")
 local M = {}
@@ -88,78 +89,36 @@ end
 -- {======================================================================
 -- Dates. Times are integer seconds since the epoch (UTC).
 
--- Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = y // 400
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
+M.timegm = time.timegm
 
-function M.timegm(y, mo, d, h, mi, s)
-  return days_from_civil(y, mo, d) * 86400 + (h or 0) * 3600 + (mi or 0) * 60 + (s or 0)
-end
-
--- Parse "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)"; returns the
+-- Parse "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM[:SS[.fff]][Z|±HH:MM]"; returns the
 -- time and whether a time of day was given, or nil.
 function M.parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
-  if y then
-    y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-    if mo < 1 or mo > 12 or d < 1 or d > 31 then return nil end
-    return M.timegm(y, mo, d), false
-  end
-  local h, mi, sec, rest
-  y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  rest = rest:gsub("^%.%d+", "")
-  local off = 0
-  if rest ~= "" and rest ~= "Z" then
-    local sign, oh, om = rest:match("^([%+%-])(%d%d):?(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
-  end
-  return M.timegm(tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)) - off, true
-end
-
-local DAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
-local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
-
-local function civil(t)
-  local d = os.date("!*t", t)
-  return d
+  local t, is_date = time.parse_iso(s)
+  if not t then return nil end
+  return t, not is_date
 end
 
 -- "Thu, 24 Aug 2023 05:01:45 +0000" (v2010), independent of the locale.
 function M.rfc2822(t)
   if t == nil then return json.null end
-  local d = civil(t)
-  return format("%s, %02d %s %04d %02d:%02d:%02d +0000", DAYS[d.wday], d.day, MONTHS[d.month], d.year,
-    d.hour, d.min, d.sec)
+  return time.rfc2822(t)
 end
 
 -- "2015-07-30T20:00:00Z" (Verify, Content).
 function M.iso(t)
   if t == nil then return json.null end
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", t)
+  return time.iso(t)
 end
 
 -- "2019-06-24T22:32:49+00:00" (usage as_of).
 function M.iso_offset(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+00:00", t)
+  return time.iso(t):sub(1, -2) .. "+00:00"
 end
 
-function M.ymd(t)
-  return os.date("!%Y-%m-%d", t)
-end
-
-function M.day_start(t)
-  return t - t % 86400
-end
+M.ymd = time.date
+M.day_start = time.midnight
+M.month_start = time.month_start
 
 -- }======================================================================
 
