@@ -12,7 +12,6 @@ local ROOT = os.getenv("SB_ROOT") or "."
 local STORE = { "^lua/switchboard/store/", "^lua/switchboard/db%.lua$" }
 local ALLOWED_FOR_NOW = {
   "^lua/switchboard/sends%.lua$",
-  "^integrations/twilio/",
 }
 
 -- The Lua of the runtime: its modules, policies and the entry point
