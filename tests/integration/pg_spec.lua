@@ -433,24 +433,27 @@ describe("switchboard.store.pg", function()
 
   it("gives back the connection of a coroutine closed while it waits", function()
     H.async(function()
-      local db = pool({ size = 1 })
-      local co = coroutine.create(function() return db:row("SELECT pg_sleep(30)::text AS z") end)
-      loop.spawn(function() coroutine.resume(co) end)
-      assert.equal(1, db:stats().open)
-      assert.is_true(coroutine.close(co))
-      assert.equal(0, db:stats().open)
-      assert.equal(2, db:row("SELECT 2 AS x").x)
-      -- the same inside a transaction
-      co = coroutine.create(function()
-        return db:transaction(function(tx) return tx:row("SELECT pg_sleep(30)::text AS z") end)
-      end)
-      loop.spawn(function() coroutine.resume(co) end)
-      assert.is_true(coroutine.close(co))
-      assert.equal(0, db:stats().open)
-      assert.is_false(db:in_transaction())
-      assert.equal(3, db:row("SELECT 3 AS x").x)
+      local db = pool({ size = 2 })
+      local sleeping = "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
+      local function in_use() local st = db:stats() return st.open - st.idle end
+      for _, body in ipairs({
+        function() return db:row("SELECT pg_sleep(30)::text AS z") end,
+        function() return db:transaction(function(tx) return tx:row("SELECT pg_sleep(30)::text AS z") end) end,
+      }) do
+        local co = coroutine.create(body)
+        loop.spawn(function() coroutine.resume(co) end)
+        eventually(function() return db:row(sleeping).n == 1 end, "the statement to run")
+        assert.equal(1, in_use())
+        assert.is_true(coroutine.close(co))
+        -- given back (what is in use now is the call that ends its session)
+        eventually(function() return in_use() == 0 end, "the connection to come back")
+        assert.is_false(db:in_transaction())
+        assert.equal(2, db:row("SELECT 2 AS x").x)
+        -- the abandoned statement's session is ended on the server
+        eventually(function() return db:row(sleeping).n == 0 end, "the session to end")
+      end
       db:close()
-    end)
+    end, 60)
   end)
 
   it("fails clearly while the server is down and reconnects when it returns", function()

@@ -82,8 +82,10 @@ function M.start(opts)
   opts = opts or {}
   local self = setmetatable({ bin = bindir(), dbname = "sb" }, Server)
   -- a directory the server's user owns; not below the suite's 0700 temporary
-  -- directory, which that user cannot enter
-  self.dir = sh("mktemp -d /tmp/sbpg.XXXXXX"):gsub("%s+$", "")
+  -- directory, which that user cannot enter, but named after it, so that
+  -- tests/run.sh's cleanup (pkill -f "$SB_TEST_TMP") stops a server that a
+  -- killed run left behind
+  self.dir = sh("mktemp -d " .. q((os.getenv("SB_TEST_TMP") or "/tmp/sbpg") .. ".pg.XXXXXX")):gsub("%s+$", "")
   self.data = self.dir .. "/data"
   self.password = opts.password or sh("openssl rand -hex 16"):gsub("%s+$", "")
   local pwfile = self.dir .. "/initdb.pw"

@@ -224,10 +224,26 @@ end
 
 -- A to-be-closed lease on c: gives c back when the scope ends (however it
 -- ends: a return, an error, the coroutine closed), unless kept.
+--
+-- A coroutine closed while its statement runs leaves that connection closed
+-- (core.pg cannot take the result back); the server would run the statement
+-- to its end for nobody, so its session is terminated from another
+-- connection.
+local function abandoned(self, c, pid)
+  if c:status() ~= "closed" or not pid or self.closed then return end
+  loop.spawn(function() self:run("SELECT pg_terminate_backend(?)", pid) end)
+end
+
 local Lease = {}
 Lease.__index = Lease
-Lease.__close = function(l) if not l.kept then l.pool:release(l.conn) end end
-local function lease(self, c) return setmetatable({ pool = self, conn = c }, Lease) end
+Lease.__close = function(l)
+  if l.kept then return end
+  abandoned(l.pool, l.conn, l.pid)
+  l.pool:release(l.conn)
+end
+local function lease(self, c)
+  return setmetatable({ pool = self, conn = c, pid = c:status() == "idle" and c:backend_pid() or nil }, Lease)
+end
 
 -- Run fn(conn, ...) on the coroutine's transaction connection, or on one
 -- taken from the pool for the call (given back however fn ends).
@@ -332,10 +348,12 @@ function Pool:transaction(fn)
   local ok, err = self:begin()
   if not ok then return nil, err end
   local co = coroutine.running()
+  local pid = self.tx[co]:backend_pid()
   local _ <close> = setmetatable({}, { __close = function()
     local c = self.tx[co]
-    if c then                   -- still open: fn raised, or co was closed
+    if c then                   -- still open: co was closed inside fn
       self.tx[co] = nil
+      abandoned(self, c, pid)
       c:close()
       self.open = self.open - 1
       wake_next(self)
