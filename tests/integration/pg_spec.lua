@@ -88,6 +88,41 @@ describe("core.pg", function()
     end)
   end)
 
+  it("sends and receives values larger than the socket's buffers", function()
+    H.async(function()
+      local c <close> = connect()
+      local big = ("0123456789abcdef"):rep(256 * 1024)           -- 4 MiB
+      local blob = ("\0\255"):rep(512 * 1024)                     -- 1 MiB of binary
+      local r = c:query("SELECT length($1::text) AS n, md5($1::text) AS h, $2::bytea AS b, $1::text AS back",
+        big, pg.bytea(blob))[1]
+      assert.equal(#big, r.n)
+      assert.equal(#big, #r.back)
+      assert.is_true(r.back == big)
+      assert.is_true(r.b == blob)
+    end)
+  end)
+
+  it("keeps loop.run going while a query waits, and not once nobody waits", function()
+    -- in a process of its own: loop.run returns when no watcher keeps it
+    local dir = H.tmpdir("pgrun")
+    H.write(dir .. "/run.lua", ([[
+      local loop = require("core.loop")
+      local pg = require("core.pg")
+      local conn
+      loop.spawn(function()
+        conn = assert(pg.connect(%q, { password_file = %q }))
+        local rows = assert(conn:query("SELECT pg_sleep(0.3)::text AS z, 7 AS n"))
+        print("answered", rows[1].n)
+      end)
+      loop.run()
+      print("returned", conn:status())
+    ]]):format(server.conninfo, server.password_file))
+    local out, code = H.sh(("timeout 20 %s exec %s 2>&1"):format(H.q(H.BIN), H.q(dir .. "/run.lua")))
+    os.execute("rm -rf " .. H.q(dir))
+    assert.equal(0, code, out)
+    assert.equal("answered\t7\nreturned\tidle\n", out)
+  end)
+
   it("prepares a statement once per connection and reuses it", function()
     H.async(function()
       local c <close> = connect()
