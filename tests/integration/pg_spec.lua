@@ -434,6 +434,57 @@ describe("switchboard.store.pg", function()
     end)
   end)
 
+  it("closes the transaction of a coroutine that ended without COMMIT once it is collected", function()
+    H.async(function()
+      local db = pool({ size = 2 })
+      assert(db:exec("CREATE TABLE locked (k text PRIMARY KEY)"))
+      local ended = false
+      loop.spawn(function()
+        assert(db:begin())
+        assert(db:run("INSERT INTO locked VALUES (?)", "x"))      -- holds the key's lock
+        ended = true                                              -- and ends, no COMMIT
+      end)
+      eventually(function() return ended end, "the coroutine to end")
+      assert.equal(1, db:stats().open - db:stats().idle)
+      collectgarbage()
+      collectgarbage()
+      assert.equal(0, db:stats().open - db:stats().idle)
+      -- rolled back, and the lock is gone: the same key goes in at once
+      assert.equal(1, db:run("INSERT INTO locked VALUES (?)", "x"))
+      db:close()
+    end)
+  end)
+
+  it("runs db.lua's group-commit writer", function()
+    H.async(function()
+      local dbm = require("switchboard.db")
+      local db = pool({ size = 2 })
+      assert(db:exec("CREATE TABLE w (id bigserial PRIMARY KEY, v text UNIQUE)"))
+      local w = dbm.writer(db)
+      local me, results, n = coroutine.running(), {}, 0
+      for i = 1, 5 do
+        loop.spawn(function()
+          -- the third one fails alone (a duplicate), in its savepoint
+          results[i] = table.pack(w:insert(nil, "INSERT INTO w (v) VALUES (?)", i == 3 and "v1" or "v" .. i))
+          n = n + 1
+          if n == 5 then loop.wake(me) end
+        end)
+      end
+      loop.wait()
+      for i = 1, 5 do
+        if i == 3 then
+          assert.is_nil(results[i][1])
+          assert.matches("SQLSTATE 23505", results[i][2])
+        else
+          assert.equal("integer", math.type(results[i][1]))
+        end
+      end
+      assert.equal(4, db:row("SELECT count(*) AS n FROM w").n)
+      assert.equal(1, w.batches)
+      db:close()
+    end)
+  end)
+
   it("queues callers past its size and gives every connection back", function()
     H.async(function()
       local db = pool({ size = 2 })

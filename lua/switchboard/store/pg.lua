@@ -107,6 +107,7 @@ end
 
 local Pool = {}
 Pool.__index = Pool
+local Tx
 
 -- opts: conninfo (a libpq connection string or a postgresql:// URL, with no
 -- password in it), password_file, size (connections, default 4),
@@ -248,8 +249,8 @@ end
 -- Run fn(conn, ...) on the coroutine's transaction connection, or on one
 -- taken from the pool for the call (given back however fn ends).
 local function with_conn(self, fn, ...)
-  local tc = self.tx[coroutine.running()]
-  if tc then return fn(tc, ...) end
+  local tx = self.tx[coroutine.running()]
+  if tx then return fn(tx.conn, ...) end
   local c, err = self:acquire()
   if not c then return nil, err end
   local _ <close> = lease(self, c)
@@ -304,6 +305,19 @@ function Pool:in_transaction()
   return self.tx[coroutine.running()] ~= nil
 end
 
+-- The transaction of a coroutine. A coroutine that ends (or is collected)
+-- without its COMMIT or ROLLBACK would keep the connection, and the locks
+-- its transaction holds, forever: once the coroutine is collected, so is
+-- this, and its __gc closes the connection (the server rolls back).
+Tx = {}
+Tx.__gc = function(tx)
+  if tx.done then return end
+  tx.done = true
+  tx.conn:close()
+  tx.pool.open = tx.pool.open - 1
+  wake_next(tx.pool)
+end
+
 function Pool:begin()
   local co = coroutine.running()
   if self.tx[co] then return nil, "a transaction is already open" end
@@ -313,15 +327,17 @@ function Pool:begin()
   local ok, berr = c:exec("BEGIN")
   if not ok then return nil, berr end
   l.kept = true
-  self.tx[co] = c
+  self.tx[co] = setmetatable({ pool = self, conn = c }, Tx)
   return true
 end
 
 local function finish(self, sql)
   local co = coroutine.running()
-  local c = self.tx[co]
-  if not c then return nil, "no transaction is open" end
+  local tx = self.tx[co]
+  if not tx then return nil, "no transaction is open" end
   self.tx[co] = nil
+  tx.done = true
+  local c = tx.conn
   -- PostgreSQL answers a COMMIT of a transaction that an error aborted with
   -- a ROLLBACK, not an error: say so
   local aborted = sql == "COMMIT" and c:transaction_status() == "inerror"
@@ -348,11 +364,13 @@ function Pool:transaction(fn)
   local ok, err = self:begin()
   if not ok then return nil, err end
   local co = coroutine.running()
-  local pid = self.tx[co]:backend_pid()
+  local pid = self.tx[co].conn:backend_pid()
   local _ <close> = setmetatable({}, { __close = function()
-    local c = self.tx[co]
-    if c then                   -- still open: co was closed inside fn
+    local tx = self.tx[co]
+    if tx then                  -- still open: co was closed inside fn
       self.tx[co] = nil
+      tx.done = true
+      local c = tx.conn
       abandoned(self, c, pid)
       c:close()
       self.open = self.open - 1
