@@ -8,19 +8,19 @@ WARN     = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith
            -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
            -Wundef -Wwrite-strings -Wvla
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I$(LUA_INC) -Icore $(WARN) $(CFLAGS)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I$(LUA_INC) $(shell pkg-config --cflags libpq) -Icore $(WARN) $(CFLAGS)
 # core/phonenumber.cc: libphonenumber is C++ (C++17 for its abseil and
 # protobuf headers); the executable links libstdc++ for it.
 CXXWARN  = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
            -Wcast-qual -Wformat=2 -Wundef -Wwrite-strings -Wvla
 CXXFLAGS ?= -O2 -g
 ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
-LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lcjose -lphonenumber -lsystemd -lm -ldl
+LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lcjose -lphonenumber -lsystemd $(shell pkg-config --libs libpq) -lm -ldl
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/listener.c core/stream.c \
        core/timer.c core/signal.c core/wait.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c core/jsonint.c core/time.c
+       core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c core/jsonint.c core/time.c core/pg.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
 SRCS += core/init.c

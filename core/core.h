@@ -190,6 +190,7 @@ int luaopen_core_notify(lua_State *L);
 int luaopen_core_jose(lua_State *L);
 int luaopen_core_jsonint(lua_State *L);
 int luaopen_core_time(lua_State *L);
+int luaopen_core_pg(lua_State *L);
 
 /* The Lua state's allocator (core/mem.c): counts bytes, honours the
 ** ceiling core.mem sets. */

@@ -17,14 +17,17 @@ fail=0
 note() { printf '\n== %s\n' "$*"; }
 
 note "luacheck"
-if luacheck -q --no-color runtime.lua lua policies examples tests bench fuzz; then
+if luacheck -q --no-color runtime.lua lua integrations policies examples tests bench fuzz; then
   pass=$((pass + 1)); echo "ok - luacheck"
 else
   fail=$((fail + 1)); echo "not ok - luacheck"
 fi
 
 note "busted (inside $SB_BIN)"
-specs=${SB_SPECS:-"tests/unit tests/integration"}
+# the core's specs, then each integration package's own (integrations/*/tests,
+# examples/integrations/*/tests)
+pkg_specs=$(ls -d integrations/*/tests examples/integrations/*/tests 2>/dev/null | tr '\n' ' ')
+specs=${SB_SPECS:-"tests/unit tests/integration $pkg_specs"}
 "$SB_BIN" exec /usr/bin/busted --lpath="$ROOT/tests/?.lua" -o TAP $specs 2>&1 | tee "$SB_TEST_TMP/busted.tap"
 ok=$(grep -c '^ok ' "$SB_TEST_TMP/busted.tap")
 nok=$(grep -c '^not ok ' "$SB_TEST_TMP/busted.tap")
