@@ -63,7 +63,10 @@ local function lua_files(root, tree, out)
     if tree:match("%.lua$") then out[#out + 1] = tree end
   elseif mode == "directory" then
     for name in lfs.dir(full) do
-      if name ~= "." and name ~= ".." then lua_files(root, tree .. "/" .. name, out) end
+      -- a package's tests are not runtime modules
+      if name ~= "." and name ~= ".." and not (name == "tests" and tree:find("^integrations/")) then
+        lua_files(root, tree .. "/" .. name, out)
+      end
     end
   end
   return out
