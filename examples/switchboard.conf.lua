@@ -6,7 +6,7 @@ return {
   agent_socket_mode = "0660",
   admin_socket = "./run/admin.sock",     -- always mode 0600
   master_key_file = "./var/master.key",  -- created on first start when missing
-  tool_dirs = { "examples/tools" },      -- in addition to lua/tools (default: none)
+  tool_dirs = { "examples/tools" },      -- in addition to the packages' tools (default: none)
   policy_dir = "policies",               -- default: the project's policies/
   limits = {
     connections = 256,          -- open agent connections
