@@ -340,9 +340,22 @@ end
 
 -- }======================================================
 
-require("switchboard.twilio.connection").install(M)
+-- The connection modules: each installs its admin methods and may give
+-- the console its descriptor (M.CONSOLE: fields, methods, data tabs).
+local CONNECTIONS = { require("switchboard.twilio.connection") }
+for _, c in ipairs(CONNECTIONS) do c.install(M) end
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)
+require("switchboard.console.admin").install(M)
+
+-- The console's descriptors of the integrations, in the order installed.
+methods["integrations.list"] = function()
+  local out = {}
+  for _, c in ipairs(CONNECTIONS) do
+    if type(c.CONSOLE) == "table" then out[#out + 1] = c.CONSOLE end
+  end
+  return { integrations = json.array(out) }
+end
 
 function M.new(server)
   return setmetatable({ server = server, db = server.db }, M)
@@ -360,9 +373,14 @@ function M:handle(msg, peer, ctx)
     return { id = msg.id, error = { code = -32601, message = "unknown admin method: " .. msg.method } }
   end
   local p = type(msg.params) == "table" and msg.params or {}
-  -- who: the socket peer's uid (authority) and the name the CLI gives
-  p.actor = ("uid %s%s"):format(tostring(peer.uid),
-    type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
+  -- who: the socket peer's uid (authority) and the name the CLI gives,
+  -- or the console's login (peer.actor, set by the console only)
+  if peer.actor then
+    p.actor = peer.actor
+  else
+    p.actor = ("uid %s%s"):format(tostring(peer.uid),
+      type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
+  end
   local ok, res = pcall(fn, self, p, ctx or {})
   -- the settings changes this request made are committed before it is answered
   self.server.audit:flush()
