@@ -201,6 +201,13 @@ admin.backup = function(c)
   end
 end
 
+admin["console-link"] = function(c)
+  return "console.link", { tenant = c.opts.tenant }, function(r)
+    return ("%s\n(one-time %s login%s, valid until %s; open it in a browser on a trusted machine)\n"):format(r.url,
+      r.scope, r.tenant and (" for tenant " .. r.tenant) or "", r.expires_at)
+  end
+end
+
 admin.vault = {
   rotate = function() return "vault.rotate", {}, function(r)
     local out = { ("master key version %d is the primary (versions held: %s); %d tenant data key%s rewrapped\n")
@@ -496,6 +503,8 @@ local ADMIN_SPEC = {
   { "execution", "One execution.", {
     { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
   } },
+  { "console-link", "Print a one-time login link to the console (--tenant: for that tenant's administrator).",
+    opts = { "tenant" } },
   { "vault", "The master key's versions.", {
     { "rotate", "Add a master key version and rewrap every tenant's data key under it; reports leftovers." },
     { "retire", "Remove the master key version VERSION once no data key is wrapped under it.",
