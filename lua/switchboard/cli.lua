@@ -201,6 +201,22 @@ admin.backup = function(c)
   end
 end
 
+admin.sends = function(c)
+  return "sends.daily", { tenant = c.opts.tenant, days = c.opts.days }, function(r)
+    local rows = {}
+    for i, d in ipairs(r.per_day) do
+      local o, dl = {}, {}
+      for k, n in pairs(d.outcomes) do o[#o + 1] = ("%s %d"):format(k, n) end
+      for k, n in pairs(d.deliveries) do dl[#dl + 1] = ("%s %d"):format(k, n) end
+      table.sort(o)
+      table.sort(dl)
+      rows[i] = { day = d.day, total = d.total, outcomes = table.concat(o, ", "), deliveries = table.concat(dl, ", ") }
+    end
+    return M.table(rows, { { "day", "DAY" }, { "total", "SENDS" }, { "outcomes", "OUTCOME" },
+      { "deliveries", "DELIVERY" } })
+  end
+end
+
 admin["console-link"] = function(c)
   return "console.link", { tenant = c.opts.tenant }, function(r)
     return ("%s\n(one-time %s login%s, valid until %s; open it in a browser on a trusted machine)\n"):format(r.url,
@@ -313,6 +329,14 @@ admin.twilio = {
   numbers = function(c) return "twilio.numbers", { tenant = c.opts.tenant or c.pos[1] }, function(r)
     return M.table(r.numbers, { { "phone_number", "NUMBER" }, { "friendly_name", "NAME" },
       { "voice", "VOICE" }, { "sms", "SMS" }, { "mms", "MMS" } }) end end,
+  usage = function(c)
+    return "twilio.usage", { tenant = c.opts.tenant or c.pos[1], start = c.opts.start, ["end"] = c.opts["end"] },
+      function(r)
+        return ("usage from %s to %s\n"):format(r.start, r["end"]) .. M.table(r.records, { { "category", "CATEGORY" },
+          { "description", "DESCRIPTION" }, { "count", "COUNT" }, { "usage", "USAGE" }, { "usage_unit", "UNIT" },
+          { "price", "PRICE" }, { "price_unit", "CURRENCY" } })
+      end
+  end,
   messages = function(c)
     return "twilio.messages", { tenant = c.opts.tenant or c.pos[1], page = c.opts.page,
       page_size = c.opts["page-size"], limit = c.opts.limit, after = c.opts.after }, function(r, later)
@@ -445,7 +469,9 @@ local OPTS = {
   ["page-size"] = { "N", "Messages per page." },
   status = { "STATUS", "open, approved, rejected or all." },
   reason = { "TEXT", "Why (kept with the decision)." },
-  days = { "N", "Lookback in days (default 7, at most 30)." },
+  days = { "N", "Lookback in days (executions: default 7, at most 30; sends: default 30, at most 90)." },
+  start = { "YYYY-MM-DD", "The period's first day (default the first of this month)." },
+  ["end"] = { "YYYY-MM-DD", "The period's last day (default today)." },
   agent = { "A", "The agent whose execution it is (when two agents chose the same id)." },
   limit = { "N", "Items per page (with --json one page is printed, with its cursor as 'next')." },
   after = { "CURSOR", "Start after this cursor (a page's 'next')." },
@@ -490,6 +516,8 @@ local ADMIN_SPEC = {
       opts = { "tenant", "confirm" } },
     { "disconnect", "Remove the sealed key and the tool group.", args = { "TENANT?" }, opts = { "tenant" } },
     { "numbers", "The account's phone numbers.", args = { "TENANT?" }, opts = { "tenant" } },
+    { "usage", "The account's usage by category over a period (default this month).", args = { "TENANT?" },
+      opts = { "tenant", "start", "end" } },
     { "messages", "A preview of the account's messages (--page: the old page number).", args = { "TENANT?" },
       opts = { "tenant", "limit", "after", "page", "page-size" } },
   } },
@@ -503,6 +531,7 @@ local ADMIN_SPEC = {
   { "execution", "One execution.", {
     { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
   } },
+  { "sends", "A tenant's sends per day by outcome and delivery.", opts = { "tenant", "days" } },
   { "console-link", "Print a one-time login link to the console (--tenant: for that tenant's administrator).",
     opts = { "tenant" } },
   { "vault", "The master key's versions.", {

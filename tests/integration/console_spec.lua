@@ -78,4 +78,25 @@ describe("the operator console", function()
       assert.is_true(H.exists(artifacts .. "/" .. f .. ".png"), "no screenshot " .. f)
     end
   end)
+
+  it("the usage figures are the CLI's too: twilio usage and sends", function()
+    local u, code, err = srv.admin("twilio usage --tenant acme --start " .. os.date("!%Y-%m-%d", os.time() - 29 * 86400))
+    assert.equal(0, code, err)
+    local cats = {}
+    for _, r in ipairs(u.records) do cats[r.category] = r end
+    assert.equal(65, cats["sms-outbound"].count)
+    for _, bad in ipairs({ "2026-13-01", "2026-02-30", "yesterday" }) do
+      local _, bcode, berr = srv.admin("twilio usage --tenant acme --start " .. bad)
+      assert.equal(1, bcode)
+      assert.truthy(berr:find("twilio usage: 'start' must be a date as YYYY-MM-DD", 1, true), berr)
+    end
+    local d, dcode, derr = srv.admin("sends --tenant acme")
+    assert.equal(0, dcode, derr)
+    assert.equal(1, #d.per_day)
+    assert.equal(1, d.per_day[1].total)
+    assert.equal(1, d.per_day[1].outcomes.sent)
+    local _, xcode, xerr = srv.admin("sends --tenant acme --days 91")
+    assert.equal(1, xcode)
+    assert.truthy(xerr:find("'days' must be a whole number from 1 to 90", 1, true), xerr)
+  end)
 end)

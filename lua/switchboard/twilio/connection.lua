@@ -709,7 +709,9 @@ function M.install(admin)
     local today = os.date("!%Y-%m-%d")
     local start, stop = p.start or (today:sub(1, 8) .. "01"), p["end"] or today
     for k, v in pairs({ start = start, ["end"] = stop }) do
-      if type(v) ~= "string" or not v:match("^%d%d%d%d%-%d%d%-%d%d$") then
+      local y, m, d = (type(v) == "string" and v or ""):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
+      if not y or os.date("%Y-%m-%d", os.time({ year = tonumber(y), month = tonumber(m), day = tonumber(d),
+          hour = 12 })) ~= v then
         refuse(("twilio usage: '%s' must be a date as YYYY-MM-DD"):format(k), -32602)
       end
     end
