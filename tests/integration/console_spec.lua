@@ -57,7 +57,8 @@ describe("the operator console", function()
     -- what the pages did is what the CLI sees
     local show = srv.admin("twilio show --tenant acme")
     assert.equal("active", show.status)
-    assert.is_true(show.autonomous_sends)
+    assert.equal(TW.SIM.STANDARD[1], show.api_key_sid)
+    assert.is_false(show.autonomous_sends)    -- connected again after the disconnect
     -- the tenant administrator's forms, edited to name acme, changed only their own tenant
     for _, a in ipairs(srv.admin("agent list --tenant acme").agents) do assert.not_equal("intruder", a.name) end
     local found = false
@@ -70,7 +71,7 @@ describe("the operator console", function()
       if c.actor:find("^console: operator") then actions[c.action] = true end
     end
     for _, a in ipairs({ "tenant.features", "twilio.connect", "twilio.update", "twilio.autonomous_sends",
-                         "agent.add", "escalation.approve", "escalation.reject" }) do
+                         "twilio.disconnect", "agent.add", "escalation.approve", "escalation.reject" }) do
       assert.is_true(actions[a], a .. " was not audited with the console's operator")
     end
     for _, f in ipairs({ "login", "tenants", "connection", "numbers", "messages", "escalations", "escalation",

@@ -314,6 +314,27 @@ test('the operator console', { skip: SKIP, timeout: 240_000 }, async (t) => {
       assert.equal(await text(page, '#autonomous'), 'On');
     });
 
+    await t.test('disconnect only through its dialog; connecting again starts with autonomous sends off', async () => {
+      await page.goto(home);
+      await page.click('#disconnect');
+      await page.waitForSelector('#dlg-disconnect[open]');
+      await page.click('#disconnect-cancel');
+      await page.waitForSelector('#dlg-disconnect:not([open])');
+      await page.reload();
+      assert.equal(await text(page, '#status'), 'active');
+      await page.click('#disconnect');
+      await page.waitForSelector('#dlg-disconnect[open]');
+      await submit(page, '#disconnect-confirm');
+      assert.match(await text(page, '#flash'), /Disconnected/);
+      assert.ok(await page.$('#connect-form'));
+      await page.type('#f-account_sid', SIM.account);
+      await page.type('#f-api_key_sid', SIM.standard[0]);
+      await page.type('#f-api_key_secret', SIM.standard[1]);
+      await submit(page, '#connect');
+      assert.match(await text(page, '#flash'), /Connected: 3 numbers loaded/);
+      assert.equal(await text(page, '#autonomous'), 'Off');
+    });
+
     await t.test('a stale session is refused', async () => {
       await page.goto(`${base}/tenants`);
       await submit(page, '.logout button');
