@@ -153,6 +153,7 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 LUA_FILES   = $(shell find lua integrations -name '*.lua' -not -path '*/tests/*' | sort)
 POLICY_FILES = $(wildcard policies/*.lua)
+CONSOLE_FILES = $(wildcard console/templates/*.html) $(wildcard console/static/*)
 UNITS       = systemd/switchboard.socket systemd/switchboard-admin.socket systemd/switchboard-http.socket
 
 install: switchboard
@@ -162,6 +163,7 @@ install: switchboard
 	install -m 0644 runtime.lua $(DESTDIR)$(DATADIR)/runtime.lua
 	for f in $(LUA_FILES); do install -D -m 0644 $$f $(DESTDIR)$(DATADIR)/$$f || exit 1; done
 	install -m 0644 $(POLICY_FILES) $(DESTDIR)$(DATADIR)/policies/
+	for f in $(CONSOLE_FILES); do install -D -m 0644 $$f $(DESTDIR)$(DATADIR)/$$f || exit 1; done
 	install -m 0644 man/switchboard.1 $(DESTDIR)$(MANDIR)/man1/switchboard.1
 	install -m 0644 man/switchboard.conf.5 $(DESTDIR)$(MANDIR)/man5/switchboard.conf.5
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.conf.lua ]; then \
@@ -192,7 +194,7 @@ PKG_DIR = build/pkg
 package:
 	@$(MAKE) --no-print-directory PKGS="$(DEB_PKGS) $(PKG_PKGS)" deb-pkgs
 	rm -rf $(PKG_DIR) && mkdir -p $(PKG_DIR)/src
-	tar -cf - Makefile README.md runtime.lua core lua integrations policies man systemd debian | tar -xf - -C $(PKG_DIR)/src
+	tar -cf - Makefile README.md runtime.lua core lua integrations policies console man systemd debian | tar -xf - -C $(PKG_DIR)/src
 	cd $(PKG_DIR)/src && dpkg-buildpackage -us -uc -b
 	lintian --fail-on error $(PKG_DIR)/*.deb
 	@ls $(PKG_DIR)/*.deb

@@ -81,6 +81,16 @@ M.verbs = {
         return cli.table(r.numbers, { { "phone_number", "NUMBER" }, { "friendly_name", "NAME" },
           { "voice", "VOICE" }, { "sms", "SMS" }, { "mms", "MMS" } }) end
     end },
+  { "usage", "The account's usage by category over a period (default this month).", args = { "TENANT?" },
+    opts = { "tenant", "start", "end" },
+    run = function(c, cli)
+      return "twilio.usage", { tenant = c.opts.tenant or c.pos[1], start = c.opts.start, ["end"] = c.opts["end"] },
+        function(r)
+          return ("usage from %s to %s\n"):format(r.start, r["end"]) .. cli.table(r.records, {
+            { "category", "CATEGORY" }, { "description", "DESCRIPTION" }, { "count", "COUNT" }, { "usage", "USAGE" },
+            { "usage_unit", "UNIT" }, { "price", "PRICE" }, { "price_unit", "CURRENCY" } })
+        end
+    end },
   { "messages", "A preview of the account's messages (--page: the old page number).", args = { "TENANT?" },
     opts = { "tenant", "limit", "after", "page", "page-size" },
     run = function(c, cli)

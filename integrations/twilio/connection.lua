@@ -21,6 +21,34 @@ M.PRODUCTS = { "api", "lookups", "verify", "content" }
 
 local hex32, e164 = schema.hex32, schema.is_e164
 
+-- What the operator console renders for this connection (integrations.list).
+M.CONSOLE = {
+  fields = {
+    { name = "account_sid", label = "Account SID", kind = "text", required = true, updatable = false,
+      hint = "AC followed by 32 hexadecimal characters (Twilio Console dashboard)" },
+    { name = "api_key_sid", label = "API Key SID", kind = "text", required = true, updatable = true,
+      hint = "SK…: an API Key (Account > API keys & tokens), not the Auth Token" },
+    { name = "api_key_secret", label = "API Key Secret", kind = "secret", required = true, updatable = true,
+      hint = "shown once by Twilio when the key was created; never shown here again" },
+    { name = "default_number", label = "Default number", kind = "phone", required = false, updatable = true,
+      hint = "E.164; empty: the first SMS-capable number" },
+    { name = "whatsapp_number", label = "WhatsApp number", kind = "phone", required = false, updatable = true,
+      hint = "E.164 WhatsApp sender" },
+    { name = "verify_service_sid", label = "Verify Service SID", kind = "text", required = false, updatable = true,
+      hint = "VA followed by 32 hexadecimal characters" },
+  },
+  tabs = {
+    { name = "numbers", title = "Phone numbers", method = "twilio.numbers", list = "numbers", paged = false,
+      columns = { { key = "phone_number", label = "Number" }, { key = "friendly_name", label = "Name" },
+                  { key = "voice", label = "Voice" }, { key = "sms", label = "SMS" }, { key = "mms", label = "MMS" } } },
+    { name = "messages", title = "Recent messages", method = "twilio.messages", list = "messages", paged = true,
+      columns = { { key = "to", label = "Recipient" }, { key = "from", label = "Sender" },
+                  { key = "body", label = "Body" }, { key = "status", label = "Status" },
+                  { key = "date", label = "Time" } } },
+  },
+  usage = "twilio.usage",
+}
+
 local function trim(s)
   if type(s) ~= "string" then return s end
   return (s:match("^%s*(.-)%s*$"))
@@ -496,6 +524,34 @@ function M.install(admin)
     local nxt = type(body.next_page_uri) == "string" and body.next_page_uri or nil
     return { tenant = t.name, page = not after and page or nil, page_size = size, messages = json.array(out),
              more = nxt ~= nil, next = nxt or json.null }
+  end
+
+  -- The account's usage by category over a period (Twilio's usage records;
+  -- start and end: YYYY-MM-DD, default this month up to today).
+  methods["twilio.usage"] = function(self, p)
+    local t, conn = connected(self, p, "twilio usage")
+    local today = os.date("!%Y-%m-%d")
+    local start, stop = p.start or (today:sub(1, 8) .. "01"), p["end"] or today
+    for k, v in pairs({ start = start, ["end"] = stop }) do
+      local y, m, d = (type(v) == "string" and v or ""):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
+      if not y or os.date("%Y-%m-%d", os.time({ year = tonumber(y), month = tonumber(m), day = tonumber(d),
+          hour = 12 })) ~= v then
+        refuse(("twilio usage: '%s' must be a date as YYYY-MM-DD"):format(k), -32602)
+      end
+    end
+    if start > stop then refuse("twilio usage: 'start' must not be after 'end'", -32602) end
+    local rows, err = with_client(self, t, conn, function(c)
+      return c:list("api", c:acct("Usage/Records.json"), { StartDate = start, EndDate = stop, PageSize = 100 },
+        "usage_records", 1000)
+    end)
+    if not rows then refuse(M.describe(err)) end
+    local out = {}
+    for _, r in ipairs(rows) do
+      out[#out + 1] = { category = r.category, description = r.description, count = tonumber(r.count),
+                        usage = tonumber(r.usage), usage_unit = r.usage_unit, price = tonumber(r.price) or 0,
+                        price_unit = r.price_unit }
+    end
+    return { tenant = t.name, start = start, ["end"] = stop, records = json.array(out) }
   end
 end
 

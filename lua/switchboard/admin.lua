@@ -346,6 +346,7 @@ end
 
 require("switchboard.escalations").install(M)
 require("switchboard.executions").install(M)
+require("switchboard.console.admin").install(M)
 
 -- Each integration package's admin methods: the ones every integration
 -- has (switchboard.connections) and its own (its connection model's
@@ -363,14 +364,27 @@ local function install_integrations()
   end
 end
 
--- The installed integrations, for the console and `switchboard admin
--- integrations`: each with its manifest's name, title, group, feature and
--- what its connection model shows of itself (console descriptor).
+-- The installed integrations, for the console: each package's
+-- descriptor (its connection model's CONSOLE, or the manifest's console:
+-- fields, tabs, usage) with the manifest's name, title, group and feature,
+-- and the admin methods every connection has.
 methods["integrations.list"] = function()
   local out = {}
   for _, pkg in ipairs(integrations.list()) do
-    out[#out + 1] = { name = pkg.name, title = pkg.title, group = pkg.group, feature = pkg.feature or json.null,
-                      description = pkg.manifest.description, console = pkg.manifest.console }
+    local model = integrations.connection(pkg.name)
+    local d = {}
+    for k, v in pairs((model and model.CONSOLE) or pkg.manifest.console or {}) do d[k] = v end
+    d.name, d.title, d.group, d.feature = pkg.name, pkg.title, pkg.group, pkg.feature or json.null
+    d.description = pkg.manifest.description
+    local m = {}
+    for _, verb in ipairs({ "connect", "show", "test", "update", "disconnect", "autonomous_sends" }) do
+      m[verb] = methods[pkg.name .. "." .. verb] and (pkg.name .. "." .. verb) or nil
+    end
+    for k, v in pairs(d.methods or {}) do m[k] = v end
+    d.methods = m
+    d.fields = json.array(d.fields or {})
+    d.tabs = json.array(d.tabs or {})
+    out[#out + 1] = d
   end
   return { integrations = json.array(out) }
 end
@@ -392,9 +406,14 @@ function M:handle(msg, peer, ctx)
     return { id = msg.id, error = { code = -32601, message = "unknown admin method: " .. msg.method } }
   end
   local p = type(msg.params) == "table" and msg.params or {}
-  -- who: the socket peer's uid (authority) and the name the CLI gives
-  p.actor = ("uid %s%s"):format(tostring(peer.uid),
-    type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
+  -- who: the socket peer's uid (authority) and the name the CLI gives,
+  -- or the console's login (peer.actor, set by the console only)
+  if peer.actor then
+    p.actor = peer.actor
+  else
+    p.actor = ("uid %s%s"):format(tostring(peer.uid),
+      type(p.actor) == "string" and p.actor ~= "" and (" (" .. p.actor:sub(1, 64) .. ")") or "")
+  end
   local ok, res = pcall(fn, self, p, ctx or {})
   -- the settings changes this request made are committed before it is answered
   self.server.audit:flush()

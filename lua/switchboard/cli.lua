@@ -202,6 +202,29 @@ admin.backup = function(c)
   end
 end
 
+admin.sends = function(c)
+  return "sends.daily", { tenant = c.opts.tenant, days = c.opts.days }, function(r)
+    local rows = {}
+    for i, d in ipairs(r.per_day) do
+      local o, dl = {}, {}
+      for k, n in pairs(d.outcomes) do o[#o + 1] = ("%s %d"):format(k, n) end
+      for k, n in pairs(d.deliveries) do dl[#dl + 1] = ("%s %d"):format(k, n) end
+      table.sort(o)
+      table.sort(dl)
+      rows[i] = { day = d.day, total = d.total, outcomes = table.concat(o, ", "), deliveries = table.concat(dl, ", ") }
+    end
+    return M.table(rows, { { "day", "DAY" }, { "total", "SENDS" }, { "outcomes", "OUTCOME" },
+      { "deliveries", "DELIVERY" } })
+  end
+end
+
+admin["console-link"] = function(c)
+  return "console.link", { tenant = c.opts.tenant }, function(r)
+    return ("%s\n(one-time %s login%s, valid until %s; open it in a browser on a trusted machine)\n"):format(r.url,
+      r.scope, r.tenant and (" for tenant " .. r.tenant) or "", r.expires_at)
+  end
+end
+
 admin.vault = {
   rotate = function() return "vault.rotate", {}, function(r)
     local out = { ("master key version %d is the primary (versions held: %s); %d tenant data key%s rewrapped\n")
@@ -355,7 +378,9 @@ local OPTS = {
   confirm = { false, "Confirm turning autonomous sends on without a prompt." },
   status = { "STATUS", "open, approved, rejected or all." },
   reason = { "TEXT", "Why (kept with the decision)." },
-  days = { "N", "Lookback in days (default 7, at most 30)." },
+  days = { "N", "Lookback in days (executions: default 7, at most 30; sends: default 30, at most 90)." },
+  start = { "YYYY-MM-DD", "The period's first day (default the first of this month)." },
+  ["end"] = { "YYYY-MM-DD", "The period's last day (default today)." },
   agent = { "A", "The agent whose execution it is (when two agents chose the same id)." },
   limit = { "N", "Items per page (with --json one page is printed, with its cursor as 'next')." },
   after = { "CURSOR", "Start after this cursor (a page's 'next')." },
@@ -392,6 +417,9 @@ local ADMIN_SPEC = {
   { "execution", "One execution.", {
     { "show", "Show an execution's calls.", args = { "ID" }, opts = { "tenant", "agent", "limit", "after" } },
   } },
+  { "sends", "A tenant's sends per day by outcome and delivery.", opts = { "tenant", "days" } },
+  { "console-link", "Print a one-time login link to the console (--tenant: for that tenant's administrator).",
+    opts = { "tenant" } },
   { "vault", "The master key's versions.", {
     { "rotate", "Add a master key version and rewrap every tenant's data key under it; reports leftovers." },
     { "retire", "Remove the master key version VERSION once no data key is wrapped under it.",

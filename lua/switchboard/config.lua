@@ -52,6 +52,19 @@ local spec = {
     -- (delivery receipts); off when unset
     public_url = { type = "string", pattern = "^https?://[^%s/?#]+[^%s?#]*$" },
   } },
+  -- The operator console (switchboard.console.server): off unless listen is set
+  console = { type = "table", fields = {
+    listen = { type = "string", pattern = "^.+:%d+$" },
+    url = { type = "string", pattern = "^https?://[^%s/?#]+/?$" },
+    tls_cert = { type = "string" },
+    tls_key = { type = "string" },
+    behind_tls_proxy = { type = "boolean", default = false },
+    allowed_hosts = { type = "list", item = "string", default = {} },
+    dir = { type = "string", default = "@root/console" },
+    link_seconds = { type = "integer", default = 900, min = 10 },
+    session_seconds = { type = "integer", default = 28800, min = 60 },
+    page_size = { type = "integer", default = 20, min = 1 },
+  } },
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
     flush_ms = { type = "integer", default = 20, min = 0 },
@@ -219,6 +232,7 @@ function M.build(given, root)
   cfg.policy_dir = expand(cfg.policy_dir)
   cfg.database = expand(cfg.database)
   cfg.audit.anchor_file = expand(cfg.audit.anchor_file)
+  cfg.console.dir = expand(cfg.console.dir)
   for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end
   cfg.agent_socket_mode = tonumber(cfg.agent_socket_mode, 8)
   if cfg.http.public_url and not cfg.http.listen then

@@ -287,6 +287,7 @@ function M:shutdown(signame)
     end
   end
   if self.http then self.http:close() end
+  if self.console then self.console:close() end
   for s in pairs(self.sessions) do s:close() end
   self.audit:flush()
   for _, sig in ipairs(self.signals) do sig:close() end
@@ -396,6 +397,11 @@ function M.start(cfg)
     local h, herr = require("switchboard.http_server").start(self)
     if not h then return nil, herr end
     self.http = h
+  end
+  if cfg.console.listen then
+    local con, cerr = require("switchboard.console.server").start(self)
+    if not con then return nil, cerr end
+    self.console = con
   end
   for name in pairs(self.passed) do
     log.warn("systemd passed a socket named '%s' that nothing here serves (known: agent, admin, http)", name)

@@ -19,4 +19,12 @@ function M.delivery_by_tenant(db)
     .. " ('delivered', 'read', 'undelivered', 'failed') GROUP BY t.name ORDER BY t.name")
 end
 
+-- A tenant's sends since `since` (unix seconds) per day, status and
+-- delivery status: rows { day, status, delivery ('' when none), n }, or nil, err.
+function M.sends_per_day(db, tenant_id, since)
+  return db:query("SELECT substr(created_at, 1, 10) AS day, status,"
+    .. " coalesce(delivery_status, '') AS delivery, count(*) AS n FROM sends WHERE tenant_id = ?"
+    .. " AND created_unix >= ? GROUP BY day, status, delivery ORDER BY day", tenant_id, since)
+end
+
 return M
