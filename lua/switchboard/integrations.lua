@@ -172,4 +172,25 @@ function M.each(field, fn)
   end
 end
 
+-- The policy settings in force: each package's defaults (its manifest's
+-- policy_settings, keyed by policy file name) under the operator's own
+-- (configured wins, key by key). Returns a new map.
+function M.policy_settings(configured)
+  local out = {}
+  for name, t in pairs(configured or {}) do
+    out[name] = {}
+    for k, v in pairs(t) do out[name][k] = v end
+  end
+  for _, pkg in ipairs(M.list()) do
+    for policy_name, defaults in pairs(pkg.manifest.policy_settings or {}) do
+      local t = out[policy_name]
+      if not t then t = {}; out[policy_name] = t end
+      for k, v in pairs(defaults) do
+        if t[k] == nil then t[k] = v end
+      end
+    end
+  end
+  return out
+end
+
 return M

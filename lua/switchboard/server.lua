@@ -131,7 +131,7 @@ function M:load_code(at_start)
   for _, problem in ipairs(at_start and err or {}) do
     log.error("tools: left out %s", problem)
   end
-  local pol, perr = policy.load(self.cfg.policy_dir, self.cfg.policy_settings,
+  local pol, perr = policy.load(self.cfg.policy_dir, integrations.policy_settings(self.cfg.policy_settings),
     self.cfg.limits.policy_instructions)
   if not pol then return nil, "policies: " .. perr end
   self.registry, self.policies = reg, pol
