@@ -9,7 +9,8 @@
 --   tools/          its tool files (group, connection and instructions
 --                   default to the manifest's)
 --   …               anything else it names in the manifest (cli, sim,
---                   receipts, reconcile hooks, tests)
+--                   receipts, reconcile hooks, metrics, its own tables as
+--                   `migrations` (switchboard.store.packages), tests)
 --
 -- Its modules are required as integrations.<name>.<module>: a package in
 -- the built-in directory (<root>/integrations) is found on package.path,
@@ -53,7 +54,7 @@ local FIELDS = {
   connection = { "string", false }, tools = { "string", false }, cli = { "string", false },
   sim = { "string", false }, receipts = { "string", false }, reconcile = { "string", false },
   config = { "table", false }, policy_settings = { "table", false }, console = { "table", false },
-  secrets = { "table", false }, metrics = { "string", false },
+  metrics = { "string", false }, migrations = { "table", false },
 }
 
 -- Check a manifest; returns it or nil, "field: rule".
@@ -62,8 +63,16 @@ function M.check(m, folder)
   for k in pairs(m) do
     if not FIELDS[k] then return nil, ("unknown field '%s'"):format(tostring(k)) end
   end
-  for k, f in pairs(FIELDS) do
-    local v = m[k]
+  local keys = {}
+  for k in pairs(FIELDS) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    -- the required ones first, in the order a manifest lists them
+    local ra, rb = FIELDS[a][2] and (a == "name" and 0 or 1) or 2, FIELDS[b][2] and (b == "name" and 0 or 1) or 2
+    if ra ~= rb then return ra < rb end
+    return a < b
+  end)
+  for _, k in ipairs(keys) do
+    local f, v = FIELDS[k], m[k]
     if v == nil and f[2] then return nil, ("%s: required (a %s)"):format(k, f[1]) end
     if v ~= nil and type(v) ~= f[1] then return nil, ("%s: must be a %s"):format(k, f[1]) end
   end

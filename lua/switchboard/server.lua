@@ -373,6 +373,13 @@ function M.start(cfg)
   -- the database file's mode
   self.db, err = private(db_mod.open, cfg.database)
   if not self.db then return nil, err end
+  -- each integration package's own tables, if it has any
+  for _, pkg in ipairs(integrations.list()) do
+    if pkg.manifest.migrations then
+      ok, err = require("switchboard.store.packages").migrate(self.db, pkg.name, pkg.manifest.migrations)
+      if not ok then return nil, err end
+    end
+  end
   ok, err = self:load_code(true)
   if not ok then return nil, err end
   self.audit = audit.new(self.db, self.master, cfg.audit)

@@ -61,4 +61,26 @@ describe("integration packages", function()
     assert.same({ x = 1 }, s.other)
     assert.same({ per_recipient = 1, window_seconds = 60 }, integrations.policy_settings(nil).recipients)
   end)
+
+  it("bring their own tables up to date once, recorded per package", function()
+    local packages = require("switchboard.store.packages")
+    local dir = H.tmpdir("pkgschema")
+    local db = assert(require("switchboard.db").open(dir .. "/t.db"))
+    local demo = dofile(FIXTURES .. "/demo/init.lua")
+    assert.equal(2, packages.migrate(db, "demo", demo.migrations))
+    assert.equal(2, packages.migrate(db, "demo", demo.migrations))   -- nothing to do the second time
+    assert(db:run("INSERT INTO demo_notes (tenant_id, note, created_at) VALUES (1, 'x', 'now')"))
+    -- a step that fails leaves nothing of itself
+    local list = { demo.migrations[1], demo.migrations[2], "CREATE TABLE demo_more (id INTEGER PRIMARY KEY);"
+      .. " THIS IS NOT SQL" }
+    local ok, err = packages.migrate(db, "demo", list)
+    assert.is_nil(ok)
+    assert.truthy(err:find("integration demo: migration 3 failed", 1, true), err)
+    assert.is_nil(db:row("SELECT name FROM sqlite_master WHERE name = 'demo_more'"))
+    ok, err = packages.migrate(db, "demo", { demo.migrations[1] })
+    assert.is_nil(ok)
+    assert.truthy(err:find("newer than the package's 1", 1, true), err)
+    db:close()
+    os.execute("rm -rf " .. H.q(dir))
+  end)
 end)
