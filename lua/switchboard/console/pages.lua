@@ -5,6 +5,8 @@
 local json = require("switchboard.json")
 local chart = require("switchboard.console.chart")
 
+local time = require("switchboard.time")
+
 local M = {}
 
 local MAX_DAYS = 30
@@ -352,15 +354,13 @@ end
 local PERIODS = { { "this-month", "This month" }, { "last-30-days", "Last 30 days" }, { "last-month", "Last month" } }
 
 local function period(name)
-  local now = os.time()
-  local today = os.date("!%Y-%m-%d", now)
-  if name == "last-30-days" then return os.date("!%Y-%m-%d", now - 29 * 86400), today, name end
+  local now = time.unix()
+  local today = time.date(now)
+  if name == "last-30-days" then return time.date(now - 29 * 86400), today, name end
   if name == "last-month" then
-    local d = os.date("!*t", now)
-    local y, m = d.year, d.month - 1
-    if m == 0 then y, m = y - 1, 12 end
-    local last = os.date("!%Y-%m-%d", os.time({ year = d.year, month = d.month, day = 1, hour = 12 }) - 86400)
-    return ("%04d-%02d-01"):format(y, m), last, name
+    -- the day before this month's first is the last of the month before
+    local last = time.month_start(now) - 86400
+    return time.date(time.month_start(last)), time.date(last), name
   end
   return today:sub(1, 8) .. "01", today, "this-month"
 end

@@ -72,7 +72,7 @@ function Console:new_link(tenant, actor)
   local seconds = self.cfg.link_seconds
   self.links[hash(token)] = { tenant = tenant, by = actor, expires = loop.now() + seconds }
   return { url = self.base .. "/login?token=" .. token, scope = tenant and "tenant" or "operator",
-           tenant = tenant, expires_at = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + seconds),
+           tenant = tenant, expires_at = require("switchboard.time").iso(os.time() + seconds),
            seconds = seconds }
 end
 
