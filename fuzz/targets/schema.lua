@@ -1,6 +1,6 @@
 -- Tool arguments through schema validation: schema.validate with each
--- built-in tool's input_schema, then the tool's own check, as the pipeline
--- runs them. Input: byte 1 picks the tool (registry order), the rest is
+-- built-in tool's input_schema, then the chosen action's rules (a tool with
+-- actions) and the tool's own check, as the pipeline runs them. Input: byte 1 picks the tool (registry order), the rest is
 -- the arguments as JSON text. Arguments the MCP layer would not pass on
 -- (not a JSON object, or text that is not valid UTF-8) are rejected as
 -- expected.
@@ -69,6 +69,14 @@ return function(bytes)
   assert(again, ("%s: accepted arguments fail validation again: %s"):format(tool.name, tostring(aerr)))
   assert(same(again, out), tool.name .. ": validating accepted arguments again changed them")
   assert(json.encode(out), "accepted arguments do not encode")
+  -- a tool with actions: the chosen action's arguments, before the tool's check
+  local aok, why = registry.check_action(tool, out)
+  if not aok then
+    assert(type(why) == "string" and why ~= "" and runner.utf8_ok(why),
+      ("%s: the action check refused without a clear message: %s"):format(tool.name, tostring(why)))
+    return
+  end
+  assert(type(registry.handler(tool, out)) == "function", tool.name .. ": accepted arguments have no handler")
   if tool.check then
     local ok, cerr = tool.check(out)
     if not ok then

@@ -203,23 +203,6 @@ end
 
 M.is_e164 = require("switchboard.schema").is_e164
 
--- Refuse arguments that do not belong to the chosen action.
--- allowed: set of argument names valid for this action; defaults: the
--- schema's defaults (present on every call, so not the agent's doing).
-function M.only(args, allowed, action, defaults)
-  local extra = {}
-  defaults = defaults or {}
-  for k, v in pairs(args) do
-    if k ~= "action" and not allowed[k] and defaults[k] ~= v then extra[#extra + 1] = k end
-  end
-  if #extra == 0 then return true end
-  table.sort(extra)
-  local names = {}
-  for i, k in ipairs(extra) do names[i] = "`" .. k .. "`" end
-  return nil, ("%s %s not used with action \"%s\""):format(table.concat(names, ", "),
-    #extra == 1 and "is" or "are", action)
-end
-
 -- media_url: Twilio fetches it, so it must be a public http(s) URL. It is
 -- read by libcurl's URL parser (numeric forms such as 2130706433 or
 -- 0x7f.1 come out as 127.0.0.1); an IP literal must be a public address,

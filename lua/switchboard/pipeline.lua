@@ -237,8 +237,13 @@ function M.run(rt, call)
     return res
   end
 
-  -- 1. arguments against the input schema, then the tool's own rules
+  -- 1. arguments against the input schema, the chosen action's (a tool
+  -- with actions), then the tool's own rules
   local args, err = schema.validate(tool.input_schema, call.args)
+  if args and tool.actions then
+    local ok, aerr = registry.check_action(tool, args)
+    if not ok then args, err = nil, "Invalid arguments: " .. aerr end
+  end
   if args and tool.check then
     local ok, cerr = tool.check(args)
     if not ok then args, err = nil, "Invalid arguments: " .. tostring(cerr) end
@@ -355,7 +360,7 @@ function M.run(rt, call)
   if conn then
     ctx.delivery = function(ref) return sends.delivery(rt, s.tenant, ref) end
   end
-  local ok, res, herr = pcall(tool.handler, ctx, args)
+  local ok, res, herr = pcall(registry.handler(tool, args), ctx, args)
   if release then release() end
   if cred then
     cred:close()

@@ -17,7 +17,8 @@ local annotation_keys = { title = "string", readOnlyHint = "boolean", destructiv
 local known_fields = { name = true, title = true, description = true, group = true,
                        input_schema = true, output_schema = true, annotations = true,
                        writes = true, handler = true, check = true, timeout = true,
-                       instructions = true, connection = true, untrusted = true, sends = true }
+                       instructions = true, connection = true, untrusted = true, sends = true,
+                       actions = true }
 
 -- What the pipeline itself puts in structuredContent, whatever the tool
 -- (an error the handler returned, a call held or escalated): every
@@ -112,29 +113,146 @@ end
 -- "<argument>" | { "<argument>", "label", map = true } … } }; the pipeline
 -- hands policies call.recipient and call.outbound from it, and ctx.send
 -- records the send to that recipient. It applies to the calls that write.
-local function check_sends(def, writes)
-  local s = def.sends
+-- `at` is where it is declared ("sends", "actions.<name>.sends"), `props`
+-- the arguments it may name, `whose` says whose arguments they are.
+local function check_sends(s, writes, props, at, whose)
   if s == nil then return true end
-  if type(s) ~= "table" then return nil, "sends: must be a table { recipient = …, texts = { … } }" end
+  if type(s) ~= "table" then return nil, at .. ": must be a table { recipient = …, texts = { … } }" end
   for k in pairs(s) do
-    if k ~= "recipient" and k ~= "texts" then return nil, ("sends.%s: unknown field"):format(tostring(k)) end
+    if k ~= "recipient" and k ~= "texts" then return nil, ("%s.%s: unknown field"):format(at, tostring(k)) end
   end
-  if writes == false then return nil, "sends: a tool that does not write sends nothing" end
-  local props = type(def.input_schema) == "table" and def.input_schema.properties or {}
+  if writes == false then
+    return nil, at .. (whose == "input_schema" and ": a tool that does not write sends nothing"
+      or ": an action that does not write sends nothing")
+  end
   if type(s.recipient) ~= "string" or not props[s.recipient] then
-    return nil, "sends.recipient: must name an argument of the input_schema"
+    return nil, ("%s.recipient: must name an argument of the %s"):format(at, whose)
   end
-  if s.texts ~= nil and type(s.texts) ~= "table" then return nil, "sends.texts: must be a list" end
+  if s.texts ~= nil and type(s.texts) ~= "table" then return nil, at .. ".texts: must be a list" end
   for i, t in ipairs(s.texts or {}) do
     local field = type(t) == "table" and t[1] or t
     if type(field) ~= "string" or not props[field] then
-      return nil, ("sends.texts[%d]: must name an argument of the input_schema"):format(i)
+      return nil, ("%s.texts[%d]: must name an argument of the %s"):format(at, i, whose)
     end
     if type(t) == "table" and t[2] ~= nil and type(t[2]) ~= "string" then
-      return nil, ("sends.texts[%d]: the label must be a string"):format(i)
+      return nil, ("%s.texts[%d]: the label must be a string"):format(at, i)
     end
   end
   return true
+end
+
+-- Two values (schemas) with the same content?
+local function same(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+-- "a", "a and b", "a, b and c" (conj "or": "a, b or c"); quoted with quote
+local function list_names(names, conj, quote)
+  local q = {}
+  for i, n in ipairs(names) do q[i] = quote and ("%q"):format(n) or n end
+  if #q == 1 then return q[1] end
+  return table.concat(q, ", ", 1, #q - 1) .. " " .. (conj or "and") .. " " .. q[#q]
+end
+
+-- `actions`: a tool of several actions declares each one, { description?,
+-- schema = { properties = {…}, required = {…} }, writes = bool, sends?,
+-- handler = function(ctx, args) }. The registry composes the tool's
+-- input_schema (an `action` enum of the sorted names, the union of the
+-- actions' properties, additionalProperties false, required "action" and
+-- what every action requires), its writes (the actions that write) and
+-- its sends (per action); M.check_action refuses, per call, an argument
+-- the chosen action does not take or one it requires. Returns the parsed
+-- actions and the input_schema, or nil, "field: rule".
+local action_fields = { description = true, schema = true, writes = true, sends = true, handler = true }
+local function compose_actions(def)
+  for _, k in ipairs({ "input_schema", "handler", "writes", "sends" }) do
+    if def[k] ~= nil then
+      return nil, ("%s: a tool with actions declares it per action (actions.<name>.%s)"):format(k,
+        k == "input_schema" and "schema" or k)
+    end
+  end
+  if type(def.actions) ~= "table" or next(def.actions) == nil then
+    return nil, "actions: must be a table of action name = { schema, writes, handler }"
+  end
+  local names = {}
+  for name in pairs(def.actions) do
+    if type(name) ~= "string" or not name:match("^[%a][%w_%-]*$") or #name > 64 then
+      return nil, ("actions: the action name %s must be 1-64 letters, digits, '_' or '-', starting with a letter")
+        :format(type(name) == "string" and ("%q"):format(name) or "[" .. tostring(name) .. "]")
+    end
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  local default_writes = not (type(def.annotations) == "table" and def.annotations.readOnlyHint == true)
+  local actions, union, owner, descs = {}, {}, {}, {}
+  for _, name in ipairs(names) do
+    local a, at = def.actions[name], "actions." .. name
+    if type(a) ~= "table" then return nil, at .. ": must be a table { schema, writes, handler }" end
+    for k in pairs(a) do
+      if not action_fields[k] then return nil, ("%s.%s: unknown field"):format(at, tostring(k)) end
+    end
+    if a.description ~= nil then
+      if type(a.description) ~= "string" or #a.description == 0 or not utf8.len(a.description)
+        or not plain_text(a.description) then
+        return nil, at .. ".description: must be a non-empty plain text string"
+      end
+    end
+    local s = a.schema or {}
+    if type(s) ~= "table" then return nil, at .. ".schema: must be a table { properties = {…}, required = {…} }" end
+    for k in pairs(s) do
+      if k ~= "properties" and k ~= "required" then
+        return nil, ("%s.schema.%s: unknown field (an action's schema has properties and required)"):format(at,
+          tostring(k))
+      end
+    end
+    local props = s.properties or {}
+    if type(props) ~= "table" then return nil, at .. ".schema.properties: must be a table" end
+    if props.action ~= nil then
+      return nil, at .. ".schema.properties.action: `action` is the tool's own argument (the action's name)"
+    end
+    local ok, err = schema.check_definition({ type = "object", properties = props, required = s.required },
+      at .. ".schema")
+    if not ok then return nil, err end
+    local required = {}
+    for _, r in ipairs(s.required or {}) do required[r] = true end
+    for p, ps in pairs(props) do
+      if union[p] ~= nil and not same(union[p], ps) then
+        return nil, ("%s.schema.properties.%s: differs from the property %s of action %q (actions that share an"
+          .. " argument give it the same schema)"):format(at, p, p, owner[p])
+      end
+      union[p], owner[p] = ps, owner[p] or name
+    end
+    local writes = a.writes
+    if writes == nil then writes = default_writes end
+    if type(writes) ~= "boolean" then return nil, at .. ".writes: must be true or false" end
+    if writes and not default_writes then
+      return nil, at .. ".writes: a tool with readOnlyHint = true cannot write"
+    end
+    if type(a.handler) ~= "function" then return nil, at .. ".handler: must be a function(ctx, args)" end
+    ok, err = check_sends(a.sends, writes, props, at .. ".sends", "action")
+    if not ok then return nil, err end
+    actions[name] = { name = name, properties = props, required = required, required_list = s.required or {},
+                      writes = writes, sends = a.sends, handler = a.handler, description = a.description }
+    if a.description then
+      descs[#descs + 1] = name .. ": " .. a.description .. (a.description:find("[%.!?]$") and "" or ".")
+    end
+  end
+  -- what every action requires, the schema says for all
+  local common = {}
+  for p in pairs(union) do
+    local all = true
+    for _, name in ipairs(names) do all = all and actions[name].required[p] == true end
+    if all then common[#common + 1] = p end
+  end
+  table.sort(common)
+  table.insert(common, 1, "action")
+  local properties = { action = { type = "string", enum = names,
+    description = #descs > 0 and table.concat(descs, " ") or (list_names(names, "or") .. ".") } }
+  for p, ps in pairs(union) do properties[p] = ps end
+  return actions, { type = "object", properties = properties, required = common, additionalProperties = false }
 end
 
 -- Check one definition; returns the tool or nil, "field: rule".
@@ -158,7 +276,12 @@ function M.check(def)
   if type(def.group) ~= "string" or #def.group == 0 then
     return nil, "group: must name the tool group"
   end
-  local ok, err = schema.check_definition(def.input_schema, "input_schema")
+  local actions, input_schema = nil, def.input_schema
+  if def.actions ~= nil then
+    actions, input_schema = compose_actions(def)
+    if not actions then return nil, input_schema end
+  end
+  local ok, err = schema.check_definition(input_schema, "input_schema")
   if not ok then return nil, err end
   if def.output_schema ~= nil then
     ok, err = schema.check_definition(def.output_schema, "output_schema")
@@ -178,7 +301,15 @@ function M.check(def)
   end
   local writes = def.writes
   if writes == nil then writes = not def.annotations.readOnlyHint end
-  if type(writes) == "table" then
+  if actions then
+    -- the actions that write: all, none, or the set of them
+    local set, all, none = {}, true, true
+    for name, a in pairs(actions) do
+      set[name] = a.writes or nil
+      all, none = all and a.writes, none and not a.writes
+    end
+    writes = all or (not none and set)
+  elseif type(writes) == "table" then
     local set = {}
     for i, a in ipairs(writes) do
       if type(a) ~= "string" then return nil, ("writes[%d]: must be an action name"):format(i) end
@@ -191,7 +322,7 @@ function M.check(def)
   if def.annotations.readOnlyHint and writes ~= false then
     return nil, "writes: a tool with readOnlyHint = true cannot write"
   end
-  if type(def.handler) ~= "function" then return nil, "handler: must be a function(ctx, args)" end
+  if not actions and type(def.handler) ~= "function" then return nil, "handler: must be a function(ctx, args)" end
   if def.check ~= nil and type(def.check) ~= "function" then
     return nil, "check: must be a function(args) returning true or nil, message"
   end
@@ -206,12 +337,13 @@ function M.check(def)
   end
   ok, err = check_untrusted(def)
   if not ok then return nil, err end
-  ok, err = check_sends(def, writes)
+  ok, err = check_sends(def.sends, writes, input_schema.properties or {}, "sends", "input_schema")
   if not ok then return nil, err end
   local tool = {}
   for k, v in pairs(def) do tool[k] = v end
+  tool.actions, tool.input_schema = actions, input_schema
   tool.writes_spec = writes
-  tool.exported = schema.export(def.input_schema)
+  tool.exported = schema.export(input_schema)
   if def.output_schema then
     tool.result_schema = with_pipeline_results(def.output_schema)
     tool.exported_output = schema.export(tool.result_schema)
@@ -221,10 +353,70 @@ function M.check(def)
   return tool
 end
 
+-- The chosen action of a tool with actions, or nil.
+local function action_of(tool, args)
+  return tool.actions and type(args) == "table" and type(args.action) == "string" and tool.actions[args.action]
+    or nil
+end
+
 -- The send declaration of this call, or nil.
 function M.sends(tool, args)
+  if tool.actions then
+    local a = action_of(tool, args)
+    return a and a.writes and a.sends or nil
+  end
   if tool.sends and M.writes(tool, args) then return tool.sends end
   return nil
+end
+
+-- After the schema validation (args are the validated arguments, with the
+-- defaults): does the chosen action take every argument given and get the
+-- ones it requires? true, or nil and the rule naming the field and the
+-- action. An argument at its schema default counts as not given (the
+-- validation puts it in every call).
+function M.check_action(tool, args)
+  if not tool.actions then return true end
+  local a = action_of(tool, args)
+  if not a then
+    return nil, ("`action` must be one of %s"):format(list_names(tool.input_schema.properties.action.enum, "or", true))
+  end
+  local extra = {}
+  for k, v in pairs(args) do
+    if k ~= "action" and not a.properties[k] then
+      local p = tool.input_schema.properties[k]
+      if not (p and p.default ~= nil and same(p.default, v)) then extra[#extra + 1] = k end
+    end
+  end
+  if #extra > 0 then
+    table.sort(extra)
+    local names, where = {}, {}
+    for i, k in ipairs(extra) do
+      names[i] = "`" .. k .. "`"
+      local users = {}
+      for _, n in ipairs(tool.input_schema.properties.action.enum) do
+        if tool.actions[n].properties[k] then users[#users + 1] = n end
+      end
+      where[i] = #users == 0 and ("`%s` is not an argument of this tool"):format(k)
+        or ("`%s` is only used with action%s %s"):format(k, #users > 1 and "s" or "", list_names(users, "and", true))
+    end
+    return nil, ("%s %s not used with action %q (%s)"):format(table.concat(names, ", "),
+      #extra == 1 and "is" or "are", a.name, table.concat(where, "; "))
+  end
+  local missing = {}
+  for _, k in ipairs(a.required_list) do
+    if args[k] == nil then missing[#missing + 1] = "`" .. k .. "`" end
+  end
+  if #missing > 0 then
+    return nil, ("%s %s required for action %q"):format(table.concat(missing, ", "), #missing == 1 and "is" or "are",
+      a.name)
+  end
+  return true
+end
+
+-- The handler of this call: its action's, or the tool's.
+function M.handler(tool, args)
+  local a = action_of(tool, args)
+  return a and a.handler or tool.handler
 end
 
 -- What this call would send: { recipient, outbound = { { text, where,

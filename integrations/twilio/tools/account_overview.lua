@@ -9,12 +9,6 @@ local CATEGORIES = { "sms", "sms-outbound", "sms-inbound", "calls", "calls-outbo
 local KNOWN = {}
 for _, k in ipairs(CATEGORIES) do KNOWN[k] = true end
 
-local ACTIONS = {
-  account_info = {},
-  list_phone_numbers = {},
-  usage_summary = { category = true, start_date = true, end_date = true },
-}
-
 local function dates(args)
   return args.start_date or T.month_start(), args.end_date or T.today()
 end
@@ -134,9 +128,6 @@ local function usage_summary(ctx, args)
                                  category = args.category, records = json.array(out) } }
 end
 
-local handlers = { account_info = account_info, list_phone_numbers = list_phone_numbers,
-                   usage_summary = usage_summary }
-
 return {
   name = "twilio_account_overview",
   title = "Twilio account overview",
@@ -145,20 +136,21 @@ return {
     .. " action \"usage_summary\": counts and costs per category (sms, sms-outbound, sms-inbound, calls,"
     .. " calls-outbound, calls-inbound, phonenumbers, recordings, totalprice) from start_date (default the first"
     .. " day of this month) to end_date (default today), dates as YYYY-MM-DD. Check usage before large outreach.",
-  input_schema = {
-    type = "object",
-    properties = {
-      action = { type = "string", enum = { "account_info", "list_phone_numbers", "usage_summary" },
-                 description = "account_info, list_phone_numbers or usage_summary." },
-      category = { type = "string", enum = CATEGORIES,
-                   description = "usage_summary: one category; without it, all of these categories." },
-      start_date = { type = "string", format = "date",
-                     description = "usage_summary: first day, YYYY-MM-DD (default the first day of this month, UTC)." },
-      end_date = { type = "string", format = "date",
-                   description = "usage_summary: last day, YYYY-MM-DD, inclusive (default today, UTC)." },
+  actions = {
+    account_info = { handler = account_info },
+    list_phone_numbers = { handler = list_phone_numbers },
+    usage_summary = {
+      schema = { properties = {
+        category = { type = "string", enum = CATEGORIES,
+                     description = "usage_summary: one category; without it, all of these categories." },
+        start_date = { type = "string", format = "date",
+                       description = "usage_summary: first day, YYYY-MM-DD (default the first day of this month,"
+                         .. " UTC)." },
+        end_date = { type = "string", format = "date",
+                     description = "usage_summary: last day, YYYY-MM-DD, inclusive (default today, UTC)." },
+      } },
+      handler = usage_summary,
     },
-    required = { "action" },
-    additionalProperties = false,
   },
   -- one shape per action, told apart by `action`
   output_schema = {
@@ -205,10 +197,7 @@ return {
     },
   },
   annotations = T.READ,
-  writes = false,
   check = function(args)
-    local ok, err = T.only(args, ACTIONS[args.action], args.action)
-    if not ok then return nil, err end
     if args.action == "usage_summary" then
       local s, e = dates(args)
       if s > e then
@@ -217,8 +206,5 @@ return {
       end
     end
     return true
-  end,
-  handler = function(ctx, args)
-    return handlers[args.action](ctx, args)
   end,
 }

@@ -3,12 +3,6 @@
 local json = require("switchboard.json")
 local T = require("integrations.twilio.common")
 
-local ACTIONS = {
-  list_recent = { to = true, from = true, start_time_after = true, start_time_before = true, limit = true },
-  get_details = { call_sid = true },
-  get_recordings = { call_sid = true },
-}
-
 -- list_recent: the account's calls, the window on the start time
 local LISTING = { path = "Calls.json", key = "calls", after = "start_time_after",
                   before = "start_time_before", param = "StartTime", field = "start_time" }
@@ -106,7 +100,8 @@ local function get_recordings(ctx, args)
                                  recordings = json.array(out) } }
 end
 
-local handlers = { list_recent = list_recent, get_details = get_details, get_recordings = get_recordings }
+local CALL_SID = { type = "string", format = "sid:CA",
+                   description = "get_details, get_recordings: the call sid (CA followed by 32 hex characters)." }
 
 local details = { action = { type = "string", const = "get_details" } }
 for k, v in pairs(CALL_PROPS) do details[k] = v end
@@ -145,44 +140,36 @@ return {
     .. " calls newest first, filtered by to, from and start times (ISO 8601), limit default 20, at most 100."
     .. " action \"get_details\": one call's status, direction, duration and price, by call_sid. action"
     .. " \"get_recordings\": a call's recordings (sid, duration, status, media URL).",
-  input_schema = {
-    type = "object",
-    properties = {
-      action = { type = "string", enum = { "list_recent", "get_details", "get_recordings" },
-                 description = "list_recent, get_details or get_recordings." },
-      to = { type = "string", format = "e164", description = "list_recent: only calls to this number (E.164)." },
-      from = { type = "string", format = "e164", description = "list_recent: only calls from this number (E.164)." },
-      start_time_after = { type = "string", format = "date-time",
-                           description = "list_recent: started on or after this date or instant (ISO 8601)." },
-      start_time_before = { type = "string", format = "date-time",
-                            description = "list_recent: started on or before this date or instant (ISO 8601;"
-                              .. " a date includes the whole day)." },
-      limit = { type = "integer", minimum = 1, maximum = 100, default = 20,
-                description = "list_recent: at most this many calls (default 20, at most 100)." },
-      call_sid = { type = "string", format = "sid:CA",
-                   description = "get_details, get_recordings: the call sid (CA followed by 32 hex characters)." },
+  actions = {
+    list_recent = {
+      schema = { properties = {
+        to = { type = "string", format = "e164", description = "list_recent: only calls to this number (E.164)." },
+        from = { type = "string", format = "e164", description = "list_recent: only calls from this number (E.164)." },
+        start_time_after = { type = "string", format = "date-time",
+                             description = "list_recent: started on or after this date or instant (ISO 8601)." },
+        start_time_before = { type = "string", format = "date-time",
+                              description = "list_recent: started on or before this date or instant (ISO 8601;"
+                                .. " a date includes the whole day)." },
+        limit = { type = "integer", minimum = 1, maximum = 100, default = 20,
+                  description = "list_recent: at most this many calls (default 20, at most 100)." },
+      } },
+      handler = list_recent,
     },
-    required = { "action" },
-    additionalProperties = false,
+    get_details = { schema = { properties = { call_sid = CALL_SID }, required = { "call_sid" } },
+                    handler = get_details },
+    get_recordings = { schema = { properties = { call_sid = CALL_SID }, required = { "call_sid" } },
+                       handler = get_recordings },
   },
   output_schema = OUTPUT,
   annotations = T.READ,
-  writes = false,
   -- Third-party text (switchboard.taint): a call's caller name (CNAM) is
   -- set by whoever holds the calling number.
   untrusted = { { "caller_name", from = "from" } },
   check = function(args)
-    local ok, err = T.only(args, ACTIONS[args.action], args.action, { limit = 20 })
-    if not ok then return nil, err end
     if args.action == "list_recent" then
       local _, werr = T.args_window(args, LISTING)
       if werr then return nil, werr end
-    elseif not args.call_sid then
-      return nil, ("`call_sid` is required for action \"%s\""):format(args.action)
     end
     return true
-  end,
-  handler = function(ctx, args)
-    return handlers[args.action](ctx, args)
   end,
 }

@@ -3,12 +3,6 @@
 local json = require("switchboard.json")
 local T = require("integrations.twilio.common")
 
-local ACTIONS = {
-  search = { to = true, from = true, date_sent_after = true, date_sent_before = true, limit = true },
-  get_details = { message_sid = true },
-  get_media = { message_sid = true },
-}
-
 -- search: the account's messages, the window on the date sent
 local LISTING = { path = "Messages.json", key = "messages", after = "date_sent_after",
                   before = "date_sent_before", param = "DateSent", field = "date_sent" }
@@ -123,7 +117,8 @@ local function get_media(ctx, args)
                                  more = more, media = json.array(out) }, content = links }
 end
 
-local handlers = { search = search, get_details = get_details, get_media = get_media }
+local MESSAGE_SID = { type = "string", maxLength = 34,
+                      description = "get_details, get_media: the message sid (SM… or MM…)." }
 
 return {
   name = "twilio_search_messages",
@@ -132,27 +127,27 @@ return {
     .. " to, from and sent dates (ISO 8601), limit default 20, at most 100. action \"get_details\": one message's"
     .. " delivery status, error code (with what it means) and price, by message_sid. action \"get_media\": the"
     .. " media of one message (sid, content type, URL). Read-only.",
-  input_schema = {
-    type = "object",
-    properties = {
-      action = { type = "string", enum = { "search", "get_details", "get_media" },
-                 description = "search, get_details or get_media." },
-      to = { type = "string", maxLength = 64,
-             description = "search: only messages to this number (E.164, or whatsapp:+E164 for WhatsApp)." },
-      from = { type = "string", maxLength = 64,
-               description = "search: only messages from this number (E.164, or whatsapp:+E164)." },
-      date_sent_after = { type = "string", format = "date-time",
-                          description = "search: sent on or after this date or instant (ISO 8601, e.g. 2026-01-31)." },
-      date_sent_before = { type = "string", format = "date-time",
-                           description = "search: sent on or before this date or instant (ISO 8601; a date"
-                             .. " includes the whole day)." },
-      limit = { type = "integer", minimum = 1, maximum = 100, default = 20,
-                description = "search: at most this many messages (default 20, at most 100)." },
-      message_sid = { type = "string", maxLength = 34,
-                      description = "get_details, get_media: the message sid (SM… or MM…)." },
+  actions = {
+    search = {
+      schema = { properties = {
+        to = { type = "string", maxLength = 64,
+               description = "search: only messages to this number (E.164, or whatsapp:+E164 for WhatsApp)." },
+        from = { type = "string", maxLength = 64,
+                 description = "search: only messages from this number (E.164, or whatsapp:+E164)." },
+        date_sent_after = { type = "string", format = "date-time",
+                            description = "search: sent on or after this date or instant (ISO 8601, e.g. 2026-01-31)." },
+        date_sent_before = { type = "string", format = "date-time",
+                             description = "search: sent on or before this date or instant (ISO 8601; a date"
+                               .. " includes the whole day)." },
+        limit = { type = "integer", minimum = 1, maximum = 100, default = 20,
+                  description = "search: at most this many messages (default 20, at most 100)." },
+      } },
+      handler = search,
     },
-    required = { "action" },
-    additionalProperties = false,
+    get_details = { schema = { properties = { message_sid = MESSAGE_SID }, required = { "message_sid" } },
+                    handler = get_details },
+    get_media = { schema = { properties = { message_sid = MESSAGE_SID }, required = { "message_sid" } },
+                  handler = get_media },
   },
   -- one shape per action, told apart by `action`
   output_schema = {
@@ -194,7 +189,6 @@ return {
     },
   },
   annotations = T.READ,
-  writes = false,
   -- Third-party text (switchboard.taint): the bodies of messages people
   -- sent to the tenant, from their sender, and media URLs (what a sender
   -- attached). Outbound bodies are the tenant's own words (sent under the
@@ -206,8 +200,6 @@ return {
     "media[].url",
   },
   check = function(args)
-    local ok, err = T.only(args, ACTIONS[args.action], args.action, { limit = 20 })
-    if not ok then return nil, err end
     if args.action == "search" then
       for _, k in ipairs({ "to", "from" }) do
         if args[k] and not address_ok(args[k]) then
@@ -217,18 +209,10 @@ return {
       end
       local _, werr = T.args_window(args, LISTING)
       if werr then return nil, werr end
-    else
-      if not args.message_sid then
-        return nil, ("`message_sid` is required for action \"%s\""):format(args.action)
-      end
-      if not message_sid_ok(args.message_sid) then
-        return nil, ("`message_sid` must be SM or MM followed by 32 hexadecimal characters (got %q)")
-          :format(args.message_sid)
-      end
+    elseif not message_sid_ok(args.message_sid) then
+      return nil, ("`message_sid` must be SM or MM followed by 32 hexadecimal characters (got %q)")
+        :format(args.message_sid)
     end
     return true
-  end,
-  handler = function(ctx, args)
-    return handlers[args.action](ctx, args)
   end,
 }

@@ -20,6 +20,18 @@ local EXPIRED = {
   hint = "Send a new code with action send_code, then check the new code.",
 }
 
+-- both actions need the tenant's Verify Service
+local function with_service(fn)
+  return function(ctx, args)
+    local service = ctx.connection.verify_service_sid
+    if not service then return nil, no_service() end
+    return fn(ctx, args, service)
+  end
+end
+
+local TO = { type = "string", maxLength = 254,
+             description = "The phone number in E.164 form (+14155550123), or an email address for channel email." }
+
 local function send_code(ctx, args, service)
   local body, err = T.send(ctx, "verify", ("/v2/Services/%s/Verifications"):format(service),
     { To = args.to, Channel = args.channel })
@@ -86,19 +98,34 @@ return {
     .. " an email address with channel email) by sms (default), call, whatsapp or email; this costs money."
     .. " action \"check_code\": checks the `code` the person gives back; a wrong code returns approved: false,"
     .. " not an error. Codes last about 10 minutes; never send codes in a loop.",
-  input_schema = {
-    type = "object",
-    properties = {
-      action = { type = "string", enum = { "send_code", "check_code" }, description = "send_code or check_code." },
-      to = { type = "string", maxLength = 254,
-             description = "The phone number in E.164 form (+14155550123), or an email address for channel email." },
-      channel = { type = "string", enum = { "sms", "call", "whatsapp", "email" }, default = "sms",
-                  description = "send_code: how to deliver the code; default sms. email only with an email address." },
-      code = { type = "string", minLength = 4, maxLength = 10,
-               description = "check_code: the code the person received (4 to 10 characters)." },
+  actions = {
+    -- costs money, and goes through the send policies
+    send_code = {
+      schema = {
+        properties = {
+          to = TO,
+          channel = { type = "string", enum = { "sms", "call", "whatsapp", "email" }, default = "sms",
+                      description = "send_code: how to deliver the code; default sms. email only with an email"
+                        .. " address." },
+        },
+        required = { "to" },
+      },
+      writes = true,
+      sends = { recipient = "to" },
+      handler = with_service(send_code),
     },
-    required = { "action", "to" },
-    additionalProperties = false,
+    check_code = {
+      schema = {
+        properties = {
+          to = TO,
+          code = { type = "string", minLength = 4, maxLength = 10,
+                   description = "check_code: the code the person received (4 to 10 characters)." },
+        },
+        required = { "to", "code" },
+      },
+      writes = false,
+      handler = with_service(check_code),
+    },
   },
   -- one shape per action, told apart by `action`
   output_schema = {
@@ -120,9 +147,7 @@ return {
     },
   },
   annotations = T.WRITE,
-  writes = { "send_code" },
-  -- what send_code sends (the declaration applies to the actions that write)
-  sends = { recipient = "to" },
+  -- the rules across fields (each action's own arguments are checked by the registry)
   check = function(args)
     local email = is_email(args.to)
     if not email and not T.is_e164(args.to) then
@@ -130,7 +155,6 @@ return {
         :format(args.to)
     end
     if args.action == "send_code" then
-      if args.code then return nil, "`code` is only used with action \"check_code\"" end
       if args.channel == "email" and not email then
         return nil, "`channel` \"email\" needs `to` to be an email address; for a phone number use sms, call"
           .. " or whatsapp"
@@ -139,18 +163,7 @@ return {
         return nil, ("`channel` \"%s\" needs `to` to be a phone number in E.164 format; for an email address use"
           .. " channel \"email\""):format(args.channel)
       end
-    else
-      if not args.code then return nil, "`code` is required for action \"check_code\"" end
-      if args.channel ~= "sms" then
-        return nil, "`channel` is only used with action \"send_code\""
-      end
     end
     return true
-  end,
-  handler = function(ctx, args)
-    local service = ctx.connection.verify_service_sid
-    if not service then return nil, no_service() end
-    if args.action == "send_code" then return send_code(ctx, args, service) end
-    return check_code(ctx, args, service)
   end,
 }
