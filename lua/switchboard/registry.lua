@@ -227,6 +227,18 @@ function M.sends(tool, args)
   return nil
 end
 
+-- The argument names a tool's `sends` declares as texts, as a set (the
+-- audit keeps them as it keeps bodies), or nil.
+function M.send_texts(tool)
+  if not (tool.sends and tool.sends.texts) then return nil end
+  if not tool.send_texts then
+    local set = {}
+    for _, t in ipairs(tool.sends.texts) do set[type(t) == "table" and t[1] or t] = true end
+    tool.send_texts = set
+  end
+  return tool.send_texts
+end
+
 -- What this call would send: { recipient, outbound = { { text, where,
 -- field, name (of a map entry), part ("name"/"value") } … } }, or nil.
 function M.outbound(tool, args)
