@@ -26,15 +26,15 @@ local function alive(pid)
   return code == 0 and not out:match("^%s*Z")
 end
 
--- Start the simulator (`switchboard exec` of a launcher that discovers the
--- package). Returns { pid, url, stop, stats(), control(method, path, body) }.
+-- Start the simulator as an operator would: `switchboard sim email`, with a
+-- configuration whose integration_dirs hold this package. Returns
+-- { pid, url, stop, stats(), control(method, path, body) }.
 function E.sim()
   local dir = H.tmpdir("emailsim")
   local pf = dir .. "/port"
-  H.write(dir .. "/launch.lua", ("require('switchboard.integrations').load({ %q, %q })\n"
-    .. "return require('integrations.email.sim').commands.sim(arg)\n"):format(E.DIRS[1], E.DIRS[2]))
-  local pid = (H.sh(("exec %s exec %s --port 0 --port-file %s >%s/stdout 2>%s/stderr & echo $!"):format(
-    H.q(H.BIN), H.q(dir .. "/launch.lua"), H.q(pf), H.q(dir), H.q(dir))):gsub("%s+", ""))
+  H.write(dir .. "/sim.conf.lua", ("return { integration_dirs = { %q, %q } }\n"):format(E.DIRS[1], E.DIRS[2]))
+  local pid = (H.sh(("SWITCHBOARD_CONFIG=%s exec %s sim email --port 0 --port-file %s >%s/stdout 2>%s/stderr & echo $!")
+    :format(H.q(dir .. "/sim.conf.lua"), H.q(H.BIN), H.q(pf), H.q(dir), H.q(dir))):gsub("%s+", ""))
   H.wait_for(function()
     if H.exists(pf) then return true end
     if not alive(pid) then error("the email simulator exited: " .. (H.read(dir .. "/stderr") or ""), 0) end
