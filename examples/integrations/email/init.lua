@@ -1,8 +1,9 @@
 -- An email integration on a SendGrid-shaped HTTP API (v3, a Bearer API
 -- key), written as an integrator would: nothing outside this folder names
 -- it. The connection model and its admin methods (connection.lua), the
--- client (client.lua), two tools (tools/), the CLI verbs (cli.lua), a
--- local simulator (sim.lua) and the tests (tests/).
+-- client (client.lua), two tools (tools/), the CLI verbs (cli.lua), the
+-- reconciliation of unknown sends (reconcile.lua), a local simulator
+-- (sim.lua) and the tests (tests/).
 return {
   name = "email",
   title = "Email",
@@ -25,4 +26,5 @@ return {
   connection = "connection",
   cli = "cli",
   sim = "sim",
+  reconcile = "reconcile",
 }

@@ -15,6 +15,7 @@ local vault = require("core.vault")
 local json = require("switchboard.json")
 local form = require("switchboard.form")
 local schema = require("switchboard.schema")
+local time = require("switchboard.time")
 
 local M = { commands = {} }
 
@@ -146,7 +147,7 @@ function M.start(opts)
         for _, t in ipairs(p.to) do
           table.insert(state.messages, 1, { msg_id = id .. ".filter0001", from_email = b.from.email,
             to_email = t.email, subject = p.subject or b.subject, status = "delivered", opens_count = 0,
-            clicks_count = 0, last_event_time = os.date("!%Y-%m-%dT%H:%M:%SZ") })
+            clicks_count = 0, last_event_time = time.now() })
         end
       end
       if fault and fault.drop_send then return end -- taken, but no answer

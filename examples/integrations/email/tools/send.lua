@@ -61,7 +61,7 @@ return {
       content = { { type = "text/plain", value = args.body } },
     }
     local sent, err = ctx.send({
-      request = { to = args.to, subject = args.subject }, text = args.body, ref = "message_id",
+      request = { to = args.to, from = from, subject = args.subject }, text = args.body, ref = "message_id",
       post = function() return ctx.email:send(payload) end,
     })
     if not sent then return nil, failure(err, args.to) end
