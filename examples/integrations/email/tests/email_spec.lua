@@ -156,7 +156,7 @@ describe("the email integration", function()
       local _, code = admin(srv, "email autonomous-sends on --tenant clinic --confirm")
       assert.equal(0, code)
       local r, held = TW.with(srv, token, function(c)
-        return call(c, "email_send", { to = "bob@example.com", subject = "Hello", body = "Plain news." }),
+        return call(c, "email_send", { to = "Bob@Example.com", subject = "Hello", body = "Plain news." }),
           call(c, "email_send", { to = "bob@example.com", subject = "Billing",
                                   body = "Your card 4111 1111 1111 1111 is on file." })
       end)
@@ -169,6 +169,9 @@ describe("the email integration", function()
       assert.truthy(held.text:find("the message body contains what looks like a payment card number", 1, true),
         held.text)
       assert.equal(2, sim.stats().sends)
+      -- one address, one spelling, for the per-recipient limits
+      assert.equal("bob@example.com", TW.sends(srv)[2].recipient)
+      assert.equal("bob@example.com", sim.stats().messages[1].to_email)
       local rec = TW.audit_last(srv, "email_send")
       assert.equal("held", rec.outcome)
       assert.equal("open\n", TW.sql(srv, "SELECT status FROM escalations WHERE id = "

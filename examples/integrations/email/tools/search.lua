@@ -35,6 +35,10 @@ return {
   annotations = { readOnlyHint = true, openWorldHint = true },
   writes = false,
   untrusted = { { "messages[].subject", from = "messages[].to" } },
+  check = function(args)
+    args.to = args.to:lower()
+    return true
+  end,
   handler = function(ctx, args)
     local body, err = ctx.email:get("/v3/messages", { query = ("to_email=%q"):format(args.to), limit = args.limit })
     if not body then

@@ -47,6 +47,8 @@ return {
   writes = true,
   sends = { recipient = "to", texts = { { "subject", "the subject" }, { "body", "the message body" } } },
   check = function(args)
+    -- one recipient, one spelling: the limits count sends per address
+    args.to = args.to:lower()
     if not args.subject:find("%S") then return nil, "`subject` must contain some text, not only spaces" end
     if args.subject:find("[\r\n]") then return nil, "`subject` must be one line (no line breaks)" end
     if not args.body:find("%S") then return nil, "`body` must contain some text, not only spaces" end
