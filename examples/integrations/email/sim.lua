@@ -180,13 +180,14 @@ function M.start(opts)
            close = function() server:close() end }
 end
 
--- `switchboard sim email [--host H] [--port N] [--port-file FILE]`
+-- `switchboard sim email [--config FILE] [--host H] [--port N] [--port-file FILE]`
+-- (--config is the dispatcher's: it names the integration_dirs that hold this package)
 function M.commands.sim(args)
   local opts, i = {}, 1
   while args[i] do
     local name, value = args[i]:match("^%-%-([%w%-]+)$"), args[i + 1]
-    if not (name == "host" or name == "port" or name == "port-file") or value == nil then
-      io.stderr:write("usage: switchboard sim email [--host 127.0.0.1] [--port N] [--port-file FILE]\n")
+    if not (name == "host" or name == "port" or name == "port-file" or name == "config") or value == nil then
+      io.stderr:write("usage: switchboard sim email [--config FILE] [--host 127.0.0.1] [--port N] [--port-file FILE]\n")
       return 2
     end
     opts[name], i = value, i + 2

@@ -33,8 +33,8 @@ function E.sim()
   local dir = H.tmpdir("emailsim")
   local pf = dir .. "/port"
   H.write(dir .. "/sim.conf.lua", ("return { integration_dirs = { %q, %q } }\n"):format(E.DIRS[1], E.DIRS[2]))
-  local pid = (H.sh(("SWITCHBOARD_CONFIG=%s exec %s sim email --port 0 --port-file %s >%s/stdout 2>%s/stderr & echo $!")
-    :format(H.q(dir .. "/sim.conf.lua"), H.q(H.BIN), H.q(pf), H.q(dir), H.q(dir))):gsub("%s+", ""))
+  local pid = (H.sh(("exec %s sim email --config %s --port 0 --port-file %s >%s/stdout 2>%s/stderr & echo $!")
+    :format(H.q(H.BIN), H.q(dir .. "/sim.conf.lua"), H.q(pf), H.q(dir), H.q(dir))):gsub("%s+", ""))
   H.wait_for(function()
     if H.exists(pf) then return true end
     if not alive(pid) then error("the email simulator exited: " .. (H.read(dir .. "/stderr") or ""), 0) end
