@@ -13,9 +13,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+
+const require = createRequire(import.meta.url);
+const Ajv2020 = require('ajv/dist/2020').default;
+const addFormats = require('ajv-formats').default;
 
 const opts = { timeout: 20_000 };
 
@@ -53,17 +58,29 @@ test('email package through the MCP SDK client', { timeout: 90_000 }, async () =
     assert.equal(send.annotations?.readOnlyHint, false);
     assert.equal(tools.find((t) => t.name === 'email_search').annotations?.readOnlyHint, true);
     assert.match(client.getInstructions() ?? '', /Email tools/);
+    // every schema compiles in a strict JSON Schema 2020-12 validator
+    const ajv = new Ajv2020({ strict: true, allErrors: true });
+    addFormats(ajv);
+    const validators = {};
+    for (const t of tools) {
+      ajv.compile(t.inputSchema);
+      validators[t.name] = ajv.compile(t.outputSchema);
+    }
+    const valid = (name, r) => assert.ok(validators[name](r.structuredContent),
+      `${name}: ${JSON.stringify(validators[name].errors)}`);
 
     // a read before anything was sent
     const empty = await call('email_search', { to: 'ana@example.com' });
     assert.notEqual(empty.isError, true, textOf(empty));
     assert.equal(empty.structuredContent.count, 0);
+    valid('email_search', empty);
 
     // a gated send: escalated, nothing reaches SendGrid
     const before = await stats(e);
     const gated = await call('email_send', { to: 'ana@example.com', subject: 'Your visit', body: 'See you at 3pm.' });
     assert.equal(gated.isError, true);
     assert.equal(gated.structuredContent.status, 'escalated', textOf(gated));
+    valid('email_send', gated);
     assert.equal((await stats(e)).send_posts, before.send_posts);
 
     // a person approves it: it runs once
@@ -83,6 +100,7 @@ test('email package through the MCP SDK client', { timeout: 90_000 }, async () =
     const found = await call('email_search', { to: 'ana@example.com', limit: 5 });
     assert.equal(found.structuredContent.count, 1, textOf(found));
     assert.equal(found.structuredContent.messages[0].subject, 'Your visit');
+    valid('email_search', found);
 
     // a PII hold: a card number in the body
     const held = await call('email_send', { to: 'ana@example.com', subject: 'Billing',
@@ -90,6 +108,7 @@ test('email package through the MCP SDK client', { timeout: 90_000 }, async () =
     assert.equal(held.isError, true);
     assert.equal(held.structuredContent.status, 'held', textOf(held));
     assert.match(textOf(held), /safety_gateway/);
+    valid('email_send', held);
     assert.equal((await stats(e)).send_posts, after.send_posts);
 
     // bad arguments name the field
