@@ -35,13 +35,15 @@ local SECRET_KEY = { secret = true, token = true, password = true, auth_token = 
 local BODY_KEY = { body = true, template_variables = true }
 
 -- Parameters as stored: secrets removed, bodies per the configured mode.
-function M.scrub(args, bodies)
+-- texts: more top-level argument names kept as bodies are (the texts a
+-- tool's `sends` declares, such as an email's subject).
+function M.scrub(args, bodies, texts)
   local out = {}
   for k, v in pairs(args or {}) do
     local key = tostring(k):lower()
     if SECRET_KEY[key] then
       out[k] = "[removed]"
-    elseif BODY_KEY[key] then
+    elseif BODY_KEY[key] or (texts and texts[k]) then
       local text = type(v) == "string" and v or json.encode(v)
       if bodies == "full" then
         out[k] = v
@@ -350,12 +352,13 @@ function M.now()
 end
 
 -- rec: { tenant_id, agent_id, execution_id, sender_tier, tool, action,
---        args, decision, policies = {…}, outcome, detail, retries, duration_ms }
+--        args, texts (argument names scrubbed as bodies), decision,
+--        policies = {…}, outcome, detail, retries, duration_ms }
 function M:record(rec)
   self.queue[#self.queue + 1] = {
     at = M.now(), kind = "call", tenant_id = rec.tenant_id, agent_id = rec.agent_id,
     actor = rec.actor, execution_id = rec.execution_id, sender_tier = rec.sender_tier, tool = rec.tool,
-    action = rec.action, params = next(rec.args or {}) == nil and "{}" or json.encode(M.scrub(rec.args, self.bodies)),
+    action = rec.action, params = next(rec.args or {}) == nil and "{}" or json.encode(M.scrub(rec.args, self.bodies, rec.texts)),
     decision = rec.decision, policies = #rec.policies == 0 and "[]" or json.encode(rec.policies),
     outcome = rec.outcome, detail = rec.detail and json.encode(rec.detail) or nil,
     retries = rec.retries or 0,

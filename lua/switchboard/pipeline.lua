@@ -213,7 +213,7 @@ function M.run(rt, call)
   local s = call.session
   local rec = { tenant_id = s.tenant.id, agent_id = s.agent.id, execution_id = call.execution_id,
                 sender_tier = call.sender, tool = tool.name, args = call.args, policies = {},
-                actor = call.approved_by }
+                actor = call.approved_by, texts = registry.send_texts(tool) }
   local limit = rt.cfg and rt.cfg.limits and rt.cfg.limits.result_bytes
   local function finish(res, decision, outcome, detail)
     if res then res = checked(tool, res) end

@@ -419,6 +419,24 @@ function M.handler(tool, args)
   return a and a.handler or tool.handler
 end
 
+-- The argument names a tool's `sends` declares as texts (of any of its
+-- actions), as a set (the audit keeps them as it keeps bodies), or nil.
+function M.send_texts(tool)
+  if tool.send_texts == nil then
+    local set, any = {}, false
+    local decls = { tool.sends }
+    for _, a in pairs(tool.actions or {}) do decls[#decls + 1] = a.sends end
+    for _, d in pairs(decls) do
+      for _, t in ipairs(d.texts or {}) do
+        set[type(t) == "table" and t[1] or t] = true
+        any = true
+      end
+    end
+    tool.send_texts = any and set or false
+  end
+  return tool.send_texts or nil
+end
+
 -- What this call would send: { recipient, outbound = { { text, where,
 -- field, name (of a map entry), part ("name"/"value") } … } }, or nil.
 function M.outbound(tool, args)

@@ -162,6 +162,13 @@ local function number_key(s)
   return d
 end
 
+-- An email address as a counterpart's key (lowercased), or nil: the
+-- sender of what was read when it is an address, not a number.
+local function address_key(s)
+  if type(s) ~= "string" or not s:find("^[^@%s]+@[^@%s]+$") then return nil end
+  return s:lower()
+end
+
 -- The national significant part of a number key (what people write
 -- without "+1" or "+44"): the key without its country code.
 local function national(key, cc)
@@ -276,10 +283,11 @@ local function record(rt, key, tool, found, now, pause)
     end
     local fk = from and keys[from]
     if from and fk == nil then
-      fk = number_key(from) or false
+      fk = address_key(from) or number_key(from) or false
       keys[from] = fk
     end
-    if fk then t.counterparts[fk] = from end
+    -- an email address is its own (lowercased) counterpart; a number as it was written
+    if fk then t.counterparts[fk] = from:find("@", 1, true) and fk or from end
     local function add(list, v)
       if t.seen[list .. v] then return end
       if #t[list] >= M.MAX_ITEMS then t.truncated = true return end

@@ -72,6 +72,17 @@ describe("audit", function()
     assert.truthy(hashed.template_variables:match("^sha256:%x+$"))
   end)
 
+  it("keeps the texts a tool declares it sends as bodies too (an email's subject)", function()
+    local args = { to = "ana@example.com", subject = "Your results", body = "hello" }
+    local red = audit.scrub(args, "redacted", { subject = true, body = true })
+    assert.equal("[12 characters]", red.subject)
+    assert.equal("ana@example.com", red.to)
+    assert.equal("sha256:" .. vault.sha256_hex("Your results"),
+      audit.scrub(args, "hash", { subject = true }).subject)
+    assert.equal("Your results", audit.scrub(args, "full", { subject = true }).subject)
+    assert.equal("Your results", audit.scrub(args, "redacted").subject)
+  end)
+
   it("verifies an intact trail, continued by a second writer, and anchors it outside the database", function()
     local t = trail(5)
     local v = t.verify()

@@ -98,6 +98,12 @@ describe("taint labels and store", function()
     assert.is_nil(taint.view(rt, call(1, "e1"), {}).tainted)
   end)
 
+  it("keeps an email address it read from as a counterpart (lowercased), not as a number", function()
+    local rt = {}
+    read(rt, call(1, "e"), { { body = "Re: your visit", from = "Ana.2024555@Example.com", direction = "inbound" } })
+    assert.same({ "ana.2024555@example.com" }, taint.view(rt, call(1, "e"), {}).tainted.counterparts)
+  end)
+
   it("finds the numbers and links of untrusted text in look-alike forms", function()
     local rt = {}
     read(rt, call(1, "e"), {
