@@ -24,6 +24,14 @@ l_parse(lua_State *L)
     return sb_pushfail(L, "too long (more than " SB_STR(PHONE_MAX_INPUT) " characters)");
   if (strlen(s) != len)
     return sb_pushfail(L, "not a phone number (a NUL character)");
+  /* the metadata (a few MiB) is read at the first number, not at start:
+  ** an idle runtime does not hold it */
+  static int ready;
+  if (!ready) {
+    if (pn_init() != 0)
+      return luaL_error(L, "core.phone: cannot load libphonenumber's metadata");
+    ready = 1;
+  }
   struct pn_info info;
   int rc = pn_parse(s, &info);
   if (rc != PN_OK)
@@ -57,8 +65,6 @@ l_parse(lua_State *L)
 int
 luaopen_core_phone(lua_State *L)
 {
-  if (pn_init() != 0)
-    return luaL_error(L, "core.phone: cannot load libphonenumber's metadata");
   static const luaL_Reg fns[] = {
     { "parse", l_parse },
     { NULL, NULL },
