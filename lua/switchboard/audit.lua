@@ -307,6 +307,13 @@ function M:flush(defer_anchor)
   db_mod.writer(db):flush()
   local id, prev = self.last_id, self.last_hash
   local ok, err = db_mod.transaction(db, function()
+    if db_mod.is_pg(db) then
+      -- several nodes append to one chain: one at a time (the chain's lock,
+      -- to the COMMIT), each after the head as the database has it
+      local last, lerr = store.lock_chain(db)
+      if last == nil then return nil, lerr end
+      id, prev = last and last.id or 0, last and last.hash or M.GENESIS
+    end
     for _, r in ipairs(q) do
       id = id + 1
       r.id, r.chain, r.anchored = id, M.KEYED, self.anchored_id

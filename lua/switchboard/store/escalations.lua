@@ -8,6 +8,14 @@ local json = require("switchboard.json")
 local db_mod = require("switchboard.db")
 local blob = require("core.store").blob
 
+-- The approved escalation that is not settled, per store (JSON functions).
+local UNSETTLED = {
+  sqlite = "SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))",
+  pg = "SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (sb_json(result) #>> '{data,outcome}') = 'unknown')",
+}
+
 local M = {}
 
 M.KINDS = { hold = true, escalate = true }
@@ -90,8 +98,7 @@ end
 -- An approved escalation that is not settled: no result, or a result
 -- whose outcome was unknown; nil when it is settled (or not approved).
 function M.unsettled(db, id)
-  return esc_row(db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
-    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))", id))
+  return esc_row(db:row(UNSETTLED[db_mod.dialect(db)], id))
 end
 
 -- The ids of the approved escalations without a result, in order.
