@@ -148,6 +148,28 @@ function H.sql_rows(srv, sql)
   return json.decode(out) or {}
 end
 
+-- fn(db) on a connection of its own to a server's store (someone who can
+-- write the database): core.store on the SQLite file, or a store.pg pool
+-- on its PostgreSQL database, in a runtime coroutine. Errors re-raise.
+function H.with_store(srv, fn)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then
+    return H.async(function()
+      local pool = require("switchboard.store.pg").new({
+        conninfo = ("host=%s dbname=%s user=%s"):format(store.host, store.dbname, store.user),
+        password_file = store.password_file, size = 1 })
+      pool.dialect = "pg"
+      local ok, err = pcall(fn, pool)
+      pool:close()
+      assert(ok, err)
+    end, 60)
+  end
+  local db = assert(require("core.store").open(srv.dir .. "/data/switchboard.db"))
+  local ok, err = pcall(fn, db)
+  db:close()
+  assert(ok, err)
+end
+
 -- Start `switchboard serve` with a config built from opts (merged over
 -- the defaults below). Returns a handle. With SB_STORE=pg the server's
 -- store is a new database (opts.store: a given one, to share it).

@@ -499,8 +499,11 @@ function M.on_tenant_change(fn)
   on_change[#on_change + 1] = fn
 end
 
-function M.tenant_changed(db, tenant_id)
+-- On PostgreSQL the other nodes are told too (switchboard.cluster), unless
+-- the change came from one of them (from_peer).
+function M.tenant_changed(db, tenant_id, from_peer)
   for _, f in ipairs(on_change) do f(db, tenant_id) end
+  if not from_peer and M.is_pg(db) then require("switchboard.cluster").publish(db, tenant_id) end
 end
 
 -- The advisory lock key (pg_advisory_xact_lock) that serializes the

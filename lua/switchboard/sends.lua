@@ -40,6 +40,12 @@ local daily = setmetatable({}, { __mode = "k" })
 local function midnight(t) return t - t % 86400 end
 
 local function day_count(db, tenant_id)
+  -- PostgreSQL: other nodes commit sends too; the count is read each time
+  if db_mod.is_pg(db) then
+    local n, err = store.since(db, tenant_id, midnight(os.time()))
+    if not n then error("the send records could not be read: " .. tostring(err), 0) end
+    return n
+  end
   local per = daily[db]
   if not per then per = {} daily[db] = per end
   local day = midnight(os.time())
@@ -227,6 +233,82 @@ function M.claim(tenant_id, recipient)
     if c.by[recipient] == 0 then c.by[recipient] = nil end
   end
 end
+
+-- {======================================================
+-- Limits exact across nodes (PostgreSQL). The in-process claims above
+-- count the calls of one node; with several nodes on one database, a
+-- call that sends takes the tenant's send lock before its policies count
+-- (recent_sends, sends_today) and keeps it until its write-ahead record is
+-- committed (or it ends without one): between two nodes, as between two
+-- calls of one node, the second counts the first's record. The lock is a
+-- session advisory lock (pg_advisory_lock(class, tenant id)) taken on a
+-- connection of its own (one of LOCK_SLOTS per node, outside the pool, so
+-- that a call waiting for it holds none of the pool's); the calls of one
+-- node queue for their slot in order. A node that dies releases its locks
+-- with its connections. On SQLite (one node, queries that do not wait)
+-- lock() does nothing.
+-- =======================================================
+
+M.LOCK_SLOTS = 4
+M.LOCK_CLASS = 0x5342   -- the first key of the two-key advisory locks
+
+local lockers = setmetatable({}, { __mode = "k" })
+
+local function unlock_noop() end
+
+-- Take the tenant's send lock: a release function (idempotent, callable
+-- from anywhere), or nil, err when the store cannot be reached.
+function M.lock(db, tenant_id)
+  if not db_mod.is_pg(db) then return unlock_noop end
+  local slots = lockers[db]
+  if not slots then slots = {} lockers[db] = slots end
+  local i = tenant_id % M.LOCK_SLOTS + 1
+  local slot = slots[i]
+  if not slot then slot = { waiters = {} } slots[i] = slot end
+  local function give_back()
+    slot.busy = false
+    while #slot.waiters > 0 do
+      if loop.wake(table.remove(slot.waiters, 1)) then return end
+    end
+  end
+  while slot.busy do
+    slot.waiters[#slot.waiters + 1] = coroutine.running()
+    loop.wait()
+  end
+  slot.busy = true
+  local ok, err = pcall(function()
+    if slot.conn and slot.conn:status() ~= "idle" then slot.conn:close() slot.conn = nil end
+    if not slot.conn then
+      local c, cerr = require("core.pg").connect(db.conninfo, db.connect_opts)
+      if not c then error("postgresql: " .. tostring(cerr), 0) end
+      slot.conn = c
+    end
+    local r, qerr = slot.conn:query("SELECT pg_advisory_lock($1, $2)", M.LOCK_CLASS, tenant_id)
+    if not r then
+      slot.conn:close()
+      slot.conn = nil
+      error(tostring(qerr), 0)
+    end
+  end)
+  if not ok then
+    give_back()
+    return nil, err
+  end
+  local released = false
+  return function()
+    if released then return end
+    released = true
+    loop.spawn(function()
+      local c = slot.conn
+      local r = c and c:query("SELECT pg_advisory_unlock($1, $2)", M.LOCK_CLASS, tenant_id)
+      -- a lock that cannot be given back goes with its connection
+      if not r and c then c:close() if slot.conn == c then slot.conn = nil end end
+      give_back()
+    end)
+  end
+end
+
+-- }======================================================
 
 -- What recipient and volume policies may ask (all scoped to the tenant).
 -- A count that cannot be read raises: the policy then fails, and a

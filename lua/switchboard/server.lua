@@ -179,8 +179,11 @@ function M:tools_changed()
 end
 
 -- Refresh the agents of a tenant from the store (groups changed, revoked,
--- the tenant's features or connections changed).
-function M:refresh_agents(tenant_id)
+-- the tenant's features or connections changed); on PostgreSQL the other
+-- nodes do the same (switchboard.cluster), unless the change came from one
+-- of them (from_peer).
+function M:refresh_agents(tenant_id, from_peer)
+  if not from_peer then require("switchboard.cluster").publish(self.db, tenant_id) end
   local enabled = directory.tenant_groups(self.db, tenant_id)
   local t = directory.tenant_by_id(self.db, tenant_id)
   for s in pairs(self.sessions) do
@@ -390,6 +393,7 @@ function M.start(cfg)
   end
   self.admin = require("switchboard.admin").new(self)
   require("switchboard.sends").recover(self)
+  require("switchboard.cluster").start(self)
 
   local agent_l, lerr = self:listen("agent", cfg.agent_socket, cfg.agent_socket_mode, function(stream)
     self:accept_agent(stream)

@@ -12,8 +12,8 @@ local db_mod = require("switchboard.db")
 local vault = require("core.vault")
 
 local function sql(srv, q)
-  local out, code = H.sh(("sqlite3 %s %s 2>&1"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(q)))
-  assert(code == 0, "sqlite3: " .. out)
+  local out, code = H.sql(srv, q)
+  assert(code == 0, "sql: " .. out)
   return (out:gsub("%s+$", ""))
 end
 

@@ -18,8 +18,7 @@ local FIELD = require("integrations.twilio.connection").FIELD
 local function db_path(srv) return srv.dir .. "/data/switchboard.db" end
 
 local function rows(srv, sql)
-  return require("switchboard.json").decode(H.sh(("sqlite3 -json %s %s"):format(H.q(db_path(srv)), H.q(sql))))
-    or {}
+  return H.sql_rows(srv, sql)
 end
 
 local function send(c, body)
