@@ -180,6 +180,8 @@ function H.server(opts)
     data_dir = dir .. "/data", agent_socket = dir .. "/agent.sock", admin_socket = dir .. "/admin.sock",
     master_key_file = dir .. "/data/master.key", log = { level = "debug", file = dir .. "/server.log" },
     tool_dirs = { H.ROOT .. "/examples/tools" }, audit = { flush_ms = 0 },
+    -- on PostgreSQL: a killed server's open sends are taken over soon
+    cluster = { lease_seconds = 3 },
   }
   if opts.store then
     cfg.store = opts.store

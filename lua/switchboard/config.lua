@@ -52,6 +52,12 @@ local spec = {
     -- (delivery receipts); off when unset
     public_url = { type = "string", pattern = "^https?://[^%s/?#]+[^%s?#]*$" },
   } },
+  -- several nodes on one PostgreSQL: a node's heartbeat every
+  -- lease_seconds / 3; the open sends of a node silent for lease_seconds
+  -- are taken over by another node (switchboard.sends)
+  cluster = { type = "table", fields = {
+    lease_seconds = { type = "number", default = 15, min = 0.5 },
+  } },
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
     flush_ms = { type = "integer", default = 20, min = 0 },

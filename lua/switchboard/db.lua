@@ -265,6 +265,18 @@ M.migrations = {
   DROP TABLE connections_v1;
   ALTER TABLE sends ADD COLUMN integration TEXT;
   ]] },
+  [[
+  -- Several nodes on one database (PostgreSQL): each send has an owner,
+  -- the node that wrote it; each node's heartbeat is its lease. The sends
+  -- of a node whose lease expired are taken over by another node.
+  ALTER TABLE sends ADD COLUMN node TEXT;
+  CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    heartbeat_unix INTEGER NOT NULL,
+    started_at TEXT NOT NULL
+  );
+  CREATE INDEX sends_open ON sends (status) WHERE status IN ('pending', 'in_flight', 'unknown');
+  ]],
 }
 
 M.now = time.now

@@ -70,8 +70,11 @@ function M.settle_from_send(rt, esc_id, at_start)
 end
 
 -- At start: each approved escalation without a result.
-function M.recover(rt)
-  for _, id in ipairs(assert(store.approved_without_result(rt.db))) do
+-- decided_before (a unix time, several nodes): only the approvals decided
+-- before it (a newer one may still be running on another node).
+function M.recover(rt, decided_before)
+  for _, id in ipairs(assert(store.approved_without_result(rt.db,
+      decided_before and require("switchboard.time").iso(decided_before)))) do
     M.settle_from_send(rt, id, true)
   end
 end

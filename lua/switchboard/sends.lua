@@ -186,6 +186,7 @@ function M.send(rt, call, spec)
     tool = call.tool, action = call.action, recipient = call.recipient, request = sealed, body_hash = hash,
     now = now, created_unix = created, callback_token_hash = token and vault.sha256_hex(token) or nil,
     execution_id = call.execution_id, integration = call.integration,
+    node = db_mod.is_pg(db) and require("switchboard.cluster").NODE or nil,
   }, function(rowid)
     -- the claim ends in the same step that commits the record (or fails to)
     release()
@@ -409,10 +410,115 @@ local function stored(ok, row)
   return ok
 end
 
+-- Reconcile unknown sends (rows) in a coroutine of their own; escalations
+-- settled from their sends.
+local function reconcile_all(rt, unknown)
+  local escalations = require("switchboard.escalations")
+  loop.spawn(function()
+    local found = 0
+    for _, row in ipairs(unknown) do
+      local ok, res, err = pcall(reconcile_one, rt, row)
+      if ok and res then
+        found = found + 1
+      elseif not ok or res == false then
+        if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
+        -- a provider may list a message only once it is created: look once more later
+        M.reconcile_later(rt, row.id)
+      elseif err ~= M.NOT_RECONCILABLE then
+        log.warn("sends: send %d cannot be reconciled: %s", row.id, tostring(err))
+      end
+      if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
+    end
+    log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
+  end)
+end
+
+M.INTERRUPTED = "interrupted: the request may have gone out"
+
+-- {======================================================
+-- Several nodes (PostgreSQL): each send is its node's; a node renews its
+-- lease (its heartbeat) every lease_seconds / 3 and, every lease_seconds
+-- / 2, takes over the open sends of the nodes whose lease expired: in one
+-- transaction with FOR UPDATE SKIP LOCKED (two nodes never take one send),
+-- in_flight becomes unknown, pending failed, and each is audited and
+-- reconciled with its provider, never sent again.
+-- =======================================================
+
+function M.take_over(rt)
+  local db = rt.db
+  local lease = rt.cfg.cluster.lease_seconds
+  local node = require("switchboard.cluster").NODE
+  local now = os.time()
+  local rows, err = store.take_over(db, node, math.floor(now - lease), 200, M.INTERRUPTED, M.NOT_SENT)
+  if not rows then
+    log.warn("sends: the sends of stopped nodes could not be taken over now: %s", tostring(err))
+    return nil, err
+  end
+  if #rows == 0 then return 0 end
+  local unknown, open = {}, 0
+  for _, row in ipairs(rows) do
+    local was = row.node
+    row.audited = row.audited == true
+    if row.status == "in_flight" then
+      row.status = "unknown"
+      audit(rt, row, "unknown", { error = M.INTERRUPTED, recovered = "in_flight on a stopped node", node = was })
+    elseif row.status == "pending" then
+      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending on a stopped node", node = was })
+    elseif not row.audited then
+      -- its call's audit record was lost with its node
+      audit(rt, row, row.status, { sid = row.sid, error_code = row.error_code, error = row.error_message,
+                                   recovered = "its call's audit record was lost with its node", node = was })
+    end
+    if row.status == "unknown" then unknown[#unknown + 1] = row end
+    if row.status == "unknown" or row.status == "pending" then open = open + 1 end
+    row.node = node
+  end
+  log.warn("sends: took over %d sends of stopped nodes (%d open)", #rows, open)
+  reconcile_all(rt, unknown)
+  if #rows == 200 then loop.spawn(function() M.take_over(rt) end) end
+  return #rows
+end
+
+local function start_leases(rt)
+  local db = rt.db
+  local lease = rt.cfg.cluster.lease_seconds
+  local node = require("switchboard.cluster").NODE
+  local function beat()
+    local ok, err = store.heartbeat(db, node, os.time())
+    if not ok then log.warn("sends: this node's lease could not be renewed: %s", tostring(err)) end
+    return ok
+  end
+  beat()
+  rt.lease_timer = loop.timer(lease / 3, lease / 3, function()
+    if rt.draining then return end
+    loop.spawn(beat)
+  end)
+  rt.takeover_timer = loop.timer(lease / 2, lease / 2, function()
+    if rt.draining or rt.taking_over then return end
+    rt.taking_over = true
+    loop.spawn(function()
+      pcall(M.take_over, rt)
+      pcall(store.forget_nodes, db, os.time() - 10 * lease)
+      rt.taking_over = false
+    end)
+  end)
+end
+
+-- }======================================================
+
 -- At start: in_flight → unknown; pending → failed (never sent);
 -- approved escalations settled from their send; unknown → reconciled.
+-- On PostgreSQL, only the sends of stopped nodes (their lease expired),
+-- now and every lease_seconds / 2 (M.take_over).
 function M.recover(rt)
   local db = rt.db
+  if db_mod.is_pg(db) then
+    start_leases(rt)
+    require("switchboard.escalations").recover(rt, os.time() - math.max(rt.cfg.cluster.lease_seconds,
+      rt.cfg.limits.call_seconds))
+    M.take_over(rt)
+    return
+  end
   local since = os.time() - 2 * 86400
   -- send records whose call left no audit record (the process died between
   -- the send's end and the audit commit) get one now
@@ -446,24 +552,7 @@ function M.recover(rt)
   local escalations = require("switchboard.escalations")
   escalations.recover(rt)
   local unknown = assert(store.with_status(db, "unknown", os.time() - 86400))
-  if #unknown == 0 then return end
-  loop.spawn(function()
-    local found = 0
-    for _, row in ipairs(unknown) do
-      local ok, res, err = pcall(reconcile_one, rt, row)
-      if ok and res then
-        found = found + 1
-      elseif not ok or res == false then
-        if not ok then log.warn("sends: reconciling send %d failed: %s", row.id, tostring(res)) end
-        -- a provider may list a message only once it is created: look once more later
-        M.reconcile_later(rt, row.id)
-      elseif err ~= M.NOT_RECONCILABLE then
-        log.warn("sends: send %d cannot be reconciled: %s", row.id, tostring(err))
-      end
-      if row.escalation_id then escalations.settle_from_send(rt, row.escalation_id) end
-    end
-    log.info("sends: reconciled %d of %d unknown sends", found, #unknown)
-  end)
+  if #unknown > 0 then reconcile_all(rt, unknown) end
 end
 
 M.RECONCILE_DELAY = 60

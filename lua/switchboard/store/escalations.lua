@@ -101,9 +101,16 @@ function M.unsettled(db, id)
   return esc_row(db:row(UNSETTLED[db_mod.dialect(db)], id))
 end
 
--- The ids of the approved escalations without a result, in order.
-function M.approved_without_result(db)
-  local rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL ORDER BY id")
+-- The ids of the approved escalations without a result, in order (decided
+-- before the time stamp decided_before, when given).
+function M.approved_without_result(db, decided_before)
+  local rows, err
+  if decided_before then
+    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL AND decided_at < ?"
+      .. " ORDER BY id", decided_before)
+  else
+    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL ORDER BY id")
+  end
   if not rows then return nil, err end
   local out = {}
   for i, r in ipairs(rows) do out[i] = r.id end

@@ -12,7 +12,7 @@ local M = {}
 M.SQL = {
   insert = "INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request, body_hash,"
     .. " status, created_at, created_unix, updated_at, callback_token_hash,"
-    .. " execution_id, integration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?, ?)",
+    .. " execution_id, integration, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?, ?, ?)",
   settle = "UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
   opt_out = "INSERT INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)"
     .. " ON CONFLICT (tenant_id, recipient) DO NOTHING",
@@ -31,12 +31,12 @@ local SQL = M.SQL
 -- Record a send (in_flight) through the writer and wait for its commit.
 -- r: { tenant_id, agent_id, escalation_id, tool, action, recipient,
 -- request (sealed string), body_hash, now, created_unix,
--- callback_token_hash, execution_id, integration }. on_commit(id | nil,
+-- callback_token_hash, execution_id, integration, node }. on_commit(id | nil,
 -- err) runs in the step of the commit. Returns the id or nil, err.
 function M.insert(db, r, on_commit)
   return db_mod.writer(db):insert(on_commit, SQL.insert, r.tenant_id, r.agent_id, r.escalation_id, r.tool,
     r.action, r.recipient, blob(r.request), r.body_hash, r.now, r.created_unix, r.now, r.callback_token_hash,
-    r.execution_id, r.integration)
+    r.execution_id, r.integration, r.node)
 end
 
 -- Set a send's end at once (outside the call path). Returns the change
@@ -141,9 +141,65 @@ local UNAUDITED = {
 }
 M.UNAUDITED = UNAUDITED
 
-function M.unaudited(db, since)
+function M.unaudited(db, since, live_since)
+  if live_since then
+    -- several nodes: only the sends of nodes whose lease expired
+    return db:query(UNAUDITED.pg:gsub(" ORDER BY s.id$", " AND (s.node IS NULL OR s.node NOT IN"
+      .. " (SELECT id FROM nodes WHERE heartbeat_unix >= ?)) ORDER BY s.id"), since, live_since)
+  end
   return db:query(UNAUDITED[db_mod.dialect(db)], since)
 end
+
+-- {======================================================
+-- Owners and leases (several nodes on PostgreSQL)
+-- =======================================================
+
+-- Renew node's lease (its heartbeat: now, a unix time).
+function M.heartbeat(db, node, now)
+  return db:run("INSERT INTO nodes (id, heartbeat_unix, started_at) VALUES (?, ?, ?)"
+    .. " ON CONFLICT (id) DO UPDATE SET heartbeat_unix = excluded.heartbeat_unix", node, now, db_mod.now())
+end
+
+-- Forget the nodes whose lease expired before since and that own no open send.
+function M.forget_nodes(db, since)
+  return db:run("DELETE FROM nodes WHERE heartbeat_unix < ? AND NOT EXISTS (SELECT 1 FROM sends s"
+    .. " WHERE s.node = nodes.id AND s.status IN ('pending', 'in_flight', 'unknown'))", since)
+end
+
+-- Take over, for node, at most limit open sends (pending, in_flight,
+-- unknown) whose owner's lease ended before live_since (or that have no
+-- owner), in one transaction: rows another node is taking over at the same
+-- time are skipped (FOR UPDATE SKIP LOCKED), never taken twice. Each taken
+-- send is now node's: in_flight becomes unknown (the request may have gone
+-- out), pending failed (it never went out, with not_sent as its error);
+-- sent and failed ones only change owner. Returns the rows as they were
+-- (status before), each with audited (it has its audit record), or nil, err.
+function M.take_over(db, node, live_since, limit, why_unknown, not_sent)
+  local taken
+  local ok, err = db_mod.transaction(db, function()
+    local rows, qerr = db:query("SELECT s.*, EXISTS (SELECT 1 FROM audit_log a WHERE (sb_json(a.detail) ->> 'send_id')"
+      .. " = s.id::text) AS audited FROM sends s"
+      .. " WHERE (s.node IS NULL OR s.node <> ?) AND (s.node IS NULL OR s.node NOT IN"
+      .. " (SELECT id FROM nodes WHERE heartbeat_unix >= ?)) ORDER BY s.id LIMIT ? FOR UPDATE OF s SKIP LOCKED",
+      node, live_since, limit)
+    if not rows then return nil, qerr end
+    local now = db_mod.now()
+    for _, r in ipairs(rows) do
+      local status, message = r.status, r.error_message
+      if status == "in_flight" then status, message = "unknown", why_unknown
+      elseif status == "pending" then status, message = "failed", not_sent end
+      local n, uerr = db:run("UPDATE sends SET node = ?, status = ?, error_message = ?, updated_at = ? WHERE id = ?",
+        node, status, message, now, r.id)
+      if not n then return nil, uerr end
+    end
+    taken = rows
+    return true
+  end)
+  if not ok then return nil, err end
+  return taken
+end
+
+-- }======================================================
 
 -- }======================================================
 
