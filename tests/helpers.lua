@@ -129,10 +129,19 @@ end
 -- the sqlite3 CLI on its file, or psql on its PostgreSQL database. H.sql
 -- returns the text ("|" between columns) and the exit code; H.sql_rows the
 -- rows, decoded from JSON (sqlite3 -json, or json_agg on PostgreSQL).
+-- The PostgreSQL server of a store setting (the run's, or another a spec started).
+local pg_attached = {}
+local function pg_of(store)
+  local s = H.postgres()
+  if store.host == s.dir then return s end
+  pg_attached[store.host] = pg_attached[store.host] or require("support.postgres").attach(store.host)
+  return pg_attached[store.host]
+end
+
 function H.sql(srv, sql)
   local store = srv.cfg and srv.cfg.store
   if type(store) == "table" and store.dbname then
-    return H.postgres():psql_on(store.dbname, sql)
+    return pg_of(store):psql_on(store.dbname, sql)
   end
   return sh(("sqlite3 %s %s 2>&1"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
 end
@@ -141,7 +150,7 @@ function H.sql_rows(srv, sql)
   local store = srv.cfg and srv.cfg.store
   local out
   if type(store) == "table" and store.dbname then
-    out = H.postgres():psql_on(store.dbname, sql, true)
+    out = pg_of(store):psql_on(store.dbname, sql, true)
   else
     out = sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
   end

@@ -270,6 +270,7 @@ M.migrations = {
   -- the node that wrote it; each node's heartbeat is its lease. The sends
   -- of a node whose lease expired are taken over by another node.
   ALTER TABLE sends ADD COLUMN node TEXT;
+  ALTER TABLE escalations ADD COLUMN node TEXT;
   CREATE TABLE nodes (
     id TEXT PRIMARY KEY,
     heartbeat_unix INTEGER NOT NULL,

@@ -498,6 +498,9 @@ local function start_leases(rt)
     rt.taking_over = true
     loop.spawn(function()
       pcall(M.take_over, rt)
+      -- approvals whose node stopped before their send record (or result)
+      local ok, err = pcall(require("switchboard.escalations").recover, rt, math.floor(os.time() - lease))
+      if not ok then log.warn("sends: the approvals of stopped nodes could not be recovered: %s", tostring(err)) end
       pcall(store.forget_nodes, db, os.time() - 10 * lease)
       rt.taking_over = false
     end)
@@ -514,8 +517,7 @@ function M.recover(rt)
   local db = rt.db
   if db_mod.is_pg(db) then
     start_leases(rt)
-    require("switchboard.escalations").recover(rt, os.time() - math.max(rt.cfg.cluster.lease_seconds,
-      rt.cfg.limits.call_seconds))
+    require("switchboard.escalations").recover(rt, math.floor(os.time() - rt.cfg.cluster.lease_seconds))
     M.take_over(rt)
     return
   end

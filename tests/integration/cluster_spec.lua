@@ -310,3 +310,52 @@ describe("two nodes, one killed with 200 sends in flight", function()
     assert.is_true(v.ok, v.problem)
   end)
 end)
+
+describe("PostgreSQL stopped during sends", function()
+  local pgs, sim, srv, token
+  setup(function()
+    -- a server of its own: this one is stopped and started again
+    pgs = require("support.postgres").start()
+    sim = TW.sim()
+    srv = TW.server({ config = { store = pgs:store_config(pgs:create_database("down")) } })
+    token = TW.connect_sim(srv, sim, "down")
+  end)
+  teardown(function()
+    if srv then srv.stop() end
+    sim.stop()
+    pgs:stop()
+  end)
+
+  it("answers every call with a clear error, sends nothing without its record, and serves again once it is back",
+    function()
+    local pid = srv.pid
+    local c = H.async(function() return TW.session(srv, token) end)
+    local function send(body)
+      return H.async(function() return TW.call(c, "twilio_send_sms", { to = ANA, body = body }, 30) end, 40)
+    end
+    assert.equal("sent", send("before").data.outcome)
+    local before = #sim_messages(sim)
+    pgs:halt("fast")
+    for i = 1, 5 do
+      local r = send("while down " .. i)
+      assert.is_true(r.isError, r.text)
+      assert.truthy(r.text:find("storage unavailable", 1, true) or r.text:find("could not be read", 1, true), r.text)
+    end
+    assert.equal(before, #sim_messages(sim), "a message went out while its record could not be stored")
+    pgs:resume()
+    -- the same process serves again: the pool opens new connections
+    local r
+    H.wait_for(function()
+      r = send("after")
+      return not r.isError
+    end, 30, "the node to serve again")
+    assert.equal("sent", r.data.outcome, r.text)
+    assert.equal(pid, srv.pid)
+    assert.is_true(srv.alive())
+    H.async(function() c:close() end)
+    -- every message Twilio has is a sent record
+    local sent = {}
+    for _, row in ipairs(TW.sends(srv)) do if row.sid then sent[row.sid] = true end end
+    for _, m in ipairs(sim_messages(sim)) do assert.truthy(sent[m.sid], "no record for " .. m.sid) end
+  end)
+end)

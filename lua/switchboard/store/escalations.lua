@@ -71,10 +71,11 @@ function M.page(db, tenant_id, status, before, limit)
 end
 
 -- Decide an open escalation: the number of rows changed (1, or 0 when it
--- was decided already), or nil, err.
-function M.approve(db, id, actor)
-  return db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
-    .. " WHERE id = ? AND status = 'open'", actor, db_mod.now(), id)
+-- was decided already), or nil, err. node: the node that runs it (several
+-- nodes on PostgreSQL).
+function M.approve(db, id, actor, node)
+  return db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?, node = ?"
+    .. " WHERE id = ? AND status = 'open'", actor, db_mod.now(), node, id)
 end
 
 function M.reject(db, id, actor, note)
@@ -101,13 +102,15 @@ function M.unsettled(db, id)
   return esc_row(db:row(UNSETTLED[db_mod.dialect(db)], id))
 end
 
--- The ids of the approved escalations without a result, in order (decided
--- before the time stamp decided_before, when given).
-function M.approved_without_result(db, decided_before)
+-- The ids of the approved escalations without a result, in order (with
+-- live_since, several nodes: only those of the nodes whose lease ended
+-- before that unix time, whose run died with them).
+function M.approved_without_result(db, live_since)
   local rows, err
-  if decided_before then
-    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL AND decided_at < ?"
-      .. " ORDER BY id", decided_before)
+  if live_since then
+    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL"
+      .. " AND (node IS NULL OR node NOT IN (SELECT id FROM nodes WHERE heartbeat_unix >= ?)) ORDER BY id",
+      live_since)
   else
     rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL ORDER BY id")
   end
