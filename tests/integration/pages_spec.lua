@@ -175,8 +175,9 @@ describe("operator pages", function()
     local aid = sql(srv, "SELECT id FROM agents WHERE name = 'a1'")
     local function open_one(i)
       sql(srv, ("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, arguments, kind, reason, policy,"
-        .. " status, created_at) VALUES (%s, %s, 'owner', 'example_clock', x'00', 'hold', 'reason %d', 'p', '%s',"
-        .. " '2026-12-01T00:00:00Z')"):format(tid, aid, i, i % 3 == 0 and "rejected" or "open"))
+        .. " status, created_at) VALUES (%s, %s, 'owner', 'example_clock', %s, 'hold', 'reason %d', 'p', '%s',"
+        .. " '2026-12-01T00:00:00Z')"):format(tid, aid, H.STORE == "pg" and "'\\x00'::bytea" or "x'00'", i,
+        i % 3 == 0 and "rejected" or "open"))
     end
     for i = 1, 13 do open_one(i) end
     local all = pages(srv, "escalations --tenant pages --status all --limit 4", "escalations", function(page)
@@ -197,7 +198,12 @@ describe("operator pages", function()
   end)
 end)
 
-describe("audit verify on a long trail", function()
+-- the trail is written into the SQLite file before the server starts
+local describe_sqlite = H.STORE == "pg"
+  and function(name) describe(name, function() pending("SQLite only: the trail is written into the file") end) end
+  or describe
+
+describe_sqlite("audit verify on a long trail", function()
   local srv, RECORDS = nil, 20000
 
   setup(function()
