@@ -146,6 +146,27 @@ function H.sql(srv, sql)
   return sh(("sqlite3 %s %s 2>&1"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
 end
 
+-- SQL's hex() of a BLOB column, in the server's store (uppercase, as SQLite's).
+function H.hex_sql(srv, col)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return ("upper(encode(%s, 'hex'))"):format(col) end
+  return ("hex(%s)"):format(col)
+end
+
+-- A BLOB literal of hex digits in the server's store's SQL.
+function H.blob_sql(srv, hex)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return ("'\\x%s'::bytea"):format(hex) end
+  return ("X'%s'"):format(hex)
+end
+
+-- The whole database as text (sqlite3 .dump, or pg_dump).
+function H.dump(srv)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return (pg_of(store):dump(store.dbname)) end
+  return (sh(("sqlite3 %s .dump"):format(H.q(srv.dir .. "/data/switchboard.db"))))
+end
+
 function H.sql_rows(srv, sql)
   local store = srv.cfg and srv.cfg.store
   local out

@@ -176,7 +176,7 @@ describe("operator pages", function()
     local function open_one(i)
       sql(srv, ("INSERT INTO escalations (tenant_id, agent_id, sender_tier, tool, arguments, kind, reason, policy,"
         .. " status, created_at) VALUES (%s, %s, 'owner', 'example_clock', %s, 'hold', 'reason %d', 'p', '%s',"
-        .. " '2026-12-01T00:00:00Z')"):format(tid, aid, H.STORE == "pg" and "'\\x00'::bytea" or "x'00'", i,
+        .. " '2026-12-01T00:00:00Z')"):format(tid, aid, H.blob_sql(srv, "00"), i,
         i % 3 == 0 and "rejected" or "open"))
     end
     for i = 1, 13 do open_one(i) end

@@ -131,6 +131,12 @@ function Server:psql_on(dbname, sql, json)
     :format(q(self.password), q(self.bin), q(self.dir), q(dbname or self.dbname), q(sql)))
 end
 
+-- pg_dump of database dbname (plain SQL text), as the superuser.
+function Server:dump(dbname)
+  return sh(("PGPASSFILE=/dev/null PGPASSWORD=%s %s/pg_dump -h %s -U sb %s")
+    :format(q(self.password), q(self.bin), q(self.dir), q(dbname or self.dbname)))
+end
+
 -- A database of its own (a server's, in the integration suite on
 -- PostgreSQL): created empty, owned by the role sb. Returns its name.
 local ndb = 0
