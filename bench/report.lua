@@ -408,6 +408,53 @@ target("idle RSS ≤ 16 MiB",
     ("%.2f"):format(idle.rss_start_kib / 1024 / 16)) or "–",
   met(idle.rss_start_kib, idle.rss_start_kib and idle.rss_start_kib <= 16 * 1024))
 
+-- PostgreSQL (issue 11): one node and two nodes on one database, next to
+-- the SQLite node, as ratios (per round, then the median)
+local pgrows = of("pg")
+local function pg_rps(r)
+  if r.rc ~= 0 or type(r.r) ~= "table" or #r.r ~= r.nodes then return nil end
+  local sum = 0
+  for _, x in ipairs(r.r) do
+    if (x.errors or 0) > 0 then return nil end
+    sum = sum + (x.rps or 0)
+  end
+  return sum
+end
+local PG = {}
+if #pgrows > 0 then
+  w("## PostgreSQL: one node, two nodes on one database (issue 11)")
+  w()
+  w(("The same read and write calls, %s in flight on one connection per node, against one PostgreSQL (started"
+    .. " for the run, a Unix socket, fsync off as in the tests) next to a SQLite node (synchronous=FULL)."
+    .. " Two nodes: two runtimes on one database, one load generator each, calls/s summed. A call that sends"
+    .. " takes its tenant's send lock (exact limits across nodes), so one tenant's writes do not scale with"
+    .. " nodes."):format(pgrows[1].r and pgrows[1].r[1] and fmt(pgrows[1].r[1].inflight) or "?"))
+  w()
+  w("| tool | store | calls/s (median) | ratio to the SQLite node | p50 µs (first node) |")
+  w("|---|---|---:|---:|---:|")
+  for _, tool in ipairs({ "read", "write" }) do
+    PG[tool] = {}
+    local function sel(setup) return of("pg", function(r) return r.tool == tool and r.setup == setup end) end
+    local base = sel("sqlite1")
+    for _, setup in ipairs({ "sqlite1", "pg1", "pg2" }) do
+      local rs = sel(setup)
+      local rps = median(map(rs, pg_rps))
+      local rat = round_ratios(rs, base, pg_rps, pg_rps)
+      PG[tool][setup] = { rps = rps, ratio = rat, runs = rs }
+      local name = ({ sqlite1 = "SQLite, one node", pg1 = "PostgreSQL, one node", pg2 = "PostgreSQL, two nodes" })[setup]
+      w(("| %s | %s | %s | %s | %s |"):format(tool, name, fmt(rps), ratio(rat),
+        fmt(median(map(rs, function(r) return r.r and r.r[1] and r.r[1].p50_us end)))))
+    end
+    PG[tool].two_to_one = round_ratios(sel("pg2"), sel("pg1"), pg_rps, pg_rps)
+  end
+  w()
+  w(("Two nodes to one node on PostgreSQL: reads %s, writes %s (the issue's goal: ≥ 1.6× on reads).")
+    :format(ratio(PG.read.two_to_one), ratio(PG.write.two_to_one)))
+  w()
+  target("PostgreSQL: two nodes ≥ 1.6× one node on reads (issue 11)", ratio(PG.read.two_to_one),
+    met(PG.read.two_to_one, PG.read.two_to_one and PG.read.two_to_one >= 1.6))
+end
+
 w("## Targets (issue 9)")
 w()
 w("| target | measured | verdict |")

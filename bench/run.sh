@@ -20,6 +20,10 @@
 #           again after 1,000 new records; an executions page at
 #           BENCH_VERIFY_ROWS and at BENCH_AUDIT_ROWS records (with a timeout).
 #  idle RSS of a fresh server.
+#  pg       read and write calls/s (BENCH_PG_INFLIGHT in flight per node) on
+#           one node on PostgreSQL and on two nodes on one database, next to
+#           a SQLite node: one PostgreSQL for the part (tests/support/postgres.lua,
+#           initdb as the postgres user, a Unix socket only), stopped after.
 #  peer     (BENCH_PEER=1) Twilio's Node MCP server from ../shared/peer,
 #           copied to a scratch folder, measured with its own harness against
 #           the same nginx, interleaved in each load round.
@@ -37,7 +41,8 @@
 #  BENCH_EXEC_TIMEOUT=60             seconds before an executions page is given up
 #  BENCH_FLOOR_N=2000                requests in the curl floor
 #  BENCH_PEER=0|1  BENCH_PEER_DIR=../shared/peer
-#  BENCH_PARTS="load history audit"  the parts to run (the report says what is missing)
+#  BENCH_PARTS="load history audit pg"  the parts to run (the report says what is missing)
+#  BENCH_PG_INFLIGHT=16                 calls in flight per node in the pg part
 #  BENCH_PORT=18480 (the first free port from there)  SB_BIN=./switchboard
 set -euo pipefail
 umask 077
@@ -69,7 +74,8 @@ if [ -z "${BENCH_PEER_DIR:-}" ] && [ ! -d "$PEER_DIR" ]; then
   [ -n "$common" ] && [ -d "$(dirname "$common")/../shared/peer" ] && PEER_DIR=$(dirname "$common")/../shared/peer
 fi
 PORT=${BENCH_PORT:-18480}
-PARTS=" ${BENCH_PARTS:-load history audit} "
+PARTS=" ${BENCH_PARTS:-load history audit pg} "
+PG_INFLIGHT=${BENCH_PG_INFLIGHT:-16}
 part() { [[ $PARTS == *" $1 "* ]]; }
 OUT=$ROOT/var/bench
 RES=$OUT/results.jsonl
@@ -90,17 +96,18 @@ for n in $VERIFY_ROWS $AUDIT_ROWS $ROUNDS $FLOOR_N $HISTORY; do
 done
 [ "$AUDIT_ROWS" -ge "$VERIFY_ROWS" ] || die "BENCH_AUDIT_ROWS ($AUDIT_ROWS) is below BENCH_VERIFY_ROWS ($VERIFY_ROWS)"
 
-NGINX_PID="" SB_PID="" PROBE_PID="" BRIDGE_PID="" PEER_TMP=""
+NGINX_PID="" SB_PID="" PROBE_PID="" BRIDGE_PID="" PEER_TMP="" PG_DIR="" SB_PID2=""
 cleanup() {
   local rc=$?
   trap - EXIT
-  for pid in $PROBE_PID $BRIDGE_PID $SB_PID $NGINX_PID; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in $PROBE_PID $BRIDGE_PID $SB_PID $NGINX_PID; do
+  for pid in $PROBE_PID $BRIDGE_PID $SB_PID $SB_PID2 $NGINX_PID; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in $PROBE_PID $BRIDGE_PID $SB_PID $SB_PID2 $NGINX_PID; do
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
   [ -n "$PEER_TMP" ] && rm -rf "$PEER_TMP"
+  [ -n "$PG_DIR" ] && "$SB_BIN" exec tests/support/postgres.lua stop "$PG_DIR" >/dev/null 2>&1
   if [ "$rc" -ne 0 ]; then
     echo "bench: failed (exit $rc); logs in $OUT" >&2
     for f in "$OUT"/*/serve.log "$OUT/nginx/error.log"; do
@@ -464,6 +471,72 @@ fi
 fi
 part history && ! part audit && [ "$AUDIT_ROWS" -gt "$AUDIT_NOW" ] && add_audit "$AUDIT_ROWS" "$FILL_SECONDS"
 part history && history_level "sends=$SENDS_NOW+audit=$AUDIT_NOW" "$SENDS_NOW" "$AUDIT_NOW"
+
+# --- PostgreSQL: one node, two nodes on one database, next to a SQLite node --------------
+if part pg; then
+  say "PostgreSQL: read and write calls/s on one node and on two nodes on one database, next to SQLite"
+  PG_DIR=$("$SB_BIN" exec tests/support/postgres.lua start 2>"$OUT/pg-start.log") \
+    || { cat "$OUT/pg-start.log" >&2; die "PostgreSQL did not start"; }
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  PGPASSFILE=/dev/null PGPASSWORD=$(head -n 1 "$PG_DIR/client.pw") "$PG_BIN/psql" -X -q -h "$PG_DIR" -U sb -d sb \
+    -c "CREATE DATABASE bench" >/dev/null || die "CREATE DATABASE bench failed"
+  pg_conf() { # DIR [MASTER_KEY_FILE]
+    write_conf "$1"
+    local extra="store = { host = \"$PG_DIR\", dbname = \"bench\", user = \"sb\", password_file = \"$PG_DIR/client.pw\" },"
+    sed -i "s|^return {|return {\n  $extra|" "$1/switchboard.conf.lua"
+    if [ -n "${2:-}" ]; then
+      sed -i "s|master_key_file = \"$1/master.key\",|master_key_file = \"$2\", create_master_key = false,|" \
+        "$1/switchboard.conf.lua"
+    fi
+  }
+  # load on NODES (state dirs) at once, one bench/load.lua each: the sum of calls/s
+  pg_load() { # setup tool round DIR...
+    local setup=$1 tool=$2 round=$3; shift 3
+    local outs=() pids=() d n=0
+    for d in "$@"; do
+      n=$((n + 1))
+      "$SB_BIN" exec bench/load.lua --socket "$d/agent.sock" --token "$TOKEN" --tool "$tool" --inflight "$PG_INFLIGHT" \
+        --warmup "$WARMUP" --duration "$DURATION" --to-offset $(( (LOADN += 1) * 997 )) --out "$OUT/pg-$setup-$tool-$round-$n.json" &
+      pids+=($!); outs+=("$OUT/pg-$setup-$tool-$round-$n.json")
+    done
+    local rc=0 p
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    local parts="" o
+    for o in "${outs[@]}"; do [ -s "$o" ] && parts="$parts${parts:+,}$(cat "$o")"; done
+    emit "{\"kind\":\"pg\",\"setup\":\"$setup\",\"tool\":\"$tool\",\"round\":$round,\"nodes\":$n,\"rc\":$rc,\"r\":[$parts]}"
+  }
+  # the PostgreSQL state: tenant bench connected, as E0
+  STATE=$OUT/P1; mkdir -p "$STATE/data"; pg_conf "$STATE"
+  start_serve "$STATE"
+  for t in bench other1 other2 other3; do
+    admin tenant add "$t" >/dev/null
+    admin tenant features "$t" +custom.twilio >/dev/null
+    admin --json agent add --tenant "$t" --name b --type caioo --tier owner --groups "Twilio Communications" \
+      >"$STATE/agent-$t.json"
+  done
+  echo "benchSecretValue0123456789" | admin twilio connect --tenant bench --account-sid "$AC" --api-key-sid "$SK" \
+    --hosts "$UP" >"$STATE/connect.txt" || { cat "$STATE/connect.txt" >&2; die "twilio connect failed (PostgreSQL)"; }
+  admin twilio autonomous-sends on --tenant bench --confirm >/dev/null 2>&1 || die "autonomous-sends on failed"
+  E0_TOKEN=$TOKEN
+  TOKEN=$(lua5.4 -e 'io.write(require("cjson").decode(io.read("a")).token)' <"$STATE/agent-bench.json")
+  stop_serve
+  mkdir -p "$OUT/P2/data"; pg_conf "$OUT/P2" "$OUT/P1/master.key"
+  for r in $(seq "$ROUNDS"); do
+    for tool in read write; do
+      TOKEN_PG=$TOKEN; TOKEN=$E0_TOKEN
+      fresh "Q$r$tool"; STATE=$OUT/Q$r$tool; start_serve "$STATE"
+      pg_load sqlite1 "$tool" "$r" "$STATE"; stop_serve
+      TOKEN=$TOKEN_PG
+      STATE=$OUT/P1; start_serve "$STATE"
+      pg_load pg1 "$tool" "$r" "$OUT/P1"
+      SB_PID1=$SB_PID; STATE=$OUT/P2; start_serve "$STATE"; SB_PID2=$SB_PID
+      pg_load pg2 "$tool" "$r" "$OUT/P1" "$OUT/P2"
+      stop_serve; SB_PID2=""; SB_PID=$SB_PID1; stop_serve
+    done
+  done
+  TOKEN=$E0_TOKEN
+  "$SB_BIN" exec tests/support/postgres.lua stop "$PG_DIR" >/dev/null 2>&1; PG_DIR=""
+fi
 
 # --- report --------------------------------------------------------------------------
 T_END=$(date +%s)

@@ -98,8 +98,111 @@ local function lua_literal(v, indent)
   return tostring(v)
 end
 
+-- The store the integration suite runs on: "sqlite" (the default) or
+-- "pg" (SB_STORE=pg; tests/run.sh starts one PostgreSQL for the run,
+-- SB_PG_DIR, and each server gets a database of its own).
+H.STORE = os.getenv("SB_STORE") == "pg" and "pg" or "sqlite"
+
+-- The run's PostgreSQL (tests/support/postgres.lua), started here when
+-- the run did not start one (stopped when the process exits).
+local pg_server, pg_guard
+function H.postgres()
+  if pg_server then return pg_server end
+  local postgres = require("support.postgres")
+  pg_server = postgres.attach()
+  if not pg_server then
+    pg_server = postgres.start()
+    local s = pg_server
+    pg_guard = setmetatable({}, { __gc = function() s:stop() end })
+  end
+  H._pg_guard = pg_guard
+  return pg_server
+end
+
+-- A new database on the run's PostgreSQL: the `store` setting of a config.
+function H.pg_store(prefix)
+  local s = H.postgres()
+  return s:store_config(s:create_database(prefix or "srv"))
+end
+
+-- Run SQL on a server's store (checks and test setup, outside the loop):
+-- the sqlite3 CLI on its file, or psql on its PostgreSQL database. H.sql
+-- returns the text ("|" between columns) and the exit code; H.sql_rows the
+-- rows, decoded from JSON (sqlite3 -json, or json_agg on PostgreSQL).
+-- The PostgreSQL server of a store setting (the run's, or another a spec started).
+local pg_attached = {}
+local function pg_of(store)
+  local s = H.postgres()
+  if store.host == s.dir then return s end
+  pg_attached[store.host] = pg_attached[store.host] or require("support.postgres").attach(store.host)
+  return pg_attached[store.host]
+end
+
+function H.sql(srv, sql)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then
+    return pg_of(store):psql_on(store.dbname, sql)
+  end
+  return sh(("sqlite3 %s %s 2>&1"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
+end
+
+-- SQL's hex() of a BLOB column, in the server's store (uppercase, as SQLite's).
+function H.hex_sql(srv, col)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return ("upper(encode(%s, 'hex'))"):format(col) end
+  return ("hex(%s)"):format(col)
+end
+
+-- A BLOB literal of hex digits in the server's store's SQL.
+function H.blob_sql(srv, hex)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return ("'\\x%s'::bytea"):format(hex) end
+  return ("X'%s'"):format(hex)
+end
+
+-- The whole database as text (sqlite3 .dump, or pg_dump).
+function H.dump(srv)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then return (pg_of(store):dump(store.dbname)) end
+  return (sh(("sqlite3 %s .dump"):format(H.q(srv.dir .. "/data/switchboard.db"))))
+end
+
+function H.sql_rows(srv, sql)
+  local store = srv.cfg and srv.cfg.store
+  local out
+  if type(store) == "table" and store.dbname then
+    out = pg_of(store):psql_on(store.dbname, sql, true)
+  else
+    out = sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
+  end
+  return json.decode(out) or {}
+end
+
+-- fn(db) on a connection of its own to a server's store (someone who can
+-- write the database): core.store on the SQLite file, or a store.pg pool
+-- on its PostgreSQL database, in a runtime coroutine. Errors re-raise.
+function H.with_store(srv, fn)
+  local store = srv.cfg and srv.cfg.store
+  if type(store) == "table" and store.dbname then
+    return H.async(function()
+      local pool = require("switchboard.store.pg").new({
+        conninfo = ("host=%s dbname=%s user=%s"):format(store.host, store.dbname, store.user),
+        password_file = store.password_file, size = 1 })
+      pool.dialect = "pg"
+      local ok, err = pcall(fn, pool)
+      pool:close()
+      assert(ok, err)
+    end, 60)
+  end
+  local db = assert(require("core.store").open(srv.dir .. "/data/switchboard.db"))
+  local ok, err = pcall(fn, db)
+  db:close()
+  assert(ok, err)
+end
+
 -- Start `switchboard serve` with a config built from opts (merged over
--- the defaults below). Returns a handle.
+-- the defaults below). Returns a handle. With SB_STORE=pg the server's
+-- store is a new database (opts.store: a given one, to share it).
 function H.server(opts)
   opts = opts or {}
   local dir = opts.dir or H.tmpdir("srv")
@@ -107,7 +210,17 @@ function H.server(opts)
     data_dir = dir .. "/data", agent_socket = dir .. "/agent.sock", admin_socket = dir .. "/admin.sock",
     master_key_file = dir .. "/data/master.key", log = { level = "debug", file = dir .. "/server.log" },
     tool_dirs = { H.ROOT .. "/examples/tools" }, audit = { flush_ms = 0 },
+    -- on PostgreSQL: a killed server's open sends are taken over soon
+    cluster = { lease_seconds = 3 },
   }
+  if opts.store then
+    cfg.store = opts.store
+  elseif H.STORE == "pg" and not (opts.config and opts.config.store) then
+    -- a server started again in the same directory finds its database again
+    H.pg_by_dir = H.pg_by_dir or {}
+    cfg.store = H.pg_by_dir[dir] or H.pg_store()
+    H.pg_by_dir[dir] = cfg.store
+  end
   for k, v in pairs(opts.config or {}) do cfg[k] = v end
   local conf = dir .. "/switchboard.conf.lua"
   H.write(conf, "return " .. lua_literal(cfg) .. "\n")

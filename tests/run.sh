@@ -23,16 +23,46 @@ else
   fail=$((fail + 1)); echo "not ok - luacheck"
 fi
 
-note "busted (inside $SB_BIN)"
-# the core's specs, then each integration package's own (integrations/*/tests,
-# examples/integrations/*/tests)
+# SB_STORE selects the store of the integration specs: sqlite, pg, or
+# (unset) both: every spec on SQLite, then the integration specs again on
+# one PostgreSQL started for the run (tests/support/postgres.lua), each
+# server on a database of its own. A spec that inspects the SQLite file
+# itself says so on a line "-- store: sqlite only" and is not run on pg.
+stores=${SB_STORE:-"sqlite pg"}
 pkg_specs=$(ls -d integrations/*/tests examples/integrations/*/tests 2>/dev/null | tr '\n' ' ')
-specs=${SB_SPECS:-"tests/unit tests/integration $pkg_specs"}
-"$SB_BIN" exec /usr/bin/busted --lpath="$ROOT/tests/?.lua" -o TAP $specs 2>&1 | tee "$SB_TEST_TMP/busted.tap"
-ok=$(grep -c '^ok ' "$SB_TEST_TMP/busted.tap")
-nok=$(grep -c '^not ok ' "$SB_TEST_TMP/busted.tap")
-if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - busted ran no test"; fi
-pass=$((pass + ok)); fail=$((fail + nok))
+for store in $stores; do
+  if [ "$store" = sqlite ]; then
+    note "busted (inside $SB_BIN)"
+    # the core's specs, then each integration package's own (integrations/*/tests,
+    # examples/integrations/*/tests)
+    specs=${SB_SPECS:-"tests/unit tests/integration $pkg_specs"}
+  else
+    note "busted on PostgreSQL (SB_STORE=pg)"
+    if [ -n "${SB_SPECS:-}" ]; then
+      # of the given specs, the integration ones (the others do not depend on the store)
+      specs=""
+      for s in $SB_SPECS; do case "$s" in tests/integration*) specs="$specs $s" ;; esac; done
+      [ -n "$specs" ] || continue
+    else
+      specs=$(grep -L '^-- store: sqlite only' tests/integration/*_spec.lua | tr '\n' ' ')
+    fi
+    if ! SB_PG_DIR=$("$SB_BIN" exec tests/support/postgres.lua start 2>"$SB_TEST_TMP/pg-start.log"); then
+      fail=$((fail + 1)); echo "not ok - PostgreSQL for the run did not start"; cat "$SB_TEST_TMP/pg-start.log"
+      continue
+    fi
+    export SB_PG_DIR
+  fi
+  SB_STORE=$store "$SB_BIN" exec /usr/bin/busted --lpath="$ROOT/tests/?.lua" -o TAP $specs 2>&1 \
+    | tee "$SB_TEST_TMP/busted-$store.tap"
+  if [ "$store" = pg ]; then
+    "$SB_BIN" exec tests/support/postgres.lua stop "$SB_PG_DIR" >/dev/null 2>&1
+    unset SB_PG_DIR
+  fi
+  ok=$(grep -c '^ok ' "$SB_TEST_TMP/busted-$store.tap")
+  nok=$(grep -c '^not ok ' "$SB_TEST_TMP/busted-$store.tap")
+  if [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then nok=1; echo "not ok - busted ($store) ran no test"; fi
+  pass=$((pass + ok)); fail=$((fail + nok))
+done
 
 note "fuzz corpus replay (fuzz/corpus/<target>/ through fuzz/targets/<target>.lua)"
 if [ -z "${SB_SKIP_FUZZ:-}" ]; then

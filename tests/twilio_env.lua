@@ -202,9 +202,8 @@ end
 
 -- The audit records of tool calls (oldest first), read from the database.
 function TW.audit(srv)
-  local out = H.sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"),
-    H.q("SELECT id, tool, action, decision, outcome, detail, retries FROM audit_log WHERE kind = 'call' ORDER BY id")))
-  local rows = json.decode(out) or {}
+  local rows = H.sql_rows(srv,
+    "SELECT id, tool, action, decision, outcome, detail, retries FROM audit_log WHERE kind = 'call' ORDER BY id")
   for _, r in ipairs(rows) do
     if type(r.detail) == "string" then r.detail = json.decode(r.detail) end
   end
@@ -226,15 +225,13 @@ end
 
 -- The write-ahead send records, oldest first.
 function TW.sends(srv)
-  local out = H.sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"),
-    H.q("SELECT id, tool, action, recipient, status, sid, error_code FROM sends ORDER BY id")))
-  return json.decode(out) or {}
+  return H.sql_rows(srv, "SELECT id, tool, action, recipient, status, sid, error_code FROM sends ORDER BY id")
 end
 
 -- Run SQL on the server's database (test setup only).
 function TW.sql(srv, sql)
-  local out, code = H.sh(("sqlite3 %s %s 2>&1"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(sql)))
-  assert(code == 0, "sqlite3: " .. out)
+  local out, code = H.sql(srv, sql)
+  assert(code == 0, "sql: " .. out)
   return out
 end
 

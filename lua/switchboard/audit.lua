@@ -308,10 +308,20 @@ function M:flush(defer_anchor)
   -- at a time, through the db module
   db_mod.writer(db):flush()
   local id, prev = self.last_id, self.last_hash
+  local pg = db_mod.is_pg(db)
   local ok, err = db_mod.transaction(db, function()
+    if pg then
+      -- several nodes append to one chain: one at a time (the chain's lock,
+      -- to the COMMIT), each after the head as the database has it
+      local last, lerr = store.lock_chain(db)
+      if last == nil then return nil, lerr end
+      id, prev = last and last.id or 0, last and last.hash or M.GENESIS
+    end
     for _, r in ipairs(q) do
       id = id + 1
-      r.id, r.chain, r.anchored = id, M.KEYED, self.anchored_id
+      -- (PostgreSQL: each node has an anchor file of its own, so a record
+      -- claims none: what one node anchored says nothing of another's file)
+      r.id, r.chain, r.anchored = id, M.KEYED, pg and 0 or self.anchored_id
       local h = M.mac(self.master, prev, r)
       r.prev_hash, r.hash = prev, h
       local stored, serr = store.append(db, r)

@@ -23,6 +23,9 @@ M.PAGES_PER_STEP = 64
 -- overwritten). Returns { pages = n, steps = k } or nil, err; on an error
 -- no partial file is left. The caller writes its anchor (write_anchor).
 function M.online(db, path, pages)
+  if db_mod.is_pg(db) then
+    return nil, "the store is PostgreSQL: back it up with pg_dump (README: Backups), not admin backup"
+  end
   if exists(path .. ".head") then
     return nil, ("%s.head exists already (a backup never overwrites a file)"):format(path)
   end
@@ -136,6 +139,9 @@ end
 function M.restore(cfg, file, open_master, actor)
   if lfs.attributes(file, "mode") ~= "file" then
     return nil, ("%s: no such file"):format(file)
+  end
+  if cfg.store and cfg.store.kind == "pg" then
+    return nil, "the store is PostgreSQL: restore it with pg_restore (README: Backups), not switchboard restore"
   end
   local database = cfg.database
   if exists(database) then

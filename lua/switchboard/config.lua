@@ -65,6 +65,12 @@ local spec = {
     session_seconds = { type = "integer", default = 28800, min = 60 },
     page_size = { type = "integer", default = 20, min = 1 },
   } },
+  -- several nodes on one PostgreSQL: a node's heartbeat every
+  -- lease_seconds / 3; the open sends of a node silent for lease_seconds
+  -- are taken over by another node (switchboard.sends)
+  cluster = { type = "table", fields = {
+    lease_seconds = { type = "number", default = 15, min = 0.5 },
+  } },
   audit = { type = "table", fields = {
     bodies = { type = "string", default = "redacted", enum = { "full", "redacted", "hash" } },
     flush_ms = { type = "integer", default = 20, min = 0 },
@@ -216,9 +222,94 @@ function M.full_spec(root)
   return with_integrations({}, root)
 end
 
+-- {======================================================
+-- The store: the SQLite file at `database` (the default), or PostgreSQL:
+--   store = "postgresql://user@host/dbname?host=/run/postgresql"  (a URL, no password)
+--   store = { host = "/run/postgresql", port = 5432, dbname = "switchboard", user = "switchboard",
+--             password_file = "/etc/switchboard/pg.password", pool_size = 4 }
+--   store = { url = "postgresql://…", password_file = … }
+-- The password is read from password_file (never a URL, a config value or argv).
+-- cfg.store becomes { kind = "sqlite", path } or { kind = "pg", conninfo,
+-- password_file, pool_size, connect_timeout }.
+-- =======================================================
+
+local STORE_FIELDS = {
+  url = "string", host = "string", port = "integer", dbname = "string", user = "string",
+  password_file = "string", pool_size = "integer", connect_timeout = "number",
+}
+
+-- A value in a libpq connection string: quoted, \ and ' escaped.
+local function conninfo_value(v)
+  return "'" .. tostring(v):gsub("\\", "\\\\"):gsub("'", "\\'") .. "'"
+end
+
+local function check_url(url, name)
+  if not (url:match("^postgresql://") or url:match("^postgres://")) then
+    return nil, ("config: '%s' must be a postgresql:// URL"):format(name)
+  end
+  local auth = url:match("^[^:]+://([^/?#]*)@")
+  if auth and auth:find(":", 1, true) then
+    return nil, ("config: '%s' must not hold a password: put it in store.password_file"):format(name)
+  end
+  if url:lower():find("[?&]password=") then
+    return nil, ("config: '%s' must not hold a password: put it in store.password_file"):format(name)
+  end
+  return url
+end
+
+local function store_config(v, expand)
+  if v == nil then return { kind = "sqlite" } end
+  if type(v) == "string" then
+    local url, err = check_url(v, "store")
+    if not url then return nil, err end
+    return { kind = "pg", conninfo = url, pool_size = 4 }
+  end
+  if type(v) ~= "table" then
+    return nil, "config: 'store' must be a postgresql:// URL or a table (store.host, store.dbname, store.user)"
+  end
+  for k, val in pairs(v) do
+    local want = STORE_FIELDS[k]
+    if not want then return nil, ("config: unknown key 'store.%s'"):format(tostring(k)) end
+    if not type_ok(want, val) then
+      return nil, ("config: 'store.%s' must be a %s, not a %s"):format(k, want, typename(val))
+    end
+  end
+  local out = { kind = "pg", pool_size = v.pool_size or 4, connect_timeout = v.connect_timeout,
+                password_file = v.password_file and expand(v.password_file) }
+  if out.pool_size < 1 then return nil, "config: 'store.pool_size' must be at least 1" end
+  if v.url then
+    if v.host or v.dbname or v.user or v.port then
+      return nil, "config: 'store.url' and store.host/dbname/user/port exclude each other"
+    end
+    local url, err = check_url(v.url, "store.url")
+    if not url then return nil, err end
+    out.conninfo = url
+    return out
+  end
+  for _, k in ipairs({ "host", "dbname", "user" }) do
+    if type(v[k]) ~= "string" or v[k] == "" then
+      return nil, ("config: 'store.%s' is required (or give store.url)"):format(k)
+    end
+  end
+  local parts = {}
+  for _, k in ipairs({ "host", "port", "dbname", "user" }) do
+    if v[k] ~= nil then parts[#parts + 1] = k .. "=" .. conninfo_value(v[k]) end
+  end
+  out.conninfo = table.concat(parts, " ")
+  return out
+end
+
+-- }======================================================
+
 -- Validate a table against the spec, fill defaults; root expands "@root".
 function M.build(given, root)
   given = given or {}
+  local store_given = given.store
+  if store_given ~= nil then
+    local copy = {}
+    for k, v in pairs(given) do if k ~= "store" then copy[k] = v end end
+    given = copy
+  end
   local full, dirs = with_integrations(given, root)
   if not full then return nil, dirs end
   local cfg, err = check(full, given, "", {})
@@ -231,6 +322,10 @@ function M.build(given, root)
   end
   cfg.policy_dir = expand(cfg.policy_dir)
   cfg.database = expand(cfg.database)
+  local store, serr = store_config(store_given, expand)
+  if not store then return nil, serr end
+  if store.kind == "sqlite" then store.path = cfg.database end
+  cfg.store = store
   cfg.audit.anchor_file = expand(cfg.audit.anchor_file)
   cfg.console.dir = expand(cfg.console.dir)
   for i, d in ipairs(cfg.tool_dirs) do cfg.tool_dirs[i] = expand(d) end

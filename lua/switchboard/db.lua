@@ -9,7 +9,10 @@ local time = require("switchboard.time")
 local M = {}
 
 -- Each entry moves the schema one version up, in order; never edit a
--- released entry, add a new one.
+-- released entry, add a new one. The same list serves both stores: an
+-- entry is the SQL of both, written in SQLite's dialect and read by
+-- PostgreSQL with its types (M.pg_types), or { sqlite = …, pg = … } where
+-- the two must differ (expression indexes, JSON functions).
 M.migrations = {
   [[
   CREATE TABLE tenants (
@@ -146,13 +149,25 @@ M.migrations = {
   ALTER TABLE audit_log ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE audit_log ADD COLUMN anchored INTEGER;
   ]],
-  [[
   -- Recovery finds the send records whose call left no audit record, and
   -- the send record of an approved escalation.
+  { sqlite = [[
   CREATE INDEX audit_send_id ON audit_log
     ((CASE WHEN json_valid(detail) THEN json_extract(detail, '$.send_id') END));
   CREATE INDEX sends_escalation ON sends (escalation_id);
-  ]],
+  ]], pg = [[
+  -- sb_json(text): the text as jsonb, NULL when it is not JSON (SQLite's
+  -- json_valid + json_extract in one, usable in an index)
+  CREATE FUNCTION sb_json(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $f$
+  BEGIN
+    RETURN t::jsonb;
+  EXCEPTION WHEN others THEN
+    RETURN NULL;
+  END
+  $f$;
+  CREATE INDEX audit_send_id ON audit_log ((sb_json(detail) ->> 'send_id'));
+  CREATE INDEX sends_escalation ON sends (escalation_id);
+  ]] },
   [[
   -- The daily budget counts a tenant's sends since midnight: a range on
   -- created_unix within the tenant (sends_tenant_recipient ranges on it
@@ -187,7 +202,7 @@ M.migrations = {
   ALTER TABLE sends ADD COLUMN execution_id TEXT;
   CREATE INDEX sends_delivery ON sends (tenant_id, delivery_status) WHERE delivery_status IS NOT NULL;
   ]],
-  [[
+  { sqlite = [[
   -- Connections per (tenant, integration): the columns every integration
   -- has, and its own settings as a JSON object (what the first, one-per-
   -- tenant table held in columns moves there). A send names the integration
@@ -218,10 +233,90 @@ M.migrations = {
   FROM connections_v1;
   DROP TABLE connections_v1;
   ALTER TABLE sends ADD COLUMN integration TEXT;
+  ]], pg = [[
+  -- Connections per (tenant, integration): the columns every integration
+  -- has, and its own settings as a JSON object (what the first, one-per-
+  -- tenant table held in columns moves there). A send names the integration
+  -- it went through (NULL for the sends recorded before: found from the tool).
+  ALTER TABLE connections RENAME TO connections_v1;
+  CREATE TABLE connections (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    integration TEXT NOT NULL,
+    key_id TEXT,
+    secret BLOB,
+    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
+    status_reason TEXT,
+    account_name TEXT,
+    autonomous_sends INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL DEFAULT '{}',
+    last_tested_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, integration)
+  );
+  INSERT INTO connections (tenant_id, integration, key_id, secret, status, status_reason, account_name,
+    autonomous_sends, settings, last_tested_at, created_at, updated_at)
+  SELECT tenant_id, provider, api_key_sid, secret, status, status_reason, account_name, autonomous_sends,
+    json_build_object('account_sid', account_sid, 'default_number', default_number, 'whatsapp_number',
+      whatsapp_number, 'verify_service_sid', verify_service_sid, 'account_status', account_status, 'account_type',
+      account_type, 'numbers', sb_json(numbers), 'hosts', sb_json(hosts))::text,
+    last_tested_at, created_at, updated_at
+  FROM connections_v1;
+  DROP TABLE connections_v1;
+  ALTER TABLE sends ADD COLUMN integration TEXT;
+  ]] },
+  [[
+  -- Several nodes on one database (PostgreSQL): each send has an owner,
+  -- the node that wrote it; each node's heartbeat is its lease. The sends
+  -- of a node whose lease expired are taken over by another node.
+  ALTER TABLE sends ADD COLUMN node TEXT;
+  ALTER TABLE escalations ADD COLUMN node TEXT;
+  CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    heartbeat_unix INTEGER NOT NULL,
+    started_at TEXT NOT NULL
+  );
+  CREATE INDEX sends_open ON sends (status) WHERE status IN ('pending', 'in_flight', 'unknown');
   ]],
 }
 
 M.now = time.now
+
+-- {======================================================
+-- Which store a handle is: "sqlite" (core.store's Db) or "pg" (a
+-- switchboard.store.pg pool). The repositories write their SQL once where
+-- both read it alike, and per store where they differ.
+-- =======================================================
+
+function M.dialect(db)
+  if type(db) == "table" and db.dialect then return db.dialect end
+  return "sqlite"
+end
+
+function M.is_pg(db) return M.dialect(db) == "pg" end
+
+-- SQLite's column types in a CREATE TABLE / ADD COLUMN as PostgreSQL's:
+-- an INTEGER PRIMARY KEY (SQLite's rowid) is a bigint identity (explicit
+-- ids, as the audit chain writes, are kept), INTEGER bigint, BLOB bytea,
+-- REAL double precision.
+function M.pg_types(sql)
+  sql = sql:gsub("(%w+) INTEGER PRIMARY KEY REFERENCES", "%1 bigint PRIMARY KEY REFERENCES")
+  sql = sql:gsub("INTEGER PRIMARY KEY", "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+  sql = sql:gsub("%f[%w]INTEGER%f[%W]", "bigint")
+  sql = sql:gsub("%f[%w]BLOB%f[%W]", "bytea")
+  sql = sql:gsub("%f[%w]REAL%f[%W]", "double precision")
+  return sql
+end
+
+-- The SQL of migration v for the store of db.
+function M.migration_sql(v, dialect)
+  local m = M.migrations[v]
+  if type(m) == "table" then m = m[dialect] end
+  if dialect == "pg" then return M.pg_types(m) end
+  return m
+end
+
+-- }======================================================
 
 -- {======================================================
 -- One write path: group commit.
@@ -245,6 +340,8 @@ M.now = time.now
 -- Run fn(db) inside BEGIN IMMEDIATE … COMMIT. fn returns true (commit) or
 -- nil, err (roll back). Returns true or nil, err. fn must not wait.
 function M.transaction(db, fn)
+  -- PostgreSQL: a connection of the pool per transaction; fn may wait
+  if M.is_pg(db) then return db:transaction(fn) end
   if db:in_transaction() then
     return nil, "a transaction is already open: its writes would not be durable on their own"
   end
@@ -269,9 +366,15 @@ local writers = setmetatable({}, { __mode = "k" })
 
 -- The writer of db (one per database). writer.sync = true makes every
 -- statement commit at once, in its own transaction, without waiting.
+local PgWriter = {}
+PgWriter.__index = PgWriter
+
 function M.writer(db)
   local w = writers[db]
-  if not w then
+  if not w and M.is_pg(db) then
+    w = setmetatable({ db = db, batches = 0, statements = 0 }, PgWriter)
+    writers[db] = w
+  elseif not w then
     w = setmetatable({ db = db, queue = {}, scheduled = false, batches = 0, statements = 0 }, Writer)
     writers[db] = w
   end
@@ -369,6 +472,35 @@ function Writer:later(on_commit, sql, ...)
   return enqueue(self, false, false, on_commit, sql, ...)
 end
 
+-- On PostgreSQL every statement commits on its own (a connection of the
+-- pool each, so nothing waits for the others' commits): the writer runs it
+-- and tells on_commit; later runs it at once in the caller's coroutine (so
+-- a settle is stored before the call's audit record) or, outside one, in a
+-- coroutine of its own.
+local function pg_run(self, insert, on_commit, sql, ...)
+  local res, err
+  if insert then res, err = self.db:insert(sql, ...) else res, err = self.db:run(sql, ...) end
+  self.batches, self.statements = self.batches + 1, self.statements + 1
+  if on_commit then
+    local cok, cerr = pcall(on_commit, res, err)
+    if not cok then log.error("db: a commit callback failed: %s", tostring(cerr)) end
+  end
+  return res, err
+end
+
+function PgWriter:flush() return true end
+function PgWriter:insert(on_commit, sql, ...) return pg_run(self, true, on_commit, sql, ...) end
+function PgWriter:run(on_commit, sql, ...) return pg_run(self, false, on_commit, sql, ...) end
+function PgWriter:later(on_commit, sql, ...)
+  if coroutine.isyieldable() then
+    pg_run(self, false, on_commit, sql, ...)
+  else
+    local args = table.pack(...)
+    loop.spawn(function() pg_run(self, false, on_commit, sql, table.unpack(args, 1, args.n)) end)
+  end
+  return true
+end
+
 -- }======================================================
 
 -- Caches of per-tenant rows (a tenant's connection, its countries) are
@@ -380,13 +512,64 @@ function M.on_tenant_change(fn)
   on_change[#on_change + 1] = fn
 end
 
-function M.tenant_changed(db, tenant_id)
+-- On PostgreSQL the other nodes are told too (switchboard.cluster), unless
+-- the change came from one of them (from_peer).
+function M.tenant_changed(db, tenant_id, from_peer)
   for _, f in ipairs(on_change) do f(db, tenant_id) end
+  if not from_peer and M.is_pg(db) then require("switchboard.cluster").publish(db, tenant_id) end
 end
 
--- Open the database file and bring its schema up to date.
--- Returns db or nil, err.
+-- The advisory lock key (pg_advisory_xact_lock) that serializes the
+-- nodes' migrations.
+M.MIGRATE_LOCK = 0x5342000000000001
+
+-- Open the PostgreSQL store (cfg: the config's store table: conninfo,
+-- password_file, pool_size) and bring its schema up to date; in a runtime
+-- coroutine. Returns the pool or nil, err. Several nodes starting at once
+-- migrate one after the other (an advisory lock in the transaction).
+function M.open_pg(cfg)
+  local pool = require("switchboard.store.pg").new({ conninfo = cfg.conninfo, password_file = cfg.password_file,
+                                                      size = cfg.pool_size, connect_timeout = cfg.connect_timeout })
+  pool.dialect = "pg"
+  local version
+  local ok, err = pool:transaction(function(db)
+    local r, lerr = db:run("SELECT pg_advisory_xact_lock(?)", M.MIGRATE_LOCK)
+    if not r then return nil, lerr end
+    r, lerr = db:exec("CREATE TABLE IF NOT EXISTS sb_schema (version integer NOT NULL);"
+      .. " INSERT INTO sb_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM sb_schema)")
+    if not r then return nil, lerr end
+    local row
+    row, lerr = db:row("SELECT version FROM sb_schema")
+    if not row then return nil, lerr end
+    version = row.version
+    if version > #M.migrations then
+      return nil, ("the database has schema version %d, newer than this runtime's %d"):format(version, #M.migrations)
+    end
+    for v = version + 1, #M.migrations do
+      local mok, merr = db:exec(M.migration_sql(v, "pg"))
+      if not mok then return nil, ("database migration %d failed: %s"):format(v, merr) end
+    end
+    if version < #M.migrations then
+      r, lerr = db:run("UPDATE sb_schema SET version = ?", #M.migrations)
+      if not r then return nil, lerr end
+    end
+    return true
+  end)
+  if not ok then
+    pool:close()
+    return nil, "postgresql store: " .. tostring(err)
+  end
+  return pool
+end
+
+-- Open the store: a path (the SQLite file) or the config's store table
+-- ({ kind = "sqlite", path } or { kind = "pg", … }), and bring its schema
+-- up to date. Returns db or nil, err.
 function M.open(path)
+  if type(path) == "table" then
+    if path.kind == "pg" then return M.open_pg(path) end
+    path = path.path
+  end
   local db, err = store.open(path)
   if not db then return nil, ("database %s: %s"):format(path, err) end
   local version = db:user_version()
@@ -397,7 +580,7 @@ function M.open(path)
   end
   for v = version + 1, #M.migrations do
     assert(db:begin())
-    local ok, merr = db:exec(M.migrations[v])
+    local ok, merr = db:exec(M.migration_sql(v, "sqlite"))
     if ok then ok, merr = db:set_user_version(v) end
     if not ok then
       db:rollback()

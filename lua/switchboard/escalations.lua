@@ -70,8 +70,10 @@ function M.settle_from_send(rt, esc_id, at_start)
 end
 
 -- At start: each approved escalation without a result.
-function M.recover(rt)
-  for _, id in ipairs(assert(store.approved_without_result(rt.db))) do
+-- live_since (a unix time, several nodes): only the approvals of nodes
+-- whose lease ended before it (a live node's may still be running).
+function M.recover(rt, live_since)
+  for _, id in ipairs(assert(store.approved_without_result(rt.db, live_since))) do
     M.settle_from_send(rt, id, true)
   end
 end
@@ -163,7 +165,8 @@ function M.install(admin)
     local args = arguments(server, r)
     if not args then refuse(("escalation %d: its arguments could not be opened"):format(r.id)) end
     -- decide first, atomically: a second approve finds it decided
-    local n, err = store.approve(self.db, r.id, p.actor)
+    local n, err = store.approve(self.db, r.id, p.actor,
+      require("switchboard.db").is_pg(self.db) and require("switchboard.cluster").NODE or nil)
     if not n then
       refuse(("escalation %d: the approval could not be stored (%s); nothing was run"):format(r.id, tostring(err)))
     end

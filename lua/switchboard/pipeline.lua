@@ -274,6 +274,20 @@ function M.run(rt, call)
     sends = sending ~= nil, connected = tool.connection ~= nil, reads_untrusted = tool.untrusted ~= nil,
     recipient = sending and sending.recipient, outbound = sending and sending.outbound,
   }
+  -- a call that sends counts and records under the tenant's send lock
+  -- (exact limits across nodes on PostgreSQL; nothing on SQLite), given
+  -- back once its record is committed or the call ends without one
+  local unlock
+  local _ <close> = setmetatable({}, { __close = function() if unlock then unlock() end end })
+  if sending and conn then
+    local lerr
+    unlock, lerr = sends.lock(rt.db, s.tenant.id)
+    if not unlock then
+      log.error("sends: the send lock of tenant %d could not be taken: %s", s.tenant.id, tostring(lerr))
+      return finish(result(sends.STORAGE_UNAVAILABLE, nil, true), "error", "failed",
+        { error = "storage unavailable", storage = tostring(lerr) })
+    end
+  end
   if conn then
     for k, fn in pairs(sends.policy_helpers(rt.db, s.tenant.id)) do view[k] = fn end
   end
@@ -345,6 +359,13 @@ function M.run(rt, call)
   -- the one way a tool sends (the tool never sees rt: master key, database)
   local release, sent
   if sending and conn and sending.recipient then release = sends.claim(s.tenant.id, sending.recipient) end
+  if unlock then
+    local claim_release = release
+    release = function()
+      if claim_release then claim_release() end
+      unlock()
+    end
+  end
   if sending and conn then
     ctx.send = function(spec)
       local body, serr, info = sends.send(rt, {

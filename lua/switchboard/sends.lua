@@ -10,13 +10,13 @@
 -- sent twice. Tools reach this through ctx.send, which the pipeline owns.
 local loop = require("core.loop")
 local vault = require("core.vault")
-local store = require("core.store")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
 local directory = require("switchboard.directory")
 local integrations = require("switchboard.integrations")
 local connections = require("switchboard.connections")
+local store = require("switchboard.store.sends")
 
 local M = {}
 
@@ -25,21 +25,8 @@ local FIELD = "send.request"
 -- What a pending record becomes at start: it never went out.
 M.NOT_SENT = "not sent: interrupted before the request"
 
--- The statements of the call path (tests hold each against its query
--- plan: none may scan the table).
-M.SQL = {
-  insert = "INSERT INTO sends (tenant_id, agent_id, escalation_id, tool, action, recipient, request, body_hash,"
-    .. " status, created_at, created_unix, updated_at, callback_token_hash,"
-    .. " execution_id, integration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?, ?)",
-  settle = "UPDATE sends SET status = ?, sid = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
-  opt_out = "INSERT INTO opt_outs (tenant_id, recipient, at) VALUES (?, ?, ?)"
-    .. " ON CONFLICT (tenant_id, recipient) DO NOTHING",
-  opted_out = "SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND recipient = ?",
-  recent = "SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND recipient = ? AND created_unix >= ?"
-    .. " AND status != 'failed'",
-  today = "SELECT count(*) AS n FROM sends WHERE tenant_id = ? AND created_unix >= ? AND status != 'failed'",
-  by_sid = "SELECT 1 AS x FROM sends WHERE tenant_id = ? AND sid = ?",
-}
+-- The statements of the call path (held by tests against their query plans).
+M.SQL = store.SQL
 
 -- {======================================================
 -- The daily count: sends of a tenant since midnight (UTC) that did not
@@ -53,14 +40,20 @@ local daily = setmetatable({}, { __mode = "k" })
 local function midnight(t) return t - t % 86400 end
 
 local function day_count(db, tenant_id)
+  -- PostgreSQL: other nodes commit sends too; the count is read each time
+  if db_mod.is_pg(db) then
+    local n, err = store.since(db, tenant_id, midnight(os.time()))
+    if not n then error("the send records could not be read: " .. tostring(err), 0) end
+    return n
+  end
   local per = daily[db]
   if not per then per = {} daily[db] = per end
   local day = midnight(os.time())
   local c = per[tenant_id]
   if not c or c.day ~= day then
-    local r, err = db:row(M.SQL.today, tenant_id, day)
-    if not r then error("the send records could not be read: " .. tostring(err), 0) end
-    c = { day = day, n = r.n }
+    local n, err = store.since(db, tenant_id, day)
+    if not n then error("the send records could not be read: " .. tostring(err), 0) end
+    c = { day = day, n = n }
     per[tenant_id] = c
   end
   return c.n
@@ -82,7 +75,7 @@ end
 -- true, or nil, err (the caller decides what a failed write means).
 -- Outside the call path (recovery, reconciliation): written at once.
 local function set_status(db, id, status, sid, code, message)
-  return db:run(M.SQL.settle, status, sid, code, message, db_mod.now(), id)
+  return store.settle(db, id, status, sid, code, message)
 end
 
 -- A settle after the request went out, through the group commit, without
@@ -95,13 +88,13 @@ end
 -- comes back to it if its settle is not stored (the record still counts).
 local function settle_status(db, row, status, sid, code, message)
   if status == "failed" then counted(db, row.tenant_id, row.created_unix, -1) end
-  return db_mod.writer(db):later(function(n, err)
+  return store.settle_later(db, row.id, status, sid, code, message, function(n, err)
     if not n then
       if status == "failed" then counted(db, row.tenant_id, row.created_unix, 1) end
       log.error("sends: send %d ended %s but that could not be stored (%s); it stays in_flight and is"
         .. " marked unknown at the next start", row.id, status, tostring(err))
     end
-  end, M.SQL.settle, status, sid, code, message, db_mod.now(), row.id)
+  end)
 end
 
 function M.body_hash(text)
@@ -127,9 +120,9 @@ local function settle(db, row, body, err, ref)
   end
   if err.opted_out then
     -- in the same commit as the failure
-    db_mod.writer(db):later(function(n, oerr)
+    store.opt_out_later(db, row.tenant_id, row.recipient, function(n, oerr)
       if not n then log.error("sends: the opt-out of a recipient could not be stored: %s", tostring(oerr)) end
-    end, M.SQL.opt_out, row.tenant_id, row.recipient, db_mod.now())
+    end)
   end
   settle_status(db, row, "failed", nil, err.code, err.message)
   return "failed"
@@ -188,13 +181,17 @@ function M.send(rt, call, spec)
   -- one commit before the request, shared with the sends queued meanwhile:
   -- the record is in_flight from the start (a record that never went out
   -- because the process died in between is reconciled as unknown)
-  local id, err = db_mod.writer(db):insert(function(rowid)
+  local id, err = store.insert(db, {
+    tenant_id = tenant.id, agent_id = call.agent and call.agent.id, escalation_id = call.escalation_id,
+    tool = call.tool, action = call.action, recipient = call.recipient, request = sealed, body_hash = hash,
+    now = now, created_unix = created, callback_token_hash = token and vault.sha256_hex(token) or nil,
+    execution_id = call.execution_id, integration = call.integration,
+    node = db_mod.is_pg(db) and require("switchboard.cluster").NODE or nil,
+  }, function(rowid)
     -- the claim ends in the same step that commits the record (or fails to)
     release()
     if rowid then counted(db, tenant.id, created, 1) end
-  end, M.SQL.insert, tenant.id, call.agent and call.agent.id, call.escalation_id, call.tool, call.action,
-    call.recipient, store.blob(sealed), hash, now, created, now, token and vault.sha256_hex(token) or nil,
-    call.execution_id, call.integration)
+  end)
   if not id then
     log.error("sends: the write-ahead record of a %s send for tenant %d could not be stored, so it was not"
       .. " sent: %s", call.tool, tenant.id, tostring(err))
@@ -238,6 +235,82 @@ function M.claim(tenant_id, recipient)
   end
 end
 
+-- {======================================================
+-- Limits exact across nodes (PostgreSQL). The in-process claims above
+-- count the calls of one node; with several nodes on one database, a
+-- call that sends takes the tenant's send lock before its policies count
+-- (recent_sends, sends_today) and keeps it until its write-ahead record is
+-- committed (or it ends without one): between two nodes, as between two
+-- calls of one node, the second counts the first's record. The lock is a
+-- session advisory lock (pg_advisory_lock(class, tenant id)) taken on a
+-- connection of its own (one of LOCK_SLOTS per node, outside the pool, so
+-- that a call waiting for it holds none of the pool's); the calls of one
+-- node queue for their slot in order. A node that dies releases its locks
+-- with its connections. On SQLite (one node, queries that do not wait)
+-- lock() does nothing.
+-- =======================================================
+
+M.LOCK_SLOTS = 4
+M.LOCK_CLASS = 0x5342   -- the first key of the two-key advisory locks
+
+local lockers = setmetatable({}, { __mode = "k" })
+
+local function unlock_noop() end
+
+-- Take the tenant's send lock: a release function (idempotent, callable
+-- from anywhere), or nil, err when the store cannot be reached.
+function M.lock(db, tenant_id)
+  if not db_mod.is_pg(db) then return unlock_noop end
+  local slots = lockers[db]
+  if not slots then slots = {} lockers[db] = slots end
+  local i = tenant_id % M.LOCK_SLOTS + 1
+  local slot = slots[i]
+  if not slot then slot = { waiters = {} } slots[i] = slot end
+  local function give_back()
+    slot.busy = false
+    while #slot.waiters > 0 do
+      if loop.wake(table.remove(slot.waiters, 1)) then return end
+    end
+  end
+  while slot.busy do
+    slot.waiters[#slot.waiters + 1] = coroutine.running()
+    loop.wait()
+  end
+  slot.busy = true
+  local ok, err = pcall(function()
+    if slot.conn and slot.conn:status() ~= "idle" then slot.conn:close() slot.conn = nil end
+    if not slot.conn then
+      local c, cerr = require("core.pg").connect(db.conninfo, db.connect_opts)
+      if not c then error("postgresql: " .. tostring(cerr), 0) end
+      slot.conn = c
+    end
+    local r, qerr = slot.conn:query("SELECT pg_advisory_lock($1, $2)", M.LOCK_CLASS, tenant_id)
+    if not r then
+      slot.conn:close()
+      slot.conn = nil
+      error(tostring(qerr), 0)
+    end
+  end)
+  if not ok then
+    give_back()
+    return nil, err
+  end
+  local released = false
+  return function()
+    if released then return end
+    released = true
+    loop.spawn(function()
+      local c = slot.conn
+      local r = c and c:query("SELECT pg_advisory_unlock($1, $2)", M.LOCK_CLASS, tenant_id)
+      -- a lock that cannot be given back goes with its connection
+      if not r and c then c:close() if slot.conn == c then slot.conn = nil end end
+      give_back()
+    end)
+  end
+end
+
+-- }======================================================
+
 -- What recipient and volume policies may ask (all scoped to the tenant).
 -- A count that cannot be read raises: the policy then fails, and a
 -- failing policy denies (a limit never passes for want of a count).
@@ -245,17 +318,17 @@ function M.policy_helpers(db, tenant_id)
   local c = claims[tenant_id] or { total = 0, by = {} }
   return {
     recent_sends = function(recipient, seconds)
-      local r, err = db:row(M.SQL.recent, tenant_id, recipient, os.time() - (seconds or 600))
-      if not r then error("the send records could not be read: " .. tostring(err), 0) end
-      return r.n + (c.by[recipient] or 0)
+      local n, err = store.recent(db, tenant_id, recipient, os.time() - (seconds or 600))
+      if not n then error("the send records could not be read: " .. tostring(err), 0) end
+      return n + (c.by[recipient] or 0)
     end,
     sends_today = function()
       return day_count(db, tenant_id) + c.total
     end,
     opted_out = function(recipient)
-      local r, err = db:row(M.SQL.opted_out, tenant_id, recipient)
-      if r == nil and err then error("the opt-outs could not be read: " .. tostring(err), 0) end
-      return r ~= nil
+      local yes, err = store.opted_out(db, tenant_id, recipient)
+      if yes == nil then error("the opt-outs could not be read: " .. tostring(err), 0) end
+      return yes
     end,
   }
 end
@@ -264,10 +337,9 @@ end
 -- recipient before (a send the provider accepted)? Raises when it cannot tell.
 function M.sent_before(db, tenant_id)
   return function(recipient)
-    local r, err = db:row("SELECT 1 AS x FROM sends WHERE tenant_id = ? AND recipient = ? AND sid IS NOT NULL LIMIT 1",
-      tenant_id, recipient)
-    if r == nil and err then error("the send records could not be read: " .. tostring(err), 0) end
-    return r ~= nil
+    local yes, err = store.sent_before(db, tenant_id, recipient)
+    if yes == nil then error("the send records could not be read: " .. tostring(err), 0) end
+    return yes
   end
 end
 
@@ -319,7 +391,7 @@ local function reconcile_one(rt, row)
   if type(req) ~= "table" then return nil, "the record could not be read" end
   local helpers = {
     body_hash = M.body_hash,
-    claimed = function(ref) return rt.db:row(M.SQL.by_sid, row.tenant_id, ref) ~= nil end,
+    claimed = function(ref) return store.has_sid(rt.db, row.tenant_id, ref) == true end,
   }
   return with_client(rt, name, tenant, function(c)
     local ref, err = hook.find(c, req, row, helpers)
@@ -333,54 +405,15 @@ local function reconcile_one(rt, row)
 end
 M.NOT_RECONCILABLE = "not reconcilable"
 
--- Send records whose call left no audit record (the process died between
--- the send's end and the audit commit): they get one now.
-local UNAUDITED = "SELECT s.* FROM sends s WHERE s.created_unix >= ? AND s.status IN ('sent', 'failed', 'unknown')"
-  .. " AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE " .. "(CASE WHEN json_valid(a.detail) THEN"
-  .. " json_extract(a.detail, '$.send_id') END) = +s.id) ORDER BY s.id"  -- +: no affinity, so the index serves
-
 local function stored(ok, row)
   if not ok then log.error("sends: recovery could not update send %d; it is left for the next start", row.id) end
   return ok
 end
 
--- At start: in_flight → unknown; pending → failed (never sent);
--- approved escalations settled from their send; unknown → reconciled.
-function M.recover(rt)
-  local db = rt.db
-  local since = os.time() - 2 * 86400
-  local last = db:row("SELECT max(created_unix) AS t FROM sends")
-  if last and last.t then since = math.min(since, last.t - 86400) end
-  for _, row in ipairs(assert(db:query(UNAUDITED, since))) do
-    audit(rt, row, row.status, { sid = row.sid, error_code = row.error_code, error = row.error_message,
-                                 recovered = "its call's audit record was lost in a restart" })
-  end
-  local interrupted = assert(db:query("SELECT * FROM sends WHERE status = 'in_flight' ORDER BY id"))
-  local why = "interrupted: the request may have gone out"
-  for _, row in ipairs(interrupted) do
-    -- a record that cannot be changed now stays as it is for the next start
-    if stored(set_status(db, row.id, "unknown", nil, nil, why), row) then
-      row.status = "unknown"
-      audit(rt, row, "unknown", { error = why, recovered = "in_flight at start" })
-    end
-  end
-  if #interrupted > 0 then log.warn("sends: %d interrupted sends marked unknown", #interrupted) end
-  local pending = assert(db:query("SELECT * FROM sends WHERE status = 'pending' ORDER BY id"))
-  for _, row in ipairs(pending) do
-    if stored(set_status(db, row.id, "failed", nil, nil, M.NOT_SENT), row) then
-      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending at start" })
-    end
-  end
-  if #pending > 0 then
-    log.warn("sends: %d sends recorded but never started before the restart were marked failed (not sent)",
-      #pending)
-  end
-  M.recount(db)
+-- Reconcile unknown sends (rows) in a coroutine of their own; escalations
+-- settled from their sends.
+local function reconcile_all(rt, unknown)
   local escalations = require("switchboard.escalations")
-  escalations.recover(rt)
-  local unknown = assert(db:query("SELECT * FROM sends WHERE status = 'unknown' AND created_unix >= ? ORDER BY id",
-    os.time() - 86400))
-  if #unknown == 0 then return end
   loop.spawn(function()
     local found = 0
     for _, row in ipairs(unknown) do
@@ -400,6 +433,130 @@ function M.recover(rt)
   end)
 end
 
+M.INTERRUPTED = "interrupted: the request may have gone out"
+
+-- {======================================================
+-- Several nodes (PostgreSQL): each send is its node's; a node renews its
+-- lease (its heartbeat) every lease_seconds / 3 and, every lease_seconds
+-- / 2, takes over the open sends of the nodes whose lease expired: in one
+-- transaction with FOR UPDATE SKIP LOCKED (two nodes never take one send),
+-- in_flight becomes unknown, pending failed, and each is audited and
+-- reconciled with its provider, never sent again.
+-- =======================================================
+
+function M.take_over(rt)
+  local db = rt.db
+  local lease = rt.cfg.cluster.lease_seconds
+  local node = require("switchboard.cluster").NODE
+  local now = os.time()
+  local rows, err = store.take_over(db, node, math.floor(now - lease), 200, M.INTERRUPTED, M.NOT_SENT)
+  if not rows then
+    log.warn("sends: the sends of stopped nodes could not be taken over now: %s", tostring(err))
+    return nil, err
+  end
+  if #rows == 0 then return 0 end
+  local unknown, open = {}, 0
+  for _, row in ipairs(rows) do
+    local was = row.node
+    row.audited = row.audited == true
+    if row.status == "in_flight" then
+      row.status = "unknown"
+      audit(rt, row, "unknown", { error = M.INTERRUPTED, recovered = "in_flight on a stopped node", node = was })
+    elseif row.status == "pending" then
+      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending on a stopped node", node = was })
+    elseif not row.audited then
+      -- its call's audit record was lost with its node
+      audit(rt, row, row.status, { sid = row.sid, error_code = row.error_code, error = row.error_message,
+                                   recovered = "its call's audit record was lost with its node", node = was })
+    end
+    if row.status == "unknown" then unknown[#unknown + 1] = row end
+    if row.status == "unknown" or row.status == "pending" then open = open + 1 end
+    row.node = node
+  end
+  log.warn("sends: took over %d sends of stopped nodes (%d open)", #rows, open)
+  reconcile_all(rt, unknown)
+  if #rows == 200 then loop.spawn(function() M.take_over(rt) end) end
+  return #rows
+end
+
+local function start_leases(rt)
+  local db = rt.db
+  local lease = rt.cfg.cluster.lease_seconds
+  local node = require("switchboard.cluster").NODE
+  local function beat()
+    local ok, err = store.heartbeat(db, node, os.time())
+    if not ok then log.warn("sends: this node's lease could not be renewed: %s", tostring(err)) end
+    return ok
+  end
+  beat()
+  rt.lease_timer = loop.timer(lease / 3, lease / 3, function()
+    if rt.draining then return end
+    loop.spawn(beat)
+  end)
+  rt.takeover_timer = loop.timer(lease / 2, lease / 2, function()
+    if rt.draining or rt.taking_over then return end
+    rt.taking_over = true
+    loop.spawn(function()
+      pcall(M.take_over, rt)
+      -- approvals whose node stopped before their send record (or result)
+      local ok, err = pcall(require("switchboard.escalations").recover, rt, math.floor(os.time() - lease))
+      if not ok then log.warn("sends: the approvals of stopped nodes could not be recovered: %s", tostring(err)) end
+      pcall(store.forget_nodes, db, os.time() - 10 * lease)
+      rt.taking_over = false
+    end)
+  end)
+end
+
+-- }======================================================
+
+-- At start: in_flight → unknown; pending → failed (never sent);
+-- approved escalations settled from their send; unknown → reconciled.
+-- On PostgreSQL, only the sends of stopped nodes (their lease expired),
+-- now and every lease_seconds / 2 (M.take_over).
+function M.recover(rt)
+  local db = rt.db
+  if db_mod.is_pg(db) then
+    start_leases(rt)
+    require("switchboard.escalations").recover(rt, math.floor(os.time() - rt.cfg.cluster.lease_seconds))
+    M.take_over(rt)
+    return
+  end
+  local since = os.time() - 2 * 86400
+  -- send records whose call left no audit record (the process died between
+  -- the send's end and the audit commit) get one now
+  local last = store.last_created(db)
+  if last then since = math.min(since, last - 86400) end
+  for _, row in ipairs(assert(store.unaudited(db, since))) do
+    audit(rt, row, row.status, { sid = row.sid, error_code = row.error_code, error = row.error_message,
+                                 recovered = "its call's audit record was lost in a restart" })
+  end
+  local interrupted = assert(store.with_status(db, "in_flight"))
+  local why = "interrupted: the request may have gone out"
+  for _, row in ipairs(interrupted) do
+    -- a record that cannot be changed now stays as it is for the next start
+    if stored(set_status(db, row.id, "unknown", nil, nil, why), row) then
+      row.status = "unknown"
+      audit(rt, row, "unknown", { error = why, recovered = "in_flight at start" })
+    end
+  end
+  if #interrupted > 0 then log.warn("sends: %d interrupted sends marked unknown", #interrupted) end
+  local pending = assert(store.with_status(db, "pending"))
+  for _, row in ipairs(pending) do
+    if stored(set_status(db, row.id, "failed", nil, nil, M.NOT_SENT), row) then
+      audit(rt, row, "failed", { error = M.NOT_SENT, recovered = "pending at start" })
+    end
+  end
+  if #pending > 0 then
+    log.warn("sends: %d sends recorded but never started before the restart were marked failed (not sent)",
+      #pending)
+  end
+  M.recount(db)
+  local escalations = require("switchboard.escalations")
+  escalations.recover(rt)
+  local unknown = assert(store.with_status(db, "unknown", os.time() - 86400))
+  if #unknown > 0 then reconcile_all(rt, unknown) end
+end
+
 M.RECONCILE_DELAY = 60
 
 -- An unknown send is looked for again a minute later (a provider may list
@@ -408,7 +565,7 @@ function M.reconcile_later(rt, id, delay)
   loop.spawn(function()
     loop.sleep(delay or M.RECONCILE_DELAY)
     if rt.draining then return end
-    local row = rt.db:row("SELECT * FROM sends WHERE id = ? AND status = 'unknown'", id)
+    local row = store.get_unknown(rt.db, id)
     if not row then return end
     local ok, err = pcall(reconcile_one, rt, row)
     if not ok then log.warn("sends: reconciling send %d failed: %s", id, tostring(err)) end
@@ -454,12 +611,6 @@ end
 
 local NO_TOKEN = vault.sha256_hex("no callback token")
 
-local SQL_RECEIPT = "UPDATE sends SET delivery_status = ?, delivery_error = coalesce(?, delivery_error),"
-  .. " delivery_updated_at = ?, delivered_at = CASE WHEN ? THEN coalesce(delivered_at, ?) ELSE delivered_at END,"
-  .. " callback_key = ? WHERE id = ? AND (callback_key IS NULL OR callback_key != ?)"
-  .. " AND (delivery_status IS NULL OR delivery_status IN (%s))"
-local SQL_RESOLVE = "UPDATE sends SET status = 'sent', sid = ?, error_message = ?, updated_at = ?"
-  .. " WHERE id = ? AND status = 'unknown'"
 M.RESOLVED = "reconciled by a status callback"
 M.SETTLE_WAIT = 10
 
@@ -479,7 +630,7 @@ function M.receipt(rt, integration, id, token, form, headers)
   local db = rt.db
   local pkg = integrations.get(integration)
   local r = pkg and pkg.manifest.receipts and integrations.module(pkg, pkg.manifest.receipts)
-  local row = db:row("SELECT * FROM sends WHERE id = ?", id)
+  local row = store.get(db, id)
   -- the same work and the same answer for a send that does not exist and a
   -- wrong token: a prober learns nothing
   local ok = vault.equal(vault.sha256_hex(token), row and row.callback_token_hash or NO_TOKEN)
@@ -496,21 +647,19 @@ function M.receipt(rt, integration, id, token, form, headers)
   while row.status == "in_flight" and waited < M.SETTLE_WAIT do
     loop.sleep(0.05)
     waited = waited + 0.05
-    row = db:row("SELECT * FROM sends WHERE id = ?", id)
+    row = store.get(db, id)
   end
   if row.status == "in_flight" then return 503, "the send has not settled yet, retry later" end
   if row.sid and row.sid ~= sid then return refuse(409, "the callback's id is not the message of this send", id) end
   if row.status == "failed" or row.status == "pending" then
     return refuse(409, "this send did not reach the provider", id)
   end
-  if not row.sid and db:row("SELECT 1 AS x FROM sends WHERE sid = ? AND id != ?", sid, id) then
+  if not row.sid and store.sid_elsewhere(db, sid, id) then
     return refuse(409, "the callback's id is another send's message", id)
   end
-  local writer = db_mod.writer(db)
-  local now = db_mod.now()
   -- an unknown outcome ends here: the message exists at the provider
   if row.status == "unknown" then
-    local n, err = writer:run(nil, SQL_RESOLVE, sid, M.RESOLVED, now, id)
+    local n, err = store.resolve(db, id, sid, M.RESOLVED)
     if not n then
       log.error("sends: the status callback of send %d could not be stored: %s", id, tostring(err))
       return 503, "not stored, retry later"
@@ -524,12 +673,7 @@ function M.receipt(rt, integration, id, token, form, headers)
   end
   local key = got.key or (sid .. ":" .. status)
   local prior = before(r, status)
-  local marks = {}
-  for i = 1, #prior do marks[i] = "?" end
-  local sql = SQL_RECEIPT:format(#prior > 0 and table.concat(marks, ", ") or "NULL")
-  local delivered = r.DELIVERED[status] == true
-  local n, err = writer:run(nil, sql, status, code, now, delivered and 1 or 0, now, key, id, key,
-    table.unpack(prior))
+  local n, err = store.receipt(db, id, status, code, r.DELIVERED[status] == true, key, prior)
   if not n then
     log.error("sends: the status callback of send %d could not be stored: %s", id, tostring(err))
     return 503, "not stored, retry later"
@@ -550,8 +694,7 @@ end
 -- provider's id for it), or nil: what ctx.delivery(ref) answers.
 function M.delivery(rt, tenant, sid)
   if not tenant or type(sid) ~= "string" then return nil end
-  local row = rt.db:row("SELECT id, status, delivery_status, delivery_error, delivered_at, delivery_updated_at,"
-    .. " callback_token_hash FROM sends WHERE tenant_id = ? AND sid = ?", tenant.id, sid)
+  local row = store.delivery(rt.db, tenant.id, sid)
   if not row then return nil end
   return { send_id = row.id, record = row.status, receipts = row.callback_token_hash ~= nil,
            status = row.delivery_status, error_code = row.delivery_error,

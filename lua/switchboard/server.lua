@@ -179,8 +179,11 @@ function M:tools_changed()
 end
 
 -- Refresh the agents of a tenant from the store (groups changed, revoked,
--- the tenant's features or connections changed).
-function M:refresh_agents(tenant_id)
+-- the tenant's features or connections changed); on PostgreSQL the other
+-- nodes do the same (switchboard.cluster), unless the change came from one
+-- of them (from_peer).
+function M:refresh_agents(tenant_id, from_peer)
+  if not from_peer then require("switchboard.cluster").publish(self.db, tenant_id) end
   local enabled = directory.tenant_groups(self.db, tenant_id)
   local t = directory.tenant_by_id(self.db, tenant_id)
   for s in pairs(self.sessions) do
@@ -357,7 +360,8 @@ function M.start(cfg)
   local ok, err = M.private_dir(cfg.data_dir)
   if not ok then return nil, err end
   warn_wide("data_dir", cfg.data_dir, tonumber("007", 8), "700")
-  for _, p in ipairs({ cfg.database, cfg.audit.anchor_file }) do
+  local sqlite = not cfg.store or cfg.store.kind ~= "pg"
+  for _, p in ipairs(sqlite and { cfg.database, cfg.audit.anchor_file } or { cfg.audit.anchor_file }) do
     ok, err = M.private_dir(dirname(p))
     if not ok then return nil, err end
   end
@@ -365,13 +369,19 @@ function M.start(cfg)
     ok, err = mkdir_p(dirname(p))
     if not ok then return nil, err end
   end
-  ok, err = check_database(cfg.database)
-  if not ok then return nil, err end
+  if sqlite then
+    ok, err = check_database(cfg.database)
+    if not ok then return nil, err end
+  end
   self.master, err = M.open_master(cfg)
   if not self.master then return nil, err end
   -- a new database is created 0600; SQLite gives its -wal and -shm files
   -- the database file's mode
-  self.db, err = private(db_mod.open, cfg.database)
+  if sqlite then
+    self.db, err = private(db_mod.open, cfg.database)
+  else
+    self.db, err = db_mod.open(cfg.store)
+  end
   if not self.db then return nil, err end
   -- each integration package's own tables, if it has any
   for _, pkg in ipairs(integrations.list()) do
@@ -391,6 +401,7 @@ function M.start(cfg)
   end
   self.admin = require("switchboard.admin").new(self)
   require("switchboard.sends").recover(self)
+  require("switchboard.cluster").start(self)
 
   local agent_l, lerr = self:listen("agent", cfg.agent_socket, cfg.agent_socket_mode, function(stream)
     self:accept_agent(stream)
@@ -441,8 +452,30 @@ function M.serve(cfg)
   if not ok then return nil, lerr end
   if cfg.log.file then warn_wide("log.file", cfg.log.file, tonumber("037", 8), "600") end
   loop.set_error_handler(function(msg) log.error("%s", msg) end)
-  local self, err = M.start(cfg)
-  if not self then return nil, err end
+  -- the start runs in a runtime coroutine on the loop: the PostgreSQL
+  -- store's queries (the migrations, recovery) wait for their answers
+  local self, err, started
+  loop.spawn(function()
+    local pok, s, serr = xpcall(M.start, debug.traceback, cfg)
+    if pok then self, err = s, serr else self, err = nil, s end
+    started = true
+    if self then M.started(self) else loop.stop() end
+  end)
+  if not started or self then loop.run() end
+  if not self then
+    return nil, err
+  end
+  require("switchboard.credentials").forget_all()
+  -- (PostgreSQL: the shutdown flushed it, in its coroutine)
+  if not db_mod.is_pg(self.db) then self.audit:flush() end
+  self.db:close()
+  self.master:close()
+  log.info("switchboard stopped")
+  return true
+end
+
+-- What follows a start: the log line, systemd's READY=1 and its watchdog.
+function M.started(self)
   log.info("switchboard serving: agents on %s, admin on %s; %d tools, %d policies",
     self.where.agent, self.where.admin, #self.registry.order, #self.policies.list)
   self:notify(("READY=1\nSTATUS=serving %d tools, %d policies"):format(#self.registry.order, #self.policies.list))
@@ -451,13 +484,6 @@ function M.serve(cfg)
     -- twice per interval, as sd_watchdog_enabled(3) advises
     self.watchdog = loop.timer(wd / 2, wd / 2, function() self:notify("WATCHDOG=1") end)
   end
-  loop.run()
-  require("switchboard.credentials").forget_all()
-  self.audit:flush()
-  self.db:close()
-  self.master:close()
-  log.info("switchboard stopped")
-  return true
 end
 
 return M

@@ -41,9 +41,7 @@ describe("an approval in progress at SIGTERM", function()
     local rows = TW.sends(srv)
     assert.equal(1, #rows)
     assert.equal("sent", rows[1].status, json.encode(rows))
-    local out = H.sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"),
-      H.q("SELECT status, result FROM escalations WHERE id = " .. esc)))
-    local e = json.decode(out)[1]
+    local e = H.sql_rows(srv, "SELECT status, result FROM escalations WHERE id = " .. esc)[1]
     assert.equal("approved", e.status)
     local result = json.decode(e.result ~= json.null and e.result or "null")
     assert.is_table(result, "the approval was cut off: no result")

@@ -3,27 +3,20 @@
 -- can make, and a flagged call keeps its policy and reason.
 local H = require("helpers")
 local TW = require("twilio_env")
-local store = require("core.store")
 local audit = require("switchboard.audit")
 
 local ANA, OTHER = TW.SIM.ANA, TW.SIM.OTHER
 
 describe("admin audit verify on a real server", function()
-  local sim, srv, token, db_path, anchor, older
+  local sim, srv, token, anchor, older
   local N = 12
 
   -- The attacker's own connection to the database file.
-  local function with_db(fn)
-    local db = assert(store.open(db_path))
-    local ok, err = pcall(fn, db)
-    db:close()
-    assert(ok, err)
-  end
+  local function with_db(fn) H.with_store(srv, fn) end
 
   setup(function()
     sim = TW.sim()
     srv = TW.server()
-    db_path = srv.dir .. "/data/switchboard.db"
     anchor = srv.dir .. "/data/audit.head"
     token = TW.connect_sim(srv, sim, "trail")
     H.async(function()

@@ -3,6 +3,7 @@
 -- turn), the file created 0600; `switchboard restore FILE` with the server
 -- stopped checks it (a Switchboard database, a known schema version, an
 -- audit chain that verifies with the master key) and puts it in place.
+-- store: sqlite only (admin backup and restore copy the SQLite file; PostgreSQL is backed up with pg_dump)
 local H = require("helpers")
 local TW = require("twilio_env")
 local cli = require("switchboard.cli")

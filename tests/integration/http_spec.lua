@@ -160,8 +160,8 @@ describe("MCP over HTTP", function()
       local rb = rpc(tok_b, "tools/call", { name = "example_clock", arguments = {} }, sess(sb))
       assert.is_table(events(ra.body)[1].result)
       assert.is_table(events(rb.body)[1].result)
-      local rows = H.sh(("sqlite3 %s \"SELECT a.name FROM audit_log l JOIN agents a ON a.id = l.agent_id"
-        .. " WHERE l.tool = 'example_clock' ORDER BY l.id\""):format(H.q(srv.cfg.data_dir .. "/switchboard.db")))
+      local rows = H.sql(srv, "SELECT a.name FROM audit_log l JOIN agents a ON a.id = l.agent_id"
+        .. " WHERE l.tool = 'example_clock' ORDER BY l.id")
       assert.matches("alpha", rows)
       assert.matches("beta", rows)
 

@@ -10,8 +10,7 @@ local json = require("switchboard.json")
 local ANA = TW.SIM.ANA
 
 local function sql_json(srv, q)
-  local out = H.sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"), H.q(q)))
-  return json.decode(out) or {}
+  return H.sql_rows(srv, q)
 end
 
 local function send_row(srv, id)

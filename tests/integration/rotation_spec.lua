@@ -15,11 +15,9 @@ local directory = require("switchboard.directory")
 local ANA = TW.SIM.ANA
 local FIELD = require("integrations.twilio.connection").FIELD
 
-local function db_path(srv) return srv.dir .. "/data/switchboard.db" end
 
 local function rows(srv, sql)
-  return require("switchboard.json").decode(H.sh(("sqlite3 -json %s %s"):format(H.q(db_path(srv)), H.q(sql))))
-    or {}
+  return H.sql_rows(srv, sql)
 end
 
 local function send(c, body)
@@ -47,7 +45,7 @@ describe("vault rotate and retire", function()
     assert(H.sh(("cp -p %s %s && echo ok"):format(H.q(key_file), H.q(old_file))):find("ok"))
     local old_key = H.read(old_file)
     assert.are.equal(32, #old_key)
-    local v1_of_c = rows(srv, "SELECT hex(data_key) AS k FROM tenants WHERE name = 'rot-c'")[1].k
+    local v1_of_c = rows(srv, "SELECT " .. H.hex_sql(srv, "data_key") .. " AS k FROM tenants WHERE name = 'rot-c'")[1].k
 
     local rotated, sent_during
     H.async(function()
@@ -92,14 +90,17 @@ describe("vault rotate and retire", function()
     assert.are.same({}, rotated.leftovers)
     assert.are.same({ 1, 2 }, rotated.versions)
     assert.are.equal(tonumber("600", 8), fs.mode(key_file))
-    for _, r in ipairs(rows(srv, "SELECT name, data_key_version AS v, hex(substr(data_key, 1, 4)) AS p FROM tenants")) do
+    local prefixes = "SELECT name, data_key_version AS v, " .. H.hex_sql(srv, "substr(data_key, 1, 4)")
+      .. " AS p FROM tenants"
+    for _, r in ipairs(rows(srv, prefixes)) do
       assert.are.equal(2, r.v, r.name)
       assert.are.equal("00000002", r.p, r.name)
     end
 
     -- a tenant row still wrapped under version 1 (as a restore from before
     -- the rotation would leave it): retire refuses, naming it and the count
-    TW.sql(srv, ("UPDATE tenants SET data_key = X'%s', data_key_version = 1 WHERE name = 'rot-c'"):format(v1_of_c))
+    TW.sql(srv, ("UPDATE tenants SET data_key = %s, data_key_version = 1 WHERE name = 'rot-c'")
+      :format(H.blob_sql(srv, v1_of_c)))
     local out, code = srv.admin_text("vault retire 1")
     assert.are.equal(1, code, out)
     assert.truthy(out:find("key version 1 is still in use: it wraps the data keys of 1 tenant (rot-c)", 1, true), out)
@@ -151,7 +152,7 @@ describe("vault rotate and retire", function()
     end
     assert.are.same({ "vault.rotate", "vault.rotate", "vault.retire", "vault.retire" }, actions)
     assert.truthy(changes[3].params:find('"retired":1', 1, true), changes[3].params)
-    local dump = H.sh(("sqlite3 %s .dump"):format(H.q(db_path(srv))))
+    local dump = H.dump(srv)
     assert.is_nil(dump:upper():find(vault.hex(old_key):upper(), 1, true))
     local server_log = H.read(srv.log) .. (H.read(srv.stderr) or "")
     assert.is_nil(server_log:find(vault.hex(old_key), 1, true))
@@ -162,20 +163,20 @@ describe("vault rotate and retire", function()
     -- with the server stopped: the old key file opens no tenant's data, the
     -- current one does; the restarted server serves from the key set alone
     assert.is_true(srv.stop())
-    local db = assert(db_mod.open(db_path(srv)))
     local old = assert(vault.load_master(old_file))
     local cur = assert(vault.load_master(key_file))
-    local tenants = assert(db:query("SELECT t.id, t.name, t.data_key, c.secret FROM tenants t"
-      .. " JOIN connections c ON c.tenant_id = t.id"))
-    assert.are.equal(3, #tenants)
-    for _, t in ipairs(tenants) do
-      assert.are.same({ nil, "decryption failed" }, { directory.open(old, t, FIELD, t.secret) })
-      assert.is_nil((old:rewrap(t.data_key, directory.key_context(t.id))))
-      assert.are.equal(TW.SIM.MAIN[2], directory.open(cur, t, FIELD, t.secret), t.name)
-    end
+    H.with_store(srv, function(db)
+      local tenants = assert(db:query("SELECT t.id, t.name, t.data_key, c.secret FROM tenants t"
+        .. " JOIN connections c ON c.tenant_id = t.id"))
+      assert.are.equal(3, #tenants)
+      for _, t in ipairs(tenants) do
+        assert.are.same({ nil, "decryption failed" }, { directory.open(old, t, FIELD, t.secret) })
+        assert.is_nil((old:rewrap(t.data_key, directory.key_context(t.id))))
+        assert.are.equal(TW.SIM.MAIN[2], directory.open(cur, t, FIELD, t.secret), t.name)
+      end
+    end)
     old:close()
     cur:close()
-    db:close()
     srv.start()
     H.async(function()
       local c = TW.session(srv, tokens[2])

@@ -3,6 +3,7 @@
 -- not committed never reaches Twilio, a hold that cannot be stored does
 -- not claim an escalation, the admin commands say what failed, and the
 -- limits hold. Then pending records found at start are never sent.
+-- store: sqlite only (a full filesystem under the SQLite file)
 local H = require("helpers")
 local TW = require("twilio_env")
 local fullfs = require("fullfs")

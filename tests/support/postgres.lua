@@ -122,4 +122,65 @@ function M.start(opts)
   return self
 end
 
+-- Run SQL on database dbname (default the server's own) through psql as
+-- the superuser: the text psql prints unaligned ("|" between columns, as
+-- sqlite3 prints), and its exit code. Blocking: setup and checks only.
+function Server:psql_on(dbname, sql, json)
+  if json then sql = "SELECT coalesce(json_agg(t), '[]') FROM (" .. sql:gsub("[%s;]+$", "") .. ") t" end
+  return sh(("PGPASSFILE=/dev/null PGPASSWORD=%s %s/psql -X -q -A -t -v ON_ERROR_STOP=1 -h %s -U sb -d %s -c %s")
+    :format(q(self.password), q(self.bin), q(self.dir), q(dbname or self.dbname), q(sql)))
+end
+
+-- pg_dump of database dbname (plain SQL text), as the superuser.
+function Server:dump(dbname)
+  return sh(("PGPASSFILE=/dev/null PGPASSWORD=%s %s/pg_dump -h %s -U sb %s")
+    :format(q(self.password), q(self.bin), q(self.dir), q(dbname or self.dbname)))
+end
+
+-- A database of its own (a server's, in the integration suite on
+-- PostgreSQL): created empty, owned by the role sb. Returns its name.
+local ndb = 0
+function Server:create_database(prefix)
+  ndb = ndb + 1
+  local name = ("%s_%d_%d"):format(prefix or "db", math.floor(os.time() % 100000), ndb)
+  local out, code = self:psql("CREATE DATABASE " .. name)
+  if code ~= 0 then error("CREATE DATABASE " .. name .. ": " .. out, 2) end
+  return name
+end
+
+-- The store setting of a switchboard config for database name.
+function Server:store_config(name)
+  return { host = self.dir, dbname = name, user = "sb", password_file = self.password_file }
+end
+
+-- The server a test run started (tests/run.sh: SB_PG_DIR), or nil.
+function M.attach(dir)
+  dir = dir or os.getenv("SB_PG_DIR")
+  if not dir or dir == "" then return nil end
+  local self = setmetatable({ bin = bindir(), dbname = "sb", dir = dir, data = dir .. "/data", running = true }, Server)
+  self.password_file = dir .. "/client.pw"
+  local f = assert(io.open(self.password_file))
+  self.password = f:read("l")
+  f:close()
+  self.socket = dir .. "/.s.PGSQL.5432"
+  self.conninfo = ("host=%s dbname=sb user=sb"):format(dir)
+  self.url = ("postgresql://sb@/sb?host=%s"):format(dir)
+  return self
+end
+
+-- switchboard exec tests/support/postgres.lua start | stop DIR: one
+-- PostgreSQL for a whole test run (start prints its directory).
+if arg and arg[0] and arg[0]:match("support/postgres%.lua$") then
+  if arg[1] == "start" then
+    local s = M.start()
+    io.write(s.dir, "\n")
+  elseif arg[1] == "stop" and arg[2] then
+    local s = M.attach(arg[2])
+    s:stop()
+  else
+    io.stderr:write("usage: postgres.lua start | stop DIR\n")
+    os.exit(2)
+  end
+end
+
 return M

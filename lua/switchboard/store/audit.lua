@@ -5,6 +5,7 @@
 -- decoded. Every function takes the db handle first and returns values,
 -- or nil, err when the store failed; a row that is not there is nil.
 local json = require("switchboard.json")
+local db_mod = require("switchboard.db")
 
 local M = {}
 
@@ -28,6 +29,24 @@ function M.append(db, r)
   local n, err = db:run(INSERT, table.unpack(args, 1, #COLUMNS))
   if not n then return nil, err end
   return true
+end
+
+-- The advisory lock key that serializes the appends of every node (PostgreSQL).
+M.CHAIN_LOCK = 0x5342000000000002
+
+-- In the caller's transaction: on PostgreSQL, wait for the chain's lock
+-- (held to the COMMIT: one appender at a time, whatever the node), then
+-- the chain's last record as last() gives it; on SQLite (one writer, the
+-- transaction is exclusive) only the last record. Returns the row, or
+-- false for an empty trail, or nil, err.
+function M.lock_chain(db)
+  if db_mod.is_pg(db) then
+    local n, err = db:run("SELECT pg_advisory_xact_lock(?)", M.CHAIN_LOCK)
+    if not n then return nil, err end
+  end
+  local r, err = M.last(db)
+  if r == nil and err then return nil, err end
+  return r or false
 end
 
 -- The last record's id, hash, chain and anchored, or nil (an empty trail).
@@ -103,20 +122,26 @@ M.SQL = {
   first = "SELECT at FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id IS ?"
     .. " AND agent_id IS ? AND id >= ? ORDER BY id LIMIT 1",
 }
-local SQL = M.SQL
+-- PostgreSQL's: `x IS ?` (NULL-safe equality) is IS NOT DISTINCT FROM there.
+M.SQL_PG = {}
+for k, v in pairs(M.SQL) do M.SQL_PG[k] = v:gsub(" IS %?", " IS NOT DISTINCT FROM ?") end
+local function sql_of(db, name)
+  if db_mod.is_pg(db) then return M.SQL_PG[name] end
+  return M.SQL[name]
+end
 
 local AGENT_OF = "SELECT agent_id FROM audit_log WHERE tenant_id = ? AND kind = 'call' AND execution_id = ?"
 
 -- A tenant's calls below id before and at or above floor, newest first, at
 -- most limit: { id, agent_id, execution_id }.
 function M.walk(db, tenant_id, before, floor, limit)
-  return db:query(SQL.walk, tenant_id, before, floor, limit)
+  return db:query(sql_of(db, "walk"), tenant_id, before, floor, limit)
 end
 
 -- Whether the execution (agent_id, execution_id; either may be nil) has a
 -- call above id after up to id top.
 function M.called_later(db, tenant_id, execution_id, agent_id, after, top)
-  local r, err = db:row(SQL.later, tenant_id, execution_id, agent_id, after, top)
+  local r, err = db:row(sql_of(db, "later"), tenant_id, execution_id, agent_id, after, top)
   if err then return nil, err end
   return r ~= nil
 end
@@ -124,12 +149,12 @@ end
 -- An execution's calls from floor up to id top, newest first, at most
 -- limit: { id, at, tool, action, duration_ms, outcome, decision }.
 function M.execution_tail(db, tenant_id, execution_id, agent_id, floor, top, limit)
-  return db:query(SQL.calls, tenant_id, execution_id, agent_id, floor, top, limit)
+  return db:query(sql_of(db, "calls"), tenant_id, execution_id, agent_id, floor, top, limit)
 end
 
 -- When an execution's first call at or above floor was made, or nil.
 function M.execution_start(db, tenant_id, execution_id, agent_id, floor)
-  local r, err = db:row(SQL.first, tenant_id, execution_id, agent_id, floor)
+  local r, err = db:row(sql_of(db, "first"), tenant_id, execution_id, agent_id, floor)
   if not r then return nil, err end
   return r.at
 end
@@ -162,7 +187,8 @@ end
 -- as bytes) and the agent's name as agent_name.
 function M.execution_calls(db, tenant_id, execution_id, agent_id, after, limit)
   local rows, err = db:query("SELECT l.*, a.name AS agent_name FROM audit_log l LEFT JOIN agents a"
-    .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? AND l.agent_id IS ?"
+    .. " ON a.id = l.agent_id WHERE l.tenant_id = ? AND l.kind = 'call' AND l.execution_id = ? AND l.agent_id"
+    .. (db_mod.is_pg(db) and " IS NOT DISTINCT FROM ?" or " IS ?")
     .. " AND l.id > ? ORDER BY l.id LIMIT ?", tenant_id, execution_id, agent_id, after, limit)
   if not rows then return nil, err end
   for _, r in ipairs(rows) do

@@ -8,6 +8,14 @@ local json = require("switchboard.json")
 local db_mod = require("switchboard.db")
 local blob = require("core.store").blob
 
+-- The approved escalation that is not settled, per store (JSON functions).
+local UNSETTLED = {
+  sqlite = "SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))",
+  pg = "SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
+    .. " OR (sb_json(result) #>> '{data,outcome}') = 'unknown')",
+}
+
 local M = {}
 
 M.KINDS = { hold = true, escalate = true }
@@ -63,10 +71,11 @@ function M.page(db, tenant_id, status, before, limit)
 end
 
 -- Decide an open escalation: the number of rows changed (1, or 0 when it
--- was decided already), or nil, err.
-function M.approve(db, id, actor)
-  return db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?"
-    .. " WHERE id = ? AND status = 'open'", actor, db_mod.now(), id)
+-- was decided already), or nil, err. node: the node that runs it (several
+-- nodes on PostgreSQL).
+function M.approve(db, id, actor, node)
+  return db:run("UPDATE escalations SET status = 'approved', decided_by = ?, decided_at = ?, node = ?"
+    .. " WHERE id = ? AND status = 'open'", actor, db_mod.now(), node, id)
 end
 
 function M.reject(db, id, actor, note)
@@ -90,13 +99,21 @@ end
 -- An approved escalation that is not settled: no result, or a result
 -- whose outcome was unknown; nil when it is settled (or not approved).
 function M.unsettled(db, id)
-  return esc_row(db:row("SELECT * FROM escalations WHERE id = ? AND status = 'approved' AND (result IS NULL"
-    .. " OR (json_valid(result) AND json_extract(result, '$.data.outcome') = 'unknown'))", id))
+  return esc_row(db:row(UNSETTLED[db_mod.dialect(db)], id))
 end
 
--- The ids of the approved escalations without a result, in order.
-function M.approved_without_result(db)
-  local rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL ORDER BY id")
+-- The ids of the approved escalations without a result, in order (with
+-- live_since, several nodes: only those of the nodes whose lease ended
+-- before that unix time, whose run died with them).
+function M.approved_without_result(db, live_since)
+  local rows, err
+  if live_since then
+    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL"
+      .. " AND (node IS NULL OR node NOT IN (SELECT id FROM nodes WHERE heartbeat_unix >= ?)) ORDER BY id",
+      live_since)
+  else
+    rows, err = db:query("SELECT id FROM escalations WHERE status = 'approved' AND result IS NULL ORDER BY id")
+  end
   if not rows then return nil, err end
   local out = {}
   for i, r in ipairs(rows) do out[i] = r.id end

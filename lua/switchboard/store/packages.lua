@@ -1,7 +1,8 @@
 -- Each integration package's own schema: its manifest's `migrations`, a
--- list of SQL texts (or { sqlite = {…}, postgresql = {…} } where the
--- dialects differ), run in order once each and recorded per package, as
--- the core's own migrations are recorded in user_version.
+-- list of SQL texts in SQLite's dialect (PostgreSQL reads their column
+-- types as db.pg_types maps them), or { sqlite = {…}, pg = {…} } where the
+-- dialects differ; run in order once each and recorded per package, as the
+-- core's own migrations are recorded.
 local db_mod = require("switchboard.db")
 
 local M = {}
@@ -15,8 +16,12 @@ local SQL = {
 
 -- The migrations of a manifest for this store's dialect.
 local function list_for(db, migrations)
-  if migrations[1] ~= nil or next(migrations) == nil then return migrations end
-  return migrations[db.dialect or "sqlite"] or {}
+  local dialect = db_mod.dialect(db)
+  if migrations[1] == nil and next(migrations) ~= nil then return migrations[dialect] or {} end
+  if dialect ~= "pg" then return migrations end
+  local out = {}
+  for i, sql in ipairs(migrations) do out[i] = db_mod.pg_types(sql) end
+  return out
 end
 
 -- Bring a package's schema up to date. Returns the version or nil, err

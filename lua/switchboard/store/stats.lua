@@ -14,7 +14,7 @@ end
 -- Per tenant with final delivery receipts, by tenant name: { tenant,
 -- ok (delivered or read), n (every final receipt) }.
 function M.delivery_by_tenant(db)
-  return db:query("SELECT t.name AS tenant, sum(s.delivery_status IN ('delivered', 'read')) AS ok,"
+  return db:query("SELECT t.name AS tenant, sum(CASE WHEN s.delivery_status IN ('delivered', 'read') THEN 1 ELSE 0 END) AS ok,"
     .. " count(*) AS n FROM sends s JOIN tenants t ON t.id = s.tenant_id WHERE s.delivery_status IN"
     .. " ('delivered', 'read', 'undelivered', 'failed') GROUP BY t.name ORDER BY t.name")
 end

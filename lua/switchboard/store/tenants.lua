@@ -117,7 +117,8 @@ end
 -- transaction when one is open (a connection and its group change together).
 function M.enable_group(db, tenant_id, name)
   assert(type(name) == "string" and name ~= "", "tenants.enable_group: name must be a group's name")
-  local n, err = db:run("INSERT OR IGNORE INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)",
+  local n, err = db:run("INSERT INTO tenant_groups (tenant_id, name, created_at) VALUES (?, ?, ?)"
+    .. " ON CONFLICT (tenant_id, name) DO NOTHING",
     tenant_id, name, db_mod.now())
   if not n then return nil, err end
   return true
