@@ -22,9 +22,7 @@ describe("a tool declared by actions", function()
   end
 
   local function audit()
-    local out = H.sh(("sqlite3 -json %s %s"):format(H.q(srv.dir .. "/data/switchboard.db"),
-      H.q("SELECT action, decision, outcome, detail FROM audit_log WHERE kind = 'call' ORDER BY id")))
-    return json.decode(out) or {}
+    return H.sql_rows(srv, "SELECT action, decision, outcome, detail FROM audit_log WHERE kind = 'call' ORDER BY id")
   end
 
   it("lists the composed inputSchema", function()

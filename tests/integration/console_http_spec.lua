@@ -81,7 +81,10 @@ describe("the console's listener", function()
     assert.truthy(again.body:find("already used or expired", 1, true))
     -- the token is kept nowhere but in the server's memory, as a hash
     assert.falsy(H.read(srv.log):find(token, 1, true))
-    assert.falsy(TW.sql(srv, "SELECT group_concat(params) FROM audit_log"):find(token, 1, true))
+    for _, r in ipairs(H.sql_rows(srv, "SELECT params, detail FROM audit_log")) do
+      assert.falsy(tostring(r.params):find(token, 1, true))
+      assert.falsy(tostring(r.detail):find(token, 1, true))
+    end
   end)
 
   it("keeps a tenant administrator to their tenant and out of the operators' methods", function()

@@ -13,7 +13,7 @@ describe("migration 10", function()
     local path = dir .. "/old.db"
     local db = assert(store.open(path))
     for v = 1, 9 do
-      assert(db:exec(db_mod.migrations[v]))
+      assert(db:exec(db_mod.migration_sql(v, "sqlite")))
       assert(db:set_user_version(v))
     end
     assert(db:run("INSERT INTO tenants (id, name, features, data_key, created_at) VALUES (1, 'acme', '[]', ?, 'x')",
