@@ -8,6 +8,43 @@ local time = require("switchboard.time")
 
 local M = {}
 
+-- Migration 10 in a store's SQL: connections per (tenant, integration),
+-- the columns every integration has and its own settings as a JSON object
+-- (what the first, one-per-tenant table held in columns moves there). A
+-- send names the integration it went through (NULL for the sends recorded
+-- before: found from the tool). object/json: the store's JSON functions;
+-- cast: what makes the object text.
+local function migration_10(object, json, cast)
+  return ([[
+  ALTER TABLE connections RENAME TO connections_v1;
+  CREATE TABLE connections (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    integration TEXT NOT NULL,
+    key_id TEXT,
+    secret BLOB,
+    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
+    status_reason TEXT,
+    account_name TEXT,
+    autonomous_sends INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL DEFAULT '{}',
+    last_tested_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, integration)
+  );
+  INSERT INTO connections (tenant_id, integration, key_id, secret, status, status_reason, account_name,
+    autonomous_sends, settings, last_tested_at, created_at, updated_at)
+  SELECT tenant_id, provider, api_key_sid, secret, status, status_reason, account_name, autonomous_sends,
+    OBJECT('account_sid', account_sid, 'default_number', default_number, 'whatsapp_number', whatsapp_number,
+      'verify_service_sid', verify_service_sid, 'account_status', account_status, 'account_type', account_type,
+      'numbers', JSON(numbers), 'hosts', JSON(hosts))CAST,
+    last_tested_at, created_at, updated_at
+  FROM connections_v1;
+  DROP TABLE connections_v1;
+  ALTER TABLE sends ADD COLUMN integration TEXT;
+  ]]):gsub("OBJECT", object):gsub("JSON%(", json .. "("):gsub("CAST", cast)
+end
+
 -- Each entry moves the schema one version up, in order; never edit a
 -- released entry, add a new one. The same list serves both stores: an
 -- entry is the SQL of both, written in SQLite's dialect and read by
@@ -202,69 +239,7 @@ M.migrations = {
   ALTER TABLE sends ADD COLUMN execution_id TEXT;
   CREATE INDEX sends_delivery ON sends (tenant_id, delivery_status) WHERE delivery_status IS NOT NULL;
   ]],
-  { sqlite = [[
-  -- Connections per (tenant, integration): the columns every integration
-  -- has, and its own settings as a JSON object (what the first, one-per-
-  -- tenant table held in columns moves there). A send names the integration
-  -- it went through (NULL for the sends recorded before: found from the tool).
-  ALTER TABLE connections RENAME TO connections_v1;
-  CREATE TABLE connections (
-    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
-    integration TEXT NOT NULL,
-    key_id TEXT,
-    secret BLOB,
-    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
-    status_reason TEXT,
-    account_name TEXT,
-    autonomous_sends INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL DEFAULT '{}',
-    last_tested_at TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, integration)
-  );
-  INSERT INTO connections (tenant_id, integration, key_id, secret, status, status_reason, account_name,
-    autonomous_sends, settings, last_tested_at, created_at, updated_at)
-  SELECT tenant_id, provider, api_key_sid, secret, status, status_reason, account_name, autonomous_sends,
-    json_object('account_sid', account_sid, 'default_number', default_number, 'whatsapp_number', whatsapp_number,
-      'verify_service_sid', verify_service_sid, 'account_status', account_status, 'account_type', account_type,
-      'numbers', json(numbers), 'hosts', json(hosts)),
-    last_tested_at, created_at, updated_at
-  FROM connections_v1;
-  DROP TABLE connections_v1;
-  ALTER TABLE sends ADD COLUMN integration TEXT;
-  ]], pg = [[
-  -- Connections per (tenant, integration): the columns every integration
-  -- has, and its own settings as a JSON object (what the first, one-per-
-  -- tenant table held in columns moves there). A send names the integration
-  -- it went through (NULL for the sends recorded before: found from the tool).
-  ALTER TABLE connections RENAME TO connections_v1;
-  CREATE TABLE connections (
-    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
-    integration TEXT NOT NULL,
-    key_id TEXT,
-    secret BLOB,
-    status TEXT NOT NULL CHECK (status IN ('active', 'error')),
-    status_reason TEXT,
-    account_name TEXT,
-    autonomous_sends INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL DEFAULT '{}',
-    last_tested_at TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, integration)
-  );
-  INSERT INTO connections (tenant_id, integration, key_id, secret, status, status_reason, account_name,
-    autonomous_sends, settings, last_tested_at, created_at, updated_at)
-  SELECT tenant_id, provider, api_key_sid, secret, status, status_reason, account_name, autonomous_sends,
-    json_build_object('account_sid', account_sid, 'default_number', default_number, 'whatsapp_number',
-      whatsapp_number, 'verify_service_sid', verify_service_sid, 'account_status', account_status, 'account_type',
-      account_type, 'numbers', sb_json(numbers), 'hosts', sb_json(hosts))::text,
-    last_tested_at, created_at, updated_at
-  FROM connections_v1;
-  DROP TABLE connections_v1;
-  ALTER TABLE sends ADD COLUMN integration TEXT;
-  ]] },
+  { sqlite = migration_10("json_object", "json", ""), pg = migration_10("json_build_object", "sb_json", "::text") },
   [[
   -- Several nodes on one database (PostgreSQL): each send has an owner,
   -- the node that wrote it; each node's heartbeat is its lease. The sends
