@@ -69,19 +69,19 @@ end
 local function refuse_number(call, to)
   local number = phone(to)
   if not number or not number.valid or number.e164 ~= to then
-    return ("the recipient must be a valid phone number in E.164 format (short codes and local formats are refused)")
+    return "the recipient must be a valid phone number in E.164 format (short codes and local formats are refused)"
   end
   if refused[number.type] then
-    return (("the recipient is a %s number"):format((number.type:gsub("_", "-"))))
+    return ("the recipient is a %s number"):format((number.type:gsub("_", "-")))
   end
   for _, prefix in ipairs(prefixes) do
     if to:sub(1, #prefix) == prefix then
-      return ("the recipient is a premium-rate number")
+      return "the recipient is a premium-rate number"
     end
   end
   if not allowed(call, number) then
     local where = number.region == "001" and "non-geographic numbers" or number.region
-    return (("sending to %s (+%d) is not allowed for this tenant"):format(where, number.country_code))
+    return ("sending to %s (+%d) is not allowed for this tenant"):format(where, number.country_code)
   end
   return nil
 end
