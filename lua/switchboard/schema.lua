@@ -91,16 +91,28 @@ M.formats = {
 }
 
 -- SIDs: "sid:AC" means "AC" followed by 32 hex digits.
+local sid_formats = {}
 local function format_of(name)
-  local f = M.formats[name]
+  local f = M.formats[name] or sid_formats[name]
   if f then return f end
   local prefix = type(name) == "string" and name:match("^sid:(%u%u)$")
   if prefix then
-    return { check = function(s) return hex32(s, prefix) end,
+    sid_formats[name] = { check = function(s) return hex32(s, prefix) end,
              rule = ("an identifier of %s followed by 32 hexadecimal characters"):format(prefix),
              export = { pattern = sid_pattern(prefix),
                         note = ("%s followed by 32 hexadecimal characters."):format(prefix) } }
+    return sid_formats[name]
   end
+  return nil
+end
+
+-- The Lua check of an exported pattern: a known one, or a SID's
+-- (^XX[0-9a-fA-F]{32}$, from an exported schema); nil for any other.
+local function pattern_check(pattern)
+  local check = M.patterns[pattern]
+  if check then return check end
+  local prefix = pattern:match("^%^(%u%u)%[0%-9a%-fA%-F%]{32}%$$")
+  if prefix then return M.patterns[sid_pattern(prefix)] end
   return nil
 end
 
@@ -270,9 +282,7 @@ function validate(s, v, path, errs, root, depth)
       end
     end
     if s.pattern then
-      local check = M.patterns[s.pattern]
-      local prefix = not check and s.pattern:match("^%^(%u%u)%[0%-9a%-fA%-F%]{32}%$$")
-      if prefix then check = function(x) return hex32(x, prefix) end end
+      local check = pattern_check(s.pattern)
       if not check then error(("schema: %s: pattern '%s' is not one this validator knows"):format(name, s.pattern), 0) end
       if not check(v) then
         errs[#errs + 1] = ("%s must match the pattern %s (got %s)"):format(name, s.pattern, show(v))
@@ -344,6 +354,123 @@ function validate(s, v, path, errs, root, depth)
   if s.oneOf and #errs == before then alternatives(s.oneOf, true, v, path, errs, root, depth, name) end
 end
 
+-- Does v conform to s: validate's verdict without its messages, and
+-- without building a path or a message for every value it walks (a
+-- tool's result of 20 messages has hundreds). It must never accept what
+-- validate refuses; where it refuses, M.validate and M.conforms' callers
+-- run validate for the messages (and take validate's verdict).
+local conforms
+local function conforms_string(s, v)
+  if not utf8.len(v) then return false end
+  local n
+  if s.minLength or s.maxLength then n = utf8.len(v) end
+  if s.minLength and n < s.minLength then return false end
+  if s.maxLength and n > s.maxLength then return false end
+  if s.format then
+    local f = format_of(s.format)
+    if f and not f.check(v) then return false end
+  end
+  if s.pattern then
+    local check = pattern_check(s.pattern)
+    if not check or not check(v) then return false end -- unknown: validate raises
+  end
+  return true
+end
+
+local function conforms_alternatives(list, one, v, root, depth)
+  local matched = 0
+  for _, alt in ipairs(list) do
+    if conforms(alt, v, root, depth + 1) then
+      matched = matched + 1
+      if not one then return true end
+    end
+  end
+  return matched == 1 or (not one and matched > 0)
+end
+
+function conforms(s, v, root, depth)
+  if depth > MAX_DEPTH then return false end
+  local ref = s["$ref"]
+  if ref then
+    local target = deref(root, ref)
+    if not target or not conforms(target, v, root, depth + 1) then return false end
+  end
+  local st = s.type
+  if st and not is_type(st, v) then return false end
+  if s.const ~= nil and not same(s.const, v) then return false end
+  local enum = s.enum
+  if enum then
+    local ok = false
+    for _, e in ipairs(enum) do if e == v then ok = true; break end end
+    if not ok then return false end
+  end
+  local tv = type(v)
+  if tv == "string" and v ~= EMPTY_ARRAY then
+    if not conforms_string(s, v) then return false end
+  elseif tv == "number" then
+    if s.minimum and v < s.minimum then return false end
+    if s.maximum and v > s.maximum then return false end
+  elseif v == EMPTY_ARRAY or (tv == "table" and v ~= null
+      and (st == "array" or (s.items and json_type(v) == "array"))) then
+    local n = v == EMPTY_ARRAY and 0 or #v
+    if s.minItems and n < s.minItems then return false end
+    if s.maxItems and n > s.maxItems then return false end
+    local items = s.items
+    if items then
+      for i = 1, n do
+        if not conforms(items, v[i], root, depth + 1) then return false end
+      end
+    end
+    if s.uniqueItems then
+      local seen = {}
+      for i = 1, n do
+        local key = type(v[i]) == "table" and json.encode(v[i]) or tostring(v[i])
+        if seen[key] then return false end
+        seen[key] = true
+      end
+    end
+  elseif tv == "table" and v ~= null then
+    local props = s.properties or {}
+    local req = s.required
+    if req then
+      for _, k in ipairs(req) do
+        local x = v[k]
+        if x == nil or x == null then return false end
+      end
+    end
+    local additional = s.additionalProperties
+    for k in pairs(v) do
+      k = tostring(k)
+      local sub, x = props[k], v[k]
+      if sub then
+        if (x ~= null or sub.type == "null") and not conforms(sub, x, root, depth + 1) then return false end
+      elseif additional == false then
+        return false
+      elseif type(additional) == "table" then
+        if not conforms(additional, x, root, depth + 1) then return false end
+      end
+    end
+  end
+  if s.anyOf and not conforms_alternatives(s.anyOf, false, v, root, depth) then return false end
+  if s.oneOf and not conforms_alternatives(s.oneOf, true, v, root, depth) then return false end
+  return true
+end
+
+-- Every message validate gives for v against s (none: v conforms), by the
+-- full walk; M.conforms must agree with it (tests/unit/schema_spec.lua).
+function M.errors(s, v)
+  local errs = {}
+  validate(s, v == nil and {} or v, "", errs, s, 0)
+  return errs
+end
+
+-- Does v conform to s (nil args count as {} as in M.validate)? For a check
+-- that needs no message unless it fails: a tool's result.
+function M.conforms(s, v)
+  if v == nil then v = {} end
+  return conforms(s, v, s, 0)
+end
+
 -- Integer-typed values given as integral floats (5.0, as some JSON
 -- decoders give them) become integers, in place, so that errors and what
 -- goes out (a query string, a message) say 5, not 5.0. Through $ref and
@@ -377,7 +504,7 @@ function M.validate(s, args, opts)
   if args == nil or args == null then args = {} end
   args = integers(s, args, s, 0)
   local errs = {}
-  validate(s, args, "", errs, s, 0)
+  if not conforms(s, args, s, 0) then validate(s, args, "", errs, s, 0) end
   if #errs > 0 then
     local what = opts and opts.what or "arguments"
     if what ~= "arguments" then

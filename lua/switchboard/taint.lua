@@ -35,9 +35,14 @@ M.MAX_DIGITS = 65536   -- digits of untrusted text kept per execution, for match
 ---------------------------------------------------------------------------
 -- declarations
 
+-- A path's segments; the few paths tools declare are split once.
+local segments = {}
 local function split(path)
-  local segs = {}
+  local segs = segments[path]
+  if segs then return segs end
+  segs = {}
   for name, list in path:gmatch("([%w_]+)(%[?%]?)") do segs[#segs + 1] = { name = name, list = list == "[]" } end
+  segments[path] = segs
   return segs
 end
 
@@ -152,14 +157,30 @@ end
 
 -- A number as the digits that identify it: E.164 without "+", or, for a
 -- number that does not parse, its digits. "whatsapp:" is dropped.
+-- The same senders come back in result after result, and libphonenumber's
+-- parse is the dearest step of labelling one: the keys of the last
+-- KEYS_KEPT numbers are kept (the table starts again when full).
+local KEYS_KEPT = 4096
+local keys_of, keys_n = {}, 0
 local function number_key(s)
   if type(s) ~= "string" then return nil end
+  local k = keys_of[s]
+  if k then return k[1], k[2] end
+  local text = s
   s = detect.normalize(s):gsub("^whatsapp:", "")
   local n = s:find("^%+") and #s <= 64 and phone.parse(s)
-  if n and n.e164 and n.country_code then return n.e164:sub(2), n.country_code end
-  local d = s:gsub("%D", "")
-  if #d < 6 then return nil end
-  return d
+  local key, cc
+  if n and n.e164 and n.country_code then
+    key, cc = n.e164:sub(2), n.country_code
+  else
+    local d = s:gsub("%D", "")
+    if #d >= 6 then key = d end
+  end
+  if #text <= 64 then
+    if keys_n >= KEYS_KEPT then keys_of, keys_n = {}, 0 end
+    keys_of[text], keys_n = { key, cc }, keys_n + 1
+  end
+  return key, cc
 end
 
 -- An email address as a counterpart's key (lowercased), or nil: the
@@ -203,8 +224,9 @@ local function hosts_in(text)
   local out, seen = {}, {}
   local norm = detect.normalize(text):lower()
   for token in norm:gmatch("[%w%-%._~:/%%?#=&@+]+") do
-    local t = token:sub(1, 2048):gsub("^[%p]+", ""):gsub("[%.,;:!?%)]+$", "")
-    if t:find("^%a[%w+.-]*://") or t:find("^[%w%-]+%.[%w%-%.]*%a%a") then
+    -- only a token with a dot or a colon can be one
+    local t = token:find("[%.:]") and token:sub(1, 2048):gsub("^[%p]+", ""):gsub("[%.,;:!?%)]+$", "")
+    if t and (t:find("^%a[%w+.-]*://") or t:find("^[%w%-]+%.[%w%-%.]*%a%a")) then
       local u = http.parse(t:find("://", 1, true) and t or ("http://" .. t))
       local host = u and u.host and u.host:gsub("^www%.", ""):gsub("%.$", "")
       if host and host:find("%.%a%a+$") and not seen[host] then

@@ -278,3 +278,99 @@ describe("schema formats", function()
     end
   end)
 end)
+
+-- schema.conforms is the fast check (no messages) every call's result and
+-- arguments go through first; it must give validate's verdict exactly.
+describe("schema.conforms", function()
+  local pkgs = assert(require("switchboard.integrations").load({ ROOT .. "/integrations" }))
+  local reg = load({ { dir = pkgs[1].tools_dir, package = pkgs[1] }, ROOT .. "/examples/tools",
+                     ROOT .. "/tests/fixtures/schema_tools" })
+  local EMPTY = json.array(nil)
+  local rng = 12345
+  local function rand(n) rng = (rng * 1103515245 + 12345) % 2147483648; return rng % n + 1 end
+  local SAMPLES = { e164 = "+14155550123", ["e164-syntax"] = "+14155550123", date = "2026-01-31",
+                    ["date-time"] = "2026-01-31T09:00:00Z", ["http-url"] = "https://x.example/a",
+                    uri = "urn:x", email = "a@b.example" }
+  local JUNK = { "x", "", 7, -1, 2.5, 1e300, true, false, json.null, EMPTY, {}, { 1, 2 }, { a = 1 },
+                 "+1415555012", "2026-13-40", "\255bad", ("y"):rep(300) }
+  local function deref(root, s)
+    local name = s["$ref"] and s["$ref"]:match("^#/%$defs/(.+)$")
+    return name and root["$defs"][name] or s
+  end
+  local function gen(root, s, depth)
+    if depth > 6 then return json.null end
+    s = deref(root, s)
+    local alts = s.oneOf or s.anyOf
+    if alts and rand(4) > 1 then
+      local v = gen(root, alts[rand(#alts)], depth + 1)
+      if type(v) == "table" and s.properties then
+        for k, sub in pairs(s.properties) do if v[k] == nil and rand(2) == 1 then v[k] = gen(root, sub, depth + 1) end end
+      end
+      return v
+    end
+    if s.const ~= nil then return s.const end
+    if s.enum then return s.enum[rand(#s.enum)] end
+    local t = s.type
+    if t == "string" then
+      if s.format then
+        local sid = s.format:match("^sid:(%u%u)$")
+        return sid and (sid .. ("0123456789abcdef"):rep(2)) or SAMPLES[s.format] or "x"
+      end
+      if s.pattern then return s.pattern:find("%+") and "+14155550123" or "https://x.example" end
+      local lengths = { s.minLength or 1, (s.minLength or 1) - 1, s.maxLength or 3, (s.maxLength or 3) + 1 }
+      return ("s"):rep(math.max(0, lengths[rand(4)]))
+    elseif t == "integer" or t == "number" then
+      -- at and around the bounds
+      local at = { s.minimum or 0, (s.minimum or 0) - 1, s.maximum or 5, (s.maximum or 5) + 1 }
+      return at[rand(4)] + (t == "number" and 0.5 or 0)
+    elseif t == "boolean" then return rand(2) == 1
+    elseif t == "null" then return json.null
+    elseif t == "array" or s.items then
+      local out = {}
+      local counts = { s.minItems or 0, (s.minItems or 1) - 1, s.maxItems or 2, (s.maxItems or 2) + 1 }
+      for i = 1, math.min(counts[rand(4)], 30) do out[i] = gen(root, s.items or {}, depth + 1) end
+      return #out == 0 and EMPTY or out
+    elseif t == "object" or s.properties then
+      local out = {}
+      for k, sub in pairs(s.properties or {}) do
+        if rand(3) > 1 then out[k] = gen(root, sub, depth + 1) end
+      end
+      for _, k in ipairs(s.required or {}) do
+        if out[k] == nil and s.properties and s.properties[k] then out[k] = gen(root, s.properties[k], depth + 1) end
+      end
+      return out
+    end
+    return JUNK[rand(#JUNK)]
+  end
+  -- replace, drop or add one thing somewhere in v
+  local function mutate(v, depth)
+    if type(v) ~= "table" or v == EMPTY or depth > 5 or rand(4) == 1 then return JUNK[rand(#JUNK)] end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    local r = rand(4)
+    if #keys == 0 or r == 1 then v["unknown_" .. rand(3)] = JUNK[rand(#JUNK)]
+    elseif r == 2 then v[keys[rand(#keys)]] = nil
+    else local k = keys[rand(#keys)]; v[k] = mutate(v[k], depth + 1) end
+    return v
+  end
+
+  it("gives validate's verdict on every tool's arguments and results, valid and broken", function()
+    local checked, refused = 0, 0
+    for _, name in ipairs(reg.order) do
+      local t = reg.tools[name]
+      for _, s in ipairs({ t.input_schema, t.output_schema, t.result_schema }) do
+        for _ = 1, 150 do
+          local v = gen(s, s, 0)
+          if rand(2) == 1 then v = mutate(v, 0) end
+          local full = #schema.errors(s, v) == 0
+          assert.equal(full, schema.conforms(s, v), name .. ": " .. json.encode(v))
+          checked = checked + 1
+          if not full then refused = refused + 1 end
+        end
+      end
+    end
+    -- both verdicts came up many times
+    assert.truthy(refused > checked / 5 and refused < checked * 4 / 5, refused .. " of " .. checked)
+  end)
+end)
