@@ -16,6 +16,10 @@ CXXWARN  = -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith
 CXXFLAGS ?= -O2 -g
 ALL_CXXFLAGS = -std=c++17 -Icore $(CXXWARN) $(CXXFLAGS)
 LIBS     = -llua5.4 -lev -lcurl -lssl -lcrypto -lsqlite3 -lmicrohttpd -lcjose -lphonenumber -lsystemd $(shell pkg-config --libs libpq) -lm -ldl
+# jemalloc (as Redis links it): the Lua state's many small allocations and
+# frees cost a sixth of a read call's CPU in glibc's malloc; the ASan and
+# fuzz builds keep the sanitizers' allocator.
+MALLOC_LIB = -ljemalloc
 ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/listener.c core/stream.c \
@@ -28,7 +32,7 @@ SRCS += core/init.c
 DEB_PKGS = build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libev-dev \
            libcurl4-openssl-dev libssl-dev libsqlite3-dev lua-busted lua-check lua-filesystem \
            libmicrohttpd-dev libphonenumber-dev sqlite3 valgrind python3 curl lua-argparse openssl \
-           libsystemd-dev systemd mandoc libcjose-dev libpq-dev postgresql chromium
+           libsystemd-dev systemd mandoc libcjose-dev libpq-dev postgresql chromium libjemalloc-dev
 BENCH_PKGS = nginx-light
 FUZZ_PKGS = clang libclang-rt-14-dev
 # what `make package` needs besides DEB_PKGS
@@ -40,7 +44,7 @@ PKG_PKGS = debhelper dpkg-dev lintian fakeroot systemd libsystemd-dev mandoc
 all: switchboard
 
 switchboard: $(SRCS) $(HDRS) build/phonenumber.o
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(SRCS) build/phonenumber.o $(LIBS) -lstdc++
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(SRCS) build/phonenumber.o $(LIBS) -lstdc++ $(MALLOC_LIB)
 
 build/phonenumber.o: $(CXXSRCS) core/phonenumber.h
 	@mkdir -p build
