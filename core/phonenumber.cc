@@ -76,11 +76,14 @@ int parse(const char *number, struct pn_info *out)
   out->country_code = pn.country_code();
   PhoneNumberUtil::ValidationResult possible = util.IsPossibleNumberWithReason(pn);
   out->possible = possible == PhoneNumberUtil::IS_POSSIBLE;
-  out->valid = util.IsValidNumber(pn);
+  // IsValidNumber is GetRegionCodeForNumber then IsValidNumberForRegion;
+  // the region (a walk over every region of the country code, 25 for +1)
+  // is looked up once here for both
+  util.GetRegionCodeForNumber(pn, &s);
+  out->valid = util.IsValidNumberForRegion(pn, s);
   out->type = PN_UNKNOWN;
   out->why = nullptr;
   if (out->valid) {
-    util.GetRegionCodeForNumber(pn, &s);
     if (s == "ZZ" || !copy_out(s, out->region, sizeof out->region))
       out->region[0] = '\0';
     out->type = type_of(util.GetNumberType(pn));

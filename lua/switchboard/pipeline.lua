@@ -33,10 +33,16 @@ local function result(text, data, is_error, opts)
     local ok, blob = pcall(json.encode, data)
     if ok then
       local size = 0
+      -- the JSON text goes out twice, as data and quoted as a string: 7
+      -- bytes a byte at most quoted (\u001f), so a blob far under the limit
+      -- is not quoted just to be measured
       if opts.limit then
-        local eok, quoted = pcall(json.encode, blob)
-        size = #blob + (eok and #quoted or 2 * #blob) + #json.encode(text) + 256
-        for _, b in ipairs(opts.blocks or {}) do size = size + #json.encode(b) end
+        local blocks = 0
+        for _, b in ipairs(opts.blocks or {}) do blocks = blocks + #json.encode(b) end
+        if 8 * (#blob + #text) + blocks + 260 > opts.limit then
+          local eok, quoted = pcall(json.encode, blob)
+          size = #blob + (eok and #quoted or 2 * #blob) + #json.encode(text) + 256 + blocks
+        end
       end
       if not opts.limit or size <= opts.limit then
         content[#content + 1] = { type = "text", text = blob }

@@ -75,7 +75,7 @@ local function sandbox_env(settings)
     settings = settings or {},
     detect = copy_lib(require("switchboard.detect"), { "normalize", "scan", "categories", "luhn",
                                                       "iban_valid", "ssn_valid" }),
-    phone = require("core.phone").parse, -- libphonenumber: { valid, region, type, e164, ... } or nil, err
+    phone = require("switchboard.phone").parse, -- libphonenumber: { valid, region, type, e164, ... } or nil, err
   }
   local denied = { io = true, os = true, require = true, load = true, loadfile = true,
                    dofile = true, debug = true, package = true, getmetatable = true,

@@ -3,7 +3,7 @@
 -- messages an LLM can act on, and the standard JSON Schema 2020-12 that
 -- MCP clients are given (M.export).
 local json = require("switchboard.json")
-local phone = require("core.phone")
+local phone = require("switchboard.phone")
 local time = require("switchboard.time")
 
 local M = {}

@@ -19,7 +19,7 @@
 -- (the least recently used goes first) for at most TTL seconds each.
 local detect = require("switchboard.detect")
 local http = require("core.http")
-local phone = require("core.phone")
+local phone = require("switchboard.phone")
 local time = require("switchboard.time")
 
 local M = {}
@@ -316,9 +316,10 @@ local function record(rt, key, tool, found, now, pause)
       t.seen[list .. v] = true
       t[list][#t[list] + 1] = list == "numbers" and ("+" .. v) or v
     end
-    for _, n in ipairs(numbers_in(f.value)) do add("numbers", n) end
-    for _, h in ipairs(hosts_in(f.value)) do add("urls", h) end
     local d = digits_of(f.value)
+    -- a number has 6 digits at least: text with fewer holds none
+    if #d >= 6 then for _, n in ipairs(numbers_in(f.value)) do add("numbers", n) end end
+    for _, h in ipairs(hosts_in(f.value)) do add("urls", h) end
     if t.ndigits + #d > M.MAX_DIGITS then
       t.truncated = true
     elseif #d > 0 then

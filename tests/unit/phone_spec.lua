@@ -230,3 +230,31 @@ describe("recipients policy (number types, countries)", function()
     assert.equal("FR premium_rate nil no known country calling code after a '+'", p.check({}).reason)
   end)
 end)
+
+describe("switchboard.phone (core.phone.parse with the last numbers kept)", function()
+  local kept = require("switchboard.phone")
+  it("answers as core.phone.parse does, kept or not, with a table of its own each time", function()
+    local inputs = { "+14155550123", "+442071838750", "+1415555012", "+999", "nonsense", "+14155550123",
+                     "+33 1 42 68 53 00", ("9"):rep(80) }
+    for round = 1, 2 do
+      for _, s in ipairs(inputs) do
+        local a, aerr = phone.parse(s)
+        local b, berr = kept.parse(s)
+        assert.same(a, b, s .. " round " .. round)
+        assert.equal(aerr, berr, s)
+      end
+    end
+    local first = assert(kept.parse("+14155550123"))
+    first.valid, first.e164 = false, "+1999"
+    local again = assert(kept.parse("+14155550123"))
+    assert.is_true(again.valid)
+    assert.equal("+14155550123", again.e164)
+  end)
+  it("starts again when full", function()
+    local saved = kept.KEPT
+    kept.KEPT = 3
+    for i = 0, 9 do assert.truthy(kept.parse(("+1415555%04d"):format(i))) end
+    kept.KEPT = saved
+    assert.equal(phone.parse("+14155550009").e164, kept.parse("+14155550009").e164)
+  end)
+end)
