@@ -356,16 +356,16 @@ function M.writer(db)
   return w
 end
 
+local function exec(db, item)
+  if item.insert then return db:insert(item.sql, table.unpack(item.args, 1, item.args.n)) end
+  return db:run(item.sql, table.unpack(item.args, 1, item.args.n))
+end
+
 -- Run one queued statement in its savepoint; sets item.res / item.err.
 local function run_item(db, item)
   local ok, err = db:run("SAVEPOINT sb_item")
   if not ok then item.err = err return end
-  local res, serr
-  if item.insert then
-    res, serr = db:insert(item.sql, table.unpack(item.args, 1, item.args.n))
-  else
-    res, serr = db:run(item.sql, table.unpack(item.args, 1, item.args.n))
-  end
+  local res, serr = exec(db, item)
   if res then
     item.res = res
     db:run("RELEASE sb_item")
@@ -383,6 +383,14 @@ function Writer:flush()
   if #q == 0 then return true end
   self.queue = {}
   local pok, ok, err = pcall(M.transaction, self.db, function(db)
+    if #q == 1 then
+      -- alone in its batch, a statement needs no savepoint: its error
+      -- rolls the transaction back, which holds nothing else
+      local res, serr = exec(db, q[1])
+      q[1].res = res
+      if not res then return nil, serr end
+      return true
+    end
     for _, item in ipairs(q) do run_item(db, item) end
     return true
   end)

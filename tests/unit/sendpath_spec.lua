@@ -157,6 +157,24 @@ describe("the writer", function()
     assert.truthy(db:row("SELECT id FROM t WHERE v = 'fresh'"))
   end)
 
+  it("fails a statement alone in its batch (no savepoint then) with its own error, writing nothing, and goes on", function()
+    local w = db_mod.writer(db)
+    local b0 = w.batches
+    local bad, err, good, calls
+    H.async(function()
+      bad, err = w:insert(function(id, cerr) calls = { id, cerr } end, "INSERT INTO t (v) VALUES (?)", "v2")
+      good = w:insert(nil, "INSERT INTO t (v) VALUES (?)", "alone")
+    end)
+    assert.is_nil(bad)
+    assert.truthy(tostring(err):find("UNIQUE", 1, true), err)
+    assert.is_nil(calls[1])
+    assert.equal(err, calls[2])
+    assert.equal("integer", math.type(good))
+    assert.equal(b0 + 2, w.batches)
+    assert.is_false(db:in_transaction())
+    assert.equal(1, tonumber(db:row("SELECT count(*) AS n FROM t WHERE v = 'v2'").n))
+  end)
+
   it("commits at once, without the loop, in sync mode", function()
     local w = db_mod.writer(db)
     w.sync = true
