@@ -19,6 +19,7 @@
 -- database, so the chain has one order.
 local loop = require("core.loop")
 local vault = require("core.vault")
+local chain = require("core.auditchain")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
@@ -445,9 +446,14 @@ end
 
 M.BATCH = 256      -- records read per statement (and per slice when yielding)
 M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
+-- Intact keyed records are passed over by core.auditchain (SQLite), the
+-- same checks in C; any other record is checked here. false: all here.
+M.FAST = true
 
 -- Walk the chain and hold it against the anchor, in batches of M.BATCH
--- records (bounded memory). master: the chain's key; anchor_file: its
+-- records (bounded memory); on SQLite the intact keyed records are passed
+-- over by core.auditchain in slices of M.SLICE seconds (docs/core-api.md),
+-- and every other record is checked here. master: the chain's key; anchor_file: its
 -- anchor; written_id (optional): how far the running writer last anchored.
 -- opts (optional):
 --   checkpoint: a checkpoint file; unless full, the walk starts after the
@@ -492,8 +498,28 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
   end
   local from, total = n, top - n
   local yield, slice_at = opts.yield, loop.time()
+  local fast = M.FAST and not db_mod.is_pg(db)
   while n < top do
-    local rows = assert(store.records(db, n, top, M.BATCH))
+    local batch = M.BATCH
+    if fast then
+      -- the intact keyed records, in C, a slice at a time; the record it
+      -- stops before (if any) is checked below, with the records after it
+      -- when it passed none (the unkeyed records of earlier versions)
+      local m, head, c, by, timed = chain.walk(db, master, n, top, prev, M.SLICE)
+      if not m then error("audit: the trail cannot be read: " .. tostring(head)) end
+      batch = m > n and 1 or M.BATCH
+      if m > n then
+        keyed, n, prev = true, m, head
+        if c > claim then claim, claim_by = c, by end
+        if opts.progress then opts.progress(n - from, total) end
+      end
+      if timed then
+        if yield then yield() slice_at = loop.time() end
+        goto continue
+      end
+      if n >= top then break end
+    end
+    local rows = assert(store.records(db, n, top, batch))
     if #rows == 0 then break end
     for _, r in ipairs(rows) do
       n = n + 1
@@ -543,10 +569,11 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
       end
     end
     if opts.progress then opts.progress(n - from, total) end
-    if yield and n < top then
+    if yield and n < top and (batch > 1 or loop.time() - slice_at > M.SLICE) then
       yield()
       slice_at = loop.time()
     end
+    ::continue::
   end
   if not a then
     return broken(nil, n, "the anchor file %s %s, so the trail cannot be shown complete (its tail, or all of"

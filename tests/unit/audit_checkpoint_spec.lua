@@ -169,15 +169,17 @@ describe("audit verify from a checkpoint", function()
     t.close()
   end)
 
+  -- (the Lua walk: the C walk over keyed records slices by time,
+  -- tests/unit/auditchain_spec.lua)
   it("reads in batches and yields between them, reporting progress", function()
     local t = trail()
     local batch = audit.BATCH
-    audit.BATCH = 4
+    audit.BATCH, audit.FAST = 4, false
     local yields, progress = 0, {}
     local ok, v = pcall(audit.verify_trail, t.db, t.master, t.anchor, nil, { full = true,
       yield = function() yields = yields + 1 end,
       progress = function(checked, total) progress[#progress + 1] = { checked, total } end })
-    audit.BATCH = batch
+    audit.BATCH, audit.FAST = batch, true
     assert(ok, v)
     assert.is_true(v.ok, v.problem)
     assert.same({ { 4, N }, { 8, N }, { 12, N } }, progress)
@@ -189,11 +191,11 @@ describe("audit verify from a checkpoint", function()
     local t = trail()
     local inner
     local batch = audit.BATCH
-    audit.BATCH = 4
+    audit.BATCH, audit.FAST = 4, false
     local v = t.w:verify({ incremental = true, yield = function()
       if not inner then inner = table.pack(t.w:verify()) end
     end })
-    audit.BATCH = batch
+    audit.BATCH, audit.FAST = batch, true
     assert.is_true(v.ok, v.problem)
     assert.is_nil(inner[1])
     assert.truthy(inner[2]:find("running already", 1, true))
