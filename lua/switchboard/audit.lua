@@ -462,7 +462,9 @@ M.FAST = true
 --   full: walk from record 1 (the checkpoint is still written);
 --   yield: called between batches, and within one every M.SLICE seconds
 --     (the server passes a loop sleep(0));
---   progress: progress(checked, total) after each batch.
+--   progress: progress(checked, total) after each batch;
+--   checkpoint_later: the checkpoint's new text is returned second, for
+--     the caller to write (M:verify writes it after the answer).
 -- Returns
 --   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…},
 --     notes = {…}, checked = records walked now, from = the checkpoint's id or 0 }
@@ -601,28 +603,47 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
     return broken(nil, n, "the anchor file is older than what this server last wrote (record %d): it reaches"
       .. " only record %d (it was replaced by an older copy)", written_id, a.id)
   end
+  local later
   if opts.checkpoint and n > 0 then
-    local ok, err = vault.write_private(opts.checkpoint, M.checkpoint_text(master, { id = n, head = prev,
-      legacy = legacy, keyed = keyed, claim = claim, claim_by = claim_by, warnings = warnings }))
-    if not ok then notes[#notes + 1] = "the verify checkpoint could not be written: " .. tostring(err) end
+    local text = M.checkpoint_text(master, { id = n, head = prev, legacy = legacy, keyed = keyed, claim = claim,
+                                             claim_by = claim_by, warnings = warnings })
+    if opts.checkpoint_later then
+      later = text
+    else
+      local ok, err = vault.write_private(opts.checkpoint, text)
+      if not ok then notes[#notes + 1] = "the verify checkpoint could not be written: " .. tostring(err) end
+    end
   end
   return { ok = true, records = n, anchored = a.id, unanchored = n - a.id, legacy = legacy,
-           warnings = warnings, notes = notes, last_hash = prev, checked = n - from, from = from }
+           warnings = warnings, notes = notes, last_hash = prev, checked = n - from, from = from },
+         later
 end
 
 -- Verify this writer's trail (after committing what is queued); one at a
 -- time. opts: { incremental = from the checkpoint, yield, progress } (as
--- verify_trail). Returns the result, or nil, why when a verify is running.
+-- verify_trail; checkpoint_later: the moved checkpoint is written on the
+-- next loop turn, after the answer (its two fsyncs spare only the next verify's
+-- walk: a checkpoint lost in a crash is an older one, or a full walk).
+-- Returns the result, or nil, why when a verify is running.
 function M:verify(opts)
   opts = opts or {}
   if self.verifying then return nil, "a verify of the audit trail is running already; try again when it ends" end
   self.verifying = true
   self:flush()
-  local ok, res = pcall(M.verify_trail, self.db, self.master, self.anchor_file,
+  local ok, res, later = pcall(M.verify_trail, self.db, self.master, self.anchor_file,
     self.anchor_written and self.anchored_id or nil,
-    { checkpoint = self.checkpoint_file, full = not opts.incremental, yield = opts.yield, progress = opts.progress })
+    { checkpoint = self.checkpoint_file, full = not opts.incremental, yield = opts.yield, progress = opts.progress,
+      checkpoint_later = opts.checkpoint_later })
   self.verifying = false
   if not ok then error(res, 0) end
+  if later then
+    local path = self.checkpoint_file
+    loop.spawn(function()
+      loop.sleep(0)
+      local wok, err = vault.write_private(path, later)
+      if not wok then log.error("audit: the verify checkpoint could not be written: %s", tostring(err)) end
+    end)
+  end
   return res
 end
 

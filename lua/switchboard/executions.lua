@@ -166,7 +166,7 @@ function M.install(admin)
       end
     end
     local r, err = self.server.audit:verify({ incremental = p.full ~= true, progress = progress,
-                                              yield = function() loop.sleep(0) end })
+                                              yield = function() loop.sleep(0) end, checkpoint_later = true })
     if not r then refuse(err) end
     if r.warnings then r.warnings = json.array(r.warnings) end
     if r.notes then r.notes = json.array(r.notes) end
