@@ -207,8 +207,12 @@ typedef struct Walk {
 static int
 passes(Walk *w, sqlite3_stmt *st, EVP_MAC_CTX *mctx, NbBuf *b)
 {
+  /* each column's type is read before its value (a value read as another
+  ** type would be converted) */
+  if (sqlite3_column_type(st, COL_ID) != SQLITE_INTEGER)
+    return 0;
   sqlite3_int64 id = sqlite3_column_int64(st, COL_ID);
-  if (sqlite3_column_type(st, COL_ID) != SQLITE_INTEGER || id != w->n + 1
+  if (id != w->n + 1
       || !column_is(st, COL_PREV, w->prev, w->prevlen)
       || sqlite3_column_type(st, COL_CHAIN) != SQLITE_INTEGER
       || sqlite3_column_int64(st, COL_CHAIN) != 1

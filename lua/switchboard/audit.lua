@@ -445,7 +445,7 @@ end
 -- }======================================================
 
 M.BATCH = 256      -- records read per statement (and per slice when yielding)
-M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
+M.SLICE = 0.001    -- seconds: a slice within a batch that runs longer yields
 -- Intact keyed records are passed over by core.auditchain (SQLite), the
 -- same checks in C; any other record is checked here. false: all here.
 M.FAST = true
