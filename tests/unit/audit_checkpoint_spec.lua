@@ -6,6 +6,7 @@
 local H = require("helpers")
 local audit = require("switchboard.audit")
 local db_mod = require("switchboard.db")
+local loop = require("core.loop")
 local vault = require("core.vault")
 
 local function master_in(dir, name)
@@ -184,6 +185,24 @@ describe("audit verify from a checkpoint", function()
     assert.is_true(v.ok, v.problem)
     assert.same({ { 4, N }, { 8, N }, { 12, N } }, progress)
     assert.equal(2, yields)
+    t.close()
+  end)
+
+  it("writes the moved checkpoint after the answer when asked to (the admin method)", function()
+    local t = trail()
+    local before = H.read(t.checkpoint)
+    H.async(function()
+      local v = t.w:verify({ incremental = true, checkpoint_later = true })
+      assert.is_true(v.ok, v.problem)
+      assert.same({ CP, N - CP }, { v.from, v.checked })
+      assert.equal(before, H.read(t.checkpoint))    -- not yet
+      loop.sleep(0.01)
+      assert.equal(N, assert(audit.read_checkpoint(t.master, t.checkpoint)).id)
+      -- and the next verify starts there
+      v = t.w:verify({ incremental = true, checkpoint_later = true })
+      assert.same({ true, N, 0 }, { v.ok, v.from, v.checked })
+      loop.sleep(0.01)
+    end)
     t.close()
   end)
 
