@@ -24,7 +24,8 @@ ASAN     = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-re
 
 SRCS = core/main.c core/sched.c core/netbuf.c core/loop.c core/listener.c core/stream.c \
        core/timer.c core/signal.c core/wait.c core/http.c core/vault.c core/store.c core/httpd.c \
-       core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c core/jsonint.c core/time.c core/pg.c
+       core/mem.c core/phone.c core/fs.c core/notify.c core/jose.c core/jsonint.c core/time.c core/pg.c \
+       core/auditchain.c
 HDRS = core/core.h core/netbuf.h core/phonenumber.h
 CXXSRCS = core/phonenumber.cc
 SRCS += core/init.c

@@ -137,6 +137,16 @@ typedef struct SbCredential {
 } SbCredential;
 int sb_credential(lua_State *L, int idx, SbCredential *out);
 
+/* For core.auditchain's walk (auditchain.c): the SQLite connection of an
+** open core.store.Db at idx (store.c), and a new HMAC-SHA256 context keyed
+** with the audit key of an open core.vault.Master at idx (vault.c; the
+** caller frees it with EVP_MAC_CTX_free; NULL when OpenSSL fails). Both
+** raise when idx is not an open one. */
+struct sqlite3;
+struct evp_mac_ctx_st;
+struct sqlite3 *sb_store_handle(lua_State *L, int idx);
+struct evp_mac_ctx_st *sb_audit_mac_ctx(lua_State *L, int idx);
+
 /* The main Lua state with the standard libraries, the core.* modules
 ** preloaded and package.path starting at root's lua/ (init.c); sets
 ** sb_main. NULL when the state cannot be created. */
@@ -191,6 +201,7 @@ int luaopen_core_jose(lua_State *L);
 int luaopen_core_jsonint(lua_State *L);
 int luaopen_core_time(lua_State *L);
 int luaopen_core_pg(lua_State *L);
+int luaopen_core_auditchain(lua_State *L);
 
 /* The Lua state's allocator (core/mem.c): counts bytes, honours the
 ** ceiling core.mem sets. */

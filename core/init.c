@@ -50,6 +50,7 @@ sb_new_state(const char *root)
   preload(L, "core.jsonint", luaopen_core_jsonint);
   preload(L, "core.time", luaopen_core_time);
   preload(L, "core.pg", luaopen_core_pg);
+  preload(L, "core.auditchain", luaopen_core_auditchain);
 
   /* package.path: the project's lua/ first, then the system's */
   lua_getglobal(L, "package");

@@ -106,6 +106,17 @@ check_db(lua_State *L)
   return d;
 }
 
+/* The connection of the open Db at idx, for core.auditchain; raises when
+** idx is not one. */
+struct sqlite3 *
+sb_store_handle(lua_State *L, int idx)
+{
+  Db *d = (Db *)luaL_checkudata(L, idx, DB_MT);
+  if (d->db == NULL)
+    luaL_error(L, "attempt to use a closed database");
+  return d->db;
+}
+
 static void
 finalize_all(sqlite3 *db)
 {

@@ -1106,6 +1106,25 @@ master_audit_mac(lua_State *L)
   return 1;
 }
 
+/* A MAC context keyed with the audit key of the open master at idx, for
+** core.auditchain (the key stays in C); the caller frees it with
+** EVP_MAC_CTX_free. NULL when OpenSSL fails; raises when idx is not an
+** open master. */
+EVP_MAC_CTX *
+sb_audit_mac_ctx(lua_State *L, int idx)
+{
+  Master *m = (Master *)luaL_checkudata(L, idx, MASTER_MT);
+  if (m->mem == NULL)
+    luaL_error(L, "attempt to use a closed master key");
+  EVP_MAC_CTX *mctx = Alg.hmac_tmpl != NULL ? EVP_MAC_CTX_dup(Alg.hmac_tmpl)
+                                            : NULL;
+  if (mctx != NULL && EVP_MAC_init(mctx, AUDIT_KEY(m), KEY_LEN, NULL) != 1) {
+    EVP_MAC_CTX_free(mctx);
+    mctx = NULL;
+  }
+  return mctx;
+}
+
 /* }====================================================== */
 
 

@@ -19,6 +19,7 @@
 -- database, so the chain has one order.
 local loop = require("core.loop")
 local vault = require("core.vault")
+local chain = require("core.auditchain")
 local json = require("switchboard.json")
 local log = require("switchboard.log")
 local db_mod = require("switchboard.db")
@@ -444,10 +445,15 @@ end
 -- }======================================================
 
 M.BATCH = 256      -- records read per statement (and per slice when yielding)
-M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
+M.SLICE = 0.001    -- seconds: a slice within a batch that runs longer yields
+-- Intact keyed records are passed over by core.auditchain (SQLite), the
+-- same checks in C; any other record is checked here. false: all here.
+M.FAST = true
 
 -- Walk the chain and hold it against the anchor, in batches of M.BATCH
--- records (bounded memory). master: the chain's key; anchor_file: its
+-- records (bounded memory); on SQLite the intact keyed records are passed
+-- over by core.auditchain in slices of M.SLICE seconds (docs/core-api.md),
+-- and every other record is checked here. master: the chain's key; anchor_file: its
 -- anchor; written_id (optional): how far the running writer last anchored.
 -- opts (optional):
 --   checkpoint: a checkpoint file; unless full, the walk starts after the
@@ -456,7 +462,9 @@ M.SLICE = 0.002    -- seconds: a slice within a batch that runs longer yields
 --   full: walk from record 1 (the checkpoint is still written);
 --   yield: called between batches, and within one every M.SLICE seconds
 --     (the server passes a loop sleep(0));
---   progress: progress(checked, total) after each batch.
+--   progress: progress(checked, total) after each batch;
+--   checkpoint_later: the checkpoint's new text is returned second, for
+--     the caller to write (M:verify writes it after the answer).
 -- Returns
 --   { ok = true, records = n, anchored = id, unanchored = n - id, legacy = m, warnings = {…},
 --     notes = {…}, checked = records walked now, from = the checkpoint's id or 0 }
@@ -492,8 +500,28 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
   end
   local from, total = n, top - n
   local yield, slice_at = opts.yield, loop.time()
+  local fast = M.FAST and not db_mod.is_pg(db)
   while n < top do
-    local rows = assert(store.records(db, n, top, M.BATCH))
+    local batch = M.BATCH
+    if fast then
+      -- the intact keyed records, in C, a slice at a time; the record it
+      -- stops before (if any) is checked below, with the records after it
+      -- when it passed none (the unkeyed records of earlier versions)
+      local m, head, c, by, timed = chain.walk(db, master, n, top, prev, M.SLICE)
+      if not m then error("audit: the trail cannot be read: " .. tostring(head)) end
+      batch = m > n and 1 or M.BATCH
+      if m > n then
+        keyed, n, prev = true, m, head
+        if c > claim then claim, claim_by = c, by end
+        if opts.progress then opts.progress(n - from, total) end
+      end
+      if timed then
+        if yield then yield() slice_at = loop.time() end
+        goto continue
+      end
+      if n >= top then break end
+    end
+    local rows = assert(store.records(db, n, top, batch))
     if #rows == 0 then break end
     for _, r in ipairs(rows) do
       n = n + 1
@@ -543,10 +571,11 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
       end
     end
     if opts.progress then opts.progress(n - from, total) end
-    if yield and n < top then
+    if yield and n < top and (batch > 1 or loop.time() - slice_at > M.SLICE) then
       yield()
       slice_at = loop.time()
     end
+    ::continue::
   end
   if not a then
     return broken(nil, n, "the anchor file %s %s, so the trail cannot be shown complete (its tail, or all of"
@@ -574,28 +603,47 @@ function M.verify_trail(db, master, anchor_file, written_id, opts)
     return broken(nil, n, "the anchor file is older than what this server last wrote (record %d): it reaches"
       .. " only record %d (it was replaced by an older copy)", written_id, a.id)
   end
+  local later
   if opts.checkpoint and n > 0 then
-    local ok, err = vault.write_private(opts.checkpoint, M.checkpoint_text(master, { id = n, head = prev,
-      legacy = legacy, keyed = keyed, claim = claim, claim_by = claim_by, warnings = warnings }))
-    if not ok then notes[#notes + 1] = "the verify checkpoint could not be written: " .. tostring(err) end
+    local text = M.checkpoint_text(master, { id = n, head = prev, legacy = legacy, keyed = keyed, claim = claim,
+                                             claim_by = claim_by, warnings = warnings })
+    if opts.checkpoint_later then
+      later = text
+    else
+      local ok, err = vault.write_private(opts.checkpoint, text)
+      if not ok then notes[#notes + 1] = "the verify checkpoint could not be written: " .. tostring(err) end
+    end
   end
   return { ok = true, records = n, anchored = a.id, unanchored = n - a.id, legacy = legacy,
-           warnings = warnings, notes = notes, last_hash = prev, checked = n - from, from = from }
+           warnings = warnings, notes = notes, last_hash = prev, checked = n - from, from = from },
+         later
 end
 
 -- Verify this writer's trail (after committing what is queued); one at a
 -- time. opts: { incremental = from the checkpoint, yield, progress } (as
--- verify_trail). Returns the result, or nil, why when a verify is running.
+-- verify_trail; checkpoint_later: the moved checkpoint is written on the
+-- next loop turn, after the answer (its two fsyncs spare only the next verify's
+-- walk: a checkpoint lost in a crash is an older one, or a full walk).
+-- Returns the result, or nil, why when a verify is running.
 function M:verify(opts)
   opts = opts or {}
   if self.verifying then return nil, "a verify of the audit trail is running already; try again when it ends" end
   self.verifying = true
   self:flush()
-  local ok, res = pcall(M.verify_trail, self.db, self.master, self.anchor_file,
+  local ok, res, later = pcall(M.verify_trail, self.db, self.master, self.anchor_file,
     self.anchor_written and self.anchored_id or nil,
-    { checkpoint = self.checkpoint_file, full = not opts.incremental, yield = opts.yield, progress = opts.progress })
+    { checkpoint = self.checkpoint_file, full = not opts.incremental, yield = opts.yield, progress = opts.progress,
+      checkpoint_later = opts.checkpoint_later })
   self.verifying = false
   if not ok then error(res, 0) end
+  if later then
+    local path = self.checkpoint_file
+    loop.spawn(function()
+      loop.sleep(0)
+      local wok, err = vault.write_private(path, later)
+      if not wok then log.error("audit: the verify checkpoint could not be written: %s", tostring(err)) end
+    end)
+  end
   return res
 end
 

@@ -45,7 +45,10 @@ function M.page(db, tenant_id, top, floor, after, limit, yield)
       local key = ("%s\0%s"):format(tostring(r.agent_id), tostring(r.execution_id))
       if not seen[key] then
         seen[key] = true
-        if not store.called_later(db, tenant_id, r.execution_id, r.agent_id, r.id, top) then
+        -- its calls between r.id and after would have been walked on this
+        -- page already: only one from after up to top can be later (none
+        -- on the first page, which starts above top)
+        if after > top or not store.called_later(db, tenant_id, r.execution_id, r.agent_id, after - 1, top) then
           out[#out + 1] = M.summary(db, tenant_id, r, floor, names)
         end
       end
@@ -166,7 +169,7 @@ function M.install(admin)
       end
     end
     local r, err = self.server.audit:verify({ incremental = p.full ~= true, progress = progress,
-                                              yield = function() loop.sleep(0) end })
+                                              yield = function() loop.sleep(0) end, checkpoint_later = true })
     if not r then refuse(err) end
     if r.warnings then r.warnings = json.array(r.warnings) end
     if r.notes then r.notes = json.array(r.notes) end

@@ -6,6 +6,7 @@
 local H = require("helpers")
 local audit = require("switchboard.audit")
 local db_mod = require("switchboard.db")
+local loop = require("core.loop")
 local vault = require("core.vault")
 
 local function master_in(dir, name)
@@ -169,15 +170,17 @@ describe("audit verify from a checkpoint", function()
     t.close()
   end)
 
+  -- (the Lua walk: the C walk over keyed records slices by time,
+  -- tests/unit/auditchain_spec.lua)
   it("reads in batches and yields between them, reporting progress", function()
     local t = trail()
     local batch = audit.BATCH
-    audit.BATCH = 4
+    audit.BATCH, audit.FAST = 4, false
     local yields, progress = 0, {}
     local ok, v = pcall(audit.verify_trail, t.db, t.master, t.anchor, nil, { full = true,
       yield = function() yields = yields + 1 end,
       progress = function(checked, total) progress[#progress + 1] = { checked, total } end })
-    audit.BATCH = batch
+    audit.BATCH, audit.FAST = batch, true
     assert(ok, v)
     assert.is_true(v.ok, v.problem)
     assert.same({ { 4, N }, { 8, N }, { 12, N } }, progress)
@@ -185,15 +188,33 @@ describe("audit verify from a checkpoint", function()
     t.close()
   end)
 
+  it("writes the moved checkpoint after the answer when asked to (the admin method)", function()
+    local t = trail()
+    local before = H.read(t.checkpoint)
+    H.async(function()
+      local v = t.w:verify({ incremental = true, checkpoint_later = true })
+      assert.is_true(v.ok, v.problem)
+      assert.same({ CP, N - CP }, { v.from, v.checked })
+      assert.equal(before, H.read(t.checkpoint))    -- not yet
+      loop.sleep(0.01)
+      assert.equal(N, assert(audit.read_checkpoint(t.master, t.checkpoint)).id)
+      -- and the next verify starts there
+      v = t.w:verify({ incremental = true, checkpoint_later = true })
+      assert.same({ true, N, 0 }, { v.ok, v.from, v.checked })
+      loop.sleep(0.01)
+    end)
+    t.close()
+  end)
+
   it("runs one verify at a time on a writer", function()
     local t = trail()
     local inner
     local batch = audit.BATCH
-    audit.BATCH = 4
+    audit.BATCH, audit.FAST = 4, false
     local v = t.w:verify({ incremental = true, yield = function()
       if not inner then inner = table.pack(t.w:verify()) end
     end })
-    audit.BATCH = batch
+    audit.BATCH, audit.FAST = batch, true
     assert.is_true(v.ok, v.problem)
     assert.is_nil(inner[1])
     assert.truthy(inner[2]:find("running already", 1, true))
