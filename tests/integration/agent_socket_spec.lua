@@ -118,7 +118,9 @@ describe("agent socket", function()
       local gone, err = c:recv(15)
       stop = true
       assert.is_nil(gone)
-      assert.equal("closed", err)
+      -- closed by the server: an end of file, or a reset when a blank line
+      -- of ours reached its socket after it stopped reading
+      assert.truthy(err == "closed" or err == "connection reset by peer", err)
       assert.truthy(loop.time() - t0 < 14)
       c:close()
       -- an initialized session is not bound by it
