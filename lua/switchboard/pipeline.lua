@@ -33,8 +33,8 @@ local function result(text, data, is_error, opts)
     local ok, blob = pcall(json.encode, data)
     if ok then
       local size = 0
-      -- the JSON text goes out twice, as data and quoted as a string: 7
-      -- bytes a byte at most quoted (\u001f), so a blob far under the limit
+      -- the JSON text goes out twice, as data and quoted as a string (6
+      -- bytes a byte at most quoted, \u001f), so a blob far under the limit
       -- is not quoted just to be measured
       if opts.limit then
         local blocks = 0

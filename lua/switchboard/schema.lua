@@ -361,9 +361,8 @@ end
 -- run validate for the messages (and take validate's verdict).
 local conforms
 local function conforms_string(s, v)
-  if not utf8.len(v) then return false end
-  local n
-  if s.minLength or s.maxLength then n = utf8.len(v) end
+  local n = utf8.len(v)
+  if not n then return false end
   if s.minLength and n < s.minLength then return false end
   if s.maxLength and n > s.maxLength then return false end
   if s.format then
@@ -385,7 +384,7 @@ local function conforms_alternatives(list, one, v, root, depth)
       if not one then return true end
     end
   end
-  return matched == 1 or (not one and matched > 0)
+  return one and matched == 1
 end
 
 function conforms(s, v, root, depth)

@@ -157,30 +157,16 @@ end
 
 -- A number as the digits that identify it: E.164 without "+", or, for a
 -- number that does not parse, its digits. "whatsapp:" is dropped.
--- The same senders come back in result after result, and libphonenumber's
--- parse is the dearest step of labelling one: the keys of the last
--- KEYS_KEPT numbers are kept (the table starts again when full).
-local KEYS_KEPT = 4096
-local keys_of, keys_n = {}, 0
+-- (switchboard.phone keeps the last parses: the same senders come back in
+-- result after result.)
 local function number_key(s)
   if type(s) ~= "string" then return nil end
-  local k = keys_of[s]
-  if k then return k[1], k[2] end
-  local text = s
   s = detect.normalize(s):gsub("^whatsapp:", "")
   local n = s:find("^%+") and #s <= 64 and phone.parse(s)
-  local key, cc
-  if n and n.e164 and n.country_code then
-    key, cc = n.e164:sub(2), n.country_code
-  else
-    local d = s:gsub("%D", "")
-    if #d >= 6 then key = d end
-  end
-  if #text <= 64 then
-    if keys_n >= KEYS_KEPT then keys_of, keys_n = {}, 0 end
-    keys_of[text], keys_n = { key, cc }, keys_n + 1
-  end
-  return key, cc
+  if n and n.e164 and n.country_code then return n.e164:sub(2), n.country_code end
+  local d = s:gsub("%D", "")
+  if #d < 6 then return nil end
+  return d
 end
 
 -- An email address as a counterpart's key (lowercased), or nil: the
