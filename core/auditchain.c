@@ -183,16 +183,6 @@ column_is(sqlite3_stmt *st, int i, const char *s, size_t len)
          && (len == 0 || (p != NULL && memcmp(p, s, len) == 0));
 }
 
-static void
-hex(const unsigned char *md, char out[HASH_HEX])
-{
-  static const char digits[] = "0123456789abcdef";
-  for (int i = 0; i < HASH_HEX / 2; i++) {
-    out[2 * i] = digits[md[i] >> 4];
-    out[2 * i + 1] = digits[md[i] & 15];
-  }
-}
-
 typedef struct Walk {
   sqlite3_int64 n;          /* the last record passed */
   const char *prev;         /* its hash (or the given prev) */
@@ -259,7 +249,7 @@ passes(Walk *w, sqlite3_stmt *st, EVP_MAC_CTX *mctx, NbBuf *b)
       || EVP_MAC_final(mctx, md, &mdlen, sizeof md) != 1 || mdlen != sizeof md)
     return -1;
   char h[HASH_HEX];
-  hex(md, h);
+  sb_hex(md, sizeof md, h);
   const void *stored = sqlite3_column_blob(st, COL_HASH);
   if (stored == NULL || CRYPTO_memcmp(h, stored, HASH_HEX) != 0)
     return 0;

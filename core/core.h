@@ -145,6 +145,8 @@ int sb_credential(lua_State *L, int idx, SbCredential *out);
 struct sqlite3;
 struct evp_mac_ctx_st;
 struct sqlite3 *sb_store_handle(lua_State *L, int idx);
+/* s[0 .. len) as 2 * len lowercase hex digits at out (vault.c). */
+void sb_hex(const unsigned char *s, size_t len, char *out);
 struct evp_mac_ctx_st *sb_audit_mac_ctx(lua_State *L, int idx);
 
 /* The main Lua state with the standard libraries, the core.* modules

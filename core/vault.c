@@ -1543,17 +1543,23 @@ vault_base64url(lua_State *L)
   return 1;
 }
 
+void
+sb_hex(const unsigned char *s, size_t len, char *out)
+{
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < len; i++) {
+    out[2 * i] = digits[s[i] >> 4];
+    out[2 * i + 1] = digits[s[i] & 15];
+  }
+}
+
 /* [-0, +1, m] lowercase hex of s */
 static void
 push_hex(lua_State *L, const unsigned char *s, size_t len)
 {
-  static const char digits[] = "0123456789abcdef";
   luaL_Buffer b;
   char *p = luaL_buffinitsize(L, &b, len * 2);
-  for (size_t i = 0; i < len; i++) {
-    p[2 * i] = digits[s[i] >> 4];
-    p[2 * i + 1] = digits[s[i] & 15];
-  }
+  sb_hex(s, len, p);
   luaL_pushresultsize(&b, len * 2);
 }
 
